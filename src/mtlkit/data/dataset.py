@@ -1,0 +1,231 @@
+"""A tensor-backed multi-task dataset and a vectorised batch loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlkit.data.batch import Batch, Inputs
+from mtlkit.errors import DataError
+from mtlkit.tasks import Task
+
+__all__ = ["MultiTaskDataset", "TensorBatchLoader"]
+
+
+class MultiTaskDataset(torch.utils.data.Dataset):
+    """Features plus per-task targets (and optional label masks), held as tensors.
+
+    Args:
+        inputs: ``(N, ...)`` feature tensor, or a dict of named tensors with ``N`` rows each.
+        targets: ``{task: tensor}`` with ``N`` rows each; NaN (or -1 for class indices) marks a
+            missing label.
+        masks: optional ``{task: bool tensor}`` (``(N,)`` or the target's shape); False = missing.
+        tasks: optional task definitions that describe the targets (used by the CLI and
+            :meth:`validate`).
+        info: free-form facts about the data (e.g. the label correlation of synthetic data).
+
+    Indexing with a tensor of indices gathers a whole :class:`Batch` at once; use
+    :class:`TensorBatchLoader`, or torch's ``DataLoader`` with ``collate_fn=mtlkit.data.collate``.
+    """
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor] | None = None,
+        *,
+        tasks: Sequence[Task] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(inputs, Tensor):
+            n = _rows(inputs, "inputs")
+        elif isinstance(inputs, Mapping) and inputs:
+            sizes = {k: _rows(v, f"inputs[{k!r}]") for k, v in inputs.items()}
+            if len(set(sizes.values())) != 1:
+                raise DataError(f"All input tensors must have the same number of rows; got {sizes}.")
+            n = next(iter(sizes.values()))
+            inputs = dict(inputs)
+        else:
+            raise DataError(
+                f"inputs must be a tensor or a non-empty dict of tensors; got {type(inputs).__name__}."
+            )
+        if not isinstance(targets, Mapping) or not targets:
+            raise DataError("targets must be a non-empty dict {task name: tensor}.")
+        for name, t in {**targets, **(masks or {})}.items():
+            if _rows(t, f"targets[{name!r}]") != n:
+                raise DataError(
+                    f"targets/masks for {name!r} have {t.shape[0]} rows but inputs have {n}; "
+                    "every tensor needs one row per sample."
+                )
+        if masks:
+            unknown = set(masks) - set(targets)
+            if unknown:
+                raise DataError(f"masks name tasks without targets: {sorted(unknown)}.")
+        self.inputs: Inputs = inputs
+        self.targets: dict[str, Tensor] = dict(targets)
+        self.masks: dict[str, Tensor] | None = {k: v.bool() for k, v in masks.items()} if masks else None
+        self.tasks: tuple[Task, ...] | None = tuple(tasks) if tasks is not None else None
+        self.info: dict[str, Any] = dict(info or {})
+        self._n = n
+        if self.tasks is not None:
+            self.validate(self.tasks)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Target keys present in the dataset."""
+        return tuple(self.targets)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+        """Per-sample shape of the inputs (a dict for named inputs)."""
+        if isinstance(self.inputs, Tensor):
+            return tuple(self.inputs.shape[1:])
+        return {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}
+
+    def take(self, index: Tensor) -> Batch:
+        """Gather the rows ``index`` (a 1-D long tensor) into a :class:`Batch`, vectorised."""
+        inputs = (
+            self.inputs[index]
+            if isinstance(self.inputs, Tensor)
+            else {k: v[index] for k, v in self.inputs.items()}
+        )
+        masks = None if self.masks is None else {k: v[index] for k, v in self.masks.items()}
+        return Batch(inputs, {k: v[index] for k, v in self.targets.items()}, masks)
+
+    def __getitem__(self, index: int | Tensor) -> Batch:
+        if isinstance(index, int):
+            if not -self._n <= index < self._n:
+                raise IndexError(f"index {index} out of range for a dataset of {self._n} samples")
+            b = self.take(torch.tensor([index]))
+            sq = lambda t: t[0]  # noqa: E731
+            inputs = sq(b.inputs) if isinstance(b.inputs, Tensor) else {k: sq(v) for k, v in b.inputs.items()}
+            masks = None if b.masks is None else {k: sq(v) for k, v in b.masks.items()}
+            return Batch(inputs, {k: sq(v) for k, v in b.targets.items()}, masks)
+        return self.take(torch.as_tensor(index, dtype=torch.long))
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:  # torch DataLoader batched fetch
+        return self.take(torch.as_tensor(indices, dtype=torch.long))
+
+    def subset(self, index: Tensor | Sequence[int]) -> MultiTaskDataset:
+        """A new dataset holding the rows ``index``."""
+        b = self.take(torch.as_tensor(index, dtype=torch.long))
+        return MultiTaskDataset(b.inputs, b.targets, b.masks, tasks=self.tasks, info=self.info)
+
+    def split(self, sizes: Sequence[int], *, seed: int | None = None) -> tuple[MultiTaskDataset, ...]:
+        """Split into consecutive parts of the given sizes (shuffled first if ``seed`` is given)."""
+        if sum(sizes) != self._n or any(s < 0 for s in sizes):
+            raise ValueError(f"split sizes must be >= 0 and sum to {self._n}; got {list(sizes)}.")
+        order = torch.arange(self._n)
+        if seed is not None:
+            order = torch.randperm(self._n, generator=torch.Generator().manual_seed(seed))
+        parts, start = [], 0
+        for s in sizes:
+            parts.append(self.subset(order[start : start + s]))
+            start += s
+        return tuple(parts)
+
+    def to(self, device: torch.device | str) -> MultiTaskDataset:
+        """A copy with every tensor on ``device`` (keep data on the GPU to avoid host transfers)."""
+        b = Batch(self.inputs, self.targets, self.masks).to(device)
+        out = MultiTaskDataset.__new__(MultiTaskDataset)
+        out.inputs, out.targets, out.masks = b.inputs, b.targets, b.masks
+        out.tasks, out.info, out._n = self.tasks, dict(self.info), self._n
+        return out
+
+    def validate(self, tasks: Sequence[Task]) -> None:
+        """Check that every task has well-formed targets here; raises :class:`DataError`."""
+        for task in tasks:
+            if task.target_key not in self.targets:
+                raise DataError(
+                    f"Task {task.name!r} has no targets in this dataset (target key {task.target_key!r}; "
+                    f"available: {', '.join(map(repr, self.targets))}). Check Task(target=...)."
+                )
+            mask = self.masks.get(task.name) if self.masks else None
+            task.check_targets(self.targets[task.target_key], mask, where="the dataset")
+
+    def __repr__(self) -> str:
+        return f"MultiTaskDataset(n={self._n}, features={self.feature_shape}, tasks={list(self.targets)})"
+
+
+def _rows(t: Any, what: str) -> int:
+    if not isinstance(t, Tensor):
+        raise DataError(f"{what} must be a torch.Tensor; got {type(t).__name__}.")
+    if t.ndim == 0:
+        raise DataError(f"{what} must have a leading sample dimension; got a scalar.")
+    return int(t.shape[0])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (``seed``, ``epoch``): shuffles depend only on both, so runs resume exactly."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class TensorBatchLoader:
+    """Batches of a :class:`MultiTaskDataset` gathered with one index operation each.
+
+    The shuffle order of epoch ``e`` depends only on ``(seed, e)``; call :meth:`set_epoch`
+    (the trainer does) so that resuming a run reproduces the same batches. For
+    DistributedDataParallel pass ``num_replicas``/``rank``: each rank reads an equal-length
+    shard (padded by wrapping, as torch's DistributedSampler does).
+    """
+
+    def __init__(
+        self,
+        dataset: MultiTaskDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}); got {rank!r}.")
+        if len(dataset) == 0:
+            raise DataError("Cannot load batches from an empty dataset.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> Tensor:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.num_replicas > 1:
+            per_rank = -(-n // self.num_replicas)
+            total = per_rank * self.num_replicas
+            if total > n:
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank : total : self.num_replicas]
+        return order
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._indices()
+        for chunk in order.split(self.batch_size):
+            if self.drop_last and chunk.numel() < self.batch_size:
+                break
+            yield self.dataset.take(chunk)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        if self.num_replicas > 1:
+            n = -(-n // self.num_replicas)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

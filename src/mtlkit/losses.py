@@ -1,0 +1,63 @@
+"""Per-task losses of a batch, as one vector ordered like the tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from mtlkit.errors import ShapeError
+from mtlkit.tasks import Task
+
+__all__ = ["TaskLosses", "task_losses"]
+
+
+class TaskLosses(NamedTuple):
+    """``losses [T]`` (differentiable) and ``counts [T]`` (labelled elements per task)."""
+
+    losses: Tensor
+    counts: Tensor
+
+    @property
+    def present(self) -> Tensor:
+        """``[T]`` bool: the task had at least one label in the batch."""
+        return self.counts > 0
+
+
+def task_losses(
+    tasks: Sequence[Task],
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor] | None = None,
+) -> TaskLosses:
+    """Masked mean loss of every task on one batch.
+
+    A task whose targets are absent from ``targets`` (e.g. a batch from another task's
+    dataset) gets loss 0 and count 0. No host synchronisation happens here.
+
+    Raises:
+        ShapeError: a model output is missing or has the wrong shape for its task.
+    """
+    losses, counts = [], []
+    ref: Tensor | None = None
+    for task in tasks:
+        if task.output_key not in outputs:
+            raise ShapeError(
+                f"Model output is missing task {task.output_key!r} (got keys: "
+                f"{', '.join(map(repr, sorted(outputs)))}). Check Task(output=...) or the model's tasks."
+            )
+        pred = outputs[task.output_key]
+        ref = pred if ref is None else ref
+        if task.target_key not in targets:
+            zero = pred.sum() * 0.0  # keeps the graph (and device/dtype) without touching labels
+            losses.append(zero)
+            counts.append(torch.zeros((), dtype=zero.dtype, device=zero.device))
+            continue
+        mask = masks.get(task.name) if masks else None
+        loss, count = task.compute_loss(pred, targets[task.target_key], mask)
+        losses.append(loss)
+        counts.append(count.to(loss.dtype))
+    dtype = torch.promote_types(*(t.dtype for t in losses)) if len(losses) > 1 else losses[0].dtype
+    return TaskLosses(torch.stack([t.to(dtype) for t in losses]), torch.stack([c.to(dtype) for c in counts]))

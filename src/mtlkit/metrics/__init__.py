@@ -1,0 +1,6 @@
+"""Per-task metrics with missing-label masking, on top of torchmetrics."""
+
+from mtlkit.metrics.collection import MultiTaskMetrics, higher_is_better
+from mtlkit.metrics.defaults import AUROC, LogLoss, default_metrics
+
+__all__ = ["AUROC", "LogLoss", "MultiTaskMetrics", "default_metrics", "higher_is_better"]

@@ -1,0 +1,131 @@
+"""Accumulate per-task losses and metrics over batches, skipping unlabelled samples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from mtlkit.errors import ShapeError
+from mtlkit.tasks import Task, TaskKind
+
+__all__ = ["MultiTaskMetrics", "higher_is_better"]
+
+_LOWER_IS_BETTER = {"loss", "logloss", "mse", "mae", "rmse"}
+
+
+def higher_is_better(metric: str, instance: Metric | None = None) -> bool:
+    """Direction of a metric: from the torchmetrics instance if known, else by name."""
+    if metric in _LOWER_IS_BETTER:
+        return False
+    flag = getattr(instance, "higher_is_better", None)
+    return True if flag is None else bool(flag)
+
+
+class MultiTaskMetrics:
+    """Per-task metric collections with label masking.
+
+    Metrics receive only labelled samples: rows with a label for per-sample tasks
+    (binary, multiclass, scalar regression), labelled elements for multi-output
+    regression (flattened), and targets with ``-1`` at missing labels for multilabel
+    tasks (torchmetrics' ``ignore_index=-1``). Every task also reports ``loss``, the mean
+    task loss over its labelled elements.
+    """
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self.tasks = list(tasks)
+        self.metrics: dict[str, dict[str, Metric]] = {t.name: t.make_metrics() for t in self.tasks}
+        self._sums: dict[str, Tensor] = {}
+        self._device: torch.device | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        for group in self.metrics.values():
+            for m in group.values():
+                m.reset()
+        self._sums = {}
+
+    def _to(self, device: torch.device) -> None:
+        if self._device != device:
+            for group in self.metrics.values():
+                for m in group.values():
+                    m.to(device)
+            self._device = device
+
+    @torch.no_grad()
+    def update(
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Add one batch: raw model ``outputs``, ``targets`` and optional label ``masks``."""
+        for task in self.tasks:
+            if task.target_key not in targets:
+                continue  # this batch carries no labels for the task
+            if task.output_key not in outputs:
+                raise ShapeError(
+                    f"Model output is missing task {task.output_key!r} (got keys: "
+                    f"{', '.join(map(repr, sorted(outputs)))}). Check Task(output=...) or the model's tasks."
+                )
+            pred, target = outputs[task.output_key], targets[task.target_key]
+            mask = masks.get(task.name) if masks else None
+            loss, count = task.compute_loss(pred, target, mask)
+            self._to(pred.device)
+            s = self._sums.get(task.name)
+            pair = torch.stack([loss.detach().double() * count.double(), count.double()])
+            self._sums[task.name] = pair if s is None else s + pair
+            pred, target = task._shapes(pred.detach(), target)
+            valid = task.valid_mask(target, mask)
+            probs = task.activate(pred.float())
+            if task.kind is TaskKind.MULTILABEL:
+                t = torch.where(valid, target, torch.full_like(target, -1)).long()
+                for m in self.metrics[task.name].values():
+                    m.update(probs, t)
+                continue
+            # per-sample tasks: labelled rows; multi-output regression: labelled elements, flattened
+            p, t = probs[valid], target[valid]
+            if p.shape[0] == 0:
+                continue
+            if task.kind in (TaskKind.BINARY, TaskKind.MULTICLASS):
+                t = t.long()
+            else:
+                t = t.to(p.dtype)
+            for m in self.metrics[task.name].values():
+                m.update(p, t)
+
+    def counts(self) -> dict[str, int]:
+        """Number of labelled elements seen per task."""
+        return {name: int(s[1].item()) for name, s in self._sums.items()} | {
+            t.name: 0 for t in self.tasks if t.name not in self._sums
+        }
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}``; NaN for a metric of a task that had no labels."""
+        out: dict[str, dict[str, float]] = {}
+        for task in self.tasks:
+            s = self._sums.get(task.name)
+            n = 0.0 if s is None else float(s[1].item())
+            res: dict[str, float] = {"loss": float((s[0] / s[1]).item()) if n > 0 else math.nan}
+            for name, m in self.metrics[task.name].items():
+                res[name] = _to_float(m.compute()) if n > 0 and m.update_count > 0 else math.nan
+            out[task.name] = res
+        return out
+
+    def directions(self) -> dict[str, dict[str, bool]]:
+        """``{task: {metric: higher_is_better}}``."""
+        return {
+            t.name: {"loss": False} | {k: higher_is_better(k, m) for k, m in self.metrics[t.name].items()}
+            for t in self.tasks
+        }
+
+
+def _to_float(value: Tensor | float) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            return float(value.float().mean().item())
+        return float(value.item())
+    return float(value)

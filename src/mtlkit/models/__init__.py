@@ -1,0 +1,30 @@
+"""Multi-task architectures: every model maps inputs to ``{task: output}``.
+
+Each architecture is a class that takes modules (use your own experts, towers or
+backbones) plus a registered builder that takes sizes, for configs.
+"""
+
+from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
+from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
+from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
+from mtlkit.models.single_task import SingleTask, single_task
+from mtlkit.registries import MODELS
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "MMoE",
+    "MODELS",
+    "ExpertMLPs",
+    "MultiTaskModel",
+    "OMoE",
+    "SharedBottom",
+    "SingleTask",
+    "SoftmaxGates",
+    "make_activation",
+    "mmoe",
+    "omoe",
+    "shared_bottom",
+    "single_task",
+]

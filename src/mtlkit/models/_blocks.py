@@ -1,0 +1,228 @@
+"""Building blocks: MLPs, a batched bank of MLP experts and softmax gates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlkit.errors import ShapeError
+
+__all__ = ["ACTIVATIONS", "MLP", "ExpertMLPs", "SoftmaxGates", "make_activation"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "identity": nn.Identity,
+}
+
+_FUNCTIONAL: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "leaky_relu": F.leaky_relu,
+    "elu": F.elu,
+    "identity": lambda t: t,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """An activation module by name (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
+    return ACTIVATIONS[name]()
+
+
+def _dims(dims: Sequence[int], what: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(d) for d in dims)
+    except TypeError:
+        raise ValueError(f"{what} must be a list of positive ints; got {dims!r}.") from None
+    if any(d < 1 for d in out) or any(not float(d).is_integer() for d in dims):
+        raise ValueError(f"{what} must be a list of positive ints; got {list(dims)!r}.")
+    return out
+
+
+def _check_input(x: object, in_features: int, who: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ShapeError(
+            f"{who} takes one feature tensor; got {type(x).__name__}. Named (dict) inputs need an input "
+            "layer that turns them into one tensor (e.g. an embedding front end)."
+        )
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ShapeError(
+            f"{who} expects inputs with {in_features} features in the last dimension; got shape "
+            f"{tuple(x.shape)}. Check the model's input_dim against the data."
+        )
+    return x
+
+
+class MLP(nn.Module):
+    """Linear -> activation (-> dropout) blocks; an optional final linear layer without activation.
+
+    Args:
+        in_features: input width.
+        hidden_dims: widths of the hidden layers (each followed by the activation).
+        out_features: width of a final linear output layer; ``None`` ends on the last hidden layer.
+        activation: activation name.
+        dropout: dropout probability after each hidden activation.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_dims: Sequence[int] = (),
+        out_features: int | None = None,
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"MLP in_features must be an int >= 1; got {in_features!r}.")
+        hidden = _dims(hidden_dims, "MLP hidden_dims")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
+        if out_features is None and not hidden:
+            raise ValueError("MLP needs hidden_dims or out_features; got neither.")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), make_activation(activation)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        if out_features is not None:
+            layers.append(nn.Linear(width, int(out_features)))
+            width = int(out_features)
+        self.net = nn.Sequential(*layers)
+        self.in_features, self.out_features = in_features, width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(_check_input(x, self.in_features, "MLP"))
+
+
+class ExpertMLPs(nn.Module):
+    """``num_experts`` independent MLPs evaluated together with batched matrix products.
+
+    ``forward(x)`` maps ``(N, in_features)`` to ``(N, num_experts, out_features)``. The first
+    layer of all experts is one ``(in, E*h)`` matrix product; deeper layers are one batched
+    ``bmm`` over experts. Every layer is followed by the activation (experts produce hidden
+    representations). Initialisation matches ``nn.Linear`` per expert.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        in_features: int,
+        hidden_dims: Sequence[int],
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_experts, int) or num_experts < 1:
+            raise ValueError(f"num_experts must be an int >= 1; got {num_experts!r}.")
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be an int >= 1; got {in_features!r}.")
+        dims = _dims(hidden_dims, "expert hidden_dims")
+        if not dims:
+            raise ValueError("expert hidden_dims needs at least one layer width.")
+        if activation not in _FUNCTIONAL:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, _FUNCTIONAL))}; got {activation!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
+        self.num_experts, self.in_features, self.hidden_dims = num_experts, in_features, dims
+        self.out_features = dims[-1]
+        self.activation, self.dropout = activation, dropout
+        self._act = _FUNCTIONAL[activation]
+        E = num_experts
+        # first layer stored (in, E, h): viewed as one (in, E*h) matrix
+        self.weight0 = nn.Parameter(torch.empty(in_features, E, dims[0]))
+        self.bias0 = nn.Parameter(torch.empty(E, dims[0]))
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:]):
+            self.weights.append(nn.Parameter(torch.empty(E, a, b)))
+            self.biases.append(nn.Parameter(torch.empty(E, b)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.weight0.uniform_(-bound, bound)
+            self.bias0.uniform_(-bound, bound)
+            for w, b in zip(self.weights, self.biases):
+                bound = 1.0 / math.sqrt(w.shape[1])
+                w.uniform_(-bound, bound)
+                b.uniform_(-bound, bound)
+
+    def expert_layers(self, e: int) -> list[tuple[Tensor, Tensor]]:
+        """(weight (in, out), bias (out,)) of every layer of expert ``e`` (for references and tests)."""
+        out = [(self.weight0[:, e, :], self.bias0[e])]
+        out += [(w[e], b[e]) for w, b in zip(self.weights, self.biases)]
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _check_input(x, self.in_features, "ExpertMLPs")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        E, h0 = self.num_experts, self.hidden_dims[0]
+        h = torch.addmm(self.bias0.reshape(-1), x2, self.weight0.reshape(self.in_features, E * h0))
+        h = self._act(h).reshape(-1, E, h0)
+        if self.dropout:
+            h = F.dropout(h, self.dropout, self.training)
+        if len(self.weights):
+            h = h.transpose(0, 1)  # (E, N, h)
+            for w, b in zip(self.weights, self.biases):
+                h = torch.baddbmm(b.unsqueeze(1), h, w)
+                h = self._act(h)
+                if self.dropout:
+                    h = F.dropout(h, self.dropout, self.training)
+            h = h.transpose(0, 1)
+        return h.reshape(*lead, E, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, in_features={self.in_features}, "
+            f"hidden_dims={list(self.hidden_dims)}, activation={self.activation!r}"
+        )
+
+
+class SoftmaxGates(nn.Module):
+    """One linear softmax gate per name: ``softmax(W_k x + b_k)`` over ``num_experts``.
+
+    ``forward(x)`` returns ``(N, K, num_experts)`` for the ``K`` names, computed with one
+    matrix product over the concatenated gate weights. Each gate keeps its own parameters
+    (``gates[name]``) so that a task owns its gate.
+    """
+
+    def __init__(self, names: Sequence[str], in_features: int, num_experts: int, *, bias: bool = True) -> None:
+        super().__init__()
+        if not names:
+            raise ValueError("SoftmaxGates needs at least one gate name.")
+        self.names = tuple(names)
+        self.in_features, self.num_experts = in_features, num_experts
+        self.gates = nn.ModuleDict({n: nn.Linear(in_features, num_experts, bias=bias) for n in self.names})
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _check_input(x, self.in_features, "Gate")
+        gates = [self.gates[n] for n in self.names]
+        w = torch.cat([g.weight for g in gates]) if len(gates) > 1 else gates[0].weight
+        logits = F.linear(x, w, torch.cat([g.bias for g in gates]) if gates[0].bias is not None else None)
+        return torch.softmax(logits.reshape(*x.shape[:-1], len(gates), self.num_experts), dim=-1)
+
+    def by_name(self, x: Tensor) -> Mapping[str, Tensor]:
+        g = self.forward(x)
+        return {n: g[..., i, :] for i, n in enumerate(self.names)}

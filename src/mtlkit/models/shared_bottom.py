@@ -1,0 +1,62 @@
+"""Hard parameter sharing: a shared bottom and one tower per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from mtlkit.data.batch import Inputs
+from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._blocks import MLP
+from mtlkit.registries import MODELS
+from mtlkit.tasks import Task, task_names
+
+__all__ = ["SharedBottom", "shared_bottom"]
+
+
+class SharedBottom(MultiTaskModel):
+    """``y_k = h_k(f(x))``: shared bottom ``f``, task towers ``h_k`` (Caruana 1997).
+
+    Args:
+        bottom: shared module; its output feeds every tower.
+        towers: ``{task: module}``.
+    """
+
+    def __init__(self, bottom: nn.Module, towers: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not towers:
+            raise ValueError("SharedBottom needs at least one tower.")
+        self.task_names = tuple(towers)
+        self.bottom = bottom
+        self.towers = nn.ModuleDict(dict(towers))
+
+    def encode(self, x: Inputs) -> Tensor:
+        return self.bottom(x)
+
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        return {t: self.towers[t](rep) for t in self.task_names}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        self._check_task(task)
+        return list(self.towers[task].parameters())
+
+
+@MODELS.register("shared_bottom", aliases=("hard_sharing",))
+def shared_bottom(
+    input_dim: int,
+    tasks: Sequence[Task],
+    *,
+    bottom_dims: Sequence[int] = (64,),
+    tower_dims: Sequence[int] = (32,),
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> SharedBottom:
+    """Shared-bottom (hard parameter sharing): one shared MLP, one MLP tower per task."""
+    task_names(tasks)
+    bottom = MLP(input_dim, bottom_dims, activation=activation, dropout=dropout)
+    towers = {
+        t.name: MLP(bottom.out_features, tower_dims, t.output_dim, activation=activation, dropout=dropout)
+        for t in tasks
+    }
+    return SharedBottom(bottom, towers)

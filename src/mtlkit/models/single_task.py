@@ -1,0 +1,56 @@
+"""The single-task baseline: one independent network per task, nothing shared."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from mtlkit.data.batch import Inputs
+from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._blocks import MLP
+from mtlkit.registries import MODELS
+from mtlkit.tasks import Task, task_names
+
+__all__ = ["SingleTask", "single_task"]
+
+
+class SingleTask(MultiTaskModel):
+    """Independent per-task networks (the baseline every MTL comparison needs).
+
+    Args:
+        networks: ``{task: module}``; each maps the inputs to that task's output.
+    """
+
+    def __init__(self, networks: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("SingleTask needs at least one task network.")
+        self.task_names = tuple(networks)
+        self.networks = nn.ModuleDict(dict(networks))
+
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
+        return {t: self.networks[t](x) for t in self.task_names}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        self._check_task(task)
+        return list(self.networks[task].parameters())
+
+
+@MODELS.register("single_task", aliases=("single",))
+def single_task(
+    input_dim: int,
+    tasks: Sequence[Task],
+    *,
+    hidden_dims: Sequence[int] = (64, 32),
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> SingleTask:
+    """Single-task baseline: one MLP per task, no sharing."""
+    task_names(tasks)
+    return SingleTask(
+        {
+            t.name: MLP(input_dim, hidden_dims, t.output_dim, activation=activation, dropout=dropout)
+            for t in tasks
+        }
+    )

@@ -1,0 +1,335 @@
+"""Tasks are data: a name, a kind, a loss and metrics. No subclassing.
+
+A :class:`Task` knows how to turn a model output and a target (with missing labels)
+into a masked loss, how to turn logits into predictions, and which metrics to compute.
+
+Missing labels: NaN targets (binary, multilabel, regression), ``-1`` class indices
+(multiclass), or an explicit boolean mask. Unlabelled samples contribute nothing to the
+loss or the metrics; a batch without any label for a task yields a loss of exactly 0 with
+a zero gradient (never NaN).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from mtlkit.errors import DataError, ShapeError
+
+__all__ = ["LossFn", "MetricFactory", "Task", "TaskKind", "task_names"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""A per-element loss ``loss(pred, target) -> Tensor`` (``reduction='none'``)."""
+
+MetricFactory = Callable[[], Metric]
+"""A zero-argument callable that returns a fresh torchmetrics ``Metric``."""
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class TaskKind(StrEnum):
+    """What a task predicts; decides the default loss, metrics and activation."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    MULTILABEL = "multilabel"
+    REGRESSION = "regression"
+
+    @property
+    def is_classification(self) -> bool:
+        return self is not TaskKind.REGRESSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """One prediction task of a multi-task model.
+
+    Args:
+        name: unique task name; also the default model-output and target key.
+        kind: ``"binary"``, ``"multiclass"``, ``"multilabel"`` or ``"regression"``.
+        num_classes: number of classes (multiclass, >= 2) or labels (multilabel, >= 1).
+        num_outputs: output dimension of a regression task (default 1).
+        loss: optional per-element loss ``loss(pred, target)`` with ``reduction='none'``
+            semantics, returning shape ``(N,)`` or the target's shape. Defaults: BCE with
+            logits (binary), cross-entropy with ``label_smoothing`` (multiclass), per-label
+            BCE with logits (multilabel), squared error (regression). Missing labels are
+            masked out by mtlkit before averaging, so custom losses need no masking.
+        label_smoothing: label smoothing of the default multiclass cross-entropy, in [0, 1).
+        metrics: ``{name: factory}`` of torchmetrics metrics; ``None`` uses the defaults of the
+            kind (binary: auc, accuracy, logloss; multiclass: accuracy, f1_macro; multilabel:
+            f1_micro, f1_macro, map; regression: mse, mae). A ``loss`` entry is always reported.
+        output: key of this task in the model's output dict (default: ``name``).
+        target: key of this task in a batch's targets (default: ``name``).
+
+    Example:
+        >>> Task(name="ctr", kind="binary").output_dim
+        1
+    """
+
+    name: str
+    kind: TaskKind | str
+    num_classes: int | None = None
+    num_outputs: int = 1
+    loss: LossFn | None = None
+    label_smoothing: float = 0.0
+    metrics: Mapping[str, MetricFactory] | None = None
+    output: str | None = None
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(
+                f"Task name must be a non-empty identifier (letters, digits, '_' or '-'); got {self.name!r}."
+            )
+        try:
+            kind = TaskKind(self.kind)
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in TaskKind)
+            raise ValueError(f"Task {self.name!r}: kind must be one of {allowed}; got {self.kind!r}.") from None
+        object.__setattr__(self, "kind", kind)
+        if kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
+            least = 2 if kind is TaskKind.MULTICLASS else 1
+            if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or (
+                self.num_classes < least
+            ):
+                raise ValueError(
+                    f"Task {self.name!r} ({kind.value}) needs num_classes, an int >= {least}; "
+                    f"got {self.num_classes!r}."
+                )
+        elif self.num_classes is not None:
+            raise ValueError(
+                f"Task {self.name!r} ({kind.value}) takes no num_classes; got {self.num_classes!r}. "
+                + ("Use num_outputs for a multi-output regression." if kind is TaskKind.REGRESSION else "")
+            )
+        if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
+            raise ValueError(f"Task {self.name!r}: num_outputs must be an int >= 1; got {self.num_outputs!r}.")
+        if self.num_outputs != 1 and kind is not TaskKind.REGRESSION:
+            raise ValueError(f"Task {self.name!r}: num_outputs applies to regression tasks only.")
+        if not (0.0 <= self.label_smoothing < 1.0):
+            raise ValueError(
+                f"Task {self.name!r}: label_smoothing must be in [0, 1); got {self.label_smoothing!r}."
+            )
+        if self.label_smoothing and kind is not TaskKind.MULTICLASS:
+            raise ValueError(
+                f"Task {self.name!r}: label_smoothing applies to multiclass tasks only; got kind {kind.value!r}."
+            )
+        if self.loss is not None and not callable(self.loss):
+            raise ValueError(f"Task {self.name!r}: loss must be callable(pred, target); got {self.loss!r}.")
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def output_key(self) -> str:
+        """Key of this task's prediction in the model output dict."""
+        return self.output or self.name
+
+    @property
+    def target_key(self) -> str:
+        """Key of this task's labels in a batch's targets."""
+        return self.target or self.name
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the model head for this task."""
+        if self.kind is TaskKind.BINARY:
+            return 1
+        if self.kind is TaskKind.REGRESSION:
+            return self.num_outputs
+        assert self.num_classes is not None  # guaranteed by __post_init__
+        return self.num_classes
+
+    @property
+    def _per_sample(self) -> bool:
+        """True when one target value per sample (binary, multiclass, scalar regression)."""
+        return self.kind in (TaskKind.BINARY, TaskKind.MULTICLASS) or (
+            self.kind is TaskKind.REGRESSION and self.num_outputs == 1
+        )
+
+    def _shapes(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Bring ``pred``/``target`` to canonical shapes or raise a ShapeError naming the task."""
+        if pred.ndim == 0 or target.ndim == 0:
+            raise ShapeError(
+                f"Task {self.name!r} expects batched predictions and targets; got pred shape "
+                f"{tuple(pred.shape)} and target shape {tuple(target.shape)}."
+            )
+        n = pred.shape[0]
+        if target.shape[0] != n:
+            raise ShapeError(
+                f"Task {self.name!r}: predictions and targets disagree on batch size "
+                f"({n} vs {target.shape[0]})."
+            )
+        if self._per_sample and self.kind is not TaskKind.MULTICLASS:
+            if pred.numel() != n or target.numel() != n:
+                raise ShapeError(
+                    f"Task {self.name!r} ({self.kind.value}) expects one output and one target per sample, "
+                    f"shape (N,) or (N, 1); got pred {tuple(pred.shape)}, target {tuple(target.shape)}."
+                )
+            return pred.reshape(n), target.reshape(n)
+        if self.kind is TaskKind.MULTICLASS:
+            if pred.shape != (n, self.output_dim) or target.numel() != n:
+                raise ShapeError(
+                    f"Task {self.name!r} (multiclass, {self.num_classes} classes) expects logits of shape "
+                    f"(N, {self.num_classes}) and class indices of shape (N,); got pred "
+                    f"{tuple(pred.shape)}, target {tuple(target.shape)}."
+                )
+            return pred, target.reshape(n)
+        want = (n, self.output_dim)
+        if pred.shape != want or target.shape != want:
+            raise ShapeError(
+                f"Task {self.name!r} ({self.kind.value}) expects predictions and targets of shape "
+                f"(N, {self.output_dim}); got pred {tuple(pred.shape)}, target {tuple(target.shape)}."
+            )
+        return pred, target
+
+    # ------------------------------------------------------------------ labels
+    def valid_mask(self, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Boolean tensor, True where a label is present (shape of the canonical target)."""
+        if self.kind is TaskKind.MULTICLASS:
+            valid = target >= 0
+        elif target.is_floating_point():
+            valid = ~torch.isnan(target)
+        else:
+            valid = torch.ones_like(target, dtype=torch.bool)
+        if mask is not None:
+            mask = mask.to(device=valid.device, dtype=torch.bool)
+            if mask.numel() == valid.shape[0] and valid.ndim == 2 and mask.numel() != valid.numel():
+                mask = mask.reshape(-1, 1)  # per-sample mask over per-element labels
+            elif mask.numel() == valid.numel():
+                mask = mask.reshape(valid.shape)
+            else:
+                raise ShapeError(
+                    f"Task {self.name!r}: label mask of shape {tuple(mask.shape)} does not match targets "
+                    f"of shape {tuple(valid.shape)}; use shape (N,) or the target's shape."
+                )
+            valid = valid & mask
+        return valid
+
+    def compute_loss(
+        self, pred: Tensor, target: Tensor, mask: Tensor | None = None, /
+    ) -> tuple[Tensor, Tensor]:
+        """Mean loss over the labelled elements, and how many there were.
+
+        Returns:
+            ``(loss, count)``: scalar tensors. ``loss`` is 0 (with zero gradient) when
+            ``count`` is 0. No host synchronisation happens here.
+        """
+        pred, target = self._shapes(pred, target)
+        valid = self.valid_mask(target, mask)
+        if self.kind is TaskKind.MULTICLASS:
+            filled = torch.where(valid, target, torch.zeros_like(target)).long()
+        else:
+            filled = torch.where(valid, target, torch.zeros_like(target)).to(pred.dtype)
+        elem = self._element_loss(pred, filled)
+        if elem.shape != valid.shape:
+            if elem.ndim == 1 and elem.shape[0] == valid.shape[0]:
+                valid = valid.reshape(valid.shape[0], -1).all(dim=1)
+            else:
+                raise ShapeError(
+                    f"Task {self.name!r}: the loss must return per-sample or per-element values "
+                    f"(reduction='none'), shape ({valid.shape[0]},) or {tuple(valid.shape)}; "
+                    f"got {tuple(elem.shape)}."
+                )
+        count = valid.sum().to(elem.dtype)
+        total = torch.where(valid, elem, torch.zeros_like(elem)).sum()
+        return total / count.clamp_min(1.0), count
+
+    def _element_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        if self.loss is not None:
+            return self.loss(pred, target)
+        if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            return F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+        if self.kind is TaskKind.MULTICLASS:
+            return F.cross_entropy(pred, target, reduction="none", label_smoothing=self.label_smoothing)
+        return F.mse_loss(pred, target, reduction="none")
+
+    def activate(self, pred: Tensor) -> Tensor:
+        """Model output -> prediction: probabilities for classification, values for regression."""
+        if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            out = torch.sigmoid(pred)
+            return out.reshape(-1) if self.kind is TaskKind.BINARY else out
+        if self.kind is TaskKind.MULTICLASS:
+            return torch.softmax(pred, dim=-1)
+        return pred.reshape(-1) if self.num_outputs == 1 else pred
+
+    def check_targets(self, target: Tensor, mask: Tensor | None = None, *, where: str = "data") -> None:
+        """Validate a whole target tensor once (host side); raises :class:`DataError` with the fix."""
+        prefix = f"Task {self.name!r} ({self.kind.value}) in {where}"
+        if not isinstance(target, Tensor):
+            raise DataError(f"{prefix}: targets must be a torch.Tensor; got {type(target).__name__}.")
+        if target.ndim == 0:
+            raise DataError(f"{prefix}: targets must have a batch dimension; got a scalar.")
+        n = target.shape[0]
+        if self._per_sample:
+            if target.numel() != n:
+                raise DataError(
+                    f"{prefix}: expects one target per sample, shape (N,) or (N, 1); got {tuple(target.shape)}."
+                )
+        elif tuple(target.shape[1:]) != (self.output_dim,) or target.ndim != 2:
+            raise DataError(f"{prefix}: expects targets of shape (N, {self.output_dim}); got {tuple(target.shape)}.")
+        if self.kind is TaskKind.MULTICLASS:
+            if target.is_floating_point():
+                if torch.isnan(target).any():
+                    raise DataError(
+                        f"{prefix}: NaN labels found; multiclass labels are class indices with -1 for "
+                        "missing. Convert with torch.nan_to_num(t, nan=-1).long()."
+                    )
+                if not torch.equal(target, target.round()):
+                    raise DataError(f"{prefix}: labels must be integer class indices; got non-integer values.")
+            elif target.dtype == torch.bool or target.is_complex():
+                raise DataError(f"{prefix}: labels must be integer class indices; got dtype {target.dtype}.")
+            bad = (target < -1) | (target >= self.output_dim)
+            if bad.any():
+                v = target[bad][0].item()
+                raise DataError(
+                    f"{prefix}: class index {v!r} out of range; expected 0..{self.output_dim - 1} "
+                    "or -1 for a missing label (check num_classes)."
+                )
+            return
+        if target.is_complex():
+            raise DataError(f"{prefix}: labels must be real numbers; got dtype {target.dtype}.")
+        t = target if target.is_floating_point() else target.double()
+        if torch.isinf(t).any():
+            raise DataError(f"{prefix}: infinite labels found; use NaN for a missing label.")
+        if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            present = t[~torch.isnan(t)]
+            bad = (present < 0) | (present > 1)
+            if bad.any():
+                raise DataError(
+                    f"{prefix}: labels must lie in [0, 1] (NaN = missing); got {present[bad][0].item()!r}."
+                    + (" For class indices use kind='multiclass'." if self.kind is TaskKind.BINARY else "")
+                )
+
+    def make_metrics(self) -> dict[str, Metric]:
+        """Fresh metric objects for this task (defaults of its kind unless ``metrics`` is given)."""
+        from mtlkit.metrics.defaults import default_metrics  # local: metrics imports tasks
+
+        factories = self.metrics if self.metrics is not None else default_metrics(self)
+        out: dict[str, Metric] = {}
+        for name, factory in factories.items():
+            metric = factory()
+            if not isinstance(metric, Metric):
+                raise TypeError(
+                    f"Task {self.name!r}: metric {name!r} must be a factory returning a torchmetrics Metric; "
+                    f"got {type(metric).__name__}."
+                )
+            out[name] = metric
+        return out
+
+
+def task_names(tasks: Mapping[str, Task] | list[Task] | tuple[Task, ...]) -> tuple[str, ...]:
+    """Names of ``tasks`` in order; raises on duplicates."""
+    items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    names = tuple(t.name for t in items)
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"Task names must be unique; got duplicates {sorted(dup)}.")
+    if not names:
+        raise ValueError("At least one task is needed; got none.")
+    return names
+

@@ -1,0 +1,73 @@
+"""Early stopping on one monitored metric, with the best model kept for restoring."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["EarlyStopping", "resolve_monitor"]
+
+
+@dataclass(slots=True, kw_only=True)
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: ``"<task>/<metric>"`` (e.g. ``"ctr/auc"``) or ``"mean/<metric>"`` (mean over
+            the tasks that report it, e.g. ``"mean/loss"``). Read from the validation metrics,
+            or from the training losses when there is no validation data.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (from the metric's direction).
+        patience: epochs without improvement before stopping.
+        min_delta: the smallest change that counts as an improvement.
+        restore_best: load the best epoch's weights at the end of ``fit``.
+    """
+
+    monitor: str = "mean/loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    def __post_init__(self) -> None:
+        if "/" not in self.monitor:
+            raise ValueError(
+                f"EarlyStopping monitor must look like '<task>/<metric>' or 'mean/<metric>'; got {self.monitor!r}."
+            )
+        if self.mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping mode must be 'auto', 'min' or 'max'; got {self.mode!r}.")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"EarlyStopping patience must be an int >= 0; got {self.patience!r}.")
+        if self.min_delta < 0:
+            raise ValueError(f"EarlyStopping min_delta must be >= 0; got {self.min_delta!r}.")
+
+
+def resolve_monitor(
+    monitor: str,
+    metrics: dict[str, dict[str, float]],
+    directions: dict[str, dict[str, bool]] | None = None,
+) -> tuple[float, bool]:
+    """Value of ``monitor`` in ``metrics`` and whether higher is better; raises with the choices."""
+    task, _, metric = monitor.partition("/")
+    if task == "mean":
+        values = [m[metric] for m in metrics.values() if metric in m and not math.isnan(m[metric])]
+        holders = [t for t, m in metrics.items() if metric in m]
+        if not holders:
+            raise KeyError(_unknown(monitor, metrics))
+        value = sum(values) / len(values) if values else math.nan
+        t0 = holders[0]
+    else:
+        if task not in metrics or metric not in metrics[task]:
+            raise KeyError(_unknown(monitor, metrics))
+        value, t0 = metrics[task][metric], task
+    higher = directions[t0][metric] if directions and t0 in directions and metric in directions[t0] else False
+    return value, higher
+
+
+def _unknown(monitor: str, metrics: dict[str, dict[str, Any]]) -> str:
+    from mtlkit.errors import did_you_mean
+
+    options = sorted({f"{t}/{m}" for t, ms in metrics.items() for m in ms} | {
+        f"mean/{m}" for ms in metrics.values() for m in ms
+    })
+    return f"Unknown monitor {monitor!r}.{did_you_mean(monitor, options)} Available: {', '.join(options)}"
