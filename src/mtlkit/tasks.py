@@ -92,12 +92,16 @@ class Task:
             kind = TaskKind(self.kind)
         except ValueError:
             allowed = ", ".join(repr(k.value) for k in TaskKind)
-            raise ValueError(f"Task {self.name!r}: kind must be one of {allowed}; got {self.kind!r}.") from None
+            raise ValueError(
+                f"Task {self.name!r}: kind must be one of {allowed}; got {self.kind!r}."
+            ) from None
         object.__setattr__(self, "kind", kind)
         if kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
             least = 2 if kind is TaskKind.MULTICLASS else 1
-            if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or (
-                self.num_classes < least
+            if (
+                not isinstance(self.num_classes, int)
+                or isinstance(self.num_classes, bool)
+                or (self.num_classes < least)
             ):
                 raise ValueError(
                     f"Task {self.name!r} ({kind.value}) needs num_classes, an int >= {least}; "
@@ -109,7 +113,9 @@ class Task:
                 + ("Use num_outputs for a multi-output regression." if kind is TaskKind.REGRESSION else "")
             )
         if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
-            raise ValueError(f"Task {self.name!r}: num_outputs must be an int >= 1; got {self.num_outputs!r}.")
+            raise ValueError(
+                f"Task {self.name!r}: num_outputs must be an int >= 1; got {self.num_outputs!r}."
+            )
         if self.num_outputs != 1 and kind is not TaskKind.REGRESSION:
             raise ValueError(f"Task {self.name!r}: num_outputs applies to regression tasks only.")
         if not (0.0 <= self.label_smoothing < 1.0):
@@ -271,7 +277,9 @@ class Task:
                     f"{prefix}: expects one target per sample, shape (N,) or (N, 1); got {tuple(target.shape)}."
                 )
         elif tuple(target.shape[1:]) != (self.output_dim,) or target.ndim != 2:
-            raise DataError(f"{prefix}: expects targets of shape (N, {self.output_dim}); got {tuple(target.shape)}.")
+            raise DataError(
+                f"{prefix}: expects targets of shape (N, {self.output_dim}); got {tuple(target.shape)}."
+            )
         if self.kind is TaskKind.MULTICLASS:
             if target.is_floating_point():
                 if torch.isnan(target).any():
@@ -280,7 +288,9 @@ class Task:
                         "missing. Convert with torch.nan_to_num(t, nan=-1).long()."
                     )
                 if not torch.equal(target, target.round()):
-                    raise DataError(f"{prefix}: labels must be integer class indices; got non-integer values.")
+                    raise DataError(
+                        f"{prefix}: labels must be integer class indices; got non-integer values."
+                    )
             elif target.dtype == torch.bool or target.is_complex():
                 raise DataError(f"{prefix}: labels must be integer class indices; got dtype {target.dtype}.")
             bad = (target < -1) | (target >= self.output_dim)
@@ -332,4 +342,3 @@ def task_names(tasks: Mapping[str, Task] | list[Task] | tuple[Task, ...]) -> tup
     if not names:
         raise ValueError("At least one task is needed; got none.")
     return names
-

@@ -2,10 +2,12 @@
 
 from mtlkit.data.batch import Batch, Inputs, as_batch, collate
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
-from mtlkit.data.synthetic import pearson, synthetic_correlation
+from mtlkit.data.splits import DataSplits
+from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
 
 __all__ = [
     "Batch",
+    "DataSplits",
     "Inputs",
     "MultiTaskDataset",
     "TensorBatchLoader",
@@ -13,4 +15,5 @@ __all__ = [
     "collate",
     "pearson",
     "synthetic_correlation",
+    "synthetic_correlation_splits",
 ]

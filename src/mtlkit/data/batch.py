@@ -38,7 +38,9 @@ class Batch:
         def mv(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=non_blocking)
 
-        inputs = mv(self.inputs) if isinstance(self.inputs, Tensor) else {k: mv(v) for k, v in self.inputs.items()}
+        inputs = (
+            mv(self.inputs) if isinstance(self.inputs, Tensor) else {k: mv(v) for k, v in self.inputs.items()}
+        )
         masks = None if self.masks is None else {k: mv(v) for k, v in self.masks.items()}
         return Batch(inputs, {k: mv(v) for k, v in self.targets.items()}, masks)
 

@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 
 from mtlkit.data.dataset import MultiTaskDataset
+from mtlkit.data.splits import DataSplits
+from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
 
-__all__ = ["pearson", "synthetic_correlation"]
+__all__ = ["pearson", "synthetic_correlation", "synthetic_correlation_splits"]
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
@@ -66,7 +68,9 @@ def synthetic_correlation(
     if not -1.0 <= correlation <= 1.0:
         raise ValueError(f"synthetic_correlation: correlation must be in [-1, 1]; got {correlation!r}.")
     if not isinstance(dim, int) or dim < 2:
-        raise ValueError(f"synthetic_correlation: dim must be an int >= 2 (two orthogonal vectors); got {dim!r}.")
+        raise ValueError(
+            f"synthetic_correlation: dim must be an int >= 2 (two orthogonal vectors); got {dim!r}."
+        )
     if not isinstance(m, int) or m < 0:
         raise ValueError(f"synthetic_correlation: m must be an int >= 0; got {m!r}.")
     if noise_std < 0:
@@ -105,4 +109,38 @@ def synthetic_correlation(
     }
     return MultiTaskDataset(
         x.float(), {task_names[0]: y1.float(), task_names[1]: y2.float()}, tasks=tasks, info=info
+    )
+
+
+@DATASETS.register("synthetic_correlation", aliases=("synthetic",))
+def synthetic_correlation_splits(
+    *,
+    correlation: float = 0.5,
+    n_train: int = 10_000,
+    n_val: int = 2_000,
+    n_test: int = 2_000,
+    dim: int = 100,
+    c: float = 1.0,
+    m: int = 10,
+    noise_std: float = 0.1,
+    seed: int = 0,
+) -> DataSplits:
+    """MMoE paper synthetic regression pair with controlled task correlation (Ma et al. 2018, 3.2)."""
+    for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if v < (1 if name == "n_train" else 0):
+            raise ValueError(
+                f"synthetic_correlation: {name} must be >= {1 if name == 'n_train' else 0}; got {v}."
+            )
+    full = synthetic_correlation(
+        n_train + n_val + n_test, correlation, dim=dim, c=c, m=m, noise_std=noise_std, seed=seed
+    )
+    train, val, test = full.split([n_train, n_val, n_test])
+    assert full.tasks is not None
+    return DataSplits(
+        train=train,
+        val=val if n_val else None,
+        test=test if n_test else None,
+        tasks=full.tasks,
+        input_dim=dim,
+        info=dict(full.info),
     )

@@ -2,5 +2,6 @@
 
 from mtlkit.metrics.collection import MultiTaskMetrics, higher_is_better
 from mtlkit.metrics.defaults import AUROC, LogLoss, default_metrics
+from mtlkit.metrics.functional import delta_m
 
-__all__ = ["AUROC", "LogLoss", "MultiTaskMetrics", "default_metrics", "higher_is_better"]
+__all__ = ["AUROC", "LogLoss", "MultiTaskMetrics", "default_metrics", "delta_m", "higher_is_better"]

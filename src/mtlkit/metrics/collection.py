@@ -90,10 +90,7 @@ class MultiTaskMetrics:
             p, t = probs[valid], target[valid]
             if p.shape[0] == 0:
                 continue
-            if task.kind in (TaskKind.BINARY, TaskKind.MULTICLASS):
-                t = t.long()
-            else:
-                t = t.to(p.dtype)
+            t = t.long() if task.kind in (TaskKind.BINARY, TaskKind.MULTICLASS) else t.to(p.dtype)
             for m in self.metrics[task.name].values():
                 m.update(p, t)
 

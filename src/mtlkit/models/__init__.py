@@ -14,9 +14,9 @@ from mtlkit.registries import MODELS
 __all__ = [
     "ACTIVATIONS",
     "MLP",
-    "MMoE",
     "MODELS",
     "ExpertMLPs",
+    "MMoE",
     "MultiTaskModel",
     "OMoE",
     "SharedBottom",

@@ -66,4 +66,3 @@ def params_of(*modules: nn.Module | None) -> list[nn.Parameter]:
                 seen.add(id(p))
                 out.append(p)
     return out
-

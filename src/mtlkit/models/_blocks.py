@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -139,7 +140,9 @@ class ExpertMLPs(nn.Module):
         if not dims:
             raise ValueError("expert hidden_dims needs at least one layer width.")
         if activation not in _FUNCTIONAL:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, _FUNCTIONAL))}; got {activation!r}.")
+            raise ValueError(
+                f"activation must be one of {', '.join(map(repr, _FUNCTIONAL))}; got {activation!r}."
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
         self.num_experts, self.in_features, self.hidden_dims = num_experts, in_features, dims
@@ -152,7 +155,7 @@ class ExpertMLPs(nn.Module):
         self.bias0 = nn.Parameter(torch.empty(E, dims[0]))
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in itertools.pairwise(dims):
             self.weights.append(nn.Parameter(torch.empty(E, a, b)))
             self.biases.append(nn.Parameter(torch.empty(E, b)))
         self.reset_parameters()
@@ -208,7 +211,9 @@ class SoftmaxGates(nn.Module):
     (``gates[name]``) so that a task owns its gate.
     """
 
-    def __init__(self, names: Sequence[str], in_features: int, num_experts: int, *, bias: bool = True) -> None:
+    def __init__(
+        self, names: Sequence[str], in_features: int, num_experts: int, *, bias: bool = True
+    ) -> None:
         super().__init__()
         if not names:
             raise ValueError("SoftmaxGates needs at least one gate name.")

@@ -76,7 +76,9 @@ class MMoE(_MoEBase):
     ) -> None:
         super().__init__(experts, towers, input_layer)
         if isinstance(gates, SoftmaxGates) and gates.names != self.task_names:
-            raise ValueError(f"MMoE gates must be named after the tasks {self.task_names}; got {gates.names}.")
+            raise ValueError(
+                f"MMoE gates must be named after the tasks {self.task_names}; got {gates.names}."
+            )
         self.gate = gates
 
     def encode(self, x: Inputs) -> Tensor:

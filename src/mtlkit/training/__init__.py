@@ -4,4 +4,11 @@ from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping
 from mtlkit.training.trainer import Trainer, TrainingDivergedError, default_device
 
-__all__ = ["EarlyStopping", "Trainer", "TrainingDivergedError", "default_device", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "EarlyStopping",
+    "Trainer",
+    "TrainingDivergedError",
+    "default_device",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -67,7 +67,8 @@ def resolve_monitor(
 def _unknown(monitor: str, metrics: dict[str, dict[str, Any]]) -> str:
     from mtlkit.errors import did_you_mean
 
-    options = sorted({f"{t}/{m}" for t, ms in metrics.items() for m in ms} | {
-        f"mean/{m}" for ms in metrics.values() for m in ms
-    })
+    options = sorted(
+        {f"{t}/{m}" for t, ms in metrics.items() for m in ms}
+        | {f"mean/{m}" for ms in metrics.values() for m in ms}
+    )
     return f"Unknown monitor {monitor!r}.{did_you_mean(monitor, options)} Available: {', '.join(options)}"

@@ -38,10 +38,16 @@ class ProgressDisplay:
             self._progress.remove_task(self._task)
         self._task = self._progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, losses="")
 
-    def update(self, advance: int, names: Sequence[str] | None = None, losses: Sequence[float] | None = None) -> None:
+    def update(
+        self, advance: int, names: Sequence[str] | None = None, losses: Sequence[float] | None = None
+    ) -> None:
         if self._progress is None or self._task is None:
             return
-        text = "" if losses is None or names is None else "  ".join(f"{n} {v:.4f}" for n, v in zip(names, losses))
+        text = (
+            ""
+            if losses is None or names is None
+            else "  ".join(f"{n} {v:.4f}" for n, v in zip(names, losses))
+        )
         self._progress.update(self._task, advance=advance, losses=text)
 
     def close(self) -> None:

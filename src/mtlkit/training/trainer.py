@@ -27,7 +27,7 @@ from mtlkit.training.progress import ProgressDisplay
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
-__all__ = ["TrainingDivergedError", "Trainer"]
+__all__ = ["Trainer", "TrainingDivergedError"]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerLike = Any  # an LRScheduler / ReduceLROnPlateau, or a callable(optimizer) -> one
@@ -114,7 +114,9 @@ class Trainer:
         self.optimizer = self._make_optimizer(optimizer)
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got {scheduler_interval!r}.")
-        self.scheduler = scheduler(self.optimizer) if callable(scheduler) and not _is_scheduler(scheduler) else scheduler
+        self.scheduler = (
+            scheduler(self.optimizer) if callable(scheduler) and not _is_scheduler(scheduler) else scheduler
+        )
         self.scheduler_interval = scheduler_interval
         if grad_clip_norm is not None and not grad_clip_norm > 0:
             raise ValueError(f"grad_clip_norm must be > 0 or None; got {grad_clip_norm!r}.")
@@ -142,9 +144,13 @@ class Trainer:
         elif callable(optimizer):
             opt = optimizer(self.model.parameters())
             if not isinstance(opt, torch.optim.Optimizer):
-                raise TypeError(f"The optimizer factory must return a torch.optim.Optimizer; got {type(opt).__name__}.")
+                raise TypeError(
+                    f"The optimizer factory must return a torch.optim.Optimizer; got {type(opt).__name__}."
+                )
         else:
-            raise TypeError(f"optimizer must be a torch optimizer or a factory; got {type(optimizer).__name__}.")
+            raise TypeError(
+                f"optimizer must be a torch optimizer or a factory; got {type(optimizer).__name__}."
+            )
         extra = [p for p in self.weighting.parameters() if p.requires_grad]
         if extra:
             known = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -248,7 +254,9 @@ class Trainer:
                 elif hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
                     train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
                 started = time.perf_counter()
-                train_losses, weights = self._train_epoch(train_loader, epoch, epochs, display, validate_batches)
+                train_losses, weights = self._train_epoch(
+                    train_loader, epoch, epochs, display, validate_batches
+                )
                 record: dict[str, Any] = {
                     "epoch": epoch + 1,
                     "train": dict(zip(self.task_names, train_losses)),
@@ -270,7 +278,12 @@ class Trainer:
             display.close()
             if self._writer is not None:
                 self._writer.flush()
-        if early_stopping is not None and early_stopping.restore_best and self._best and self._best.get("state"):
+        if (
+            early_stopping is not None
+            and early_stopping.restore_best
+            and self._best
+            and self._best.get("state")
+        ):
             self.model.load_state_dict(self._best["state"])
             self.weighting.load_state_dict(self._best["weighting"])
         return self.history
@@ -428,7 +441,8 @@ class Trainer:
         if isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
             n = data.shape[0] if isinstance(data, Tensor) else len(next(iter(data.values())))
             chunks: Iterable[Inputs] = (
-                data[i : i + batch_size] if isinstance(data, Tensor)
+                data[i : i + batch_size]
+                if isinstance(data, Tensor)
                 else {k: v[i : i + batch_size] for k, v in data.items()}
                 for i in range(0, n, batch_size)
             )
@@ -437,9 +451,11 @@ class Trainer:
         by_output = {t.output_key: t for t in self.tasks}
         parts: dict[str, list[Tensor]] = {}
         for inputs in chunks:
-            inputs = inputs.to(self.device) if isinstance(inputs, Tensor) else {
-                k: v.to(self.device) for k, v in inputs.items()
-            }
+            inputs = (
+                inputs.to(self.device)
+                if isinstance(inputs, Tensor)
+                else {k: v.to(self.device) for k, v in inputs.items()}
+            )
             for key, out in self.model(inputs).items():
                 task = by_output.get(key)
                 value = task.activate(out.float()) if (activate and task is not None) else out
@@ -503,7 +519,9 @@ class Trainer:
         if "trainer" in rng:
             self.generator.set_state(rng["trainer"])
 
-    def save_checkpoint(self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None) -> Path:
+    def save_checkpoint(
+        self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
+    ) -> Path:
         """Write :meth:`state_dict` (plus ``extra``) to ``path`` atomically."""
         payload = self.state_dict()
         if extra is not None:
@@ -523,4 +541,3 @@ def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
 
 def _is_scheduler(obj: Any) -> bool:
     return isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
-

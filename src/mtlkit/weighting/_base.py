@@ -71,7 +71,9 @@ class LossWeighting(nn.Module, ABC):
         if present is None:
             present = torch.ones(T, dtype=torch.bool, device=losses.device)
         elif present.shape != (T,):
-            raise ShapeError(f"{type(self).__name__} expects `present` of shape ({T},); got {tuple(present.shape)}.")
+            raise ShapeError(
+                f"{type(self).__name__} expects `present` of shape ({T},); got {tuple(present.shape)}."
+            )
         return self.combine(losses, present.to(torch.bool), state or TrainState())
 
     def extra_repr(self) -> str:

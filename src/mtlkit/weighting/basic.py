@@ -33,7 +33,9 @@ class StaticWeighting(LossWeighting):
         weights: ``{task: weight}`` (tasks not named get 1.0) or one weight per task.
     """
 
-    def __init__(self, tasks: Sequence[Task] | Sequence[str], weights: Mapping[str, float] | Sequence[float]) -> None:
+    def __init__(
+        self, tasks: Sequence[Task] | Sequence[str], weights: Mapping[str, float] | Sequence[float]
+    ) -> None:
         super().__init__(tasks)
         if isinstance(weights, Mapping):
             unknown = [k for k in weights if k not in self.task_names]

@@ -55,10 +55,14 @@ class UncertaintyWeighting(LossWeighting):
         forms = dict(forms or {})
         bad = {k: v for k, v in forms.items() if v not in ("regression", "classification")}
         if bad:
-            raise ValueError(f"UncertaintyWeighting forms must be 'regression' or 'classification'; got {bad}.")
+            raise ValueError(
+                f"UncertaintyWeighting forms must be 'regression' or 'classification'; got {bad}."
+            )
         unknown = set(forms) - set(self.task_names)
         if unknown:
-            raise ValueError(f"UncertaintyWeighting forms name unknown tasks {sorted(unknown)}; tasks: {self.task_names}.")
+            raise ValueError(
+                f"UncertaintyWeighting forms name unknown tasks {sorted(unknown)}; tasks: {self.task_names}."
+            )
         scales = []
         for t in tasks:
             name = t.name if isinstance(t, Task) else str(t)

@@ -1,0 +1,146 @@
+"""``mtlkit run | list | evaluate | validate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from mtlkit import __version__
+from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
+
+__all__ = ["main"]
+
+_FAMILIES = ("presets", "models", "weightings", "datasets", "optimizers", "schedulers")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtlkit",
+        description="Multi-task learning on PyTorch: train, compare and evaluate multi-task models.",
+    )
+    p.add_argument("--version", action="version", version=f"mtlkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="train an experiment (default: the 'default' preset)",
+        description="Train every variant and seed of an experiment and print a comparison table. "
+        "Override any config value with dotted.key=value, e.g. trainer.epochs=5 model.num_experts=4.",
+    )
+    run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    run.add_argument("--preset", help="a bundled preset (see `mtlkit list presets`)")
+    run.add_argument("--out", help="parent directory of the run directory (default: the config's output_dir)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+    val = sub.add_parser("validate", help="check a config and print it fully resolved")
+    val.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    val.add_argument("--preset")
+
+    ls = sub.add_parser(
+        "list", help="list presets, models, loss weightings, datasets, optimizers, schedulers"
+    )
+    ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
+
+    ev = sub.add_parser("evaluate", help="evaluate the checkpoints of a run directory")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", default="test", choices=("test", "val", "train"))
+    return p
+
+
+def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    paths = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if len(paths) > 1:
+        raise ConfigError([f"expected at most one config file; got {paths}. Overrides look like key=value."])
+    return (paths[0] if paths else None), overrides
+
+
+def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.config.load import load_config
+    from mtlkit.experiment import run_experiment
+
+    path, overrides = _split_args(ns.args)
+    experiment = load_config(path, preset=ns.preset, overrides=overrides)
+    run_experiment(experiment, output_dir=ns.out, console=console, progress=False if ns.no_progress else None)
+    return 0
+
+
+def _cmd_validate(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.config.load import load_config
+
+    path, overrides = _split_args(ns.args)
+    experiment = load_config(path, preset=ns.preset, overrides=overrides)
+    console.print(f"# {experiment.source}: valid ({len(experiment.variants)} run(s) per seed)")
+    console.print(yaml.safe_dump(experiment.to_dict(), sort_keys=False), markup=False, highlight=False)
+    return 0
+
+
+def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.config.components import FAMILIES
+    from mtlkit.config.load import list_presets
+
+    wanted = [ns.what] if ns.what else list(_FAMILIES)
+    sections = {
+        "models": FAMILIES["model"].registry,
+        "weightings": FAMILIES["weighting"].registry,
+        "datasets": FAMILIES["data"].registry,
+        "optimizers": FAMILIES["optimizer"].registry,
+        "schedulers": FAMILIES["scheduler"].registry,
+    }
+    for what in wanted:
+        table = Table(title=what, title_justify="left", show_header=False, box=None, padding=(0, 2))
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        if what == "presets":
+            for name, desc in list_presets().items():
+                table.add_row(name, desc)
+        else:
+            reg = sections[what]
+            for name in reg.names():
+                table.add_row(name, reg.summary(name))
+        console.print(table)
+        console.print()
+    return 0
+
+
+def _cmd_evaluate(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.experiment import evaluate_run_dir
+
+    evaluate_run_dir(ns.run_dir, split=ns.split, console=console)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtlkit`` command; returns the exit code."""
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"run": _cmd_run, "list": _cmd_list, "evaluate": _cmd_evaluate, "validate": _cmd_validate}
+    try:
+        return handlers[ns.command](ns, console)
+    except (ConfigError, UnknownComponentError) as exc:
+        if os.environ.get("MTLKIT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MtlkitError as exc:
+        if os.environ.get("MTLKIT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The experiment configuration: a YAML file, preset or override set, validated with pydantic."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
+
+__all__ = ["EarlyStoppingConfig", "ExperimentConfig", "TrainerConfig"]
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when the monitored metric stops improving; restore the best weights."""
+
+    monitor: str = "mean/loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: NonNegativeInt = 5
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = True
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str) -> str:
+        if "/" not in v:
+            raise ValueError("must look like '<task>/<metric>' or 'mean/<metric>' (e.g. 'mean/loss')")
+        return v
+
+
+class TrainerConfig(_Strict):
+    """How to train: epochs, batch size, device, early stopping, logging."""
+
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 256
+    device: str = "auto"
+    grad_clip_norm: PositiveFloat | None = None
+    scheduler_interval: Literal["epoch", "step"] = "epoch"
+    early_stopping: EarlyStoppingConfig | None = None
+    log_epochs: bool = False
+    progress: bool | None = None
+    tensorboard: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment. Component sections name registry entries: ``model: {name: mmoe, num_experts: 8}``.
+
+    ``compare`` maps a label to a partial config merged over this one; each label is one run (per
+    seed). A component whose ``name`` a variant changes is replaced, not merged.
+    """
+
+    name: str = "experiment"
+    description: str = ""
+    seed: int = 0
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    data: dict[str, Any]
+    model: dict[str, Any]
+    weighting: dict[str, Any] = Field(default_factory=lambda: {"name": "equal"})
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    scheduler: dict[str, Any] | None = None
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    compare: dict[str, dict[str, Any]] | None = None
+    baseline: str | None = None
+    output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.\-]+$", v):
+            raise ValueError("must use only letters, digits, '_', '-' and '.' (it names the run directory)")
+        return v
+
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]

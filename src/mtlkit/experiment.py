@@ -1,0 +1,331 @@
+"""Run a validated experiment: every variant x seed, each in its own run directory, then one
+comparison table. Used by ``mtlkit run`` and ``mtlkit evaluate``; also callable from Python."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+
+from mtlkit.config.build import (
+    build_data,
+    build_model,
+    build_weighting,
+    early_stopping,
+    optimizer_factory,
+    scheduler_factory,
+)
+from mtlkit.config.load import ResolvedExperiment, resolve
+from mtlkit.config.schema import ExperimentConfig
+from mtlkit.data.splits import DataSplits
+from mtlkit.errors import CheckpointError
+from mtlkit.metrics.collection import MultiTaskMetrics
+from mtlkit.metrics.functional import delta_m
+from mtlkit.report import comparison_table, metrics_table
+from mtlkit.training.checkpoint import load_checkpoint
+from mtlkit.training.trainer import Trainer
+from mtlkit.utils import seed_everything
+
+__all__ = ["ExperimentResult", "RunResult", "evaluate_run_dir", "run_experiment"]
+
+
+@dataclass
+class RunResult:
+    """One trained model: a variant at one seed."""
+
+    label: str
+    seed: int
+    run_dir: Path
+    split: str
+    metrics: dict[str, dict[str, float]]
+    params: int
+    seconds: float
+    epochs: int
+    best_epoch: int | None
+    directions: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    """All runs of an experiment and the aggregated comparison."""
+
+    run_dir: Path
+    runs: list[RunResult]
+    comparison: dict[str, Any]
+
+
+def _new_run_dir(root: Path, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / f"{name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _dump_yaml(data: Mapping[str, Any], path: Path) -> None:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+
+
+def _device(cfg: ExperimentConfig) -> str | None:
+    return None if cfg.trainer.device == "auto" else cfg.trainer.device
+
+
+def _data_key(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def _train_one(
+    cfg: ExperimentConfig,
+    splits: DataSplits,
+    seed: int,
+    run_dir: Path,
+    label: str,
+    console: Console,
+    progress: bool | None,
+) -> RunResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    single = cfg.model_copy(
+        update={"seed": seed, "seeds": None, "compare": None, "baseline": None, "name": cfg.name}
+    )
+    config_dict = single.model_dump(mode="json")
+    _dump_yaml(config_dict, run_dir / "config.yaml")
+    seed_everything(seed)
+    model = build_model(cfg.model, splits)
+    weighting = build_weighting(cfg.weighting, splits.tasks)
+    trainer = Trainer(
+        model,
+        splits.tasks,
+        optimizer=optimizer_factory(cfg.optimizer),
+        scheduler=scheduler_factory(cfg.scheduler),
+        scheduler_interval=cfg.trainer.scheduler_interval,
+        weighting=weighting,
+        device=_device(cfg),
+        seed=seed,
+        grad_clip_norm=cfg.trainer.grad_clip_norm,
+        progress=cfg.trainer.progress if cfg.trainer.progress is not None else progress,
+        log_epochs=cfg.trainer.log_epochs,
+        log_dir=run_dir / "tensorboard" if cfg.trainer.tensorboard else None,
+        console=console,
+    )
+    started = time.perf_counter()
+    history = trainer.fit(
+        splits.train,
+        splits.val,
+        epochs=cfg.trainer.epochs,
+        batch_size=cfg.trainer.batch_size,
+        early_stopping=early_stopping(cfg),
+        checkpoint=run_dir / "checkpoint.pt",
+        extra_state={"config": config_dict, "label": label},
+    )
+    seconds = time.perf_counter() - started
+    split, data = ("test", splits.test) if splits.test is not None else ("val", splits.val or splits.train)
+    if data is splits.train:
+        split = "train"
+    metrics = trainer.evaluate(data, batch_size=max(cfg.trainer.batch_size, 1024))
+    best = trainer._best["epoch"] if trainer._best else None
+    params = sum(p.numel() for p in model.parameters())
+    result = RunResult(
+        label,
+        seed,
+        run_dir,
+        split,
+        metrics,
+        params,
+        seconds,
+        len(history),
+        best,
+        MultiTaskMetrics(splits.tasks).directions(),
+    )
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=_json_default))
+    (run_dir / "metrics.json").write_text(
+        json.dumps(_run_record(result, splits), indent=1, default=_json_default)
+    )
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, (Path, torch.device)):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _run_record(r: RunResult, splits: DataSplits) -> dict[str, Any]:
+    return {
+        "label": r.label,
+        "seed": r.seed,
+        "split": r.split,
+        "metrics": r.metrics,
+        "params": r.params,
+        "seconds": r.seconds,
+        "epochs": r.epochs,
+        "best_epoch": r.best_epoch,
+        "data": splits.info,
+    }
+
+
+def _primary(
+    directions: Mapping[str, Mapping[str, bool]], metrics: Mapping[str, Mapping[str, float]]
+) -> dict[str, str]:
+    """First metric of each task other than ``loss`` (the default metric list starts with the main one)."""
+    out = {}
+    for task, ms in metrics.items():
+        names = [m for m in ms if m != "loss"]
+        out[task] = names[0] if names else "loss"
+    return out
+
+
+def aggregate(runs: list[RunResult], baseline: str | None) -> dict[str, Any]:
+    """Mean and std over seeds for every label, task and metric; Δm against the baseline label."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    out: dict[str, Any] = {"labels": {}, "baseline": baseline}
+    first = runs[0]
+    primary = _primary(first.directions, first.metrics)
+    out["primary"] = primary
+    for label in labels:
+        rs = [r for r in runs if r.label == label]
+        stats: dict[str, dict[str, dict[str, float]]] = {}
+        for task, ms in rs[0].metrics.items():
+            stats[task] = {}
+            for m in ms:
+                vals = [r.metrics[task][m] for r in rs]
+                mean = statistics.fmean(vals)
+                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                stats[task][m] = {"mean": mean, "std": std}
+        out["labels"][label] = {
+            "metrics": stats,
+            "seeds": [r.seed for r in rs],
+            "params": rs[0].params,
+            "seconds": statistics.fmean(r.seconds for r in rs),
+            "split": rs[0].split,
+        }
+    if baseline is not None and baseline in out["labels"]:
+        higher = {t: first.directions[t][m] for t, m in primary.items()}
+        base = {t: out["labels"][baseline]["metrics"][t][m]["mean"] for t, m in primary.items()}
+        for entry in out["labels"].values():
+            res = {t: entry["metrics"][t][m]["mean"] for t, m in primary.items()}
+            entry["delta_m"] = delta_m(res, base, higher)
+    return out
+
+
+def run_experiment(
+    experiment: ResolvedExperiment | Mapping[str, Any],
+    *,
+    output_dir: str | Path | None = None,
+    console: Console | None = None,
+    progress: bool | None = None,
+) -> ExperimentResult:
+    """Train every variant at every seed; write run directories and the comparison; print tables."""
+    if not isinstance(experiment, ResolvedExperiment):
+        experiment = resolve(experiment)
+    cfg = experiment.config
+    console = console or Console()
+    root = _new_run_dir(Path(output_dir or cfg.output_dir), cfg.name)
+    _dump_yaml(experiment.to_dict(), root / "config.yaml")
+    labels = list(experiment.variants)
+    multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
+    data_cache: dict[str, DataSplits] = {}
+    runs: list[RunResult] = []
+    if cfg.description:
+        console.print(f"[bold]{cfg.name}[/bold]: {cfg.description.strip()}")
+    for label, vcfg in experiment.variants.items():
+        key = _data_key(vcfg.data)
+        if key not in data_cache:
+            data_cache[key] = build_data(vcfg.data)
+        splits = data_cache[key]
+        for seed in vcfg.run_seeds():
+            run_dir = root / label / f"seed{seed}" if multi else root
+            r = _train_one(vcfg, splits, seed, run_dir, label, console, progress)
+            runs.append(r)
+            console.print(
+                f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
+                + "  ".join(
+                    f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
+                )
+            )
+    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
+    comparison = aggregate(runs, baseline if len(labels) > 1 else None)
+    comparison["data"] = dict(next(iter(data_cache.values())).info.items())
+    (root / "comparison.json").write_text(json.dumps(comparison, indent=1, default=_json_default))
+    if multi:
+        table = comparison_table(
+            comparison, title=f"{cfg.name}: {runs[0].split} metrics (mean ± std over seeds)"
+        )
+    else:
+        table = metrics_table(runs[0].metrics, title=f"{cfg.name}: {runs[0].split} metrics")
+    console.print(table)
+    console.print(f"Run directory: {root}")
+    return ExperimentResult(root, runs, comparison)
+
+
+def evaluate_run_dir(
+    run_dir: str | Path, *, split: str = "test", console: Console | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Re-evaluate every checkpoint under ``run_dir`` on ``split``; print one table; return ``{run: metrics}``."""
+    root = Path(run_dir)
+    console = console or Console()
+    if not root.exists():
+        raise CheckpointError(f"Run directory {str(root)!r} does not exist.")
+    ckpts = (
+        [root / "checkpoint.pt"] if (root / "checkpoint.pt").exists() else sorted(root.rglob("checkpoint.pt"))
+    )
+    if not ckpts:
+        raise CheckpointError(
+            f"No checkpoint.pt under {str(root)!r}; is it a run directory written by `mtlkit run`?"
+        )
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    data_cache: dict[str, DataSplits] = {}
+    for ckpt in ckpts:
+        rd = ckpt.parent
+        cfg_path = rd / "config.yaml"
+        if not cfg_path.exists():
+            raise CheckpointError(
+                f"{str(rd)!r} has a checkpoint but no config.yaml; cannot rebuild the model."
+            )
+        resolved = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
+        cfg = next(iter(resolved.variants.values()))
+        key = _data_key(cfg.data)
+        if key not in data_cache:
+            data_cache[key] = build_data(cfg.data)
+        splits = data_cache[key]
+        data = {"test": splits.test, "val": splits.val, "train": splits.train}.get(split)
+        if data is None:
+            raise CheckpointError(
+                f"The data of {str(rd)!r} has no {split!r} split; choose another with --split."
+            )
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, splits)
+        trainer = Trainer(
+            model,
+            splits.tasks,
+            weighting=build_weighting(cfg.weighting, splits.tasks),
+            optimizer=optimizer_factory(cfg.optimizer),
+            scheduler=scheduler_factory(cfg.scheduler),
+            device=_device(cfg),
+            progress=False,
+        )
+        ckpt_data = load_checkpoint(ckpt)
+        trainer.load_state_dict(ckpt_data, source=f"checkpoint {str(ckpt)!r}")
+        best = ckpt_data.get("best") or {}
+        if best.get("state") is not None:  # the run restored its best epoch at the end
+            trainer.model.load_state_dict(best["state"])
+        name = str(rd.relative_to(root)) if rd != root else rd.name
+        results[name] = trainer.evaluate(data, batch_size=max(cfg.trainer.batch_size, 1024))
+        console.print(metrics_table(results[name], title=f"{name}: {split} metrics"))
+    return results
