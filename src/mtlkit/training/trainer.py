@@ -240,6 +240,8 @@ class Trainer:
         """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
+        if early_stopping is not None:
+            self._check_monitor(early_stopping.monitor, has_val=val is not None)
         if resume is not None:
             self.load_checkpoint(resume)
         train_loader = self._loader(train, batch_size, shuffle=True)
@@ -287,6 +289,16 @@ class Trainer:
             self.model.load_state_dict(self._best["state"])
             self.weighting.load_state_dict(self._best["weighting"])
         return self.history
+
+    def _check_monitor(self, monitor: str, *, has_val: bool) -> None:
+        directions = MultiTaskMetrics(self.tasks).directions()
+        if not has_val:  # only the training losses exist
+            directions = {t: {"loss": False} for t in directions}
+        try:
+            resolve_monitor(monitor, {t: dict.fromkeys(ms, 0.0) for t, ms in directions.items()}, directions)
+        except KeyError as exc:
+            hint = "" if has_val else " (without validation data only training losses can be monitored)"
+            raise ValueError(f"EarlyStopping: {exc.args[0]}{hint}") from None
 
     def _train_epoch(
         self, loader: Iterable[Any], epoch: int, epochs: int, display: ProgressDisplay, validate: bool
@@ -473,6 +485,7 @@ class Trainer:
             "weighting": self.weighting.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "seed": self.seed,
             "history": self.history,
             "epoch_losses": [list(x) for x in self._epoch_losses],
             "best": self._best,
@@ -508,6 +521,7 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.seed = int(state.get("seed", self.seed))  # the data order of the resumed run
         self.history = list(state.get("history", []))
         self._epoch_losses = [tuple(x) for x in state.get("epoch_losses", [])]
         self._best = state.get("best")

@@ -1,0 +1,149 @@
+"""Models: loop references for the batched MoE code, gates, parameter partitions for every registered model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mtlkit import Task
+from mtlkit.errors import ShapeError, UnknownComponentError
+from mtlkit.models import MLP, MMoE, OMoE, ExpertMLPs, SoftmaxGates
+from mtlkit.registries import MODELS
+
+TASKS = (
+    Task(name="ctr", kind="binary"),
+    Task(name="topic", kind="multiclass", num_classes=4),
+    Task(name="value", kind="regression"),
+)
+
+
+def reference_experts(bank: ExpertMLPs, x: torch.Tensor) -> torch.Tensor:
+    """Each expert evaluated on its own, in a Python loop, from its weights."""
+    outs = []
+    for e in range(bank.num_experts):
+        h = x
+        for w, b in bank.expert_layers(e):
+            h = torch.relu(h @ w + b)
+        outs.append(h)
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("dims", [(16,), (12, 8), (6, 5, 4)])
+def test_expert_bank_equals_loop_reference(dims: tuple[int, ...]) -> None:
+    bank = ExpertMLPs(5, 7, dims).double()
+    x = torch.randn(9, 7, dtype=torch.float64)
+    torch.testing.assert_close(bank(x), reference_experts(bank, x))
+
+
+def test_mmoe_equals_per_expert_reference_and_gates_sum_to_one() -> None:
+    model = MODELS.build("mmoe", input_dim=10, tasks=TASKS, num_experts=4, expert_dims=(8, 6), tower_dims=(5,)).double()
+    x = torch.randn(13, 10, dtype=torch.float64)
+    out = model(x)
+    experts = reference_experts(model.experts, x)  # (N, E, D)
+    for t in TASKS:
+        gate = model.gate.gates[t.name]
+        g = torch.softmax(x @ gate.weight.T + gate.bias, dim=-1)
+        mixed = sum(g[:, e : e + 1] * experts[:, e] for e in range(4))
+        torch.testing.assert_close(out[t.name], model.towers[t.name](mixed))
+        assert out[t.name].shape == (13, t.output_dim)
+    gates = model.gates(x)
+    assert set(gates) == {t.name for t in TASKS}
+    for g in gates.values():
+        assert (g >= 0).all()
+        torch.testing.assert_close(g.sum(-1), torch.ones(13, dtype=torch.float64))
+
+
+def test_omoe_equals_reference_with_one_shared_gate() -> None:
+    model = MODELS.build("omoe", input_dim=10, tasks=TASKS, num_experts=3, expert_dims=(8,)).double()
+    x = torch.randn(6, 10, dtype=torch.float64)
+    experts = reference_experts(model.experts, x)
+    gate = model.gate.gates["shared"]
+    g = torch.softmax(x @ gate.weight.T + gate.bias, dim=-1)
+    mixed = (g.unsqueeze(-1) * experts).sum(1)
+    out = model(x)
+    for t in TASKS:
+        torch.testing.assert_close(out[t.name], model.towers[t.name](mixed))
+    torch.testing.assert_close(model.gates(x)["shared"].sum(-1), torch.ones(6, dtype=torch.float64))
+    # the single gate is shared: no task owns it
+    shared = {id(p) for p in model.shared_parameters()}
+    assert all(id(p) in shared for p in gate.parameters())
+
+
+def test_user_modules_as_experts_and_towers() -> None:
+    experts = [nn.Sequential(nn.Linear(4, 3), nn.Tanh()) for _ in range(2)]
+    towers = {"a": nn.Linear(3, 1), "b": nn.Linear(3, 1)}
+    model = MMoE(experts, SoftmaxGates(["a", "b"], 4, 2), towers)
+    x = torch.randn(5, 4)
+    out = model(x)
+    g = model.gates(x)
+    stacked = torch.stack([e(x) for e in experts], 1)
+    torch.testing.assert_close(out["a"], towers["a"]((g["a"].unsqueeze(-1) * stacked).sum(1)))
+    omoe = OMoE(experts, SoftmaxGates(["s"], 4, 2), towers)
+    assert omoe(x)["b"].shape == (5, 1)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_meets_the_contract(name: str) -> None:
+    model = MODELS.build(name, input_dim=10, tasks=TASKS)
+    x = torch.randn(7, 10)
+    out = model(x)
+    assert set(out) == {t.name for t in TASKS}
+    for t in TASKS:
+        assert out[t.name].shape == (7, t.output_dim)
+        assert torch.isfinite(out[t.name]).all()
+    # shared and task parameters are disjoint and together complete
+    all_ids = [id(p) for p in model.parameters()]
+    shared = [id(p) for p in model.shared_parameters()]
+    per_task = {t.name: [id(p) for p in model.task_parameters(t.name)] for t in TASKS}
+    owned = [i for ids in per_task.values() for i in ids]
+    assert len(owned) == len(set(owned)), "a parameter is owned by two tasks"
+    assert not set(owned) & set(shared)
+    assert sorted(owned + shared) == sorted(all_ids)
+    # the loss of one task gives no gradient to another task's parameters
+    model.zero_grad()
+    out["ctr"].sum().backward()
+    for p in model.task_parameters("value"):
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    # state_dict round trip
+    clone = MODELS.build(name, input_dim=10, tasks=TASKS)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone(x)["value"], model(x)["value"])
+    with pytest.raises(UnknownComponentError, match="Unknown task 'nope'"):
+        model.task_parameters("nope")
+
+
+def mlp_params(dims: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def test_parameter_counts_match_formulas() -> None:
+    tasks = (Task(name="y1", kind="regression"), Task(name="y2", kind="regression"))
+    d, E, h, tw = 100, 8, 16, 8
+    mmoe = MODELS.build("mmoe", input_dim=d, tasks=tasks, num_experts=E, expert_dims=(h,), tower_dims=(tw,))
+    expected = E * (d * h + h) + 2 * (d * E + E) + 2 * mlp_params([h, tw, 1])
+    assert mmoe.num_parameters() == expected
+    omoe = MODELS.build("omoe", input_dim=d, tasks=tasks, num_experts=E, expert_dims=(h,), tower_dims=(tw,))
+    assert omoe.num_parameters() == expected - (d * E + E)
+    sb = MODELS.build("shared_bottom", input_dim=d, tasks=tasks, bottom_dims=(113,), tower_dims=(8,))
+    assert sb.num_parameters() == mlp_params([d, 113]) + 2 * mlp_params([113, 8, 1])
+    st = MODELS.build("single_task", input_dim=d, tasks=tasks, hidden_dims=(64,))
+    assert st.num_parameters() == 2 * mlp_params([d, 64, 1])
+
+
+def test_input_shape_errors_are_clear() -> None:
+    model = MODELS.build("mmoe", input_dim=10, tasks=TASKS)
+    with pytest.raises(ShapeError, match=r"expects inputs with 10 features.*got shape \(4, 9\).*input_dim"):
+        model(torch.randn(4, 9))
+    sb = MODELS.build("shared_bottom", input_dim=10, tasks=TASKS)
+    with pytest.raises(ShapeError, match="takes one feature tensor; got dict"):
+        sb({"a": torch.randn(2, 10)})
+
+
+def test_invalid_model_arguments() -> None:
+    with pytest.raises(ValueError, match="num_experts must be an int >= 1; got 0"):
+        MODELS.build("mmoe", input_dim=4, tasks=TASKS, num_experts=0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLP(4, (3,), activation="relux")
+    with pytest.raises(ValueError, match=r"hidden_dims must be a list of positive ints"):
+        MLP(4, (3, -1))
