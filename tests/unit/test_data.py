@@ -42,7 +42,10 @@ def test_loader_covers_every_sample_once_and_shuffles_by_epoch() -> None:
 def test_drop_last_and_distributed_shards() -> None:
     ds = make(10)
     assert len(TensorBatchLoader(ds, 4, drop_last=True)) == 2
-    shards = [torch.cat([b.targets["a"] for b in TensorBatchLoader(ds, 2, num_replicas=3, rank=r)]) for r in range(3)]
+    shards = [
+        torch.cat([b.targets["a"] for b in TensorBatchLoader(ds, 2, num_replicas=3, rank=r)])
+        for r in range(3)
+    ]
     assert all(len(s) == 4 for s in shards)  # ceil(10/3), padded by wrapping
     assert set(torch.cat(shards).tolist()) == set(range(10))
 
@@ -106,7 +109,9 @@ def test_synthetic_label_correlation_falls_with_p() -> None:
     assert corr[0] > corr[1] > corr[2] > corr[3]
     # the reported value is the Pearson correlation of the labels produced
     ds = synthetic_correlation(500, 0.5, seed=1)
-    assert ds.info["label_correlation"] == pytest.approx(pearson(ds.targets["y1"], ds.targets["y2"]), abs=1e-6)
+    assert ds.info["label_correlation"] == pytest.approx(
+        pearson(ds.targets["y1"], ds.targets["y2"]), abs=1e-6
+    )
 
 
 def test_synthetic_is_seeded_and_validates_arguments() -> None:

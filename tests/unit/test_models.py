@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 from mtlkit import Task
 from mtlkit.errors import ShapeError, UnknownComponentError
-from mtlkit.models import MLP, MMoE, OMoE, ExpertMLPs, SoftmaxGates
+from mtlkit.models import MLP, ExpertMLPs, MMoE, OMoE, SoftmaxGates
 from mtlkit.registries import MODELS
 
 TASKS = (
@@ -37,7 +39,9 @@ def test_expert_bank_equals_loop_reference(dims: tuple[int, ...]) -> None:
 
 
 def test_mmoe_equals_per_expert_reference_and_gates_sum_to_one() -> None:
-    model = MODELS.build("mmoe", input_dim=10, tasks=TASKS, num_experts=4, expert_dims=(8, 6), tower_dims=(5,)).double()
+    model = MODELS.build(
+        "mmoe", input_dim=10, tasks=TASKS, num_experts=4, expert_dims=(8, 6), tower_dims=(5,)
+    ).double()
     x = torch.randn(13, 10, dtype=torch.float64)
     out = model(x)
     experts = reference_experts(model.experts, x)  # (N, E, D)
@@ -114,7 +118,7 @@ def test_every_model_meets_the_contract(name: str) -> None:
 
 
 def mlp_params(dims: list[int]) -> int:
-    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    return sum(a * b + b for a, b in itertools.pairwise(dims))
 
 
 def test_parameter_counts_match_formulas() -> None:

@@ -38,7 +38,10 @@ def test_kind_from_string_and_output_dims() -> None:
         ({"name": "a", "kind": "binary", "num_classes": 2}, "takes no num_classes"),
         ({"name": "a", "kind": "regression", "num_classes": 2}, "Use num_outputs"),
         ({"name": "a", "kind": "binary", "label_smoothing": 0.1}, "label_smoothing applies to multiclass"),
-        ({"name": "a", "kind": "multiclass", "num_classes": 3, "label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        (
+            {"name": "a", "kind": "multiclass", "num_classes": 3, "label_smoothing": 1.0},
+            r"label_smoothing must be in \[0, 1\)",
+        ),
         ({"name": "a", "kind": "binary", "num_outputs": 2}, "num_outputs applies to regression"),
     ],
 )
@@ -67,7 +70,11 @@ def test_masked_loss_equals_loss_on_labelled_subset_for_every_kind() -> None:
     n = 32
     keep = torch.rand(n, generator=g) > 0.4
     cases = [
-        (Task(name="b", kind="binary"), torch.randn(n, 1, generator=g), (torch.rand(n, generator=g) > 0.5).float()),
+        (
+            Task(name="b", kind="binary"),
+            torch.randn(n, 1, generator=g),
+            (torch.rand(n, generator=g) > 0.5).float(),
+        ),
         (
             Task(name="m", kind="multiclass", num_classes=5, label_smoothing=0.1),
             torch.randn(n, 5, generator=g),
@@ -93,7 +100,9 @@ def test_masked_loss_equals_loss_on_labelled_subset_for_every_kind() -> None:
         assert count.item() == keep.sum().item()
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
         # explicit mask gives the same as NaN / -1 markers
-        loss_mask, _ = task.compute_loss(pred, target if task.kind is TaskKind.MULTICLASS else target.float(), keep)
+        loss_mask, _ = task.compute_loss(
+            pred, target if task.kind is TaskKind.MULTICLASS else target.float(), keep
+        )
         torch.testing.assert_close(loss_mask, ref, rtol=1e-6, atol=1e-7)
 
 
@@ -150,15 +159,27 @@ def test_custom_loss_is_masked_and_shape_checked() -> None:
     loss, _ = task.compute_loss(torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0.0, NAN, 4.0]))
     assert loss.item() == pytest.approx(1.5)
     bad = Task(name="r", kind="regression", loss=lambda p, t: ((p - t) ** 2).mean())
-    with pytest.raises(ShapeError, match=r"must return per-sample or per-element values \(reduction='none'\)"):
+    with pytest.raises(
+        ShapeError, match=r"must return per-sample or per-element values \(reduction='none'\)"
+    ):
         bad.compute_loss(torch.randn(3), torch.randn(3))
 
 
 @pytest.mark.parametrize(
     ("task", "pred", "target", "match"),
     [
-        (Task(name="m", kind="multiclass", num_classes=4), torch.randn(5, 3), torch.zeros(5), r"expects logits of shape \(N, 4\)"),
-        (Task(name="b", kind="binary"), torch.randn(5, 2), torch.zeros(5), r"one output and one target per sample"),
+        (
+            Task(name="m", kind="multiclass", num_classes=4),
+            torch.randn(5, 3),
+            torch.zeros(5),
+            r"expects logits of shape \(N, 4\)",
+        ),
+        (
+            Task(name="b", kind="binary"),
+            torch.randn(5, 2),
+            torch.zeros(5),
+            r"one output and one target per sample",
+        ),
         (Task(name="r", kind="regression"), torch.randn(5), torch.zeros(4), "disagree on batch size"),
         (Task(name="l", kind="multilabel", num_classes=3), torch.randn(5, 3), torch.zeros(5), r"\(N, 3\)"),
     ],
@@ -172,8 +193,16 @@ def test_shape_errors_name_the_task(task: Task, pred: torch.Tensor, target: torc
 @pytest.mark.parametrize(
     ("task", "target", "match"),
     [
-        (Task(name="m", kind="multiclass", num_classes=3), torch.tensor([0.0, NAN]), r"NaN labels found.*nan_to_num"),
-        (Task(name="m", kind="multiclass", num_classes=3), torch.tensor([0, 3]), "class index 3 out of range"),
+        (
+            Task(name="m", kind="multiclass", num_classes=3),
+            torch.tensor([0.0, NAN]),
+            r"NaN labels found.*nan_to_num",
+        ),
+        (
+            Task(name="m", kind="multiclass", num_classes=3),
+            torch.tensor([0, 3]),
+            "class index 3 out of range",
+        ),
         (Task(name="m", kind="multiclass", num_classes=3), torch.tensor([0.5, 1.0]), "integer class indices"),
         (Task(name="b", kind="binary"), torch.tensor([0.0, 2.0]), r"must lie in \[0, 1\].*kind='multiclass'"),
         (Task(name="r", kind="regression"), torch.tensor([0.0, float("inf")]), "infinite labels"),

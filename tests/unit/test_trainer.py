@@ -26,9 +26,14 @@ def data() -> tuple[MultiTaskDataset, MultiTaskDataset]:
 
 def make_trainer(seed: int, tasks, dropout: float = 0.1, **kw) -> Trainer:
     torch.manual_seed(seed)
-    model = MODELS.build("mmoe", input_dim=12, tasks=tasks, num_experts=3, expert_dims=(8,), tower_dims=(4,), dropout=dropout)
+    model = MODELS.build(
+        "mmoe", input_dim=12, tasks=tasks, num_experts=3, expert_dims=(8,), tower_dims=(4,), dropout=dropout
+    )
     options = {
-        "weighting": UncertaintyWeighting(tasks), "seed": seed, "progress": False, "device": "cpu",
+        "weighting": UncertaintyWeighting(tasks),
+        "seed": seed,
+        "progress": False,
+        "device": "cpu",
         "optimizer": lambda p: torch.optim.Adam(p, lr=3e-3),
         "scheduler": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.9),
     }
@@ -64,8 +69,13 @@ def test_resume_reproduces_an_uninterrupted_run(data, tmp_path: Path) -> None:
 
 def test_uncertainty_parameters_are_trained_in_their_own_group(data) -> None:
     train, _ = data
-    t = make_trainer(0, train.tasks, optimizer=torch.optim.SGD(
-        MODELS.build("shared_bottom", input_dim=12, tasks=train.tasks).parameters(), lr=0.1))
+    t = make_trainer(
+        0,
+        train.tasks,
+        optimizer=torch.optim.SGD(
+            MODELS.build("shared_bottom", input_dim=12, tasks=train.tasks).parameters(), lr=0.1
+        ),
+    )
     # the optimizer above was built for another model: the weighting group is still added
     assert any(p is t.weighting.log_vars for g in t.optimizer.param_groups for p in g["params"])
     t2 = make_trainer(0, train.tasks)
@@ -113,7 +123,9 @@ def test_corrupt_or_mismatched_checkpoint(data, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         t.load_checkpoint(tmp_path / "missing.pt")
     torch.manual_seed(0)
-    other = Trainer(MODELS.build("shared_bottom", input_dim=12, tasks=train.tasks), train.tasks, progress=False)
+    other = Trainer(
+        MODELS.build("shared_bottom", input_dim=12, tasks=train.tasks), train.tasks, progress=False
+    )
     with pytest.raises(CheckpointError, match="does not fit this model"):
         other.load_checkpoint(tmp_path / "ok.pt")
 
@@ -137,8 +149,13 @@ def test_missing_labels_and_per_task_batches(data) -> None:
     hist = t.fit(partial, val, epochs=1, batch_size=64)
     assert all(math.isfinite(v) for v in hist[0]["train"].values())
     # a batch iterable whose batches carry only one task at a time (alternating per-task data)
-    only = [(train.inputs[i : i + 50], {"y1" if i % 100 == 0 else "y2": train.targets["y1" if i % 100 == 0 else "y2"][i : i + 50]})
-            for i in range(0, 400, 50)]
+    only = [
+        (
+            train.inputs[i : i + 50],
+            {"y1" if i % 100 == 0 else "y2": train.targets["y1" if i % 100 == 0 else "y2"][i : i + 50]},
+        )
+        for i in range(0, 400, 50)
+    ]
     t2 = make_trainer(0, train.tasks)
     hist = t2.fit(only, epochs=1)
     assert all(math.isfinite(v) for v in hist[0]["train"].values())

@@ -72,7 +72,9 @@ def test_uncertainty_minimum_is_at_sigma_squared_equal_loss() -> None:
 
 
 def test_weighting_checks_loss_shape() -> None:
-    with pytest.raises(ShapeError, match=r"expects `losses` of shape \(2,\) \(one per task: depth, seg\); got \(3,\)"):
+    with pytest.raises(
+        ShapeError, match=r"expects `losses` of shape \(2,\) \(one per task: depth, seg\); got \(3,\)"
+    ):
         EqualWeighting(TASKS)(torch.zeros(3))
 
 

@@ -119,7 +119,12 @@ def _cmd_evaluate(ns: argparse.Namespace, console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlkit`` command; returns the exit code."""
     parser = _parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    # `run cfg.yaml --out runs model.x=1`: positionals after an option arrive as extras
+    if extra and ns.command in ("run", "validate") and not any(a.startswith("-") for a in extra):
+        ns.args = [*ns.args, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     console = Console(width=None if sys.stdout.isatty() else 120)
     if ns.command is None:
         parser.print_help()

@@ -31,6 +31,7 @@ __all__ = [
 
 DEFAULT_PRESET = "default"
 _SECTIONS = ("data", "model", "weighting", "optimizer", "scheduler")
+_DEFAULT_NAMES = {"weighting": "equal", "optimizer": "adam"}
 _NESTED: dict[str, type[BaseModel]] = {
     "trainer": TrainerConfig,
     "trainer.early_stopping": EarlyStoppingConfig,
@@ -194,6 +195,8 @@ def _validate_one(raw: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list
         spec = raw.get(section)
         if spec is None or not isinstance(spec, Mapping):
             continue  # missing or not a mapping: reported by the schema below
+        if "name" not in spec and section in _DEFAULT_NAMES:
+            spec = {"name": _DEFAULT_NAMES[section], **spec}  # e.g. `optimizer: {lr: 0.01}` keeps Adam
         comp, errs = validate_component(spec, FAMILIES[section], section)
         problems += errs
         if comp is not None:
@@ -209,6 +212,8 @@ def _validate_one(raw: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list
                 problems.append(
                     f"{where}: unknown key.{did_you_mean(str(loc[-1]), allowed)} Allowed: {', '.join(allowed)}."
                 )
+            elif e["type"] == "missing":
+                problems.append(f"{'.'.join(str(x) for x in loc)}: required key is missing.")
             else:
                 problems.append(format_error(e, "", [], "the config").lstrip("."))
         return None, problems
