@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -59,5 +60,5 @@ def task_losses(
         loss, count = task.compute_loss(pred, targets[task.target_key], mask)
         losses.append(loss)
         counts.append(count.to(loss.dtype))
-    dtype = torch.promote_types(*(t.dtype for t in losses)) if len(losses) > 1 else losses[0].dtype
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in losses))
     return TaskLosses(torch.stack([t.to(dtype) for t in losses]), torch.stack([c.to(dtype) for c in counts]))

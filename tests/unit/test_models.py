@@ -20,13 +20,25 @@ TASKS = (
 )
 
 
+ACT = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": torch.nn.functional.gelu,
+    "leaky_relu": torch.nn.functional.leaky_relu,
+    "elu": torch.nn.functional.elu,
+    "silu": torch.nn.functional.silu,
+}
+
+
 def reference_experts(bank: ExpertMLPs, x: torch.Tensor) -> torch.Tensor:
     """Each expert evaluated on its own, in a Python loop, from its weights."""
+    act = ACT[bank.activation]
     outs = []
     for e in range(bank.num_experts):
         h = x
         for w, b in bank.expert_layers(e):
-            h = torch.relu(h @ w + b)
+            h = act(h @ w + b)
         outs.append(h)
     return torch.stack(outs, dim=1)
 
@@ -36,6 +48,19 @@ def test_expert_bank_equals_loop_reference(dims: tuple[int, ...]) -> None:
     bank = ExpertMLPs(5, 7, dims).double()
     x = torch.randn(9, 7, dtype=torch.float64)
     torch.testing.assert_close(bank(x), reference_experts(bank, x))
+
+
+@pytest.mark.parametrize("activation", sorted(ACT))
+@pytest.mark.parametrize("dims", [(6,), (6, 5)])
+def test_expert_bank_gradients_equal_loop_reference(activation: str, dims: tuple[int, ...]) -> None:
+    bank = ExpertMLPs(3, 4, dims, activation=activation).double()
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(7, 3, dims[-1], dtype=torch.float64)
+    params = [x, *bank.parameters()]
+    got = torch.autograd.grad((bank(x) * upstream).sum(), params)
+    want = torch.autograd.grad((reference_experts(bank, x) * upstream).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 def test_mmoe_equals_per_expert_reference_and_gates_sum_to_one() -> None:

@@ -37,6 +37,15 @@ _FUNCTIONAL: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "leaky_relu": F.leaky_relu_,
+    "elu": F.elu_,
+}
+
+
 def make_activation(name: str) -> nn.Module:
     """An activation module by name (one of :data:`ACTIVATIONS`)."""
     if name not in ACTIVATIONS:
@@ -149,6 +158,7 @@ class ExpertMLPs(nn.Module):
         self.out_features = dims[-1]
         self.activation, self.dropout = activation, dropout
         self._act = _FUNCTIONAL[activation]
+        self._act_ = _INPLACE.get(activation)
         E = num_experts
         # first layer stored (in, E, h): viewed as one (in, E*h) matrix
         self.weight0 = nn.Parameter(torch.empty(in_features, E, dims[0]))
@@ -177,24 +187,27 @@ class ExpertMLPs(nn.Module):
         out += [(w[e], b[e]) for w, b in zip(self.weights, self.biases)]
         return out
 
+    def _activate(self, h: Tensor) -> Tensor:
+        # in place where autograd allows it (the matmul outputs are not needed for their backward)
+        h = self._act_(h) if self._act_ is not None else self._act(h)
+        return F.dropout(h, self.dropout, self.training) if self.dropout else h
+
     def forward(self, x: Tensor) -> Tensor:
         x = _check_input(x, self.in_features, "ExpertMLPs")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         E, h0 = self.num_experts, self.hidden_dims[0]
-        h = torch.addmm(self.bias0.reshape(-1), x2, self.weight0.reshape(self.in_features, E * h0))
-        h = self._act(h).reshape(-1, E, h0)
-        if self.dropout:
-            h = F.dropout(h, self.dropout, self.training)
-        if len(self.weights):
-            h = h.transpose(0, 1)  # (E, N, h)
-            for w, b in zip(self.weights, self.biases):
-                h = torch.baddbmm(b.unsqueeze(1), h, w)
-                h = self._act(h)
-                if self.dropout:
-                    h = F.dropout(h, self.dropout, self.training)
-            h = h.transpose(0, 1)
-        return h.reshape(*lead, E, self.out_features)
+        if not len(self.weights):
+            # one layer: a single (N, in) x (in, E*h) product, output viewed as (N, E, h)
+            h = torch.addmm(self.bias0.reshape(-1), x2, self.weight0.reshape(self.in_features, E * h0))
+            return self._activate(h).reshape(*lead, E, h0)
+        # deeper experts stay expert-major (E, N, h) and contiguous through every layer, so each
+        # layer is one bmm and no gradient needs a layout copy; the result is returned as a view.
+        h = torch.baddbmm(self.bias0.unsqueeze(1), x2.expand(E, *x2.shape), self.weight0.transpose(0, 1))
+        h = self._activate(h)
+        for w, b in zip(self.weights, self.biases):
+            h = self._activate(torch.baddbmm(b.unsqueeze(1), h, w))
+        return h.transpose(0, 1).reshape(*lead, E, self.out_features)
 
     def extra_repr(self) -> str:
         return (
