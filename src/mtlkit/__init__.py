@@ -9,7 +9,7 @@ Architectures, loss balancing and training schemes that compose freely::
     trainer.fit(data, epochs=5)
 """
 
-from mtlkit import data, metrics, models, weighting
+from mtlkit import aggregation, data, metrics, models, weighting
 from mtlkit.autograd import BackwardResult, backward
 from mtlkit.losses import TaskLosses, task_losses
 from mtlkit.state import TrainState
@@ -28,6 +28,7 @@ __all__ = [
     "TrainState",
     "Trainer",
     "__version__",
+    "aggregation",
     "backward",
     "data",
     "metrics",

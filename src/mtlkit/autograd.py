@@ -1,36 +1,49 @@
 """The one place in mtlkit that calls ``backward``.
 
-Models, tasks and balancing methods only build tensors; :func:`backward` turns task losses
-into ``.grad`` on the parameters. The Trainer calls it, and so can a hand-written loop::
+Models, tasks, loss weightings and gradient aggregators only build tensors; :func:`backward`
+turns task losses into ``.grad`` on the parameters. The Trainer calls it, and so can a
+hand-written loop::
 
     out = model(x)
     tl = mtlkit.task_losses(tasks, out, targets)
     optimizer.zero_grad()
-    mtlkit.backward(tl.losses, weighting=weighting, present=tl.present)
+    mtlkit.backward(tl.losses, weighting=weighting, present=tl.present)            # loss level
+    mtlkit.backward(tl.losses, aggregator=MGDA(), model=model, present=tl.present)  # gradient level
     optimizer.step()
+
+Gradient-level methods (an aggregator, or a weighting that needs gradients) take one
+retained backward pass per task to get the Jacobian of the task losses with respect to the
+shared parameters (default) or the shared representation, combine it, and write the result;
+each task's own parameters get the gradient of its weighted loss from the same pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtlkit.aggregation._base import Aggregator
+from mtlkit.errors import IncompatibleComponentsError
 from mtlkit.state import TrainState
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
-__all__ = ["BackwardResult", "backward"]
+__all__ = ["BackwardResult", "GradientTarget", "backward"]
+
+GradientTarget = Literal["parameters", "representation"]
+_LOG_EPS = 1e-8
 
 
 class BackwardResult(NamedTuple):
     """What a backward step used, detached, for logging.
 
     Attributes:
-        total: the differentiated scalar.
-        weights: ``[T]`` task weights.
+        total: the weighted objective (without auxiliary losses).
+        weights: ``[T]`` effective task weights (loss weights times the aggregator's row
+            weights when it has them; 0 for tasks without labels in the batch).
         losses: ``[T]`` task losses.
     """
 
@@ -57,11 +70,26 @@ def _as_vector(
     return vec, tuple(names) if names else None, None
 
 
+def _aux_total(aux: Mapping[str, Tensor] | Tensor | None) -> Tensor | None:
+    if aux is None:
+        return None
+    if isinstance(aux, Tensor):
+        return aux.sum()
+    terms = [v.sum() for v in aux.values()]
+    return torch.stack(terms).sum() if terms else None
+
+
 def backward(
     losses: Mapping[str, Tensor] | Tensor | Sequence[Tensor],
     /,
     *,
     weighting: LossWeighting | None = None,
+    aggregator: Aggregator | None = None,
+    model: nn.Module | None = None,
+    shared_params: Sequence[nn.Parameter] | None = None,
+    task_params: Mapping[str, Sequence[nn.Parameter]] | Sequence[Sequence[nn.Parameter]] | None = None,
+    representation: Tensor | None = None,
+    aux: Mapping[str, Tensor] | Tensor | None = None,
     present: Tensor | None = None,
     state: TrainState | None = None,
 ) -> BackwardResult:
@@ -70,20 +98,170 @@ def backward(
     Args:
         losses: task losses as a ``[T]`` tensor ordered like ``weighting.task_names``, a
             sequence of scalars, or a ``{task: loss}`` dict (absent tasks count as unlabelled).
-        weighting: a :class:`~mtlkit.weighting.LossWeighting` (default: equal weights, i.e. the sum).
-        present: ``[T]`` bool, False for tasks without a label in the batch (default: all True).
+        weighting: a :class:`~mtlkit.weighting.LossWeighting` (default: equal weights).
+        aggregator: a :class:`~mtlkit.aggregation.Aggregator` combining the per-task gradients
+            of the weighted losses; needs ``model`` (or ``shared_params`` / ``task_params``).
+        model: supplies ``shared_parameters()`` and ``task_parameters(task)``.
+        shared_params: the parameters whose per-task gradients are combined (overrides ``model``).
+        task_params: each task's own parameters, ``{task: params}`` or one list per task.
+        representation: take the per-task gradients with respect to this tensor (the shared
+            representation the task heads were computed from) instead of the shared parameters;
+            the combined gradient is then backpropagated through it.
+        aux: auxiliary losses (model penalties) added to the objective unweighted; their
+            gradients are accumulated as they are.
+        present: ``[T]`` bool, False for tasks without a label in the batch.
         state: training progress for methods that depend on it.
 
     Returns:
-        :class:`BackwardResult` with the detached total, weights and losses.
+        :class:`BackwardResult` with the detached objective, effective weights and losses.
     """
     names = weighting.task_names if weighting is not None else None
     vec, order, dict_present = _as_vector(losses, names)
+    T = vec.shape[0]
     if weighting is None:
-        weighting = EqualWeighting(order or [f"task{i}" for i in range(vec.shape[0])])
+        model_tasks = getattr(getattr(model, "module", model), "task_names", None)
+        if order is None and model_tasks is not None and len(model_tasks) == T:
+            order = tuple(model_tasks)
+        weighting = EqualWeighting(order or [f"task{i}" for i in range(T)])
     if present is None:
         present = dict_present
-    out = weighting(vec, present=present, state=state)
-    if out.total.requires_grad:
-        out.total.backward()
-    return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach())
+    aux_total = _aux_total(aux)
+    if aggregator is None and not weighting.requires_gradients:
+        out = weighting(vec, present=present, state=state)
+        objective = out.total
+        if out.aux is not None:
+            objective = objective + out.aux
+        if aux_total is not None:
+            objective = objective + aux_total
+        if objective.requires_grad:
+            objective.backward()
+        return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach())
+    return _gradient_backward(
+        vec,
+        weighting,
+        aggregator,
+        model,
+        shared_params,
+        task_params,
+        representation,
+        aux_total,
+        present,
+        state,
+    )
+
+
+def _resolve_params(
+    names: tuple[str, ...],
+    model: nn.Module | None,
+    shared_params: Sequence[nn.Parameter] | None,
+    task_params: Mapping[str, Sequence[nn.Parameter]] | Sequence[Sequence[nn.Parameter]] | None,
+    need_shared: bool,
+) -> tuple[list[nn.Parameter], list[list[nn.Parameter]]]:
+    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if shared_params is None and need_shared:
+        if core is None or not hasattr(core, "shared_parameters"):
+            raise IncompatibleComponentsError(
+                "Gradient-level balancing needs the shared parameters: pass model= (a MultiTaskModel) "
+                "or shared_params=."
+            )
+        shared_params = core.shared_parameters()
+    shared = [p for p in (shared_params or []) if p.requires_grad]
+    if task_params is None:
+        if core is not None and hasattr(core, "task_parameters"):
+            per_task = [list(core.task_parameters(t)) for t in names]
+        else:
+            per_task = [[] for _ in names]
+    elif isinstance(task_params, Mapping):
+        per_task = [list(task_params.get(t, [])) for t in names]
+    else:
+        per_task = [list(ps) for ps in task_params]
+    return shared, [[p for p in ps if p.requires_grad] for ps in per_task]
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
+
+
+def _gradient_backward(
+    vec: Tensor,
+    weighting: LossWeighting,
+    aggregator: Aggregator | None,
+    model: nn.Module | None,
+    shared_params: Sequence[nn.Parameter] | None,
+    task_params: Mapping[str, Sequence[nn.Parameter]] | Sequence[Sequence[nn.Parameter]] | None,
+    representation: Tensor | None,
+    aux_total: Tensor | None,
+    present: Tensor | None,
+    state: TrainState | None,
+) -> BackwardResult:
+    names = weighting.task_names
+    T = vec.shape[0]
+    shared, own = _resolve_params(names, model, shared_params, task_params, representation is None)
+    targets: list[Tensor] = [representation] if representation is not None else list(shared)
+    if not targets:
+        raise IncompatibleComponentsError(
+            "Gradient-level balancing combines the gradients of shared parameters, but this model shares none "
+            "(e.g. the single-task baseline). Use a loss weighting (e.g. 'uncertainty'), or a model with shared "
+            "parameters."
+        )
+    keep = list(range(T)) if present is None else present.nonzero().flatten().tolist()
+    sizes = [t.numel() for t in targets]
+    P = sum(sizes)
+    ref = targets[0]
+    jac = torch.zeros(T, P, dtype=ref.dtype, device=ref.device)
+    own_grads: dict[int, list[Tensor | None]] = {}
+    for i in keep:
+        inputs = [*targets, *own[i]]
+        grads = torch.autograd.grad(vec[i], inputs, retain_graph=True, allow_unused=True)
+        offset = 0
+        for g, n in zip(grads[: len(targets)], sizes):
+            if g is not None:
+                jac[i, offset : offset + n] = g.reshape(-1)
+            offset += n
+        own_grads[i] = list(grads[len(targets) :])
+    losses_for_weights = vec
+    row_scale = None
+    if aggregator is not None and aggregator.loss_transform == "log":
+        row_scale = 1.0 / vec.detach().clamp_min(_LOG_EPS)  # d log L = dL / L
+        jac = jac * row_scale[:, None]
+        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS))
+    out = weighting(
+        losses_for_weights,
+        present=present,
+        state=state,
+        jacobian=jac if weighting.requires_gradients else None,
+    )
+    w = out.weights.detach().to(jac.dtype)
+    # the weighting's own parameters (uncertainty's s, GradNorm's w) learn from its objective only
+    wparams = [p for p in weighting.parameters() if p.requires_grad]
+    objective = out.total if out.aux is None else out.total + out.aux
+    if wparams and objective.requires_grad:
+        torch.autograd.backward(objective, inputs=wparams, retain_graph=True)
+    effective = torch.zeros_like(w)
+    if keep:
+        rows = jac[keep] * w[keep, None]
+        if aggregator is not None:
+            agg = aggregator.aggregate(rows, state=state)
+            vector = agg.vector
+            effective[keep] = w[keep] * agg.weights.to(w.dtype) if agg.weights is not None else w[keep]
+        else:
+            vector = rows.sum(0)
+            effective[keep] = w[keep]
+        for i in keep:  # each task's own parameters: gradient of its weighted loss
+            scale = w[i] * (row_scale[i] if row_scale is not None else 1.0)
+            for p, g in zip(own[i], own_grads[i]):
+                if g is not None:
+                    _accumulate(p, g * scale)
+        if aux_total is not None:
+            aux_total.backward(retain_graph=True)
+        if representation is not None:
+            representation.backward(vector.reshape_as(representation).to(representation.dtype))
+        else:
+            for p, g in zip(shared, vector.split(sizes)):
+                _accumulate(p, g.reshape_as(p).to(p.dtype))
+    elif aux_total is not None:
+        aux_total.backward()
+    return BackwardResult(out.total.detach(), effective, vec.detach())

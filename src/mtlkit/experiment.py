@@ -18,6 +18,7 @@ import yaml
 from rich.console import Console
 
 from mtlkit.config.build import (
+    build_aggregator,
     build_data,
     build_model,
     build_weighting,
@@ -112,6 +113,8 @@ def _train_one(
         scheduler=scheduler_factory(cfg.scheduler),
         scheduler_interval=cfg.trainer.scheduler_interval,
         weighting=weighting,
+        aggregator=build_aggregator(cfg.aggregator, splits.tasks),
+        gradient_target=cfg.trainer.gradient_target,
         device=_device(cfg),
         seed=seed,
         grad_clip_norm=cfg.trainer.grad_clip_norm,

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from mtlkit._registry import Registry
 
-__all__ = ["DATASETS", "MODELS", "WEIGHTINGS"]
+__all__ = ["AGGREGATORS", "DATASETS", "MODELS", "WEIGHTINGS"]
 
 MODELS: Registry = Registry("model")
 """Model builders ``(input_dim, tasks, **params) -> MultiTaskModel``."""
 
 WEIGHTINGS: Registry = Registry("loss weighting")
 """Loss-weighting builders ``(tasks, **params) -> LossWeighting``."""
+
+AGGREGATORS: Registry = Registry("gradient aggregator")
+"""Aggregator builders ``(tasks, **params) -> Aggregator``."""
 
 DATASETS: Registry = Registry("dataset")
 """Dataset builders ``(**params) -> DataSplits``."""

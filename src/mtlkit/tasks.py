@@ -31,6 +31,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFactory = Callable[[], Metric]
 """A zero-argument callable that returns a fresh torchmetrics ``Metric``."""
 
+_EPS = 1e-7
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -67,6 +68,10 @@ class Task:
             f1_micro, f1_macro, map; regression: mse, mae). A ``loss`` entry is always reported.
         output: key of this task in the model's output dict (default: ``name``).
         target: key of this task in a batch's targets (default: ``name``).
+        logits: binary and multilabel tasks: the model outputs logits (default). ``False``
+            means it outputs probabilities (e.g. ESMM's ``pCTCVR = pCTR * pCVR``): the default
+            loss is then BCE on probabilities clamped to ``[1e-7, 1 - 1e-7]`` and no sigmoid is
+            applied at prediction.
 
     Example:
         >>> Task(name="ctr", kind="binary").output_dim
@@ -82,6 +87,7 @@ class Task:
     metrics: Mapping[str, MetricFactory] | None = None
     output: str | None = None
     target: str | None = None
+    logits: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -126,6 +132,8 @@ class Task:
             raise ValueError(
                 f"Task {self.name!r}: label_smoothing applies to multiclass tasks only; got kind {kind.value!r}."
             )
+        if not self.logits and kind not in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            raise ValueError(f"Task {self.name!r}: logits=False applies to binary and multilabel tasks only.")
         if self.loss is not None and not callable(self.loss):
             raise ValueError(f"Task {self.name!r}: loss must be callable(pred, target); got {self.loss!r}.")
 
@@ -249,6 +257,8 @@ class Task:
         if self.loss is not None:
             return self.loss(pred, target)
         if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            if not self.logits:
+                return F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target, reduction="none")
             return F.binary_cross_entropy_with_logits(pred, target, reduction="none")
         if self.kind is TaskKind.MULTICLASS:
             return F.cross_entropy(pred, target, reduction="none", label_smoothing=self.label_smoothing)
@@ -257,7 +267,7 @@ class Task:
     def activate(self, pred: Tensor) -> Tensor:
         """Model output -> prediction: probabilities for classification, values for regression."""
         if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
-            out = torch.sigmoid(pred)
+            out = torch.sigmoid(pred) if self.logits else pred
             return out.reshape(-1) if self.kind is TaskKind.BINARY else out
         if self.kind is TaskKind.MULTICLASS:
             return torch.softmax(pred, dim=-1)

@@ -58,5 +58,7 @@ def test_absent_and_unlabelled_tasks_are_zero_with_zero_gradient() -> None:
 def test_missing_model_output_is_named() -> None:
     out = outputs()
     del out["tags"]
-    with pytest.raises(ShapeError, match=r"Model output is missing task 'tags' \(got keys: 'ctr', 'topic', 'value'\)"):
+    with pytest.raises(
+        ShapeError, match=r"Model output is missing task 'tags' \(got keys: 'ctr', 'topic', 'value'\)"
+    ):
         task_losses(TASKS, out, {})

@@ -16,7 +16,7 @@ from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
 
 __all__ = ["main"]
 
-_FAMILIES = ("presets", "models", "weightings", "datasets", "optimizers", "schedulers")
+_FAMILIES = ("presets", "models", "weightings", "aggregators", "datasets", "optimizers", "schedulers")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--preset")
 
     ls = sub.add_parser(
-        "list", help="list presets, models, loss weightings, datasets, optimizers, schedulers"
+        "list",
+        help="list presets, models, loss weightings, gradient aggregators, datasets, optimizers, schedulers",
     )
     ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
 
@@ -89,6 +90,7 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
     sections = {
         "models": FAMILIES["model"].registry,
         "weightings": FAMILIES["weighting"].registry,
+        "aggregators": FAMILIES["aggregator"].registry,
         "datasets": FAMILIES["data"].registry,
         "optimizers": FAMILIES["optimizer"].registry,
         "schedulers": FAMILIES["scheduler"].registry,

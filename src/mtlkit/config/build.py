@@ -17,6 +17,7 @@ from mtlkit.tasks import Task
 from mtlkit.training.early_stopping import EarlyStopping
 
 __all__ = [
+    "build_aggregator",
     "build_data",
     "build_model",
     "build_weighting",
@@ -55,6 +56,10 @@ def build_model(spec: dict[str, Any], splits: DataSplits) -> nn.Module:
 
 def build_weighting(spec: dict[str, Any], tasks: Sequence[Task]) -> Any:
     return _build("weighting", spec, tasks=tasks)
+
+
+def build_aggregator(spec: dict[str, Any] | None, tasks: Sequence[Task]) -> Any:
+    return None if spec is None else _build("aggregator", spec, tasks=tasks)
 
 
 def optimizer_factory(spec: dict[str, Any]) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:

@@ -49,6 +49,7 @@ class TrainerConfig(_Strict):
     batch_size: PositiveInt = 256
     device: str = "auto"
     grad_clip_norm: PositiveFloat | None = None
+    gradient_target: Literal["parameters", "representation"] = "parameters"
     scheduler_interval: Literal["epoch", "step"] = "epoch"
     early_stopping: EarlyStoppingConfig | None = None
     log_epochs: bool = False
@@ -77,6 +78,7 @@ class ExperimentConfig(_Strict):
     data: dict[str, Any]
     model: dict[str, Any]
     weighting: dict[str, Any] = Field(default_factory=lambda: {"name": "equal"})
+    aggregator: dict[str, Any] | None = None
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     scheduler: dict[str, Any] | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

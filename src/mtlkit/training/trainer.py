@@ -13,12 +13,21 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from mtlkit.autograd import backward
+from mtlkit.aggregation._base import Aggregator
+from mtlkit.autograd import GradientTarget, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
-from mtlkit.errors import CheckpointError, DataError, MtlkitError, ShapeError, UnknownComponentError
-from mtlkit.losses import task_losses
+from mtlkit.errors import (
+    CheckpointError,
+    DataError,
+    IncompatibleComponentsError,
+    MtlkitError,
+    ShapeError,
+    UnknownComponentError,
+)
+from mtlkit.losses import split_aux, task_losses
 from mtlkit.metrics.collection import MultiTaskMetrics
+from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -58,6 +67,11 @@ class Trainer:
             ``ReduceLROnPlateau`` is stepped with the early-stopping monitor (or ``mean/loss``).
         scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
         weighting: a :class:`~mtlkit.weighting.LossWeighting` (default: equal weights).
+        aggregator: a :class:`~mtlkit.aggregation.Aggregator` that combines the per-task gradients
+            of the weighted losses (MGDA, PCGrad...); ``None`` backpropagates the weighted sum.
+        gradient_target: where gradient-level methods take the per-task gradients: the model's
+            ``"parameters"`` (shared parameters, default) or its shared ``"representation"``
+            (``model.encode``: the shared-bottom output, the expert outputs of MoE models).
         device: where to train; default CUDA when available, otherwise CPU.
         seed: seeds the shuffling of datasets passed to :meth:`fit` and the generator handed
             to stochastic balancing methods. Seed model initialisation yourself
@@ -87,6 +101,8 @@ class Trainer:
         scheduler: SchedulerLike | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         weighting: LossWeighting | None = None,
+        aggregator: Aggregator | None = None,
+        gradient_target: GradientTarget = "parameters",
         device: torch.device | str | None = None,
         seed: int = 0,
         grad_clip_norm: float | None = None,
@@ -111,6 +127,9 @@ class Trainer:
                 f"The loss weighting was built for tasks {list(self.weighting.task_names)}, but the trainer "
                 f"has {list(self.task_names)}; build it with the same tasks in the same order."
             )
+        self.aggregator = aggregator.to(self.device) if aggregator is not None else None
+        self.gradient_target = gradient_target
+        self._check_gradient_setup()
         self.optimizer = self._make_optimizer(optimizer)
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got {scheduler_interval!r}.")
@@ -134,8 +153,54 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._epoch_losses: list[tuple[float, ...]] = []
         self._best: dict[str, Any] | None = None  # early-stopping state
+        self._last_aux: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup helpers
+    @property
+    def _core(self) -> nn.Module:
+        """The model without a DistributedDataParallel wrapper."""
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def uses_gradients(self) -> bool:
+        """True when the balancing needs per-task gradients (an aggregator or a gradient-based weighting)."""
+        return self.aggregator is not None or self.weighting.requires_gradients
+
+    def _check_gradient_setup(self) -> None:
+        """Refuse combinations that cannot work, saying why and what to use instead."""
+        if self.gradient_target not in ("parameters", "representation"):
+            raise ValueError(
+                f"gradient_target must be 'parameters' or 'representation'; got {self.gradient_target!r}."
+            )
+        method = type(self.aggregator or self.weighting).__name__
+        core = self._core
+        name = type(core).__name__
+        if self.gradient_target == "representation" and not self.uses_gradients:
+            raise IncompatibleComponentsError(
+                f"gradient_target='representation' only changes gradient-level methods, and {method} works on the "
+                "losses: the result would be identical to gradient_target='parameters'. Use an aggregator "
+                "(e.g. 'pcgrad') or drop gradient_target."
+            )
+        if not self.uses_gradients:
+            return
+        if not hasattr(core, "shared_parameters") or not hasattr(core, "task_parameters"):
+            raise IncompatibleComponentsError(
+                f"{method} combines per-task gradients of shared parameters, but {name} does not say which "
+                "parameters are shared (no shared_parameters()/task_parameters()). Subclass "
+                "mtlkit.models.MultiTaskModel, or use a loss weighting."
+            )
+        if self.gradient_target == "representation":
+            if getattr(type(core), "encode", None) is MultiTaskModel.encode:
+                raise IncompatibleComponentsError(
+                    f"{name} has no single shared representation (no encode()/decode()), so {method} cannot take "
+                    "gradients with respect to it. Use gradient_target='parameters'."
+                )
+        elif not any(p.requires_grad for p in core.shared_parameters()):
+            raise IncompatibleComponentsError(
+                f"{method} combines the gradients of shared parameters, but {name} shares none (every parameter "
+                "belongs to one task). Use a loss weighting such as 'uncertainty', or a model with sharing."
+            )
+
     def _make_optimizer(self, optimizer: OptimizerLike | None) -> torch.optim.Optimizer:
         if optimizer is None:
             opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
@@ -265,6 +330,8 @@ class Trainer:
                     "weights": dict(zip(self.task_names, weights)),
                     "lr": [g["lr"] for g in self.optimizer.param_groups],
                 }
+                if self._last_aux:
+                    record["aux"] = dict(self._last_aux)
                 if val_loader is not None:
                     record["val"] = self._evaluate_loader(val_loader)
                 record["seconds"] = time.perf_counter() - started
@@ -308,6 +375,7 @@ class Trainer:
         T = len(self.tasks)
         sums = torch.zeros(2, T, dtype=torch.float64, device=self.device)
         weight_sum = torch.zeros(T, dtype=torch.float64, device=self.device)
+        aux_sums: dict[str, Tensor] = {}
         n_batches = 0
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         display.start_epoch(epoch, epochs, total)
@@ -317,20 +385,39 @@ class Trainer:
             state = TrainState(
                 step=self.step, epoch=epoch, epoch_losses=tuple(self._epoch_losses), generator=self.generator
             )
-            outputs = self.model(batch.inputs)
+            rep = None
+            if self.gradient_target == "representation":
+                rep = self._core.encode(batch.inputs)
+                outputs = self._core.decode(rep, batch.inputs)
+            else:
+                outputs = self.model(batch.inputs)
             if not isinstance(outputs, Mapping):
                 raise ShapeError(
                     f"The model must return a dict {{task: output}}; got {type(outputs).__name__}."
                 )
-            tl = task_losses(self.tasks, outputs, batch.targets, batch.masks)
+            preds, aux = split_aux(outputs)
+            tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
             self.optimizer.zero_grad(set_to_none=True)
             self.weighting.zero_grad(set_to_none=True)
-            result = backward(tl.losses, weighting=self.weighting, present=tl.present, state=state)
+            result = backward(
+                tl.losses,
+                weighting=self.weighting,
+                aggregator=self.aggregator,
+                model=self.model if self.uses_gradients else None,
+                representation=rep,
+                aux=aux or None,
+                present=tl.present,
+                state=state,
+            )
             if self.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
             self.optimizer.step()
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
+            self._after_step(batch, tl.present, state)
+            if aux:
+                for k, v in aux.items():
+                    aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().double()
             self.step += 1
             n_batches += 1
             counts = tl.counts.detach().double()
@@ -348,7 +435,16 @@ class Trainer:
         means = self._check_finite(sums, epoch)
         display.update(n_batches % refresh, self.task_names, means)
         self._epoch_losses.append(tuple(means))
+        self._last_aux = {k: float(v / n_batches) for k, v in aux_sums.items()}
         return means, (weight_sum / n_batches).tolist()
+
+    def _after_step(self, batch: Batch, present: Tensor, state: TrainState) -> None:
+        new_losses = None
+        if self.weighting.requires_post_step_losses:  # e.g. FAMO: the losses after the update, same batch
+            with torch.no_grad():
+                preds, _ = split_aux(self.model(batch.inputs))
+                new_losses = task_losses(self.tasks, preds, batch.targets, batch.masks).losses
+        self.weighting.after_step(new_losses, present=present, state=state)
 
     def _check_finite(self, sums: Tensor, epoch: int) -> list[float]:
         means = (sums[0] / sums[1].clamp_min(1)).tolist()
@@ -431,7 +527,7 @@ class Trainer:
         validate = not isinstance(loader, TensorBatchLoader)
         for raw in loader:
             batch = self._prepare(raw, validate=validate)
-            metrics.update(self.model(batch.inputs), batch.targets, batch.masks)
+            metrics.update(split_aux(self.model(batch.inputs))[0], batch.targets, batch.masks)
         return metrics.compute()
 
     def evaluate(self, data: DataLike, *, batch_size: int = 1024) -> dict[str, dict[str, float]]:
@@ -468,7 +564,8 @@ class Trainer:
                 if isinstance(inputs, Tensor)
                 else {k: v.to(self.device) for k, v in inputs.items()}
             )
-            for key, out in self.model(inputs).items():
+            preds, _ = split_aux(self.model(inputs))
+            for key, out in preds.items():
                 task = by_output.get(key)
                 value = task.activate(out.float()) if (activate and task is not None) else out
                 parts.setdefault(key, []).append(value.cpu())
@@ -483,6 +580,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "weighting": self.weighting.state_dict(),
+            "aggregator": self.aggregator.state_dict() if self.aggregator is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "seed": self.seed,
@@ -512,6 +610,8 @@ class Trainer:
             ) from None
         try:
             self.weighting.load_state_dict(state["weighting"])
+            if self.aggregator is not None and state.get("aggregator") is not None:
+                self.aggregator.load_state_dict(state["aggregator"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,15 @@ class WeightedLoss(NamedTuple):
     Attributes:
         total: the scalar that is differentiated (it includes regularisers such as the
             log-variance term of uncertainty weighting).
-        weights: detached ``[T]`` weights applied to the task losses, for logging.
+        weights: detached ``[T]`` weights applied to the task losses. With a gradient
+            aggregator (or a gradient-based weighting) the task gradients are scaled by them.
+        aux: an objective that only trains the weighting's own parameters (GradNorm's
+            ``L_grad``); ``None`` for most methods.
     """
 
     total: Tensor
     weights: Tensor
+    aux: Tensor | None = None
 
 
 class LossWeighting(nn.Module, ABC):
@@ -37,9 +41,18 @@ class LossWeighting(nn.Module, ABC):
     never calls ``backward`` (see :func:`mtlkit.backward`), so it composes with any model,
     gradient aggregator and training scheme.
 
+    Class attributes:
+        requires_gradients: :meth:`combine` receives the per-task gradients (``jacobian``,
+            ``[T, P]``, zero rows for tasks without labels), e.g. GradNorm.
+        requires_post_step_losses: the trainer calls :meth:`after_step` with the task losses
+            recomputed (without gradients) on the same batch after the optimizer step (FAMO).
+
     Args:
         tasks: the tasks (or task names), in the order of the loss vector.
     """
+
+    requires_gradients: ClassVar[bool] = False
+    requires_post_step_losses: ClassVar[bool] = False
 
     def __init__(self, tasks: Sequence[Task] | Sequence[str]) -> None:
         super().__init__()
@@ -55,11 +68,24 @@ class LossWeighting(nn.Module, ABC):
         return len(self.task_names)
 
     @abstractmethod
-    def combine(self, losses: Tensor, present: Tensor, state: TrainState) -> WeightedLoss:
+    def combine(
+        self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
+    ) -> WeightedLoss:
         """Combine ``losses [T]``; ``present [T]`` (bool) is False for tasks with no label in the batch."""
 
+    def after_step(
+        self, losses: Tensor | None, *, present: Tensor | None = None, state: TrainState | None = None
+    ) -> None:
+        """Called by the trainer after each optimizer step (``losses``: see ``requires_post_step_losses``)."""
+
     def forward(
-        self, losses: Tensor, /, *, present: Tensor | None = None, state: TrainState | None = None
+        self,
+        losses: Tensor,
+        /,
+        *,
+        present: Tensor | None = None,
+        state: TrainState | None = None,
+        jacobian: Tensor | None = None,
     ) -> WeightedLoss:
         T = self.num_tasks
         if not isinstance(losses, Tensor) or losses.shape != (T,):
@@ -74,7 +100,12 @@ class LossWeighting(nn.Module, ABC):
             raise ShapeError(
                 f"{type(self).__name__} expects `present` of shape ({T},); got {tuple(present.shape)}."
             )
-        return self.combine(losses, present.to(torch.bool), state or TrainState())
+        if self.requires_gradients and jacobian is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the per-task gradients; call it through mtlkit.backward "
+                "(or pass jacobian=...)."
+            )
+        return self.combine(losses, present.to(torch.bool), state or TrainState(), jacobian)
 
     def extra_repr(self) -> str:
         return f"tasks={list(self.task_names)}"

@@ -20,7 +20,9 @@ __all__ = ["EqualWeighting", "StaticWeighting"]
 class EqualWeighting(LossWeighting):
     """Joint training: the plain sum of task losses (every weight 1)."""
 
-    def combine(self, losses: Tensor, present: Tensor, state: TrainState) -> WeightedLoss:
+    def combine(
+        self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
+    ) -> WeightedLoss:
         weights = torch.ones_like(losses)
         return WeightedLoss(losses.sum(), weights)
 
@@ -54,7 +56,9 @@ class StaticWeighting(LossWeighting):
             raise ValueError(f"StaticWeighting weights must be finite and >= 0; got {bad[0]!r}.")
         self.register_buffer("weights", torch.tensor(values, dtype=torch.float32))
 
-    def combine(self, losses: Tensor, present: Tensor, state: TrainState) -> WeightedLoss:
+    def combine(
+        self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
+    ) -> WeightedLoss:
         w = self.weights.to(losses.dtype)
         return WeightedLoss((w * losses).sum(), w.detach().clone())
 

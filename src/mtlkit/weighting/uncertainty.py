@@ -77,7 +77,9 @@ class UncertaintyWeighting(LossWeighting):
         self.register_buffer("scale", torch.tensor(scales))
         self.log_vars = nn.Parameter(torch.full((self.num_tasks,), float(init_log_var)))
 
-    def combine(self, losses: Tensor, present: Tensor, state: TrainState) -> WeightedLoss:
+    def combine(
+        self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
+    ) -> WeightedLoss:
         s = self.log_vars.to(losses.dtype)
         weights = self.scale.to(losses.dtype) * torch.exp(-s)
         terms = weights * losses + 0.5 * s
