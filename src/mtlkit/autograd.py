@@ -244,7 +244,7 @@ def _gradient_backward(
     if keep:
         rows = jac[keep] * w[keep, None]
         if aggregator is not None:
-            agg = aggregator.aggregate(rows, state=state)
+            agg = aggregator.aggregate(rows, state=state, rows=torch.tensor(keep))
             vector = agg.vector
             effective[keep] = w[keep] * agg.weights.to(w.dtype) if agg.weights is not None else w[keep]
         else:

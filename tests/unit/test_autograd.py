@@ -119,7 +119,7 @@ def test_aux_losses_are_added_unweighted() -> None:
 class _LogMean(Aggregator):
     loss_transform = "log"
 
-    def combine(self, jacobian: torch.Tensor, state: TrainState) -> Aggregation:
+    def combine(self, jacobian: torch.Tensor, state: TrainState, rows: torch.Tensor) -> Aggregation:
         return Aggregation(jacobian.sum(0), None)
 
 

@@ -33,7 +33,9 @@ class Aggregator(nn.Module, ABC):
     ``aggregator(jacobian)`` returns the combined gradient ``[P]``; :meth:`aggregate` also
     returns the row weights when there are any. Rows are the gradients of the (already
     weighted) task losses with respect to the shared parameters or the shared representation;
-    tasks without labels in a batch are removed before the call, so ``T`` can vary.
+    tasks without labels in a batch are removed before the call, so the number of rows can be
+    smaller than the number of tasks: ``rows`` (a CPU long tensor) then says which task each
+    row belongs to, for methods that keep per-task state (``None`` means rows ``0..K-1``).
 
     Class attributes:
         loss_transform: ``"log"`` when the method differentiates ``log L_k`` instead of ``L_k``
@@ -44,22 +46,33 @@ class Aggregator(nn.Module, ABC):
     loss_transform: ClassVar[Literal["identity", "log"]] = "identity"
     stochastic: ClassVar[bool] = False
 
-    def forward(self, jacobian: Tensor, /, *, state: TrainState | None = None) -> Tensor:
-        return self.aggregate(jacobian, state=state).vector
+    def forward(
+        self, jacobian: Tensor, /, *, state: TrainState | None = None, rows: Tensor | None = None
+    ) -> Tensor:
+        return self.aggregate(jacobian, state=state, rows=rows).vector
 
-    def aggregate(self, jacobian: Tensor, /, *, state: TrainState | None = None) -> Aggregation:
-        """Validate ``jacobian`` ``[T, P]`` and combine it."""
+    def aggregate(
+        self, jacobian: Tensor, /, *, state: TrainState | None = None, rows: Tensor | None = None
+    ) -> Aggregation:
+        """Validate ``jacobian`` ``[K, P]`` and combine it."""
         if not isinstance(jacobian, Tensor) or jacobian.ndim != 2 or jacobian.shape[0] < 1:
             shape = tuple(jacobian.shape) if isinstance(jacobian, Tensor) else type(jacobian).__name__
             raise ShapeError(
                 f"{type(self).__name__} expects a Jacobian of shape (T, P) with T >= 1 task gradients as rows; "
                 f"got {shape}."
             )
-        return self.combine(jacobian, state or TrainState())
+        if rows is None:
+            rows = torch.arange(jacobian.shape[0])
+        elif rows.shape != (jacobian.shape[0],):
+            raise ShapeError(
+                f"{type(self).__name__}: `rows` must name one task per Jacobian row ({jacobian.shape[0]}); "
+                f"got shape {tuple(rows.shape)}."
+            )
+        return self.combine(jacobian, state or TrainState(), rows)
 
     @abstractmethod
-    def combine(self, jacobian: Tensor, state: TrainState) -> Aggregation:
-        """Combine the rows of ``jacobian`` ``[T, P]``."""
+    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
+        """Combine the rows of ``jacobian`` ``[K, P]``; ``rows[k]`` is the task index of row ``k``."""
 
 
 def gramian(jacobian: Tensor) -> Tensor:
@@ -70,7 +83,7 @@ def gramian(jacobian: Tensor) -> Tensor:
 class Mean(Aggregator):
     """The mean of the task gradients (plain linear scalarisation, the reference point)."""
 
-    def combine(self, jacobian: Tensor, state: TrainState) -> Aggregation:
+    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
         T = jacobian.shape[0]
         w = torch.full((T,), 1.0 / T, dtype=jacobian.dtype, device=jacobian.device)
         return Aggregation(w @ jacobian, w)
@@ -79,6 +92,6 @@ class Mean(Aggregator):
 class Sum(Aggregator):
     """The sum of the task gradients: identical to backpropagating the summed loss."""
 
-    def combine(self, jacobian: Tensor, state: TrainState) -> Aggregation:
+    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
         w = torch.ones(jacobian.shape[0], dtype=jacobian.dtype, device=jacobian.device)
         return Aggregation(jacobian.sum(0), w)
