@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mtlkit.aggregation._base import Aggregator
 from mtlkit.errors import IncompatibleComponentsError
+from mtlkit.losses import TaskLosses
 from mtlkit.state import TrainState
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
@@ -53,21 +54,25 @@ class BackwardResult(NamedTuple):
 
 
 def _as_vector(
-    losses: Mapping[str, Tensor] | Tensor | Sequence[Tensor], names: Sequence[str] | None
-) -> tuple[Tensor, tuple[str, ...] | None, Tensor | None]:
+    losses: TaskLosses | Mapping[str, Tensor] | Tensor | Sequence[Tensor], names: Sequence[str] | None
+) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[str, ...] | None, Tensor | None]:
+    """``(vector [T], per-task scalars or None, task order, present)`` from any accepted form."""
+    if isinstance(losses, TaskLosses):
+        items = losses.items if len(losses.items) == losses.losses.shape[0] else None
+        return losses.losses, items, tuple(names) if names else None, losses.present
     if isinstance(losses, Tensor):
-        return losses, tuple(names) if names else None, None
+        return losses, None, tuple(names) if names else None, None
     if isinstance(losses, Mapping):
         order = tuple(names) if names else tuple(losses)
         unknown = [k for k in losses if k not in order]
         if unknown:
             raise KeyError(f"losses name tasks the weighting does not know: {unknown}; tasks: {list(order)}.")
         ref = next(iter(losses.values()))
-        vec = torch.stack([losses[k].reshape(()) if k in losses else ref.new_zeros(()) for k in order])
-        present = torch.tensor([k in losses for k in order], device=vec.device)
-        return vec, order, present
-    vec = torch.stack([t.reshape(()) for t in losses])
-    return vec, tuple(names) if names else None, None
+        items = tuple(losses[k].reshape(()) if k in losses else ref.new_zeros(()) for k in order)
+        present = torch.tensor([k in losses for k in order], device=ref.device)
+        return torch.stack(items), items, order, present
+    items = tuple(t.reshape(()) for t in losses)
+    return torch.stack(items), items, tuple(names) if names else None, None
 
 
 def _aux_total(aux: Mapping[str, Tensor] | Tensor | None) -> Tensor | None:
@@ -80,7 +85,7 @@ def _aux_total(aux: Mapping[str, Tensor] | Tensor | None) -> Tensor | None:
 
 
 def backward(
-    losses: Mapping[str, Tensor] | Tensor | Sequence[Tensor],
+    losses: TaskLosses | Mapping[str, Tensor] | Tensor | Sequence[Tensor],
     /,
     *,
     weighting: LossWeighting | None = None,
@@ -96,8 +101,10 @@ def backward(
     """Differentiate the balanced multi-task objective and accumulate ``.grad``.
 
     Args:
-        losses: task losses as a ``[T]`` tensor ordered like ``weighting.task_names``, a
-            sequence of scalars, or a ``{task: loss}`` dict (absent tasks count as unlabelled).
+        losses: the :class:`~mtlkit.TaskLosses` of :func:`mtlkit.task_losses` (best: its
+            per-task scalars keep each task's backward pass to its own graph), a ``[T]`` tensor
+            ordered like ``weighting.task_names``, a sequence of scalars, or a ``{task: loss}``
+            dict (absent tasks count as unlabelled).
         weighting: a :class:`~mtlkit.weighting.LossWeighting` (default: equal weights).
         aggregator: a :class:`~mtlkit.aggregation.Aggregator` combining the per-task gradients
             of the weighted losses; needs ``model`` (or ``shared_params`` / ``task_params``).
@@ -109,14 +116,15 @@ def backward(
             the combined gradient is then backpropagated through it.
         aux: auxiliary losses (model penalties) added to the objective unweighted; their
             gradients are accumulated as they are.
-        present: ``[T]`` bool, False for tasks without a label in the batch.
+        present: ``[T]`` bool, False for tasks without a label in the batch (taken from
+            ``TaskLosses`` when given one).
         state: training progress for methods that depend on it.
 
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
     """
     names = weighting.task_names if weighting is not None else None
-    vec, order, dict_present = _as_vector(losses, names)
+    vec, items, order, given_present = _as_vector(losses, names)
     T = vec.shape[0]
     if weighting is None:
         model_tasks = getattr(getattr(model, "module", model), "task_names", None)
@@ -124,7 +132,7 @@ def backward(
             order = tuple(model_tasks)
         weighting = EqualWeighting(order or [f"task{i}" for i in range(T)])
     if present is None:
-        present = dict_present
+        present = given_present
     aux_total = _aux_total(aux)
     if aggregator is None and not weighting.requires_gradients:
         out = weighting(vec, present=present, state=state)
@@ -138,6 +146,7 @@ def backward(
         return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach())
     return _gradient_backward(
         vec,
+        items,
         weighting,
         aggregator,
         model,
@@ -187,6 +196,7 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
 
 def _gradient_backward(
     vec: Tensor,
+    items: tuple[Tensor, ...] | None,
     weighting: LossWeighting,
     aggregator: Aggregator | None,
     model: nn.Module | None,
@@ -215,7 +225,9 @@ def _gradient_backward(
     own_grads: dict[int, list[Tensor | None]] = {}
     for i in keep:
         inputs = [*targets, *own[i]]
-        grads = torch.autograd.grad(vec[i], inputs, retain_graph=True, allow_unused=True)
+        # the task's own scalar: differentiating vec[i] would walk every task's graph with zeros
+        loss_i = items[i] if items is not None else vec[i]
+        grads = torch.autograd.grad(loss_i, inputs, retain_graph=True, allow_unused=True)
         offset = 0
         for g, n in zip(grads[: len(targets)], sizes):
             if g is not None:

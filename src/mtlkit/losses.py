@@ -27,10 +27,17 @@ def split_aux(outputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
 
 
 class TaskLosses(NamedTuple):
-    """``losses [T]`` (differentiable) and ``counts [T]`` (labelled elements per task)."""
+    """``losses [T]`` (differentiable), ``counts [T]`` (labelled elements per task) and ``items``,
+    the same losses as separate scalars.
+
+    Pass the whole ``TaskLosses`` to :func:`mtlkit.backward`: gradient-level methods then take
+    each task's gradient from its own scalar, so a task's backward pass never walks through the
+    other tasks' graphs (differentiating ``losses[k]`` of the stacked vector would).
+    """
 
     losses: Tensor
     counts: Tensor
+    items: tuple[Tensor, ...] = ()
 
     @property
     def present(self) -> Tensor:
@@ -72,4 +79,5 @@ def task_losses(
         losses.append(loss)
         counts.append(count.to(loss.dtype))
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in losses))
-    return TaskLosses(torch.stack([t.to(dtype) for t in losses]), torch.stack([c.to(dtype) for c in counts]))
+    items = tuple(t.to(dtype) for t in losses)
+    return TaskLosses(torch.stack(items), torch.stack([c.to(dtype) for c in counts]), items)

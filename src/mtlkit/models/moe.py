@@ -64,6 +64,10 @@ class MMoE(_MoEBase):
             ``(N, T, E)`` weights that sum to one over experts).
         towers: ``{task: module}`` mapping ``(N, D)`` to the task output.
         input_layer: optional shared module applied to the inputs first (e.g. embeddings).
+            Its output also feeds the gates; with representation-level gradient methods the
+            shared representation is the expert output, so the input layer then learns only
+            through the experts (the gate path's share of its gradient is per-task and is not
+            aggregated).
     """
 
     def __init__(
@@ -85,13 +89,21 @@ class MMoE(_MoEBase):
         return stack_experts(self.experts, self._features(x))  # (N, E, D)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        g = self.gate(self._features(x))  # (N, T, E)
-        mixed = torch.bmm(g, rep)  # (N, T, D)
-        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        # One gate and one mixture per task, so that each task's backward pass (gradient-level
+        # methods take one per task) touches only its own gate; forward() does all tasks at once.
+        h = self._features(x)
+        if not isinstance(self.gate, SoftmaxGates):
+            mixed = torch.bmm(self.gate(h), rep)  # (N, T, D)
+            return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        out = {}
+        for t in self.task_names:
+            g = torch.softmax(self.gate.gates[t](h), dim=-1)  # (N, E)
+            out[t] = self.towers[t](torch.bmm(g.unsqueeze(1), rep).squeeze(1))
+        return out
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
         h = self._features(x)
-        mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))
+        mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))  # all gates in one product
         return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:

@@ -7,14 +7,14 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from rich.console import Console
 from torch import Tensor, nn
 
 from mtlkit.aggregation._base import Aggregator
-from mtlkit.autograd import GradientTarget, backward
+from mtlkit.autograd import BackwardResult, GradientTarget, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
 from mtlkit.errors import (
@@ -25,7 +25,7 @@ from mtlkit.errors import (
     ShapeError,
     UnknownComponentError,
 )
-from mtlkit.losses import split_aux, task_losses
+from mtlkit.losses import TaskLosses, split_aux, task_losses
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
@@ -45,6 +45,14 @@ DataLike = MultiTaskDataset | Iterable[Any]
 
 class TrainingDivergedError(MtlkitError, FloatingPointError):
     """A task loss became NaN or infinite during training."""
+
+
+class StepOutput(NamedTuple):
+    """What :meth:`Trainer.train_step` did: the backward result, the task losses, auxiliary losses."""
+
+    result: BackwardResult
+    losses: TaskLosses
+    aux: dict[str, Tensor]
 
 
 def default_device() -> torch.device:
@@ -166,6 +174,12 @@ class Trainer:
         """True when the balancing needs per-task gradients (an aggregator or a gradient-based weighting)."""
         return self.aggregator is not None or self.weighting.requires_gradients
 
+    @property
+    def _has_encoder(self) -> bool:
+        return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
+            self._core, "decode"
+        )
+
     def _check_gradient_setup(self) -> None:
         """Refuse combinations that cannot work, saying why and what to use instead."""
         if self.gradient_target not in ("parameters", "representation"):
@@ -190,7 +204,7 @@ class Trainer:
                 "mtlkit.models.MultiTaskModel, or use a loss weighting."
             )
         if self.gradient_target == "representation":
-            if getattr(type(core), "encode", None) is MultiTaskModel.encode:
+            if not self._has_encoder:
                 raise IncompatibleComponentsError(
                     f"{name} has no single shared representation (no encode()/decode()), so {method} cannot take "
                     "gradients with respect to it. Use gradient_target='parameters'."
@@ -382,43 +396,10 @@ class Trainer:
         refresh = max(1, (total or 50) // 20)
         for raw in loader:
             batch = self._prepare(raw, validate=validate)
-            state = TrainState(
-                step=self.step, epoch=epoch, epoch_losses=tuple(self._epoch_losses), generator=self.generator
-            )
-            rep = None
-            if self.gradient_target == "representation":
-                rep = self._core.encode(batch.inputs)
-                outputs = self._core.decode(rep, batch.inputs)
-            else:
-                outputs = self.model(batch.inputs)
-            if not isinstance(outputs, Mapping):
-                raise ShapeError(
-                    f"The model must return a dict {{task: output}}; got {type(outputs).__name__}."
-                )
-            preds, aux = split_aux(outputs)
-            tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.weighting.zero_grad(set_to_none=True)
-            result = backward(
-                tl.losses,
-                weighting=self.weighting,
-                aggregator=self.aggregator,
-                model=self.model if self.uses_gradients else None,
-                representation=rep,
-                aux=aux or None,
-                present=tl.present,
-                state=state,
-            )
-            if self.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-            self.optimizer.step()
-            if self.scheduler is not None and self.scheduler_interval == "step":
-                self.scheduler.step()
-            self._after_step(batch, tl.present, state)
-            if aux:
-                for k, v in aux.items():
-                    aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().double()
-            self.step += 1
+            step = self.train_step(batch, epoch=epoch)
+            for k, v in step.aux.items():
+                aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().double()
+            result, tl = step.result, step.losses
             n_batches += 1
             counts = tl.counts.detach().double()
             sums[0] += result.losses.double() * counts
@@ -445,6 +426,52 @@ class Trainer:
                 preds, _ = split_aux(self.model(batch.inputs))
                 new_losses = task_losses(self.tasks, preds, batch.targets, batch.masks).losses
         self.weighting.after_step(new_losses, present=present, state=state)
+
+    def train_step(self, batch: Batch, *, epoch: int | None = None) -> StepOutput:
+        """One optimisation step on ``batch`` (already on the trainer's device).
+
+        Forward, masked task losses, :func:`mtlkit.backward` with the weighting / aggregator,
+        optional gradient clipping, optimizer (and per-step scheduler) step, the weighting's
+        post-step hook. ``fit`` calls this for every batch; call it yourself to drive training.
+        """
+        state = TrainState(
+            step=self.step,
+            epoch=self.epoch if epoch is None else epoch,
+            epoch_losses=tuple(self._epoch_losses),
+            generator=self.generator,
+        )
+        rep = None
+        if self.gradient_target == "representation":
+            rep = self._core.encode(batch.inputs)
+            outputs = self._core.decode(rep, batch.inputs)
+        elif self.uses_gradients and self._has_encoder:
+            # same outputs; decode keeps the tasks' graphs apart, so per-task backward passes are cheaper
+            outputs = self._core.decode(self._core.encode(batch.inputs), batch.inputs)
+        else:
+            outputs = self.model(batch.inputs)
+        if not isinstance(outputs, Mapping):
+            raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
+        preds, aux = split_aux(outputs)
+        tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.weighting.zero_grad(set_to_none=True)
+        result = backward(
+            tl,
+            weighting=self.weighting,
+            aggregator=self.aggregator,
+            model=self.model if self.uses_gradients else None,
+            representation=rep,
+            aux=aux or None,
+            state=state,
+        )
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self._after_step(batch, tl.present, state)
+        self.step += 1
+        return StepOutput(result, tl, aux)
 
     def _check_finite(self, sums: Tensor, epoch: int) -> list[float]:
         means = (sums[0] / sums[1].clamp_min(1)).tolist()
