@@ -119,3 +119,17 @@ def test_famo_first_step_hand_worked() -> None:
     famo.after_step(torch.tensor([1.0, 1.0]))
     # delta = (log 2, 0); softmax-Jacobian^T delta = (+, -); Adam's first step moves each logit by lr
     assert famo.logits.tolist() == pytest.approx([-0.025, 0.025], abs=1e-6)
+
+
+def test_famo_next_batch_uses_the_next_losses_without_an_extra_forward() -> None:
+    same, nxt = FAMO(NAMES), FAMO(NAMES, update="next_batch")
+    assert same.requires_post_step_losses and not nxt.requires_post_step_losses
+    seq = [torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.8, 0.9])]
+    nxt(seq[0])
+    nxt.after_step(None)
+    nxt(seq[1])  # updates the logits with (before=seq[0], after=seq[1]) first
+    same(seq[0])
+    same.after_step(seq[1])
+    torch.testing.assert_close(nxt.logits, same.logits)
+    with pytest.raises(ValueError, match="`update` must be 'same_batch' or 'next_batch'"):
+        FAMO(NAMES, update="later")

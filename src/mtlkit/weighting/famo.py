@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,8 +31,11 @@ class FAMO(LossWeighting):
     ``(∂z/∂w)ᵀ δ`` with ``δ_k = log D_k(before) - log D_k(after)``.
 
     Hyper-parameters (authors' defaults): ``gamma`` γ = 0.01, ``w_lr`` = 0.025, ``eps`` ε = 1e-8,
-    ``min_losses`` m = 0. Cost: O(T) per step plus one extra forward pass (no backward) for the
-    post-step losses. Departures from the authors' code: (1) their ``backward`` also clips the
+    ``min_losses`` m = 0. ``update``: ``"same_batch"`` (the authors' code) recomputes the losses
+    on the same batch after the step, costing one extra forward pass (no backward);
+    ``"next_batch"`` uses the next step's losses (another batch, so a noisier δ) as "after" and
+    costs nothing extra. Cost: O(T) per step (+ the extra forward for ``same_batch``).
+    Departures from the authors' code: (1) their ``backward`` also clips the
     shared gradients to norm 1 (``max_norm``); here gradient clipping is the trainer's
     ``grad_clip_norm`` (set it to 1.0 to match); (2) the Adam update of the logits is written out
     in buffers (same formulas as ``torch.optim.Adam``) so it is saved in checkpoints; (3) tasks
@@ -48,8 +52,13 @@ class FAMO(LossWeighting):
         w_lr: float = 0.025,
         eps: float = 1e-8,
         min_losses: Sequence[float] | None = None,
+        update: Literal["same_batch", "next_batch"] = "same_batch",
     ) -> None:
         super().__init__(tasks)
+        if update not in ("same_batch", "next_batch"):
+            raise ValueError(f"FAMO parameter `update` must be 'same_batch' or 'next_batch'; got {update!r}.")
+        self.update = update
+        self.requires_post_step_losses = update == "same_batch"
         if gamma < 0:
             raise ValueError(f"FAMO parameter `gamma` must be >= 0; got {gamma!r}.")
         if not w_lr > 0:
@@ -68,6 +77,7 @@ class FAMO(LossWeighting):
         self.register_buffer("adam_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("prev_log_d", torch.zeros(T))
         self.register_buffer("prev_present", torch.zeros(T, dtype=torch.bool))
+        self.register_buffer("has_prev", torch.zeros((), dtype=torch.bool))
 
     def _z(self, present: Tensor) -> Tensor:
         return torch.softmax(self.logits.masked_fill(~present, float("-inf")), dim=0).nan_to_num()
@@ -75,6 +85,8 @@ class FAMO(LossWeighting):
     def combine(
         self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
     ) -> WeightedLoss:
+        if self.update == "next_batch" and bool(self.has_prev):
+            self._update_logits(losses.detach(), present)
         d = torch.where(
             present, losses - self.min_losses.to(losses.dtype) + self.eps, torch.ones_like(losses)
         )
@@ -84,15 +96,21 @@ class FAMO(LossWeighting):
         with torch.no_grad():
             self.prev_log_d.copy_(torch.log(d.detach()).to(self.prev_log_d.dtype))
             self.prev_present.copy_(present)
+            self.has_prev.fill_(True)
         return WeightedLoss(total, (z / (c * d)).detach())
 
     @torch.no_grad()
     def after_step(
         self, losses: Tensor | None, *, present: Tensor | None = None, state: TrainState | None = None
     ) -> None:
-        if losses is None:
+        if losses is None or self.update != "same_batch":
             return
-        mask = self.prev_present
+        self._update_logits(losses, self.prev_present)
+
+    @torch.no_grad()
+    def _update_logits(self, losses: Tensor, present: Tensor) -> None:
+        """One Adam step of the logits on ``(∂z/∂w)ᵀ δ``, δ = log D(before) - log D(after)."""
+        mask = self.prev_present & present
         log_d = torch.log((losses - self.min_losses.to(losses.dtype) + self.eps).clamp_min(self.eps))
         delta = torch.where(
             mask, self.prev_log_d - log_d.to(self.prev_log_d.dtype), torch.zeros_like(self.prev_log_d)
@@ -115,6 +133,13 @@ class FAMO(LossWeighting):
 
 
 @WEIGHTINGS.register("famo")
-def famo(tasks: Sequence[Task], *, gamma: float = 0.01, w_lr: float = 0.025, eps: float = 1e-8) -> FAMO:
+def famo(
+    tasks: Sequence[Task],
+    *,
+    gamma: float = 0.01,
+    w_lr: float = 0.025,
+    eps: float = 1e-8,
+    update: Literal["same_batch", "next_batch"] = "same_batch",
+) -> FAMO:
     """FAMO (Liu et al. 2023): balanced loss decrease with O(1) cost per task."""
-    return FAMO(tasks, gamma=gamma, w_lr=w_lr, eps=eps)
+    return FAMO(tasks, gamma=gamma, w_lr=w_lr, eps=eps, update=update)
