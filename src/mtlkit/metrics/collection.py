@@ -94,6 +94,22 @@ class MultiTaskMetrics:
             for m in self.metrics[task.name].values():
                 m.update(p, t)
 
+    def _synced_sums(self) -> dict[str, Tensor]:
+        """Loss sums over all processes when torch.distributed is running (torchmetrics syncs the rest)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._sums
+        out = {}
+        for task in self.tasks:
+            s = self._sums.get(task.name)
+            if s is None:
+                s = torch.zeros(2, dtype=torch.float64, device=self._device or "cpu")
+            s = s.clone()
+            dist.all_reduce(s)
+            out[task.name] = s
+        return out
+
     def counts(self) -> dict[str, int]:
         """Number of labelled elements seen per task."""
         return {name: int(s[1].item()) for name, s in self._sums.items()} | {
@@ -103,8 +119,9 @@ class MultiTaskMetrics:
     def compute(self) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}``; NaN for a metric of a task that had no labels."""
         out: dict[str, dict[str, float]] = {}
+        sums = self._synced_sums()
         for task in self.tasks:
-            s = self._sums.get(task.name)
+            s = sums.get(task.name)
             n = 0.0 if s is None else float(s[1].item())
             res: dict[str, float] = {"loss": float((s[0] / s[1]).item()) if n > 0 else math.nan}
             for name, m in self.metrics[task.name].items():

@@ -367,7 +367,7 @@ class Trainer:
             and self._best
             and self._best.get("state")
         ):
-            self.model.load_state_dict(self._best["state"])
+            self._core.load_state_dict(self._best["state"])
             self.weighting.load_state_dict(self._best["weighting"])
         return self.history
 
@@ -447,6 +447,9 @@ class Trainer:
         elif self.uses_gradients and self._has_encoder:
             # same outputs; decode keeps the tasks' graphs apart, so per-task backward passes are cheaper
             outputs = self._core.decode(self._core.encode(batch.inputs), batch.inputs)
+        elif self.uses_gradients:
+            # bypass a DDP wrapper: its hooks expect one plain backward; gradients are averaged below
+            outputs = self._core(batch.inputs)
         else:
             outputs = self.model(batch.inputs)
         if not isinstance(outputs, Mapping):
@@ -464,6 +467,7 @@ class Trainer:
             aux=aux or None,
             state=state,
         )
+        self._sync_gradients()
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         self.optimizer.step()
@@ -472,6 +476,26 @@ class Trainer:
         self._after_step(batch, tl.present, state)
         self.step += 1
         return StepOutput(result, tl, aux)
+
+    def _sync_gradients(self) -> None:
+        """Under torch.distributed, average the gradients DDP does not: the loss weighting's own
+        parameters always, and the model's when a gradient-level method wrote them (each rank
+        aggregates its own batch's per-task gradients; the results are averaged, as DDP would)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        params = [p for p in self.weighting.parameters() if p.requires_grad]
+        if self.uses_gradients or self._core is self.model:  # DDP did not average the model's gradients
+            params += [p for p in self._core.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for p, g in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = g.view_as(p).clone()
 
     def _check_finite(self, sums: Tensor, epoch: int) -> list[float]:
         means = (sums[0] / sums[1].clamp_min(1)).tolist()
@@ -518,7 +542,7 @@ class Trainer:
                 "value": value,
                 "epoch": record["epoch"],
                 "bad_epochs": 0,
-                "state": _cpu_state(self.model) if early_stopping.restore_best else None,
+                "state": _cpu_state(self._core) if early_stopping.restore_best else None,
                 "weighting": _cpu_state(self.weighting),
             }
             return False
@@ -603,7 +627,7 @@ class Trainer:
         """Everything needed to resume training exactly."""
         return {
             "task_names": list(self.task_names),
-            "model": self.model.state_dict(),
+            "model": self._core.state_dict(),  # without a DDP wrapper's "module." prefix
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "weighting": self.weighting.state_dict(),
@@ -629,7 +653,7 @@ class Trainer:
                 f"The {source} was written for tasks {names}, but this trainer has {list(self.task_names)}."
             )
         try:
-            self.model.load_state_dict(state["model"])
+            self._core.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise CheckpointError(
                 f"The {source} does not fit this model: {str(exc).splitlines()[0]} "
