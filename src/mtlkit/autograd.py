@@ -219,34 +219,47 @@ def _gradient_backward(
         )
     keep = list(range(T)) if present is None else present.nonzero().flatten().tolist()
     sizes = [t.numel() for t in targets]
-    P = sum(sizes)
     ref = targets[0]
-    jac = torch.zeros(T, P, dtype=ref.dtype, device=ref.device)
-    own_grads: dict[int, list[Tensor | None]] = {}
-    for i in keep:
-        inputs = [*targets, *own[i]]
-        # the task's own scalar: differentiating vec[i] would walk every task's graph with zeros
+    log_transform = aggregator is not None and aggregator.loss_transform == "log"
+    losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
+    # d log L_k = dL_k / L_k: a per-row factor, folded into each backward pass like the weights
+    coef = (1.0 / vec.detach().clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec.detach())
+    out = None
+    if not weighting.requires_gradients:  # weights first, so every row comes out already weighted
+        out = weighting(losses_for_weights, present=present, state=state)
+        coef = coef * out.weights.detach().to(coef.dtype)
+    # one retained backward pass per labelled task, from the task's own scalar (never vec[k]:
+    # that would walk every task's graph), into a [K, P] Jacobian of the kept rows only
+    jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+    own_grads: list[list[Tensor | None]] = []
+    for row, i in enumerate(keep):
         loss_i = items[i] if items is not None else vec[i]
-        grads = torch.autograd.grad(loss_i, inputs, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            loss_i,
+            [*targets, *own[i]],
+            grad_outputs=coef[i].to(loss_i.dtype),
+            retain_graph=True,
+            allow_unused=True,
+        )
         offset = 0
         for g, n in zip(grads[: len(targets)], sizes):
-            if g is not None:
-                jac[i, offset : offset + n] = g.reshape(-1)
+            dest = jac[row, offset : offset + n]
+            if g is None:
+                dest.zero_()
+            else:
+                dest.copy_(g.reshape(-1))
             offset += n
-        own_grads[i] = list(grads[len(targets) :])
-    losses_for_weights = vec
-    row_scale = None
-    if aggregator is not None and aggregator.loss_transform == "log":
-        row_scale = 1.0 / vec.detach().clamp_min(_LOG_EPS)  # d log L = dL / L
-        jac = jac * row_scale[:, None]
-        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS))
-    out = weighting(
-        losses_for_weights,
-        present=present,
-        state=state,
-        jacobian=jac if weighting.requires_gradients else None,
-    )
-    w = out.weights.detach().to(jac.dtype)
+        own_grads.append(list(grads[len(targets) :]))
+    if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
+        full = jac
+        if len(keep) != T:
+            full = jac.new_zeros(T, jac.shape[1])
+            full[keep] = jac
+        out = weighting(losses_for_weights, present=present, state=state, jacobian=full)
+        w_keep = out.weights.detach().to(jac.dtype)[keep]
+        jac.mul_(w_keep[:, None])
+        own_grads = [[g * w_keep[r] if g is not None else None for g in gs] for r, gs in enumerate(own_grads)]
+    w = out.weights.detach()
     # the weighting's own parameters (uncertainty's s, GradNorm's w) learn from its objective only
     wparams = [p for p in weighting.parameters() if p.requires_grad]
     objective = out.total if out.aux is None else out.total + out.aux
@@ -254,19 +267,20 @@ def _gradient_backward(
         torch.autograd.backward(objective, inputs=wparams, retain_graph=True)
     effective = torch.zeros_like(w)
     if keep:
-        rows = jac[keep] * w[keep, None]
         if aggregator is not None:
-            agg = aggregator.aggregate(rows, state=state, rows=torch.tensor(keep))
+            agg = aggregator.aggregate(jac, state=state, rows=torch.tensor(keep))
             vector = agg.vector
-            effective[keep] = w[keep] * agg.weights.to(w.dtype) if agg.weights is not None else w[keep]
+            row_weights = (
+                agg.weights.to(w.dtype) if agg.weights is not None else torch.ones(len(keep), dtype=w.dtype)
+            )
         else:
-            vector = rows.sum(0)
-            effective[keep] = w[keep]
-        for i in keep:  # each task's own parameters: gradient of its weighted loss
-            scale = w[i] * (row_scale[i] if row_scale is not None else 1.0)
-            for p, g in zip(own[i], own_grads[i]):
+            vector = jac.sum(0)
+            row_weights = torch.ones(len(keep), dtype=w.dtype, device=w.device)
+        effective[keep] = w[keep] * row_weights.to(w.device)
+        for i, grads in zip(keep, own_grads):  # each task's own parameters: its weighted loss gradient
+            for p, g in zip(own[i], grads):
                 if g is not None:
-                    _accumulate(p, g * scale)
+                    _accumulate(p, g)
         if aux_total is not None:
             aux_total.backward(retain_graph=True)
         if representation is not None:
