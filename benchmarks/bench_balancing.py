@@ -29,6 +29,12 @@ from mtlkit import Task
 from mtlkit.registries import AGGREGATORS, MODELS, WEIGHTINGS
 
 EXTRA = {"static": {"weights": {}}}
+VARIANTS = {"famo(next_batch)": ("famo", {"update": "next_batch"})}
+
+
+def make_weighting(name: str, tasks: list[Task]) -> mtlkit.weighting.LossWeighting:
+    base, params = VARIANTS.get(name, (name, EXTRA.get(name, {})))
+    return WEIGHTINGS.build(base, tasks=tasks, **params)
 
 
 def build(kind: str, tasks: list[Task], d: int, dev: str) -> torch.nn.Module:
@@ -98,16 +104,16 @@ def main() -> None:
             fns: dict[str, Callable[[], None]] = {}
             fns["equal"] = trainer_step(build(kind, tasks, args.input, dev), tasks, x, targets)
             fns["floor"] = floor_step(build(kind, tasks, args.input, dev), tasks, x, targets)
-            for name in WEIGHTINGS.names():
+            for name in [*WEIGHTINGS.names(), *VARIANTS]:
                 if name == "equal":
                     continue
-                w = WEIGHTINGS.build(name, tasks=tasks, **EXTRA.get(name, {}))
+                w = make_weighting(name, tasks)
                 target = "parameters"
                 fns[f"w:{name}"] = trainer_step(
                     build(kind, tasks, args.input, dev), tasks, x, targets, weighting=w, target=target
                 )
                 if w.requires_gradients:
-                    w2 = WEIGHTINGS.build(name, tasks=tasks, **EXTRA.get(name, {}))
+                    w2 = make_weighting(name, tasks)
                     fns[f"w:{name}@rep"] = trainer_step(
                         build(kind, tasks, args.input, dev),
                         tasks,
@@ -137,10 +143,7 @@ def main() -> None:
                 kind_, name = key.split(":")
                 rep = name.endswith("@rep")
                 name = name.removesuffix("@rep")
-                grad_based = (
-                    kind_ == "a"
-                    or WEIGHTINGS.build(name, tasks=tasks, **EXTRA.get(name, {})).requires_gradients
-                )
+                grad_based = kind_ == "a" or make_weighting(name, tasks).requires_gradients
                 if rep:
                     goal, ok = "<= 1.6x equal" if T == 8 else "", t / eq <= 1.6
                 elif grad_based:
