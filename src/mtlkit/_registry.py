@@ -43,6 +43,13 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (e.g. a component registered by a test)."""
+        key = self.canonical(name)
+        del self._entries[key]
+        for alias in [a for a, target in self._aliases.items() if target == key]:
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases."""
         key = self._aliases.get(name, name)

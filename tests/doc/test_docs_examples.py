@@ -27,4 +27,5 @@ def test_custom_weighting_example() -> None:
         exp = resolve(apply_overrides(raw, ["weighting.name=softmax", "weighting.t=2.0"]))
         assert exp.config.weighting == {"name": "softmax", "t": 2.0}
     finally:
-        WEIGHTINGS._entries.pop("softmax", None)
+        if "softmax" in WEIGHTINGS:
+            WEIGHTINGS.unregister("softmax")
