@@ -25,8 +25,8 @@ class AlignedMTL(Aggregator):
     With ``G = J J^T = V Lambda V^T`` (rank ``R``), the rows are replaced by
     ``J_hat = sigma (V Lambda^{-1/2} V^T) J`` (the Procrustes solution: an orthogonal system with
     equal singular values ``sigma``) and summed: ``d = J^T w`` with
-    ``w = sigma V Lambda^{-1/2} V^T 1``. Eigenvalues below ``max(Lambda) * T * eps`` (``eps`` of
-    the Jacobian's dtype) are dropped, as in the authors' code.
+    ``w = sigma V Lambda^{-1/2} V^T 1``. Eigenvalues below ``max(Lambda) * T * eps`` are dropped,
+    with float32's ``eps`` whatever the dtype, as in the authors' code (``torch.finfo().eps``).
 
     Args:
         scale_mode: ``sigma^2`` is the smallest kept eigenvalue (``"min"``, default, the paper's
@@ -36,8 +36,8 @@ class AlignedMTL(Aggregator):
     Cost: one ``T x T`` Gramian, one device-to-host copy, one ``T x T`` eigendecomposition.
 
     Departures from the authors' code: none in the formula; the eigendecomposition runs in
-    float64 on the CPU (theirs in the Jacobian's dtype on its device, with float32's ``eps`` in
-    the rank rule whatever the dtype). All-zero gradients give zero weights.
+    float64 on the CPU (theirs in the Jacobian's dtype on its device). All-zero gradients give
+    zero weights (theirs: NaN).
     """
 
     def __init__(self, *, scale_mode: ScaleMode = "min") -> None:
@@ -52,6 +52,6 @@ class AlignedMTL(Aggregator):
         if jacobian.shape[0] == 1:
             return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
         G = gramian_of(jacobian)
-        w = aligned_weights(to_host(G), eps=torch.finfo(G.dtype).eps, scale_mode=self.scale_mode)
+        w = aligned_weights(to_host(G), eps=torch.finfo(torch.float32).eps, scale_mode=self.scale_mode)
         weights = to_device(w, jacobian)
         return Aggregation(weights @ jacobian, weights)

@@ -33,7 +33,7 @@ class NashMTL(Aggregator):
     "utility-weighted" share, ``alpha_i (g_i . d) = 1``. This is the stationarity condition of the
     strictly convex ``min_{alpha > 0} 1/2 alpha^T G alpha - sum_i log alpha_i``, solved here by
     Newton's method with backtracking in float64 on the ``T x T`` problem (quadratic
-    convergence; the equation holds to ~1e-10 relative). Note ``||d||^2 = alpha^T G alpha = T``
+    convergence: the equation holds to round-off). Note ``||d||^2 = alpha^T G alpha = T``
     whatever the gradients' scale, hence the clipping of the authors' code (``max_norm``).
 
     Args:
@@ -47,10 +47,10 @@ class NashMTL(Aggregator):
 
     Departures from the authors' code: (1) no cvxpy/ECOS: their sequence of (at most 20)
     convex approximations is replaced by Newton's method on the exact problem, which converges
-    to the solution instead of stopping at ``||G alpha - 1/alpha|| < 1e-3``; (2) ``G`` gets a
-    ``1e-10 * max(diag G)`` ridge, so a solution exists when a non-negative combination of rows
-    vanishes (e.g. two opposite gradients, where the exact problem is unbounded; the authors'
-    solver then keeps the previous ``alpha``), and zero gradients get ``alpha = 0``;
+    to the solution instead of stopping at ``||G alpha - 1/alpha|| < 1e-3``; (2) when the
+    problem has no solution (a non-negative combination of rows vanishes, e.g. two opposite
+    gradients; the authors' solver then keeps the previous ``alpha``), the solution for
+    ``G + 1e-10 max(diag G) I`` is used, and a zero gradient gets ``alpha = 0``;
     (3) ``max_norm`` clips the combined vector: identical to the authors' clipping of the shared
     parameters' gradients with ``gradient_target="parameters"``; with ``"representation"`` it
     clips the representation gradient instead.

@@ -290,9 +290,10 @@ def nash_bargaining(gram: np.ndarray, *, ridge: float = 1e-10, max_iter: int = 2
     They are the stationary point of the strictly convex ``f(a) = 1/2 a^T G a - sum_i log a_i``
     (its gradient is ``G a - 1/a``), found by Newton's method with a backtracking (Armijo)
     line search that keeps ``a > 0``; it converges quadratically near the solution. ``G`` is
-    scaled to ``max(diag) = 1`` and ``ridge * I`` is added, so that a solution exists even when
-    a non-negative combination of rows vanishes (a zero row, or two opposite rows), where the
-    exact problem is unbounded; elsewhere the ridge changes ``alpha`` by a relative ~1e-10.
+    scaled to ``max(diag) = 1``. Newton first runs on ``G + ridge * I``, which always has a
+    solution, then is polished on ``G`` itself: that converges (to machine precision) whenever
+    the exact problem has a solution; when it has none (a non-negative combination of rows
+    vanishes, e.g. two opposite rows: ``f`` is unbounded below) the ridge solution is kept.
 
     A zero row has no bargaining utility (``log 0``): it gets weight 0 and the others are
     solved without it.
@@ -313,35 +314,51 @@ def nash_bargaining(gram: np.ndarray, *, ridge: float = 1e-10, max_iter: int = 2
         out = np.zeros(n)
         out[active] = nash_bargaining(Gn[np.ix_(active, active)], ridge=ridge, max_iter=max_iter)
         return out / math.sqrt(scale)
-    Gr = Gn + ridge * np.eye(n)
+    a0 = 1.0 / np.sqrt(np.diag(Gn))
+    a0 = a0 * math.sqrt(n / float(a0 @ Gn @ a0))  # the best multiple of 1 / sqrt(diag G)
+    a, _ = _newton_log_barrier(Gn + ridge * np.eye(n), a0, max_iter)
+    # polish on the exact problem; it converges from there unless the problem is unbounded
+    exact, converged = _newton_log_barrier(Gn, a, 30)
+    if converged and np.all(np.isfinite(exact)) and np.all(exact > 0):
+        a = exact
+    return a / math.sqrt(scale)
 
-    def f(a: np.ndarray) -> float:
-        return float(0.5 * a @ Gr @ a - np.log(a).sum())
 
-    a0 = 1.0 / np.sqrt(np.diag(Gr))
-    a = a0 * math.sqrt(n / float(a0 @ Gr @ a0))  # best multiple of a0
+def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple[np.ndarray, bool]:
+    """Damped Newton on ``1/2 a^T G a - sum log a`` from ``a > 0``; ``(a, converged)``.
+
+    The function is self-concordant, so once the squared Newton decrement is below 1/4 the
+    full step stays feasible and converges quadratically (Boyd and Vandenberghe, 9.6); before
+    that, a backtracking line search keeps ``a > 0`` and decreases ``f``.
+    """
+
+    def f(x: np.ndarray) -> float:
+        return float(0.5 * x @ gram @ x - np.log(x).sum())
+
     fa = f(a)
     for _ in range(max_iter):
-        grad = Gr @ a - 1.0 / a
-        H = Gr + np.diag(1.0 / a**2)
-        d = -_solve(H, grad)
-        decrement = float(-grad @ d)
-        if not decrement > 1e-24:
-            break
+        grad = gram @ a - 1.0 / a
+        d = -_solve(gram + np.diag(1.0 / a**2), grad)
+        decrement = float(-grad @ d)  # squared Newton decrement
+        if not decrement > 1e-26:
+            return a, bool(abs(decrement) <= 1e-26)
+        if decrement < 0.25:
+            cand = a + d
+            if np.all(cand > 0):
+                a, fa = cand, f(cand)
+                continue
         t = 1.0
         neg = d < 0
         if neg.any():
             t = min(1.0, 0.99 * float(np.min(-a[neg] / d[neg])))
-        while True:
+        while True:  # backtracking (Armijo) line search
             cand = a + t * d
             fc = f(cand)
             if fc <= fa - 0.25 * t * decrement or t < 1e-12:
                 break
             t *= 0.5
         a, fa = cand, fc
-        if decrement < 1e-20:
-            break
-    return a / math.sqrt(scale)
+    return a, False
 
 
 # --------------------------------------------------------------------------- CAGrad
