@@ -99,8 +99,11 @@ class DBMTL(Aggregator):
         buf = self._buffer(jacobian, needed)
         self._step += 1
         beta_t = self.beta / self._step**self.sigma
-        ema = jacobian + beta_t * (buf[slots] - jacobian)
-        buf[slots] = ema
+        if isinstance(slots, slice):  # a view of the buffer: update it in place, one pass
+            ema = buf[slots].lerp_(jacobian, 1.0 - beta_t)
+        else:
+            ema = buf[slots].lerp_(jacobian, 1.0 - beta_t)
+            buf[slots] = ema
         norms = torch.linalg.vector_norm(ema, dim=1)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         alpha = torch.where(norms > 0, norms.max() / safe, torch.zeros_like(norms))

@@ -51,14 +51,15 @@ class GradDrop(Aggregator):
         return f"leak={self.leak}"
 
     def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        total = jacobian.sum(0)
-        mass = jacobian.abs().sum(0)
+        # Keeping the positive entries of a coordinate sums to `pos`, the negative ones to `neg`.
+        pos = jacobian.clamp(min=0).sum(0)
+        neg = jacobian.clamp(max=0).sum(0)
+        total, mass = pos + neg, pos - neg
         purity = 0.5 * (1.0 + torch.where(mass > 0, total / torch.where(mass > 0, mass, 1.0), 0.0))
         gen = device_generator(state.generator, jacobian.device)
         U = torch.rand(jacobian.shape[1], generator=gen, device=jacobian.device, dtype=jacobian.dtype)
         U = U.clamp_min(torch.finfo(U.dtype).tiny)  # U in (0, 1): a lone negative entry is always kept
-        keep = torch.where(purity > U, jacobian > 0, (purity < U) & (jacobian < 0))
+        kept = torch.where(purity > U, pos, torch.where(purity < U, neg, torch.zeros_like(neg)))
         if self.leak == 0.0:
-            return Aggregation(torch.where(keep, jacobian, 0.0).sum(0), None)
-        scale = self.leak + (1.0 - self.leak) * keep.to(jacobian.dtype)
-        return Aggregation((scale * jacobian).sum(0), None)
+            return Aggregation(kept, None)
+        return Aggregation(self.leak * total + (1.0 - self.leak) * kept, None)

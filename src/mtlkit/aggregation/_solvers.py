@@ -106,14 +106,14 @@ def work_dtype(device: torch.device) -> torch.dtype:
 
 def to_host(gramian: Tensor) -> np.ndarray:
     """The ``T x T`` Gramian as a symmetric float64 numpy array (one device-to-host copy)."""
-    G = gramian.detach().to("cpu", torch.float64).numpy()
+    G = gramian.detach().to("cpu").to(torch.float64).numpy()
     return 0.5 * (G + G.T)
 
 
 def to_device(weights: np.ndarray, like: Tensor) -> Tensor:
     """``T`` weights computed on the host, moved next to ``like`` (same device and dtype)."""
-    w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float64))
-    return w.to(device=like.device, non_blocking=True).to(like.dtype)
+    w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float64)).to(like.dtype)  # cast on the host
+    return w.to(device=like.device, non_blocking=True)
 
 
 def task_slots(rows: Tensor, device: torch.device) -> tuple[slice | Tensor, int]:
