@@ -114,3 +114,27 @@ def test_cli_reports_a_bad_aggregator_parameter(capsys: pytest.CaptureFixture[st
     assert main(["validate", "aggregator.name=cagrad", "aggregator.alpha=0.5"]) == 2
     err = capsys.readouterr().err
     assert "aggregator.alpha: unknown parameter for gradient aggregator 'cagrad'" in err
+
+
+@pytest.mark.parametrize("name", ["gradvac", "nash_mtl", "db_mtl", "pcgrad", "graddrop"])
+def test_resume_from_a_checkpoint_continues_the_aggregator_state(name: str, tmp_path: Path) -> None:
+    """Stateful (EMAs, stored weights) and stochastic aggregators resume exactly."""
+    data = mtlkit.data.synthetic_correlation(192, 0.5, dim=6, seed=1)
+    params = {"update_weights_every": 2} if name == "nash_mtl" else {}
+
+    def trainer(seed: int) -> Trainer:
+        torch.manual_seed(seed)
+        model = MODELS.build("mmoe", input_dim=6, tasks=data.tasks, **SIZES["mmoe"])
+        return Trainer(
+            model, data.tasks, aggregator=AGGREGATORS.build(name, tasks=data.tasks, **params), progress=False
+        )
+
+    full = trainer(0)
+    full.fit(data, epochs=3, batch_size=40)
+    first = trainer(0)
+    first.fit(data, epochs=1, batch_size=40, checkpoint=tmp_path / "ck.pt")  # 5 steps: odd
+    resumed = trainer(123)  # a fresh process: other initial weights, fresh aggregator state
+    resumed.fit(data, epochs=3, batch_size=40, resume=tmp_path / "ck.pt")
+    assert [h["train"] for h in resumed.history] == [h["train"] for h in full.history]
+    for a, b in zip(resumed.model.parameters(), full.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
