@@ -51,7 +51,8 @@ class GradDrop(Aggregator):
         return f"leak={self.leak}"
 
     def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        # Keeping the positive entries of a coordinate sums to `pos`, the negative ones to `neg`.
+        # Keeping the positive entries of a coordinate sums to `pos`, the negative ones to `neg`
+        # (two clamp-and-sum passes: faster on the CPU than a strided L1 norm over the rows).
         pos = jacobian.clamp(min=0).sum(0)
         neg = jacobian.clamp(max=0).sum(0)
         total, mass = pos + neg, pos - neg
