@@ -465,7 +465,8 @@ def imtl_g_weights(gram: np.ndarray) -> np.ndarray:
     rhs = np.zeros(m + 1)
     rhs[m] = 1.0
     alpha = np.zeros(n)
-    alpha[active] = _solve(K, rhs)[:m]
+    # lstsq with a relative cut-off: exact when well posed, minimum-norm when (nearly) singular
+    alpha[active] = np.linalg.lstsq(K, rhs, rcond=1e-12)[0][:m]
     return alpha
 
 
