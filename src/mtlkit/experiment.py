@@ -104,7 +104,7 @@ def _train_one(
     config_dict = single.model_dump(mode="json")
     _dump_yaml(config_dict, run_dir / "config.yaml")
     seed_everything(seed)
-    model = build_model(cfg.model, splits)
+    model = build_model(cfg.model, splits, cfg.backbone)
     weighting = build_weighting(cfg.weighting, splits.tasks)
     trainer = Trainer(
         model,
@@ -313,7 +313,7 @@ def evaluate_run_dir(
                 f"The data of {str(rd)!r} has no {split!r} split; choose another with --split."
             )
         seed_everything(cfg.seed)
-        model = build_model(cfg.model, splits)
+        model = build_model(cfg.model, splits, cfg.backbone)
         trainer = Trainer(
             model,
             splits.tasks,

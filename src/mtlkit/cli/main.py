@@ -16,7 +16,16 @@ from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
 
 __all__ = ["main"]
 
-_FAMILIES = ("presets", "models", "weightings", "aggregators", "datasets", "optimizers", "schedulers")
+_FAMILIES = (
+    "presets",
+    "models",
+    "backbones",
+    "weightings",
+    "aggregators",
+    "datasets",
+    "optimizers",
+    "schedulers",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list presets, models, loss weightings, gradient aggregators, datasets, optimizers, schedulers",
+        help="list presets, models, backbones, loss weightings, gradient aggregators, datasets, optimizers, "
+        "schedulers",
     )
     ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
 
@@ -89,6 +99,7 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
     wanted = [ns.what] if ns.what else list(_FAMILIES)
     sections = {
         "models": FAMILIES["model"].registry,
+        "backbones": FAMILIES["backbone"].registry,
         "weightings": FAMILIES["weighting"].registry,
         "aggregators": FAMILIES["aggregator"].registry,
         "datasets": FAMILIES["data"].registry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -11,12 +12,14 @@ from torch import nn
 
 from mtlkit.config.components import FAMILIES
 from mtlkit.config.schema import ExperimentConfig
+from mtlkit.data.schema import FeatureSchema, describe_input_spec
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
 from mtlkit.training.early_stopping import EarlyStopping
 
 __all__ = [
+    "backbone_factory",
     "build_aggregator",
     "build_data",
     "build_model",
@@ -46,12 +49,71 @@ def build_data(spec: dict[str, Any]) -> DataSplits:
     return splits
 
 
-def build_model(spec: dict[str, Any], splits: DataSplits) -> nn.Module:
-    if splits.input_dim is None:
+def backbone_factory(spec: dict[str, Any] | None, splits: DataSplits) -> Callable[[], nn.Module] | None:
+    """A zero-argument factory of the configured backbone (None when the data needs none).
+
+    Without a ``backbone`` section, tabular data (a FeatureSchema) gets the default embedding
+    front end and flat feature vectors get none; other inputs (images) must name one.
+    """
+    if spec is None:
+        if isinstance(splits.input_spec, FeatureSchema):
+            spec = {"name": "embedding"}
+        elif splits.input_dim is not None:
+            return None
+        else:
+            raise ConfigError(
+                [
+                    f"backbone: the data has {describe_input_spec(splits.input_spec)}, which the model cannot "
+                    "read directly. Add a backbone section, e.g. backbone: {name: cnn} (see `mtlkit list "
+                    "backbones`)."
+                ]
+            )
+    params = {k: v for k, v in spec.items() if k != "name"}
+    factory = partial(
+        FAMILIES["backbone"].registry.build, spec["name"], input_spec=splits.input_spec, **params
+    )
+    try:
+        with torch.device("meta"):  # check the parameters now, without allocating or drawing weights
+            factory()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError([f"backbone ({spec['name']}): {exc}"]) from None
+    return factory
+
+
+def build_model(
+    spec: dict[str, Any], splits: DataSplits, backbone: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build the model named by ``spec`` for ``splits``, behind the configured backbone.
+
+    The builder receives whichever of ``input_dim``, ``input_spec``, ``input_layer`` (a backbone
+    factory) and ``tasks`` its signature declares.
+    """
+    builder = FAMILIES["model"].registry.get(spec["name"])
+    accepts = set(inspect.signature(builder).parameters)
+    injected: dict[str, Any] = {"tasks": splits.tasks}
+    if "input_spec" in accepts:
+        injected["input_spec"] = splits.input_spec
+    if "input_dim" in accepts:
+        injected["input_dim"] = splits.input_dim
+    if "input_layer" in accepts:
+        factory = backbone_factory(backbone, splits)
+        if factory is not None:
+            injected["input_layer"] = factory
+    elif backbone is not None:
         raise ConfigError(
-            [f"model ({spec['name']}): this dataset has named inputs; use a model with an input layer."]
+            [
+                f"backbone: model {spec['name']!r} builds its own input network and takes no backbone; "
+                "remove the backbone section."
+            ]
         )
-    return _build("model", spec, input_dim=splits.input_dim, tasks=splits.tasks)
+    elif "input_spec" not in accepts and splits.input_dim is None:
+        raise ConfigError(
+            [
+                f"model ({spec['name']}): it takes flat feature vectors, but the data has "
+                f"{describe_input_spec(splits.input_spec)}."
+            ]
+        )
+    return _build("model", spec, **injected)
 
 
 def build_weighting(spec: dict[str, Any], tasks: Sequence[Task]) -> Any:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from mtlkit._registry import Registry
 from mtlkit.errors import did_you_mean
-from mtlkit.registries import AGGREGATORS, DATASETS, MODELS, WEIGHTINGS
+from mtlkit.registries import AGGREGATORS, BACKBONES, DATASETS, MODELS, WEIGHTINGS
 
 __all__ = ["FAMILIES", "OPTIMIZERS", "SCHEDULERS", "ComponentFamily", "validate_component"]
 
@@ -53,7 +53,8 @@ class ComponentFamily:
 
 FAMILIES: dict[str, ComponentFamily] = {
     "data": ComponentFamily("data", DATASETS, frozenset()),
-    "model": ComponentFamily("model", MODELS, frozenset({"input_dim", "tasks"})),
+    "backbone": ComponentFamily("backbone", BACKBONES, frozenset({"input_spec"})),
+    "model": ComponentFamily("model", MODELS, frozenset({"input_dim", "input_spec", "input_layer", "tasks"})),
     "weighting": ComponentFamily("weighting", WEIGHTINGS, frozenset({"tasks"})),
     "aggregator": ComponentFamily("aggregator", AGGREGATORS, frozenset({"tasks"})),
     "optimizer": ComponentFamily("optimizer", OPTIMIZERS, frozenset({"params"})),

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "default"
-_SECTIONS = ("data", "model", "weighting", "aggregator", "optimizer", "scheduler")
+_SECTIONS = ("data", "backbone", "model", "weighting", "aggregator", "optimizer", "scheduler")
 _DEFAULT_NAMES = {"weighting": "equal", "optimizer": "adam"}
 _NESTED: dict[str, type[BaseModel]] = {
     "trainer": TrainerConfig,

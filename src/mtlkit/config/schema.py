@@ -76,6 +76,7 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     seeds: list[int] | None = Field(default=None, min_length=1)
     data: dict[str, Any]
+    backbone: dict[str, Any] | None = None
     model: dict[str, Any]
     weighting: dict[str, Any] = Field(default_factory=lambda: {"name": "equal"})
     aggregator: dict[str, Any] | None = None

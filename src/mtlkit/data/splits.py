@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtlkit.data.dataset import MultiTaskDataset
+from mtlkit.data.schema import InputSpec
 from mtlkit.tasks import Task
 
 __all__ = ["DataSplits"]
@@ -20,13 +21,24 @@ class DataSplits:
         val: validation data (early stopping, model selection), or None.
         test: held-out data for the final metrics, or None.
         tasks: the task definitions.
-        input_dim: width of the feature vector (for tensor inputs), or None for named inputs.
+        input_spec: what one sample's inputs look like (see :mod:`mtlkit.data.schema`): a
+            feature width, a tensor shape such as ``(C, H, W)``, or a tabular
+            :class:`~mtlkit.data.schema.FeatureSchema`.
         info: facts about the data (source, label correlation...).
+        preprocessor: the fitted transform from raw records to model inputs (e.g. a
+            :class:`~mtlkit.data.preprocessing.TabularPreprocessor`), saved with trained models
+            so that prediction reuses it; None when the data needs none.
     """
 
     train: MultiTaskDataset
     val: MultiTaskDataset | None
     test: MultiTaskDataset | None
     tasks: tuple[Task, ...]
-    input_dim: int | None
+    input_spec: InputSpec | None
     info: dict[str, Any] = field(default_factory=dict)
+    preprocessor: Any = None
+
+    @property
+    def input_dim(self) -> int | None:
+        """The feature width for flat vector inputs, else None."""
+        return self.input_spec if isinstance(self.input_spec, int) else None

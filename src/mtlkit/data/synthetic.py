@@ -141,6 +141,6 @@ def synthetic_correlation_splits(
         val=val if n_val else None,
         test=test if n_test else None,
         tasks=full.tasks,
-        input_dim=dim,
+        input_spec=dim,
         info=dict(full.info),
     )

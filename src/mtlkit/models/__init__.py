@@ -4,8 +4,11 @@ Each architecture is a class that takes modules (use your own experts, towers or
 backbones) plus a registered builder that takes sizes, for configs.
 """
 
+from mtlkit.models import backbones
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
 from mtlkit.models.single_task import SingleTask, single_task
@@ -13,16 +16,21 @@ from mtlkit.registries import MODELS
 
 __all__ = [
     "ACTIVATIONS",
+    "BACKBONES",
     "MLP",
     "MODELS",
+    "EmbeddingFrontEnd",
     "ExpertMLPs",
+    "InputLayerLike",
     "MMoE",
     "MultiTaskModel",
     "OMoE",
     "SharedBottom",
     "SingleTask",
     "SoftmaxGates",
+    "backbones",
     "make_activation",
+    "make_input_layers",
     "mmoe",
     "omoe",
     "shared_bottom",

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel, params_of
 from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -157,26 +158,29 @@ class OMoE(_MoEBase):
 
 
 def _moe_parts(
-    input_dim: int,
+    input_dim: int | None,
     tasks: Sequence[Task],
     num_experts: int,
     expert_dims: Sequence[int],
     tower_dims: Sequence[int],
     activation: str,
     dropout: float,
-) -> tuple[ExpertMLPs, dict[str, MLP]]:
+    input_layer: InputLayerLike | None,
+    who: str,
+) -> tuple[nn.Module | None, int, ExpertMLPs, dict[str, MLP]]:
     task_names(tasks)
-    experts = ExpertMLPs(num_experts, input_dim, expert_dims, activation=activation, dropout=dropout)
+    (layer,), width = make_input_layers(input_dim, input_layer, who=who)
+    experts = ExpertMLPs(num_experts, width, expert_dims, activation=activation, dropout=dropout)
     towers = {
         t.name: MLP(experts.out_features, tower_dims, t.output_dim, activation=activation, dropout=dropout)
         for t in tasks
     }
-    return experts, towers
+    return layer, width, experts, towers
 
 
 @MODELS.register("mmoe")
 def mmoe(
-    input_dim: int,
+    input_dim: int | None,
     tasks: Sequence[Task],
     *,
     num_experts: int = 8,
@@ -184,16 +188,19 @@ def mmoe(
     tower_dims: Sequence[int] = (8,),
     activation: str = "relu",
     dropout: float = 0.0,
+    input_layer: InputLayerLike | None = None,
 ) -> MMoE:
     """MMoE (Ma et al. 2018): shared MLP experts, one softmax gate and one tower per task."""
-    experts, towers = _moe_parts(input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout)
-    gates = SoftmaxGates([t.name for t in tasks], input_dim, num_experts)
-    return MMoE(experts, gates, towers)
+    layer, width, experts, towers = _moe_parts(
+        input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "mmoe"
+    )
+    gates = SoftmaxGates([t.name for t in tasks], width, num_experts)
+    return MMoE(experts, gates, towers, input_layer=layer)
 
 
 @MODELS.register("omoe", aliases=("moe",))
 def omoe(
-    input_dim: int,
+    input_dim: int | None,
     tasks: Sequence[Task],
     *,
     num_experts: int = 8,
@@ -201,7 +208,10 @@ def omoe(
     tower_dims: Sequence[int] = (8,),
     activation: str = "relu",
     dropout: float = 0.0,
+    input_layer: InputLayerLike | None = None,
 ) -> OMoE:
     """One-gate MoE: shared MLP experts mixed by a single softmax gate, one tower per task."""
-    experts, towers = _moe_parts(input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout)
-    return OMoE(experts, SoftmaxGates(["shared"], input_dim, num_experts), towers)
+    layer, width, experts, towers = _moe_parts(
+        input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "omoe"
+    )
+    return OMoE(experts, SoftmaxGates(["shared"], width, num_experts), towers, input_layer=layer)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import MLP
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -21,18 +22,22 @@ class SharedBottom(MultiTaskModel):
     Args:
         bottom: shared module; its output feeds every tower.
         towers: ``{task: module}``.
+        input_layer: optional shared backbone applied before the bottom (e.g. embeddings).
     """
 
-    def __init__(self, bottom: nn.Module, towers: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self, bottom: nn.Module, towers: Mapping[str, nn.Module], *, input_layer: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if not towers:
             raise ValueError("SharedBottom needs at least one tower.")
         self.task_names = tuple(towers)
+        self.input_layer = input_layer
         self.bottom = bottom
         self.towers = nn.ModuleDict(dict(towers))
 
     def encode(self, x: Inputs) -> Tensor:
-        return self.bottom(x)
+        return self.bottom(self.input_layer(x) if self.input_layer is not None else x)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         return {t: self.towers[t](rep) for t in self.task_names}
@@ -44,19 +49,21 @@ class SharedBottom(MultiTaskModel):
 
 @MODELS.register("shared_bottom", aliases=("hard_sharing",))
 def shared_bottom(
-    input_dim: int,
+    input_dim: int | None,
     tasks: Sequence[Task],
     *,
     bottom_dims: Sequence[int] = (64,),
     tower_dims: Sequence[int] = (32,),
     activation: str = "relu",
     dropout: float = 0.0,
+    input_layer: InputLayerLike | None = None,
 ) -> SharedBottom:
     """Shared-bottom (hard parameter sharing): one shared MLP, one MLP tower per task."""
     task_names(tasks)
-    bottom = MLP(input_dim, bottom_dims, activation=activation, dropout=dropout)
+    (layer,), width = make_input_layers(input_dim, input_layer, who="shared_bottom")
+    bottom = MLP(width, bottom_dims, activation=activation, dropout=dropout)
     towers = {
         t.name: MLP(bottom.out_features, tower_dims, t.output_dim, activation=activation, dropout=dropout)
         for t in tasks
     }
-    return SharedBottom(bottom, towers)
+    return SharedBottom(bottom, towers, input_layer=layer)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import MLP
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -39,18 +40,19 @@ class SingleTask(MultiTaskModel):
 
 @MODELS.register("single_task", aliases=("single",))
 def single_task(
-    input_dim: int,
+    input_dim: int | None,
     tasks: Sequence[Task],
     *,
     hidden_dims: Sequence[int] = (64, 32),
     activation: str = "relu",
     dropout: float = 0.0,
+    input_layer: InputLayerLike | None = None,
 ) -> SingleTask:
-    """Single-task baseline: one MLP per task, no sharing."""
+    """Single-task baseline: one MLP per task (each with its own input layer), no sharing."""
     task_names(tasks)
-    return SingleTask(
-        {
-            t.name: MLP(input_dim, hidden_dims, t.output_dim, activation=activation, dropout=dropout)
-            for t in tasks
-        }
-    )
+    layers, width = make_input_layers(input_dim, input_layer, copies=len(tasks), who="single_task")
+    networks: dict[str, nn.Module] = {}
+    for t, layer in zip(tasks, layers):
+        mlp = MLP(width, hidden_dims, t.output_dim, activation=activation, dropout=dropout)
+        networks[t.name] = mlp if layer is None else nn.Sequential(layer, mlp)
+    return SingleTask(networks)

@@ -1,0 +1,233 @@
+"""Tabular preprocessing fitted on the training split and saved with the model.
+
+:class:`TabularPreprocessor` turns raw columns (categorical strings or codes, numeric values)
+into the tensors that the embedding front end reads::
+
+    pre = TabularPreprocessor(categorical=["education", "race"], numeric=["age"]).fit(train_columns)
+    inputs = pre.transform(columns)   # {"categorical": (N, 2) long, "numeric": (N, 1) float}
+    pre.schema                        # FeatureSchema(categorical=..., cardinalities=..., numeric=...)
+
+Categorical columns get a vocabulary of the values seen in training (at least ``min_frequency``
+times), numbered from 1 by decreasing frequency; index 0 is the unknown bucket for unseen, rare
+and missing values. Numeric columns are standardised with the training mean and standard
+deviation; missing values (empty, ``?``, ``NA``, NaN) become 0, the training mean. The fitted
+state is plain JSON (:meth:`state_dict`), so checkpoints and exports carry it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema
+from mtlkit.errors import DataError
+
+__all__ = ["MISSING_VALUES", "TabularPreprocessor"]
+
+MISSING_VALUES = frozenset({"", "?", "na", "nan", "null", "none"})
+"""Raw strings (compared lower-cased, stripped) that mean "no value"."""
+
+Columns = Mapping[str, Sequence[Any] | np.ndarray]
+
+
+def _as_strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fc":
+        # numeric codes of a categorical column: 3.0 and 3 are the same category; NaN is missing
+        out = np.where(np.isnan(arr), "", np.char.mod("%.12g", np.nan_to_num(arr)))
+        return out.astype(str)
+    return np.char.strip(arr.astype(str))
+
+
+def _missing(strings: np.ndarray) -> np.ndarray:
+    return np.isin(np.char.lower(strings), list(MISSING_VALUES))
+
+
+class TabularPreprocessor:
+    """Categorical vocabularies and numeric standardisation, fitted on training data only.
+
+    Args:
+        categorical: categorical column names (order = column order of the output tensor).
+        numeric: numeric column names.
+        min_frequency: categories seen fewer times than this in training map to the unknown
+            bucket (index 0).
+    """
+
+    def __init__(
+        self, *, categorical: Sequence[str] = (), numeric: Sequence[str] = (), min_frequency: int = 1
+    ) -> None:
+        self.categorical = tuple(categorical)
+        self.numeric = tuple(numeric)
+        if not isinstance(min_frequency, int) or min_frequency < 1:
+            raise ValueError(f"TabularPreprocessor min_frequency must be an int >= 1; got {min_frequency!r}.")
+        self.min_frequency = min_frequency
+        FeatureSchema(self.categorical, (1,) * len(self.categorical), self.numeric)  # checks names
+        self.vocabularies: dict[str, list[str]] | None = None
+        self.stats: dict[str, tuple[float, float]] | None = None
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def fitted(self) -> bool:
+        return self.vocabularies is not None and self.stats is not None
+
+    def fit(self, columns: Columns) -> TabularPreprocessor:
+        """Learn vocabularies and numeric statistics from the training columns; returns ``self``."""
+        self._check_columns(columns, "fit")
+        vocabularies: dict[str, list[str]] = {}
+        for name in self.categorical:
+            s = _as_strings(columns[name])
+            s = s[~_missing(s)]
+            values, counts = np.unique(s, return_counts=True)
+            keep = counts >= self.min_frequency
+            values, counts = values[keep], counts[keep]
+            order = np.lexsort((values, -counts))  # most frequent first, ties by value
+            vocabularies[name] = [str(v) for v in values[order]]
+        stats: dict[str, tuple[float, float]] = {}
+        for name in self.numeric:
+            x = self._numbers(columns[name], name)
+            x = x[~np.isnan(x)]
+            if x.size == 0:
+                raise DataError(
+                    f"TabularPreprocessor: numeric column {name!r} has no values in the training data; "
+                    "drop it or list it as categorical."
+                )
+            mean, std = float(x.mean()), float(x.std())
+            stats[name] = (mean, std if std > 0 and math.isfinite(std) else 1.0)
+        self.vocabularies, self.stats = vocabularies, stats
+        return self
+
+    # ------------------------------------------------------------------ transforming
+    @property
+    def schema(self) -> FeatureSchema:
+        """The :class:`FeatureSchema` of the transformed inputs (needs a fitted preprocessor)."""
+        vocabularies, _ = self._fitted_state()
+        return FeatureSchema(
+            self.categorical,
+            tuple(len(vocabularies[c]) + 1 for c in self.categorical),
+            self.numeric,
+        )
+
+    def transform(self, columns: Columns) -> dict[str, Tensor]:
+        """Raw columns -> ``{"categorical": (N, C) long, "numeric": (N, D) float32}``.
+
+        Keys without columns are left out. Unseen and missing categories map to index 0;
+        missing numeric values to 0 (the training mean).
+        """
+        vocabularies, stats = self._fitted_state()
+        n = self._check_columns(columns, "transform")
+        out: dict[str, Tensor] = {}
+        if self.categorical:
+            codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+            for j, name in enumerate(self.categorical):
+                s = _as_strings(columns[name])
+                uniq, inverse = np.unique(s, return_inverse=True)
+                index = {v: i + 1 for i, v in enumerate(vocabularies[name])}
+                lookup = np.array([index.get(str(u), 0) for u in uniq], dtype=np.int64)
+                codes[:, j] = lookup[inverse.reshape(-1)]
+            out[CATEGORICAL] = torch.from_numpy(codes)
+        if self.numeric:
+            mat = np.zeros((n, len(self.numeric)), dtype=np.float32)
+            for j, name in enumerate(self.numeric):
+                mean, std = stats[name]
+                x = (self._numbers(columns[name], name) - mean) / std
+                mat[:, j] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            out[NUMERIC] = torch.from_numpy(mat)
+        return out
+
+    def fit_transform(self, columns: Columns) -> dict[str, Tensor]:
+        return self.fit(columns).transform(columns)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable fitted state (column lists, vocabularies, means and stds)."""
+        vocabularies, stats = self._fitted_state()
+        return {
+            "type": "tabular",
+            "categorical": list(self.categorical),
+            "numeric": list(self.numeric),
+            "min_frequency": self.min_frequency,
+            "vocabularies": {k: list(v) for k, v in vocabularies.items()},
+            "stats": {k: [m, s] for k, (m, s) in stats.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> TabularPreprocessor:
+        """Rebuild a fitted preprocessor from :meth:`state_dict` output."""
+        try:
+            pre = cls(
+                categorical=state["categorical"],
+                numeric=state["numeric"],
+                min_frequency=int(state.get("min_frequency", 1)),
+            )
+            pre.vocabularies = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
+            pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DataError(
+                f"Cannot restore a TabularPreprocessor from this state ({type(exc).__name__}: {exc}); "
+                "it was not written by TabularPreprocessor.state_dict()."
+            ) from None
+        missing = [c for c in pre.categorical if c not in pre.vocabularies] + [
+            c for c in pre.numeric if c not in pre.stats
+        ]
+        if missing:
+            raise DataError(f"TabularPreprocessor state lacks the fitted values of columns {missing}.")
+        return pre
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.fitted else "not fitted"
+        return (
+            f"TabularPreprocessor(categorical={list(self.categorical)}, numeric={list(self.numeric)}, "
+            f"min_frequency={self.min_frequency}, {state})"
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _fitted_state(self) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+        if self.vocabularies is None or self.stats is None:
+            raise DataError("TabularPreprocessor is not fitted; call fit(train_columns) first.")
+        return self.vocabularies, self.stats
+
+    def _check_columns(self, columns: Columns, where: str) -> int:
+        if not isinstance(columns, Mapping):
+            raise DataError(
+                f"TabularPreprocessor.{where} takes a mapping {{column name: values}}; got {type(columns).__name__}."
+            )
+        wanted = [*self.categorical, *self.numeric]
+        absent = [c for c in wanted if c not in columns]
+        if absent:
+            raise DataError(
+                f"TabularPreprocessor.{where}: columns {absent} are missing from the data "
+                f"(available: {', '.join(map(str, columns)) or 'none'})."
+            )
+        lengths = {c: len(columns[c]) for c in wanted}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"TabularPreprocessor.{where}: columns have different lengths {lengths}.")
+        return next(iter(lengths.values())) if lengths else 0
+
+    @staticmethod
+    def _numbers(values: Sequence[Any] | np.ndarray, name: str) -> np.ndarray:
+        arr = np.asarray(values)
+        if arr.dtype.kind in "biuf":
+            return arr.astype(np.float64)
+        s = np.char.strip(arr.astype(str))
+        s = np.where(_missing(s), "nan", s)
+        try:
+            return s.astype(np.float64)
+        except ValueError:
+            bad = next(v for v in s.tolist() if not _is_float(v))
+            raise DataError(
+                f"TabularPreprocessor: numeric column {name!r} holds a non-numeric value {bad!r}; "
+                "list the column as categorical, or clean the data."
+            ) from None
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
