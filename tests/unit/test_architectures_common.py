@@ -1,0 +1,191 @@
+"""One property suite run on every registered architecture (timm/sklearn style).
+
+A new model is tested by registering it. Models whose builder needs more than flat features and
+the default tasks add an entry to ``CASES`` (inputs, tasks, small sizes).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import mtlkit
+from mtlkit import Task
+from mtlkit.data import Batch
+from mtlkit.errors import IncompatibleComponentsError, UnknownComponentError
+from mtlkit.losses import split_aux
+from mtlkit.registries import MODELS
+
+TASKS = (
+    Task(name="ctr", kind="binary"),
+    Task(name="topic", kind="multiclass", num_classes=4),
+    Task(name="value", kind="regression"),
+)
+N = 12
+
+
+def flat_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 10, generator=gen)
+
+
+def flat_targets(tasks: tuple[Task, ...], n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random labels with about a third of each task missing."""
+    out: dict[str, torch.Tensor] = {}
+    for t in tasks:
+        miss = torch.rand(n, generator=gen) < 0.33
+        if t.kind == "multiclass":
+            y = torch.randint(0, t.output_dim, (n,), generator=gen)
+            out[t.target_key] = torch.where(miss, torch.full_like(y, -1), y)
+        elif t.kind == "binary":
+            y = (torch.rand(n, generator=gen) > 0.5).float()
+            out[t.target_key] = torch.where(miss, torch.full_like(y, float("nan")), y)
+        else:
+            y = torch.randn(n, generator=gen)
+            out[t.target_key] = torch.where(miss, torch.full_like(y, float("nan")), y)
+    return out
+
+
+@dataclass
+class Case:
+    """How to build and feed one architecture in the common suite."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[Task, ...] = TASKS
+    input_spec: Any = 10
+    inputs: Callable[[int, torch.Generator], Any] = flat_inputs
+    targets: Callable[[tuple[Task, ...], int, torch.Generator], dict[str, torch.Tensor]] = flat_targets
+    # outputs a task loss must not reach (e.g. ESMM's CVR tower is trained through CTCVR only)
+    independent: tuple[tuple[str, str], ...] | None = None
+
+
+CASES: dict[str, Case] = {}
+"""Per-model overrides; every other registered model runs with ``Case()``."""
+
+
+def case_of(name: str) -> Case:
+    return CASES.get(MODELS.canonical(name), Case())
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, Case]:
+    case = case_of(name)
+    builder = MODELS.get(name)
+    params = inspect.signature(builder).parameters
+    injected: dict[str, Any] = {"tasks": case.tasks}
+    if "input_dim" in params:
+        injected["input_dim"] = case.input_spec if isinstance(case.input_spec, int) else None
+    if "input_spec" in params:
+        injected["input_spec"] = case.input_spec
+    torch.manual_seed(seed)
+    return MODELS.build(name, **injected, **case.kwargs), case
+
+
+def predictions(model: nn.Module, x: Any) -> dict[str, torch.Tensor]:
+    return split_aux(model(x))[0]
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_outputs_cover_every_task_with_its_shape(name: str) -> None:
+    model, case = build(name)
+    gen = torch.Generator().manual_seed(1)
+    out = predictions(model, case.inputs(N, gen))
+    for t in case.tasks:
+        assert t.output_key in out, f"{name}: no output for task {t.name}"
+        o = out[t.output_key]
+        assert o.shape[0] == N and o.numel() == N * t.output_dim
+        assert torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_shared_and_task_parameters_are_disjoint_and_complete(name: str) -> None:
+    model, _ = build(name)
+    all_ids = [id(p) for p in model.parameters()]
+    shared = [id(p) for p in model.shared_parameters()]
+    owned = [id(p) for t in model.task_names for p in model.task_parameters(t)]
+    assert len(owned) == len(set(owned)), "a parameter is owned by two tasks"
+    assert len(shared) == len(set(shared))
+    assert not set(owned) & set(shared), "a parameter is both shared and owned by a task"
+    assert sorted(owned + shared) == sorted(all_ids), "some parameter is neither shared nor owned"
+    with pytest.raises(UnknownComponentError, match="Unknown task 'nope'"):
+        model.task_parameters("nope")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_task_loss_never_reaches_another_tasks_parameters(name: str) -> None:
+    model, case = build(name)
+    gen = torch.Generator().manual_seed(2)
+    out = predictions(model, case.inputs(N, gen))
+    by_output = {t.output_key: t.name for t in case.tasks}
+    for key, o in out.items():
+        if key not in by_output:
+            continue
+        model.zero_grad(set_to_none=True)
+        o.float().sum().backward(retain_graph=True)
+        for other in model.task_names:
+            if other == by_output[key]:
+                continue
+            for p in model.task_parameters(other):
+                assert p.grad is None or torch.count_nonzero(p.grad) == 0, (
+                    f"{name}: the output {key!r} reaches parameters of task {other!r}"
+                )
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_state_dict_round_trip(name: str) -> None:
+    model, case = build(name, seed=0)
+    clone, _ = build(name, seed=1)
+    clone.load_state_dict(model.state_dict())
+    model.eval()
+    clone.eval()
+    x = case.inputs(5, torch.Generator().manual_seed(3))
+    a, b = predictions(model, x), predictions(clone, x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_gates_are_tensors_over_the_batch(name: str) -> None:
+    model, case = build(name)
+    gates = model.gates(case.inputs(N, torch.Generator().manual_seed(4)))
+    assert isinstance(gates, dict)
+    for key, g in gates.items():
+        assert isinstance(g, torch.Tensor) and g.shape[0] == N, f"{name}: gate {key!r}"
+        assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["uncertainty", "mgda", "pcgrad@representation"],
+)
+@pytest.mark.parametrize("name", MODELS.names())
+def test_trains_with_missing_labels_and_any_balancing(name: str, setup: str) -> None:
+    model, case = build(name)
+    gen = torch.Generator().manual_seed(5)
+    batches = [Batch(case.inputs(N, gen), case.targets(case.tasks, N, gen)) for _ in range(3)]
+    method, _, target = setup.partition("@")
+    kwargs: dict[str, Any] = {"progress": False, "device": "cpu"}
+    if method == "uncertainty":
+        kwargs["weighting"] = mtlkit.weighting.UncertaintyWeighting(case.tasks)
+    else:
+        kwargs["aggregator"] = mtlkit.aggregation.AGGREGATORS.build(method, tasks=case.tasks)
+        kwargs["gradient_target"] = target or "parameters"
+    shares = any(p.requires_grad for p in model.shared_parameters())
+    has_rep = type(model).encode is not mtlkit.models.MultiTaskModel.encode
+    if method != "uncertainty" and (not shares or (target == "representation" and not has_rep)):
+        # refused at construction, saying why and what to use instead
+        with pytest.raises(IncompatibleComponentsError, match="Use"):
+            mtlkit.Trainer(model, case.tasks, **kwargs)
+        return
+    trainer = mtlkit.Trainer(model, case.tasks, **kwargs)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(batches, epochs=2)
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), f"{name}: nothing was trained"
+    metrics = trainer.evaluate(batches)
+    assert set(metrics) == {t.name for t in case.tasks}
