@@ -248,10 +248,8 @@ def read_csv(
                 f"{path}, line {line}: {len(r)} fields, expected {width} ({', '.join(cols[:5])}...). "
                 "The file is truncated or not in the expected format."
             )
-    if not rows:
-        return {c: np.array([], dtype=str) for c in cols}
-    table = np.array(rows, dtype=str)
-    return {c: table[:, j] for j, c in enumerate(cols)}
+    # column by column: each array is only as wide as its own longest string
+    return {c: np.array([r[j] for r in rows], dtype=str) for j, c in enumerate(cols)}
 
 
 def columns_as_float(columns: Mapping[str, np.ndarray], names: Sequence[str], *, source: str) -> np.ndarray:
