@@ -48,7 +48,9 @@ class CrossStitchUnit(nn.Module):
         alpha_same: initial weight of a task's own column, in [0, 1] (1 = independent columns).
     """
 
-    def __init__(self, task_names: Sequence[str], channels: int | None = None, *, alpha_same: float = 0.9) -> None:
+    def __init__(
+        self, task_names: Sequence[str], channels: int | None = None, *, alpha_same: float = 0.9
+    ) -> None:
         super().__init__()
         names = tuple(task_names)
         if not names:
@@ -76,7 +78,9 @@ class CrossStitchUnit(nn.Module):
     def _check(self, h: Tensor) -> None:
         T = len(self.task_names)
         if h.ndim < 2 or h.shape[0] != T:
-            raise ShapeError(f"CrossStitchUnit expects {T} stacked columns in dim 0; got shape {tuple(h.shape)}.")
+            raise ShapeError(
+                f"CrossStitchUnit expects {T} stacked columns in dim 0; got shape {tuple(h.shape)}."
+            )
         if self.channels is not None and (h.ndim < 3 or h.shape[2] != self.channels):
             raise ShapeError(
                 f"CrossStitchUnit with {self.channels} channels expects (T, N, {self.channels}, ...) activations; "
@@ -145,7 +149,9 @@ class CrossStitch(MultiTaskModel):
                 )
             depths = {t: len(columns[t]) for t in self.task_names}
             if len(set(depths.values())) != 1 or not next(iter(depths.values())):
-                raise ValueError(f"CrossStitch columns need the same number (>= 1) of layers per task; got {depths}.")
+                raise ValueError(
+                    f"CrossStitch columns need the same number (>= 1) of layers per task; got {depths}."
+                )
             self.columns = nn.ModuleDict({t: nn.ModuleList(list(columns[t])) for t in self.task_names})
             num_layers = depths[self.task_names[0]]
         self.num_layers = num_layers

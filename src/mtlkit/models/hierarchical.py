@@ -56,9 +56,15 @@ class Hierarchical(MultiTaskModel):
             raise ValueError(
                 f"Hierarchical needs a depth for every task {list(self.task_names)}; got {dict(depths)}."
             )
-        bad = {t: d for t, d in depths.items() if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= L}
+        bad = {
+            t: d
+            for t, d in depths.items()
+            if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= L
+        }
         if bad:
-            raise ValueError(f"Hierarchical task depths must be ints in 1..{L} (the stack has {L} layers); got {bad}.")
+            raise ValueError(
+                f"Hierarchical task depths must be ints in 1..{L} (the stack has {L} layers); got {bad}."
+            )
         if max(depths.values()) != L:
             raise ValueError(
                 f"Hierarchical: the deepest task head is at depth {max(depths.values())}, so the top "
@@ -108,7 +114,17 @@ def resolve_depths(
             f"{who} task_depths names unknown task {unknown[0]!r}.{did_you_mean(unknown[0], names)} "
             f"Tasks: {', '.join(names)}."
         )
-    return {t: given.get(t, num_layers) for t in names}
+    depths = {t: given.get(t, num_layers) for t in names}
+    bad = {
+        t: d
+        for t, d in depths.items()
+        if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= num_layers
+    }
+    if bad:
+        raise ValueError(
+            f"{who} task depths must be ints in 1..{num_layers} (the stack has {num_layers} layers); got {bad}."
+        )
+    return depths
 
 
 @MODELS.register("hierarchical")

@@ -119,12 +119,14 @@ class MTAN(MultiTaskModel):
         if L < 1:
             raise ValueError("MTAN needs at least one encoder block.")
         if set(attention) != set(self.task_names):
-            raise ValueError(f"MTAN needs attention modules for every task {list(self.task_names)}; got {list(attention)}.")
+            raise ValueError(
+                f"MTAN needs attention modules for every task {list(self.task_names)}; got {list(attention)}."
+            )
         wrong = {t: len(attention[t]) for t in self.task_names if len(attention[t]) != L}
         if wrong or len(shared_f) != L:
             raise ValueError(
                 f"MTAN needs one attention module per task and one shared f block per encoder block ({L}); got "
-                f"attention {({t: len(attention[t]) for t in self.task_names})}, f blocks {len(shared_f)}."
+                f"attention { ({t: len(attention[t]) for t in self.task_names}) }, f blocks {len(shared_f)}."
             )
         self.blocks = nn.ModuleList(list(blocks))
         self.attention = nn.ModuleDict({t: nn.ModuleList(list(attention[t])) for t in self.task_names})
@@ -133,11 +135,17 @@ class MTAN(MultiTaskModel):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
 
     def _check(self, x: Inputs) -> Tensor:
-        if not isinstance(x, Tensor) or x.ndim != 4 or (
-            self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape
+        if (
+            not isinstance(x, Tensor)
+            or x.ndim != 4
+            or (self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape)
         ):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            want = "(N, C, H, W)" if self.input_shape is None else f"(N, {', '.join(map(str, self.input_shape))})"
+            want = (
+                "(N, C, H, W)"
+                if self.input_shape is None
+                else f"(N, {', '.join(map(str, self.input_shape))})"
+            )
             raise ShapeError(f"MTAN expects image batches of shape {want}; got {got}.")
         return x
 
@@ -185,7 +193,11 @@ class MTAN(MultiTaskModel):
 
 
 def _image_shape(input_spec: InputSpec) -> tuple[int, int, int]:
-    if isinstance(input_spec, tuple) and len(input_spec) == 3 and all(isinstance(s, int) and s >= 1 for s in input_spec):
+    if (
+        isinstance(input_spec, tuple)
+        and len(input_spec) == 3
+        and all(isinstance(s, int) and s >= 1 for s in input_spec)
+    ):
         return input_spec  # type: ignore[return-value]
     raise ValueError(
         f"mtan takes images, an input_spec (C, H, W); got {describe_input_spec(input_spec)}. "

@@ -77,7 +77,11 @@ class SharedPrivate(MultiTaskModel):
             raise ValueError(
                 f"SharedPrivate needs one private encoder per task {list(self.task_names)}; got {list(private)}."
             )
-        if isinstance(orthogonality, bool) or not isinstance(orthogonality, (int, float)) or not orthogonality >= 0:
+        if (
+            isinstance(orthogonality, bool)
+            or not isinstance(orthogonality, (int, float))
+            or not orthogonality >= 0
+        ):
             raise ValueError(f"SharedPrivate orthogonality must be a float >= 0; got {orthogonality!r}.")
         self.shared = shared
         self.private = nn.ModuleDict({t: private[t] for t in self.task_names})

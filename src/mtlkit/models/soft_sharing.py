@@ -88,7 +88,9 @@ class SoftSharing(MultiTaskModel):
         if not networks:
             raise ValueError("SoftSharing needs at least one task network.")
         if penalty not in _COUPLINGS:
-            raise ValueError(f"SoftSharing penalty must be one of {', '.join(map(repr, PENALTIES))}; got {penalty!r}.")
+            raise ValueError(
+                f"SoftSharing penalty must be one of {', '.join(map(repr, PENALTIES))}; got {penalty!r}."
+            )
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0:
             raise ValueError(f"SoftSharing strength must be a float >= 0; got {strength!r}.")
         self.task_names = tuple(networks)
@@ -176,7 +178,9 @@ def soft_sharing(
         networks[t.name] = nn.Sequential(mlp) if layer is None else nn.Sequential(layer, mlp)
     first = next(iter(networks.values()))
     mlp_prefix = str(len(first) - 1)
-    linears = [n for n, m in first[-1].net.named_children() if isinstance(m, nn.Linear)][:-1]  # not the output
+    linears = [n for n, m in first[-1].net.named_children() if isinstance(m, nn.Linear)][
+        :-1
+    ]  # not the output
     tied = [f"{mlp_prefix}.net.{n}.weight" for n in linears]
     if layers[0] is not None and tie_input_layer:
         tied = [f"0.{n}" for n, p in first[0].named_parameters() if p.ndim >= 2] + tied
