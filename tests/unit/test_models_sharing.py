@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -525,6 +527,30 @@ def test_orthogonality_penalty_hand_worked_and_loop_reference() -> None:
         orthogonality_penalty(S, P[:3])
 
 
+def test_normalized_orthogonality_penalty_hand_worked_and_loop_reference() -> None:
+    # centred S rows: (-1, -1), (1, 1) -> unit rows (-1, -1)/sqrt2, (1, 1)/sqrt2; centred P: -1, 1 -> -1, 1
+    # S^T P = (sqrt2, sqrt2): mean of squares 2
+    s, p = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.0], [2.0]])
+    assert orthogonality_penalty(s, p, normalize=True).item() == pytest.approx(2.0)
+    S, P = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+
+    def unit_rows(m: torch.Tensor) -> list[list[float]]:
+        cols = [sum(float(m[n, i]) for n in range(7)) / 7 for i in range(m.shape[1])]
+        rows = [[float(m[n, i]) - cols[i] for i in range(m.shape[1])] for n in range(7)]
+        return [[v / math.sqrt(sum(u * u for u in r)) for v in r] for r in rows]
+
+    su, pu = unit_rows(S), unit_rows(P)
+    loop = sum(sum(su[n][i] * pu[n][j] for n in range(7)) ** 2 for i in range(3) for j in range(2)) / 6
+    assert orthogonality_penalty(S, P, normalize=True).item() == pytest.approx(loop)
+    model = MODELS.build(
+        "shared_private", input_dim=D, tasks=TASKS, orthogonality=0.5, normalize_orthogonality=True
+    )
+    x = torch.randn(5, D)
+    sh = model.shared(x)
+    want = sum(orthogonality_penalty(sh, model.private[t.name](x), normalize=True) for t in TASKS)
+    torch.testing.assert_close(model(x)["aux/orthogonality"], 0.5 * want)
+
+
 @pytest.mark.parametrize("with_input_layer", [False, True])
 def test_shared_private_outputs_penalty_and_representation(with_input_layer: bool) -> None:
     kwargs = {"input_dim": D}
@@ -606,3 +632,15 @@ def test_sharing_models_build_from_configs() -> None:
     )
     _, problems = validate_component({"name": "mtan", "chanels": [4]}, FAMILIES["model"], "model")
     assert problems and "Did you mean 'channels'?" in problems[0]
+
+
+def test_docs_example_runs() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "arch_sharing.md"
+    (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    ns: dict = {}
+    exec(compile(code, "docs/arch_sharing.md", "exec"), ns)
+    assert {k: tuple(v.shape) for k, v in ns["stitches"].items()} == {
+        "stitch0": (4, 2, 2),
+        "stitch1": (4, 2, 2),
+    }
+    assert ns["penalty"] > 0

@@ -200,7 +200,7 @@ class ExpertMLPs(nn.Module):
         """
         E = self.num_experts
         if index == 0:
-            if h.ndim == 2:
+            if not (isinstance(h, Tensor) and h.ndim == 3):
                 h = _check_input(h, self.in_features, "ExpertMLPs")
                 out = torch.addmm(self.bias0.reshape(-1), h, self.weight0.reshape(self.in_features, -1))
                 return self._activate(out.reshape(h.shape[0], E, -1).transpose(0, 1))

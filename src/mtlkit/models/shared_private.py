@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
@@ -28,25 +29,33 @@ __all__ = ["SharedPrivate", "orthogonality_penalty", "shared_private"]
 AUX_KEY = AUX_PREFIX + "orthogonality"
 
 
-def orthogonality_penalty(shared: Tensor, private: Tensor, /) -> Tensor:
+def orthogonality_penalty(shared: Tensor, private: Tensor, /, *, normalize: bool = False) -> Tensor:
     """``||S^T P||_F^2`` for batch feature matrices ``S`` ``(N, d_s)`` and ``P`` ``(N, d_p)``.
 
     Zero when every shared feature (column of ``S``) is orthogonal, over the batch, to every
-    private feature. Grows with the batch size (a sum over sample pairs).
+    private feature. It grows with the batch size (a sum over samples). With ``normalize=True``
+    it is the variant of the Domain Separation Networks code: both matrices' columns are
+    centred over the batch and each row scaled to unit norm, and the result is the *mean* of
+    the squared entries of ``S^T P`` (bounded, nearly independent of the batch size and widths).
     """
     if shared.ndim != 2 or private.ndim != 2 or shared.shape[0] != private.shape[0]:
         raise ShapeError(
             "orthogonality_penalty takes two (N, d) feature matrices with the same N; got shapes "
             f"{tuple(shared.shape)} and {tuple(private.shape)}."
         )
-    return (shared.transpose(0, 1) @ private).square().sum()
+    if not normalize:
+        return (shared.transpose(0, 1) @ private).square().sum()
+    s = F.normalize(shared - shared.mean(0, keepdim=True), dim=1)
+    p = F.normalize(private - private.mean(0, keepdim=True), dim=1)
+    return (s.transpose(0, 1) @ p).square().mean()
 
 
 class SharedPrivate(MultiTaskModel):
     """``y_k = h_k([S(x), P_k(x)])``: a shared encoder ``S``, private encoders ``P_k``, task heads.
 
     With ``orthogonality > 0`` the output also holds ``"aux/orthogonality"`` =
-    ``orthogonality * sum_k ||S^T P_k||_F^2``, which the trainer adds to the objective.
+    ``orthogonality * sum_k ||S^T P_k||_F^2`` (see :func:`orthogonality_penalty`), which the
+    trainer adds to the objective.
 
     The shared representation (``encode``) is ``S(x)``; behind an input layer it is
     ``[S(e), e]`` with ``e`` the input layer's output, since the private encoders read ``e`` too:
@@ -57,6 +66,8 @@ class SharedPrivate(MultiTaskModel):
         private: ``{task: encoder}``, each ``(N, F) -> (N, d_p)``.
         heads: ``{task: module}`` mapping ``(N, d_s + d_p)`` to the task's output.
         orthogonality: strength of the difference penalty (>= 0; 0 = off).
+        normalize_orthogonality: use the normalised penalty (centred, unit-norm rows, mean
+            instead of sum), whose scale does not grow with the batch size.
         input_layer: optional module applied to the inputs first (shared by all encoders).
     """
 
@@ -67,6 +78,7 @@ class SharedPrivate(MultiTaskModel):
         heads: Mapping[str, nn.Module],
         *,
         orthogonality: float = 0.0,
+        normalize_orthogonality: bool = False,
         input_layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -87,6 +99,7 @@ class SharedPrivate(MultiTaskModel):
         self.private = nn.ModuleDict({t: private[t] for t in self.task_names})
         self.heads = nn.ModuleDict(dict(heads))
         self.orthogonality = float(orthogonality)
+        self.normalize_orthogonality = bool(normalize_orthogonality)
         self.input_layer = input_layer
         self._input_width = input_width(input_layer) if input_layer is not None else 0
 
@@ -97,7 +110,7 @@ class SharedPrivate(MultiTaskModel):
             p = self.private[t](e)
             out[t] = self.heads[t](torch.cat([s, p], dim=-1))
             if self.orthogonality > 0:
-                term = orthogonality_penalty(s, p)
+                term = orthogonality_penalty(s, p, normalize=self.normalize_orthogonality)
                 penalty = term if penalty is None else penalty + term
         if penalty is not None:
             out[AUX_KEY] = self.orthogonality * penalty
@@ -124,7 +137,7 @@ class SharedPrivate(MultiTaskModel):
         return [*self.private[task].parameters(), *self.heads[task].parameters()]
 
     def extra_repr(self) -> str:
-        return f"orthogonality={self.orthogonality}"
+        return f"orthogonality={self.orthogonality}, normalize_orthogonality={self.normalize_orthogonality}"
 
 
 @MODELS.register("shared_private")
@@ -136,6 +149,7 @@ def shared_private(
     private_dims: Sequence[int] = (32,),
     tower_dims: Sequence[int] = (32,),
     orthogonality: float = 0.0,
+    normalize_orthogonality: bool = False,
     activation: str = "relu",
     dropout: float = 0.0,
     input_layer: InputLayerLike | None = None,
@@ -155,4 +169,11 @@ def shared_private(
         )
         for t in tasks
     }
-    return SharedPrivate(shared, private, heads, orthogonality=orthogonality, input_layer=layer)
+    return SharedPrivate(
+        shared,
+        private,
+        heads,
+        orthogonality=orthogonality,
+        normalize_orthogonality=normalize_orthogonality,
+        input_layer=layer,
+    )
