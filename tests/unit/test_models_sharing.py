@@ -620,7 +620,11 @@ def test_shared_private_parameter_count_ownership_and_errors() -> None:
 
 
 def test_sharing_models_build_from_configs() -> None:
+    from mtlkit.config.build import build_model
     from mtlkit.config.components import FAMILIES, validate_component
+    from mtlkit.data import MultiTaskDataset
+    from mtlkit.data.splits import DataSplits
+    from mtlkit.errors import ConfigError
 
     spec, problems = validate_component(
         {"name": "hierarchical", "hidden_dims": [8, 4], "task_depths": {"y1": 1}}, FAMILIES["model"], "model"
@@ -632,6 +636,20 @@ def test_sharing_models_build_from_configs() -> None:
     )
     _, problems = validate_component({"name": "mtan", "chanels": [4]}, FAMILIES["model"], "model")
     assert problems and "Did you mean 'channels'?" in problems[0]
+
+    tasks = (Task(name="a", kind="binary"), Task(name="b", kind="regression"))
+    targets = {"a": torch.ones(4), "b": torch.zeros(4)}
+    flat = MultiTaskDataset(torch.randn(4, 6), targets, tasks=tasks)
+    flat_splits = DataSplits(flat, None, None, tasks, 6)
+    for name in ("soft_sharing", "cross_stitch", "hierarchical", "shared_private"):
+        model = build_model({"name": name, "activation": "tanh"}, flat_splits)
+        assert set(mtlkit.losses.split_aux(model(flat.inputs))[0]) == {"a", "b"}
+    images = MultiTaskDataset(torch.randn(4, 1, 8, 8), targets, tasks=tasks)
+    image_splits = DataSplits(images, None, None, tasks, (1, 8, 8))
+    model = build_model({"name": "mtan", "channels": [2, 3]}, image_splits)
+    assert isinstance(model, MTAN) and set(model(images.inputs)) == {"a", "b"}
+    with pytest.raises(ConfigError, match="'mtan' builds its own input network and takes no backbone"):
+        build_model({"name": "mtan"}, image_splits, backbone={"name": "flatten"})
 
 
 def test_docs_example_runs() -> None:
