@@ -186,3 +186,25 @@ def test_joint_schedule_on_per_task_splits_says_what_to_use(two_sources: str, tm
     raw["data"] = {"name": two_sources}
     with pytest.raises(mtlkit.errors.DataError, match="Use schedule 'mixed'"):
         run_experiment(resolve(raw), output_dir=tmp_path, console=Console(file=io.StringIO()), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- docs
+DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
+
+
+def test_docs_example_and_config_run(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    import yaml
+
+    text = DOC.read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    ns: dict[str, Any] = {}
+    exec(compile(code, str(DOC), "exec"), ns)
+    steps = ns["history"][-1]["steps"]
+    assert sum(steps.values()) == math.ceil(100 / 32) + math.ceil(1000 / 32)
+    assert abs(steps["y1"] - steps["y2"]) < 12  # uniform over tasks despite 100 vs 1000 samples
+    assert math.isfinite(ns["trainer"].evaluate(ns["per_task"])["y1"]["mse"])
+    yaml_block = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)[0]
+    exp = resolve({**_raw(), **yaml.safe_load(yaml_block)})
+    assert exp.config.schedule["temperature"] == 2.0 and exp.config.trainer.per_task_optimizers
