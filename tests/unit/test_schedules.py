@@ -440,11 +440,11 @@ def test_resume_reproduces_an_uninterrupted_run(key: str, per_task, tmp_path: Pa
         )
 
     full = trainer(0)
-    full.fit(train, train, epochs=3, batch_size=16)
+    full.fit(train, train, epochs=2, batch_size=16)
     first = trainer(0)
     first.fit(train, train, epochs=1, batch_size=16, checkpoint=tmp_path / "ck.pt")
     resumed = trainer(123)  # a new process: other initial weights, fresh schedule and optimizers
-    resumed.fit(train, train, epochs=3, batch_size=16, resume=tmp_path / "ck.pt")
+    resumed.fit(train, train, epochs=2, batch_size=16, resume=tmp_path / "ck.pt")
     assert [h["train"] for h in resumed.history] == [h["train"] for h in full.history]
     assert [h.get("steps") for h in resumed.history] == [h.get("steps") for h in full.history]
     assert resumed.evaluate(train) == full.evaluate(train)

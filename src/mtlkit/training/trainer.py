@@ -646,8 +646,12 @@ class Trainer:
                 for m, v in ms.items():
                     writer.add_scalar(f"val/{t}/{m}", v, e)
             writer.add_scalar("lr", record["lr"][0], e)
+            for t, n in record.get("steps", {}).items():
+                writer.add_scalar(f"steps/{t}", n, e)
         if self.log_epochs:
             train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
+            if "steps" in record:
+                train += " (steps " + " ".join(f"{t}={n}" for t, n in record["steps"].items()) + ")"
             mon = record["monitor"]
             self.console.print(
                 f"epoch {record['epoch']}/{epochs}  train loss {train}  |  {mon['name']}={mon['value']:.4f}"
