@@ -116,6 +116,26 @@ def test_mixed_batches_flag_each_sample_with_its_task(per_task) -> None:
     assert tl.counts.tolist() == [mine.sum().item(), (~mine).sum().item()]
 
 
+def test_mixed_pools_any_label_kind() -> None:
+    tasks = (
+        Task(name="digit", kind="multiclass", num_classes=10),
+        Task(name="item", kind="multiclass", num_classes=10),
+        Task(name="flag", kind="binary"),
+    )
+    x = torch.randn(12, 3)
+    data = {
+        "digit": MultiTaskDataset(x[:4], {"digit": torch.tensor([0.0, 3.0, 9.0, -1.0])}),  # float class indices
+        "item": MultiTaskDataset(x[4:8], {"item": torch.tensor([1, 2, -1, 4])}),
+        "flag": MultiTaskDataset(x[8:], {"flag": torch.tensor([1, 0, 1, 1])}),  # integer 0/1 labels
+    }
+    pool = mixed_dataset(data, tasks)
+    assert pool.info["mixed_from"] == {"digit": 3, "item": 3, "flag": 4}  # unlabelled rows left out
+    assert pool.targets["digit"].tolist() == [0.0, 3.0, 9.0] + [-1.0] * 7
+    assert pool.targets["item"].tolist() == [-1] * 3 + [1, 2, 4] + [-1] * 4
+    assert pool.masks["flag"].tolist() == [False] * 6 + [True] * 4
+    torch.testing.assert_close(pool.inputs, torch.cat([x[:3], x[4:6], x[7:8], x[8:]]))
+
+
 def test_mixed_needs_the_same_inputs(per_task) -> None:
     other = {"a": per_task["a"], "b": dataset(range(5), TASKS[1], dim=4)}
     with pytest.raises(DataError, match="need the same inputs.*Use schedule 'alternating' or 'sampling'"):

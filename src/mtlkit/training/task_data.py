@@ -266,11 +266,11 @@ class PerTaskLoader:
 def _fill(task: Task, like: Tensor, n: int) -> Tensor:
     """``n`` placeholder rows shaped like ``like`` (masked out: the value only has to be valid)."""
     shape = (n, *like.shape[1:])
+    if task.kind is TaskKind.MULTICLASS:  # class indices, possibly stored as floats: -1 = missing
+        return torch.full(shape, -1, dtype=like.dtype)
     if like.is_floating_point():
         return torch.full(shape, float("nan"), dtype=like.dtype)
-    if like.dtype == torch.bool:
-        return torch.zeros(shape, dtype=torch.bool)
-    return torch.full(shape, -1 if task.kind is TaskKind.MULTICLASS else 0, dtype=like.dtype)
+    return torch.zeros(shape, dtype=like.dtype)
 
 
 def mixed_dataset(data: PerTaskData, tasks: Sequence[Task]) -> MultiTaskDataset:
