@@ -50,6 +50,7 @@ class TrainerConfig(_Strict):
     device: str = "auto"
     grad_clip_norm: PositiveFloat | None = None
     gradient_target: Literal["parameters", "representation"] = "parameters"
+    per_task_optimizers: bool = False
     scheduler_interval: Literal["epoch", "step"] = "epoch"
     early_stopping: EarlyStoppingConfig | None = None
     log_epochs: bool = False
@@ -82,6 +83,7 @@ class ExperimentConfig(_Strict):
     aggregator: dict[str, Any] | None = None
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     scheduler: dict[str, Any] | None = None
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "joint"})
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     compare: dict[str, dict[str, Any]] | None = None
     baseline: str | None = None
