@@ -29,9 +29,9 @@ from mtlkit.config.build import (
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import CheckpointError
+from mtlkit.errors import CheckpointError, DataError
 from mtlkit.metrics.collection import MultiTaskMetrics
-from mtlkit.metrics.functional import delta_m
+from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
 from mtlkit.report import comparison_table, metrics_table
 from mtlkit.training.checkpoint import load_checkpoint
 from mtlkit.training.trainer import Trainer
@@ -194,23 +194,40 @@ def _primary(
     return out
 
 
-def aggregate(runs: list[RunResult], baseline: str | None) -> dict[str, Any]:
-    """Mean and std over seeds for every label, task and metric; Δm against the baseline label."""
+def aggregate(
+    runs: list[RunResult], baseline: str | None, *, metrics: MetricSelection = None
+) -> dict[str, Any]:
+    """Mean and std over seeds of every metric of every label and task; Δm against the baseline label.
+
+    Args:
+        runs: the runs (every label at every seed).
+        baseline: the label Δm compares against (``None``: no Δm).
+        metrics: the metrics Δm averages per task (default: all but the loss); see
+            :func:`mtlkit.metrics.select_metrics`.
+
+    Returns:
+        ``{"labels": {label: entry}, "baseline", "primary", "directions", "delta_m_metrics"}``.
+        Each entry has ``metrics[task][metric] = {"mean", "std", "values"}`` (values per seed,
+        std with Bessel's correction, 0 for one seed), ``seeds``, ``params``, ``seconds``,
+        ``split`` and, with a baseline: ``delta_m`` (of the seed means, in %), ``delta_m_std``
+        (std over seeds of each seed's Δm against the baseline's means), ``delta_m_tasks``
+        (per-task Δm_t of the means) and ``delta_m_primary`` (Δm over each task's main metric).
+    """
     labels = list(dict.fromkeys(r.label for r in runs))
-    out: dict[str, Any] = {"labels": {}, "baseline": baseline}
     first = runs[0]
     primary = _primary(first.directions, first.metrics)
-    out["primary"] = primary
+    out: dict[str, Any] = {"labels": {}, "baseline": baseline, "primary": primary}
+    out["directions"] = {t: dict(d) for t, d in first.directions.items()}
     for label in labels:
         rs = [r for r in runs if r.label == label]
-        stats: dict[str, dict[str, dict[str, float]]] = {}
+        stats: dict[str, dict[str, dict[str, Any]]] = {}
         for task, ms in rs[0].metrics.items():
             stats[task] = {}
             for m in ms:
                 vals = [r.metrics[task][m] for r in rs]
                 mean = statistics.fmean(vals)
                 std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                stats[task][m] = {"mean": mean, "std": std}
+                stats[task][m] = {"mean": mean, "std": std, "values": vals}
         out["labels"][label] = {
             "metrics": stats,
             "seeds": [r.seed for r in rs],
@@ -219,11 +236,28 @@ def aggregate(runs: list[RunResult], baseline: str | None) -> dict[str, Any]:
             "split": rs[0].split,
         }
     if baseline is not None and baseline in out["labels"]:
-        higher = {t: first.directions[t][m] for t, m in primary.items()}
-        base = {t: out["labels"][baseline]["metrics"][t][m]["mean"] for t, m in primary.items()}
-        for entry in out["labels"].values():
-            res = {t: entry["metrics"][t][m]["mean"] for t, m in primary.items()}
-            entry["delta_m"] = delta_m(res, base, higher)
+        base_entry = out["labels"][baseline]["metrics"]
+        base = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in base_entry.items()}
+        used = select_metrics(base, metrics)
+        out["delta_m_metrics"] = used
+        base_primary = {t: base[t][m] for t, m in primary.items()}
+        higher_primary = {t: first.directions[t][m] for t, m in primary.items()}
+        for label, entry in out["labels"].items():
+            directions = next(r.directions for r in runs if r.label == label)
+            means = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in entry["metrics"].items()}
+            try:
+                entry["delta_m"] = delta_m(means, base, directions, metrics=used)
+                entry["delta_m_tasks"] = delta_m_per_task(means, base, directions, metrics=used)
+                per_seed = [
+                    delta_m(r.metrics, base, directions, metrics=used) for r in runs if r.label == label
+                ]
+                entry["delta_m_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+                entry["delta_m_primary"] = delta_m(
+                    {t: means[t][m] for t, m in primary.items()}, base_primary, higher_primary
+                )
+            except (DataError, KeyError) as exc:  # e.g. a variant trained on other tasks
+                entry["delta_m"] = math.nan
+                entry["delta_m_note"] = str(exc)
     return out
 
 
