@@ -83,7 +83,9 @@ def _delta_note(comparison: Mapping[str, Any]) -> str:
     if not used:
         return ""
     over = "; ".join(f"{t}: {', '.join(ms)}" for t, ms in used.items())
-    return f"Δm: mean relative improvement (%) over {comparison['baseline']!r}, averaged per task over {over}."
+    return (
+        f"Δm: mean relative improvement (%) over {comparison['baseline']!r}, averaged per task over {over}."
+    )
 
 
 def comparison_table(

@@ -153,9 +153,7 @@ def _histogram(w: Tensor, edges: Tensor) -> Tensor:
     return counts.view(e, b)
 
 
-def _stats(
-    name: str, weights: Tensor, bins: int, value_range: tuple[float, float] | None
-) -> GateStats:
+def _stats(name: str, weights: Tensor, bins: int, value_range: tuple[float, float] | None) -> GateStats:
     w = reduce_gate(weights, name).to(torch.float64).cpu()
     n = w.shape[0]
     if n == 0:

@@ -49,7 +49,9 @@ def _mpl() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def _figure(n_panels: int, *, ncols: int = 3, panel: tuple[float, float] = (4.2, 3.2)) -> tuple[Any, list[Any]]:
+def _figure(
+    n_panels: int, *, ncols: int = 3, panel: tuple[float, float] = (4.2, 3.2)
+) -> tuple[Any, list[Any]]:
     Figure, Canvas = _mpl()
     ncols = max(1, min(ncols, n_panels))
     nrows = max(1, math.ceil(n_panels / ncols))
@@ -132,8 +134,19 @@ def _getter(split: str, task: str, metric: str) -> Callable[[Mapping[str, Any]],
     raise ValueError(f"split must be 'train' or 'val'; got {split!r}.")
 
 
-def _draw(ax: Any, x: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray, *,
-          label: str, color: Any, style: str, band: bool, show_seeds: bool) -> None:
+def _draw(
+    ax: Any,
+    x: np.ndarray,
+    values: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    label: str,
+    color: Any,
+    style: str,
+    band: bool,
+    show_seeds: bool,
+) -> None:
     if show_seeds and values.shape[0] > 1:
         for row in values:
             ax.plot(x, row, color=color, linestyle=style, alpha=0.3, linewidth=0.8, label="_nolegend_")
@@ -191,8 +204,18 @@ def plot_loss_curves(
                 if not np.isfinite(values).any():
                     continue
                 style = "-" if split == "train" else "--"
-                _draw(ax, x, values, mean, std, label=f"{label} {split}", color=color, style=style,
-                      band=band, show_seeds=show_seeds)
+                _draw(
+                    ax,
+                    x,
+                    values,
+                    mean,
+                    std,
+                    label=f"{label} {split}",
+                    color=color,
+                    style=style,
+                    band=band,
+                    show_seeds=show_seeds,
+                )
         ax.set_title(task)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -229,8 +252,18 @@ def plot_weight_trajectories(
         names = list(dict.fromkeys(t for h in hs for r in h for t in r.get(key, {})))
         for i, task in enumerate(names):
             x, values, mean, std = series(hs, lambda r, t=task: r.get(key, {}).get(t))
-            _draw(ax, x, values, mean, std, label=task, color=f"C{i % 10}", style="-", band=band,
-                  show_seeds=False)
+            _draw(
+                ax,
+                x,
+                values,
+                mean,
+                std,
+                label=task,
+                color=f"C{i % 10}",
+                style="-",
+                band=band,
+                show_seeds=False,
+            )
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("task weight")

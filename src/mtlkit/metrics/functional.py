@@ -66,7 +66,9 @@ def select_metrics(
                 )
         elif metrics is not None and not isinstance(metrics, Mapping):
             if isinstance(metrics, str):
-                raise TypeError(f"metrics must be a list of names or a {{task: names}} mapping; got {metrics!r}.")
+                raise TypeError(
+                    f"metrics must be a list of names or a {{task: names}} mapping; got {metrics!r}."
+                )
             chosen = [m for m in metrics if m in names]
         else:
             chosen = [m for m in names if m not in exclude] or [m for m in names if m in exclude]
@@ -143,9 +145,7 @@ def delta_m_per_task(
     exclude: Collection[str] = ("loss",),
 ) -> dict[str, float]:
     """Each task's Δm_t: the mean of its metrics' relative improvements (percent)."""
-    terms = relative_improvements(
-        results, baseline, higher_is_better, metrics=metrics, exclude=exclude
-    )
+    terms = relative_improvements(results, baseline, higher_is_better, metrics=metrics, exclude=exclude)
     return {t: sum(v.values()) / len(v) for t, v in terms.items()}
 
 
