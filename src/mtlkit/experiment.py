@@ -17,6 +17,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from mtlkit.analysis.plots import require_matplotlib, write_experiment_plots
 from mtlkit.config.build import (
     build_aggregator,
     build_data,
@@ -29,15 +30,17 @@ from mtlkit.config.build import (
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import CheckpointError, DataError
+from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
-from mtlkit.report import comparison_table, metrics_table
+from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
 from mtlkit.training.checkpoint import load_checkpoint
 from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
-__all__ = ["ExperimentResult", "RunResult", "evaluate_run_dir", "run_experiment"]
+__all__ = ["ExperimentResult", "RunResult", "aggregate", "evaluate_run_dir", "run_experiment"]
+
+_GATE_SAMPLES = 10_000  # rows of the evaluation split used for a run's gate statistics
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RunResult:
     epochs: int
     best_epoch: int | None
     directions: dict[str, dict[str, bool]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,12 +155,31 @@ def _train_one(
         len(history),
         best,
         MultiTaskMetrics(splits.tasks).directions(),
+        history,
     )
+    if cfg.plots:
+        _write_run_plots(trainer.model, data, run_dir, f"{label} seed {seed}")
     (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=_json_default))
     (run_dir / "metrics.json").write_text(
         json.dumps(_run_record(result, splits), indent=1, default=_json_default)
     )
     return result
+
+
+def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: str) -> None:
+    """``gates.json`` and ``gates.png`` (per-expert gate distributions) for a gated model."""
+    from mtlkit.analysis import gate_statistics, plot_gate_distributions
+
+    if not getattr(getattr(model, "module", model), "gates", None):
+        return
+    try:
+        stats = gate_statistics(model, data, max_samples=_GATE_SAMPLES)
+    except IncompatibleComponentsError:  # gates(x) returned {}: not a gated model
+        return
+    (run_dir / "gates.json").write_text(
+        json.dumps(json_safe({k: v.to_dict() for k, v in stats.items()}), indent=1)
+    )
+    plot_gate_distributions(stats, title=f"{title}: gate weights per expert", path=run_dir / "gates.png")
 
 
 def _json_default(o: Any) -> Any:
@@ -276,6 +299,8 @@ def run_experiment(
     root = _new_run_dir(Path(output_dir or cfg.output_dir), cfg.name)
     _dump_yaml(experiment.to_dict(), root / "config.yaml")
     labels = list(experiment.variants)
+    if cfg.plots:
+        require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
     data_cache: dict[str, DataSplits] = {}
     runs: list[RunResult] = []
@@ -286,6 +311,8 @@ def run_experiment(
         if key not in data_cache:
             data_cache[key] = build_data(vcfg.data)
         splits = data_cache[key]
+        if label == (cfg.baseline or "single_task"):  # a bad Δm metric selection fails before training
+            select_metrics(MultiTaskMetrics(splits.tasks).directions(), cfg.delta_m_metrics)
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
             r = _train_one(vcfg, splits, seed, run_dir, label, console, progress)
@@ -297,9 +324,14 @@ def run_experiment(
                 )
             )
     baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
-    comparison = aggregate(runs, baseline if len(labels) > 1 else None)
+    comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
     comparison["data"] = dict(next(iter(data_cache.values())).info.items())
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=1, default=_json_default))
+    write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
+    if cfg.plots:
+        histories: dict[str, list[list[dict[str, Any]]]] = {}
+        for r in runs:
+            histories.setdefault(r.label, []).append(r.history)
+        write_experiment_plots(root, histories, title=cfg.name)
     if multi:
         table = comparison_table(
             comparison, title=f"{cfg.name}: {runs[0].split} metrics (mean ± std over seeds)"

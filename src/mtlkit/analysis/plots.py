@@ -30,6 +30,7 @@ __all__ = [
     "plot_gate_means",
     "plot_loss_curves",
     "plot_weight_trajectories",
+    "require_matplotlib",
     "save_figure",
     "series",
     "write_experiment_plots",
@@ -47,6 +48,11 @@ def _mpl() -> tuple[Any, Any]:
     except ImportError:
         raise ImportError("Plotting needs matplotlib: pip install 'mtlkit[plot]'") from None
     return Figure, FigureCanvasAgg
+
+
+def require_matplotlib() -> None:
+    """Raise the ImportError that says how to install matplotlib when it is missing."""
+    _mpl()
 
 
 def _figure(
@@ -155,6 +161,13 @@ def _draw(
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
+def _epoch_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _tasks_of(runs: Mapping[str, list[History]]) -> list[str]:
     names: dict[str, None] = {}
     for hs in runs.values():
@@ -217,7 +230,7 @@ def plot_loss_curves(
                     show_seeds=show_seeds,
                 )
         ax.set_title(task)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(metric)
         if log_scale:
             ax.set_yscale("log")
@@ -265,7 +278,7 @@ def plot_weight_trajectories(
                 show_seeds=False,
             )
         ax.set_title(label)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel("task weight")
         if ax.lines:
             ax.legend(fontsize="small")

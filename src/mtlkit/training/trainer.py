@@ -32,6 +32,7 @@ from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping, resolve_monitor
+from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.progress import ProgressDisplay
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
@@ -87,7 +88,10 @@ class Trainer:
         grad_clip_norm: clip the global gradient norm to this value (off by default).
         progress: show a live progress bar (default: when stderr is a terminal).
         log_epochs: print a one-line summary after every epoch.
-        log_dir: write TensorBoard scalars here (needs ``pip install 'mtlkit[tensorboard]'``).
+        log_dir: write TensorBoard events here (losses, weights, metrics, learning rate, gate
+            histograms; see :class:`~mtlkit.training.TensorBoardLogger`; needs
+            ``pip install 'mtlkit[tensorboard]'``).
+        logger: an :class:`~mtlkit.training.EpochLogger` to call instead (overrides ``log_dir``).
         console: rich console for the epoch lines and the progress bar.
 
     Example:
@@ -118,6 +122,7 @@ class Trainer:
         log_epochs: bool = False,
         log_dir: str | os.PathLike[str] | None = None,
         console: Console | None = None,
+        logger: EpochLogger | None = None,
     ) -> None:
         self.tasks = tuple(tasks)
         self.task_names = task_names(self.tasks)
@@ -154,7 +159,9 @@ class Trainer:
         self.progress = progress
         self.log_epochs = log_epochs
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self._writer: Any = None
+        if logger is None and self.log_dir is not None:
+            logger = TensorBoardLogger(self.log_dir)
+        self._logger = logger
         # training progress
         self.epoch = 0  # epochs completed
         self.step = 0
@@ -238,19 +245,6 @@ class Trainer:
                 opt.add_param_group({"params": extra, "weight_decay": 0.0})
         return opt
 
-    def _writer_or_none(self) -> Any:
-        if self.log_dir is None:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    "TensorBoard logging needs the tensorboard package: pip install 'mtlkit[tensorboard]'"
-                ) from None
-            self._writer = SummaryWriter(str(self.log_dir))
-        return self._writer
-
     # ------------------------------------------------------------------ data helpers
     def _loader(self, data: DataLike, batch_size: int, shuffle: bool) -> Iterable[Any]:
         if isinstance(data, MultiTaskDataset):
@@ -325,6 +319,8 @@ class Trainer:
             self.load_checkpoint(resume)
         train_loader = self._loader(train, batch_size, shuffle=True)
         val_loader = self._loader(val, batch_size, shuffle=False) if val is not None else None
+        if self._logger is not None:
+            self._logger.watch(val_loader)
         validate_batches = not isinstance(train_loader, TensorBatchLoader)
         display = ProgressDisplay(self.progress, self.console)
         try:
@@ -359,8 +355,8 @@ class Trainer:
                     break
         finally:
             display.close()
-            if self._writer is not None:
-                self._writer.flush()
+            if self._logger is not None:
+                self._logger.flush()
         if (
             early_stopping is not None
             and early_stopping.restore_best
@@ -405,12 +401,11 @@ class Trainer:
             sums[0] += result.losses.double() * counts
             sums[1] += counts
             weight_sum += result.weights.double()
+            if self._logger is not None:
+                self._logger.log_step(self.step, result)
             if n_batches % refresh == 0:
                 means = self._check_finite(sums, epoch)
                 display.update(refresh, self.task_names, means)
-                writer = self._writer_or_none()
-                if writer is not None:
-                    writer.add_scalar("train/total_loss", float(result.total), self.step)
         if n_batches == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         means = self._check_finite(sums, epoch)
@@ -551,17 +546,8 @@ class Trainer:
         return best["bad_epochs"] > early_stopping.patience
 
     def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
-        writer = self._writer_or_none()
-        if writer is not None:
-            e = record["epoch"]
-            for t, v in record["train"].items():
-                writer.add_scalar(f"train_loss/{t}", v, e)
-            for t, v in record["weights"].items():
-                writer.add_scalar(f"weight/{t}", v, e)
-            for t, ms in record.get("val", {}).items():
-                for m, v in ms.items():
-                    writer.add_scalar(f"val/{t}/{m}", v, e)
-            writer.add_scalar("lr", record["lr"][0], e)
+        if self._logger is not None:
+            self._logger.log_epoch(record, self._core)
         if self.log_epochs:
             train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
             mon = record["monitor"]
