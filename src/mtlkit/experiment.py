@@ -217,6 +217,16 @@ def _primary(
     return out
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (Bessel-corrected; 0 for one value); both NaN if any value is NaN."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def aggregate(
     runs: list[RunResult], baseline: str | None, *, metrics: MetricSelection = None
 ) -> dict[str, Any]:
@@ -248,8 +258,7 @@ def aggregate(
             stats[task] = {}
             for m in ms:
                 vals = [r.metrics[task][m] for r in rs]
-                mean = statistics.fmean(vals)
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                mean, std = _mean_std(vals)
                 stats[task][m] = {"mean": mean, "std": std, "values": vals}
         out["labels"][label] = {
             "metrics": stats,
@@ -274,7 +283,7 @@ def aggregate(
                 per_seed = [
                     delta_m(r.metrics, base, directions, metrics=used) for r in runs if r.label == label
                 ]
-                entry["delta_m_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+                entry["delta_m_std"] = _mean_std(per_seed)[1]
                 entry["delta_m_primary"] = delta_m(
                     {t: means[t][m] for t, m in primary.items()}, base_primary, higher_primary
                 )
