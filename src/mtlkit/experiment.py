@@ -313,6 +313,12 @@ def run_experiment(
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
     data_cache: dict[str, DataSplits] = {}
     runs: list[RunResult] = []
+    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
+    if baseline is not None and len(labels) > 1:  # a bad Δm metric selection fails before any training
+        bcfg = experiment.variants[baseline]
+        data_cache[_data_key(bcfg.data)] = build_data(bcfg.data)
+        tasks = data_cache[_data_key(bcfg.data)].tasks
+        select_metrics(MultiTaskMetrics(tasks).directions(), cfg.delta_m_metrics)
     if cfg.description:
         console.print(f"[bold]{cfg.name}[/bold]: {cfg.description.strip()}")
     for label, vcfg in experiment.variants.items():
@@ -320,8 +326,6 @@ def run_experiment(
         if key not in data_cache:
             data_cache[key] = build_data(vcfg.data)
         splits = data_cache[key]
-        if label == (cfg.baseline or "single_task"):  # a bad Δm metric selection fails before training
-            select_metrics(MultiTaskMetrics(splits.tasks).directions(), cfg.delta_m_metrics)
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
             r = _train_one(vcfg, splits, seed, run_dir, label, console, progress)
@@ -332,7 +336,6 @@ def run_experiment(
                     f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
                 )
             )
-    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
     comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
     comparison["data"] = dict(next(iter(data_cache.values())).info.items())
     write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
