@@ -337,7 +337,8 @@ def run_experiment(
                 )
             )
     comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
-    comparison["data"] = dict(next(iter(data_cache.values())).info.items())
+    first_data = data_cache[_data_key(next(iter(experiment.variants.values())).data)]
+    comparison["data"] = dict(first_data.info.items())
     write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
     if cfg.plots:
         histories: dict[str, list[list[dict[str, Any]]]] = {}

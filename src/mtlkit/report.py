@@ -177,7 +177,8 @@ def comparison_csv(comparison: Mapping[str, Any]) -> str:
 
 
 def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON accepts: NaN/inf become ``None``, paths and tensors plain."""
+    """A copy of ``obj`` that strict JSON accepts: NaN/inf become ``None``, tensors lists, other
+    objects (paths, devices) strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
@@ -190,7 +191,9 @@ def json_safe(obj: Any) -> Any:
         return json_safe(obj.tolist())
     if hasattr(obj, "item"):
         return json_safe(obj.item())
-    return obj
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)  # e.g. a torch.device
 
 
 def write_tables(

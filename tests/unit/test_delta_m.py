@@ -238,3 +238,23 @@ def test_write_tables(tmp_path: Path) -> None:
     assert "averaged per task over a: auc, logloss; b: mse, mae." in md
     assert comparison_markdown(comp) == md.split("\n", 2)[2]  # same body without the title
     assert comparison_csv(comp) == paths["csv"].read_text()
+
+
+def test_json_safe() -> None:
+    import torch
+
+    from mtlkit.report import json_safe
+
+    out = json_safe(
+        {
+            "nan": math.nan,
+            "dev": torch.device("cpu"),
+            "p": Path("/x"),
+            "t": torch.tensor([1.0, math.inf]),
+            2: (1, None, True),
+        }
+    )
+    assert (
+        json.dumps(out, allow_nan=False)
+        == '{"nan": null, "dev": "cpu", "p": "/x", "t": [1.0, null], "2": [1, null, true]}'
+    )
