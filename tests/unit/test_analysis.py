@@ -296,3 +296,18 @@ def test_missing_matplotlib_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     with pytest.raises(ImportError, match=r"Plotting needs matplotlib: pip install 'mtlkit\[plot\]'"):
         plot_loss_curves(HIST)
+
+
+def test_custom_reduce_for_spatial_maps() -> None:
+    maps = torch.rand(5, 4, 6)  # (N, H, W) spatial attention, no channel axis
+    mean_attention = lambda g: g.flatten(1).mean(1, keepdim=True)  # noqa: E731
+    st = gate_statistics_from_weights({"t/block0": maps}, reduce=mean_attention)["t/block0"]
+    assert st.num_experts == 1
+    torch.testing.assert_close(st.mean, maps.double().mean((1, 2)).mean().reshape(1))
+    model = FixedGates()
+    st = gate_statistics(model, torch.randn(7, 4), reduce=lambda g: g[:, :2], batch_size=3)["a"]
+    assert st.num_experts == 2 and st.num_samples == 7
+    with pytest.raises(
+        ShapeError, match=r"reduce must map gate 'g' \(5, 4, 6\) to \(N, E\) = \(5, E\); got \(5,\)"
+    ):
+        gate_statistics_from_weights({"g": maps}, reduce=lambda g: g.flatten(1).mean(1))

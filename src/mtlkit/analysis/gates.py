@@ -11,7 +11,7 @@ experts) for whatever a model's ``gates(x)`` returns: MMoE/OMoE/PLE/DSelect-k ga
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,13 @@ from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.errors import IncompatibleComponentsError, ShapeError
 
+Reduce = Callable[[Tensor], Tensor]
+"""Maps one output of ``gates(x)`` to ``(N, E)`` weights (default: :func:`reduce_gate`)."""
+
 __all__ = [
     "QUANTILE_LEVELS",
     "GateStats",
+    "Reduce",
     "collect_gates",
     "gate_statistics",
     "gate_statistics_from_weights",
@@ -153,6 +157,18 @@ def _histogram(w: Tensor, edges: Tensor) -> Tensor:
     return counts.view(e, b)
 
 
+def _reduced(g: Tensor, name: str, reduce: Reduce | None) -> Tensor:
+    if reduce is None:
+        return reduce_gate(g, name)
+    w = reduce(g.detach())
+    if not isinstance(w, Tensor) or w.ndim != 2 or w.shape[0] != g.shape[0]:
+        got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        raise ShapeError(
+            f"reduce must map gate {name!r} {tuple(g.shape)} to (N, E) = ({g.shape[0]}, E); got {got}."
+        )
+    return w
+
+
 def _stats(name: str, weights: Tensor, bins: int, value_range: tuple[float, float] | None) -> GateStats:
     w = reduce_gate(weights, name).to(torch.float64).cpu()
     n = w.shape[0]
@@ -199,6 +215,7 @@ def gate_statistics_from_weights(
     *,
     bins: int = 20,
     value_range: tuple[float, float] | None = None,
+    reduce: Reduce | None = None,
 ) -> dict[str, GateStats]:
     """:class:`GateStats` of gate outputs already computed (e.g. ``model.gates(x)``).
 
@@ -208,12 +225,15 @@ def gate_statistics_from_weights(
         bins: number of histogram bins.
         value_range: histogram range; default ``(0, 1)`` when every value is in it, else the
             gate's ``(min, max)``.
+        reduce: maps each gate output to ``(N, E)`` (default :func:`reduce_gate`); e.g.
+            ``lambda g: g.flatten(1).mean(1, keepdim=True)`` summarises a spatial attention map
+            ``(N, H, W)`` by each sample's mean attention.
     """
     if not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be an int >= 1; got {bins!r}.")
     if isinstance(weights, Tensor):
         weights = {"gate": weights}
-    return {name: _stats(name, w, bins, value_range) for name, w in weights.items()}
+    return {name: _stats(name, _reduced(w, name, reduce), bins, value_range) for name, w in weights.items()}
 
 
 def _input_chunks(data: Any, batch_size: int) -> Iterator[Inputs]:
@@ -256,6 +276,7 @@ def collect_gates(
     batch_size: int = 1024,
     max_samples: int | None = None,
     device: torch.device | str | None = None,
+    reduce: Reduce | None = None,
 ) -> dict[str, Tensor]:
     """Run ``model.gates`` over ``data`` in eval mode; ``{name: (N, E)}`` on the CPU (float32).
 
@@ -266,6 +287,7 @@ def collect_gates(
         batch_size: rows per forward pass for tensor / dataset inputs.
         max_samples: stop after this many rows (default: all).
         device: where to run the model (default: where its parameters are).
+        reduce: maps each gate output to ``(N, E)`` (default :func:`reduce_gate`), per batch.
     """
     core = getattr(model, "module", model)
     if not callable(getattr(core, "gates", None)):
@@ -294,7 +316,7 @@ def collect_gates(
                     "analyse. Use a gated model such as 'mmoe' or 'omoe'."
                 )
             for name, g in gates.items():
-                parts.setdefault(name, []).append(reduce_gate(g, name).float().cpu())
+                parts.setdefault(name, []).append(_reduced(g, name, reduce).float().cpu())
             seen += _rows(x)
             if max_samples is not None and seen >= max_samples:
                 break
@@ -314,6 +336,7 @@ def gate_statistics(
     batch_size: int = 1024,
     max_samples: int | None = None,
     device: torch.device | str | None = None,
+    reduce: Reduce | None = None,
 ) -> dict[str, GateStats]:
     """Per-gate (per-task for MMoE) statistics of ``model.gates`` over ``data``.
 
@@ -326,7 +349,7 @@ def gate_statistics(
         model: a model with ``gates(x)``.
         data: inputs, a :class:`MultiTaskDataset` or an iterable of batches (see :func:`collect_gates`).
         bins, value_range: the histograms (see :func:`gate_statistics_from_weights`).
-        batch_size, max_samples, device: see :func:`collect_gates`.
+        batch_size, max_samples, device, reduce: see :func:`collect_gates`.
 
     Returns:
         ``{name: GateStats}``.
@@ -340,5 +363,7 @@ def gate_statistics(
         >>> sorted(stats), stats["y1"].mean.shape
         (['y1', 'y2'], torch.Size([4]))
     """
-    weights = collect_gates(model, data, batch_size=batch_size, max_samples=max_samples, device=device)
+    weights = collect_gates(
+        model, data, batch_size=batch_size, max_samples=max_samples, device=device, reduce=reduce
+    )
     return gate_statistics_from_weights(weights, bins=bins, value_range=value_range)
