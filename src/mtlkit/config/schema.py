@@ -70,6 +70,8 @@ class ExperimentConfig(_Strict):
 
     ``compare`` maps a label to a partial config merged over this one; each label is one run (per
     seed). A component whose ``name`` a variant changes is replaced, not merged.
+    ``delta_m_metrics`` selects the metrics of Δm (default: all but the loss; see
+    :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
     """
 
     name: str = "experiment"
@@ -87,6 +89,8 @@ class ExperimentConfig(_Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     compare: dict[str, dict[str, Any]] | None = None
     baseline: str | None = None
+    delta_m_metrics: list[str] | dict[str, list[str]] | None = None
+    plots: bool = False
     output_dir: str = "runs"
 
     @field_validator("name")

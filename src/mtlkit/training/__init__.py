@@ -2,6 +2,7 @@
 
 from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping
+from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.schedules import (
     Alternating,
     EpochPlan,
@@ -17,6 +18,7 @@ from mtlkit.training.trainer import Trainer, TrainingDivergedError, default_devi
 __all__ = [
     "Alternating",
     "EarlyStopping",
+    "EpochLogger",
     "EpochPlan",
     "Joint",
     "Mixed",
@@ -24,6 +26,7 @@ __all__ = [
     "Sampling",
     "ScheduledStep",
     "TaskSchedule",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingDivergedError",
     "default_device",

@@ -465,7 +465,11 @@ def compatibility_problems(
     """
     problems = []
     sname = schedule.name
-    if schedule.one_task_per_step and aggregator is not None and getattr(aggregator, "requires_all_tasks", True):
+    if (
+        schedule.one_task_per_step
+        and aggregator is not None
+        and getattr(aggregator, "requires_all_tasks", True)
+    ):
         problems.append(
             f"Gradient aggregator {_name(aggregator)} combines the gradients of all tasks within one step, "
             f"but schedule {sname!r} trains one task per step, so each step has a single gradient and "
@@ -475,7 +479,9 @@ def compatibility_problems(
     if (
         schedule.one_task_per_step
         and weighting is not None
-        and (getattr(weighting, "requires_all_tasks", False) or getattr(weighting, "requires_gradients", False))
+        and (
+            getattr(weighting, "requires_all_tasks", False) or getattr(weighting, "requires_gradients", False)
+        )
     ):
         why = (
             "it compares every task's gradient in the same step"

@@ -44,7 +44,9 @@ def frozen_rows(module: nn.Module, frozen: Sequence[int], num_tasks: int) -> Ite
     if not frozen or not params:
         yield
         return
-    saved = [(p, idx, p.detach()[idx].clone()) for p in params for idx in [torch.tensor(frozen, device=p.device)]]
+    saved = [
+        (p, idx, p.detach()[idx].clone()) for p in params for idx in [torch.tensor(frozen, device=p.device)]
+    ]
     yield
     with torch.no_grad():
         for p, idx, value in saved:

@@ -87,7 +87,12 @@ def _tasks_with_targets(data: MultiTaskDataset, tasks: Sequence[Task]) -> list[T
 
 
 def batch_loader(
-    data: MultiTaskDataset | Iterable[Any], tasks: Sequence[Task], batch_size: int, *, shuffle: bool, seed: int
+    data: MultiTaskDataset | Iterable[Any],
+    tasks: Sequence[Task],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
 ) -> Iterable[Any]:
     """A loader over one dataset (validated against ``tasks``), or a user's iterable of batches as it is."""
     if isinstance(data, MultiTaskDataset):
@@ -252,7 +257,8 @@ class PerTaskLoader:
         by_name = {t.name: t for t in tasks}
         self.task_names = tuple(sources)
         self.streams = [
-            TaskStream(ds, by_name[name], batch_size=batch_size, shuffle=False) for name, ds in sources.items()
+            TaskStream(ds, by_name[name], batch_size=batch_size, shuffle=False)
+            for name, ds in sources.items()
         ]
 
     def __iter__(self) -> Iterator[Batch]:

@@ -32,6 +32,7 @@ from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping, resolve_monitor
+from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.progress import ProgressDisplay
 from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible, resolve_schedule
 from mtlkit.training.scope import detach_untrained, frozen_rows
@@ -90,7 +91,10 @@ class Trainer:
         grad_clip_norm: clip the global gradient norm to this value (off by default).
         progress: show a live progress bar (default: when stderr is a terminal).
         log_epochs: print a one-line summary after every epoch.
-        log_dir: write TensorBoard scalars here (needs ``pip install 'mtlkit[tensorboard]'``).
+        log_dir: write TensorBoard events here (losses, weights, metrics, learning rate, gate
+            histograms; see :class:`~mtlkit.training.TensorBoardLogger`; needs
+            ``pip install 'mtlkit[tensorboard]'``).
+        logger: an :class:`~mtlkit.training.EpochLogger` to call instead (overrides ``log_dir``).
         console: rich console for the epoch lines and the progress bar.
         schedule: which task(s) each step trains and where its batch comes from: a
             :class:`~mtlkit.training.TaskSchedule` or a registry name (``"joint"`` (default),
@@ -130,6 +134,7 @@ class Trainer:
         console: Console | None = None,
         schedule: TaskSchedule | str | None = None,
         per_task_optimizers: bool = False,
+        logger: EpochLogger | None = None,
     ) -> None:
         self.tasks = tuple(tasks)
         self.task_names = task_names(self.tasks)
@@ -186,7 +191,9 @@ class Trainer:
         self.progress = progress
         self.log_epochs = log_epochs
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self._writer: Any = None
+        if logger is None and self.log_dir is not None:
+            logger = TensorBoardLogger(self.log_dir)
+        self._logger = logger
         # training progress
         self.epoch = 0  # epochs completed
         self.step = 0
@@ -278,19 +285,6 @@ class Trainer:
         found = list(self.task_schedulers.values()) if self.task_schedulers is not None else [self.scheduler]
         return [s for s in found if s is not None]
 
-    def _writer_or_none(self) -> Any:
-        if self.log_dir is None:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    "TensorBoard logging needs the tensorboard package: pip install 'mtlkit[tensorboard]'"
-                ) from None
-            self._writer = SummaryWriter(str(self.log_dir))
-        return self._writer
-
     # ------------------------------------------------------------------ data helpers
     def _loader(self, data: DataLike, batch_size: int, shuffle: bool) -> Iterable[Any]:
         if is_per_task(data):  # each task's labelled rows with only its targets, in order
@@ -363,6 +357,8 @@ class Trainer:
             train, self.tasks, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
         )
         val_loader = self._loader(val, batch_size, shuffle=False) if val is not None else None
+        if self._logger is not None:
+            self._logger.watch(val_loader)
         display = ProgressDisplay(self.progress, self.console)
         try:
             while self.epoch < epochs:
@@ -392,8 +388,8 @@ class Trainer:
                     break
         finally:
             display.close()
-            if self._writer is not None:
-                self._writer.flush()
+            if self._logger is not None:
+                self._logger.flush()
         if (
             early_stopping is not None
             and early_stopping.restore_best
@@ -443,12 +439,11 @@ class Trainer:
             present = (counts > 0).double()
             weight_sum[0] += result.weights.double() * present
             weight_sum[1] += present
+            if self._logger is not None:
+                self._logger.log_step(self.step, result)
             if n_batches % refresh == 0:
                 means = self._check_finite(sums, epoch)
                 display.update(refresh, self.task_names, means)
-                writer = self._writer_or_none()
-                if writer is not None:
-                    writer.add_scalar("train/total_loss", float(result.total), self.step)
         if n_batches == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         means = self._check_finite(sums, epoch)
@@ -635,19 +630,8 @@ class Trainer:
         return best["bad_epochs"] > early_stopping.patience
 
     def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
-        writer = self._writer_or_none()
-        if writer is not None:
-            e = record["epoch"]
-            for t, v in record["train"].items():
-                writer.add_scalar(f"train_loss/{t}", v, e)
-            for t, v in record["weights"].items():
-                writer.add_scalar(f"weight/{t}", v, e)
-            for t, ms in record.get("val", {}).items():
-                for m, v in ms.items():
-                    writer.add_scalar(f"val/{t}/{m}", v, e)
-            writer.add_scalar("lr", record["lr"][0], e)
-            for t, n in record.get("steps", {}).items():
-                writer.add_scalar(f"steps/{t}", n, e)
+        if self._logger is not None:
+            self._logger.log_epoch(record, self._core)
         if self.log_epochs:
             train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
             if "steps" in record:
