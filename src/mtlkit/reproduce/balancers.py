@@ -67,7 +67,7 @@ class Balancers:
                 "dim": 100,
                 "seed": 0,
             },
-            "optimizer": {"name": "adam", "lr": 1e-3},
+            "optimizer": {"name": "adam", "lr": 1e-2},
             "trainer": {"epochs": scale["epochs"], "batch_size": 128},
             "delta_m_metrics": ["mse"],
         }
@@ -144,7 +144,10 @@ class Balancers:
         _, skipped_a = registered_without_required(FAMILIES["aggregator"].registry)
         skipped = {**skipped_w, **skipped_a}
         n = max((r["runs"] for r in rows), default=0)
+        cfg = results[0].experiment.config
         notes = [
+            f"Data: {_describe_data(cfg.data)}. Training: Adam (lr {cfg.optimizer.get('lr')}), batch "
+            f"{cfg.trainer.batch_size}, {cfg.trainer.epochs} epochs, no early stopping.",
             f"Mean ± std over {n} seeds (model initialisation; one fixed data set). Weightings run with the "
             "plain summed gradient, aggregators with equal weighting; all with MMoE (8 experts of 16 units, "
             "towers of 8). Δm: mean relative test-MSE improvement over the single-task models, in %, "
@@ -183,3 +186,12 @@ class Balancers:
             + ".\n"
         )
         return Report(md, files)
+
+
+def _describe_data(data: dict[str, Any]) -> str:
+    if data.get("name") in ("synthetic_correlation", "synthetic"):
+        return (
+            f"MMoE synthetic regression pair, correlation {data.get('correlation')}, "
+            f"{data.get('n_train'):,} training and {data.get('n_test'):,} test samples"
+        )
+    return str(data.get("name"))

@@ -189,7 +189,10 @@ class MMoESynthetic:
         ]
         n_seeds = max((r["runs"] for r in rows), default=0)
         test = f" on {n_test:,} held-out samples" if isinstance(n_test, int) else ""
+        cfg = results[0].experiment.config
         notes = [
+            f"Setup: {cfg.data.get('n_train'):,} training samples per run, input dim {cfg.data.get('dim')}, "
+            f"Adam, batch {cfg.trainer.batch_size}, {cfg.trainer.epochs} epochs, no early stopping.",
             f"Mean ± std over {n_seeds} runs per model and correlation; each run draws its own data "
             f"(data seed = run seed) and initialisation. Test MSE{test} (label noise floor 0.01). Final "
             "train loss: the last epoch's training loss averaged over both tasks, with its minimum and "
