@@ -3,7 +3,6 @@ with the gate analysis of its Figure 6 on the same runs."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from mtlkit.analysis import GateStats, final_values, plot_gate_distributions
 from mtlkit.experiment import RunResult, aggregate
 from mtlkit.report import write_tables
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Settings
+from mtlkit.reproduce._trained import run_gate_statistics
 from mtlkit.reproduce.plots import plot_panel_curves, plot_panel_histograms
 from mtlkit.reproduce.tables import Column, markdown_table, mean_std, write_table
 
@@ -88,8 +88,6 @@ class MMoESynthetic:
                         "compare": {label: {"model": dict(spec)} for label, spec in MODELS.items()},
                         "baseline": "single_task",
                         "delta_m_metrics": ["mse"],
-                        # gates.json of the first seed's MoE models (Figure 6)
-                        "plots": s == seeds[0],
                     }
                     key = f"p{p}-lr{lr:g}-seed{s}"
                     jobs.append(Job(key=key, config=config, meta={"correlation": p, "lr": lr, "seed": s}))
@@ -273,13 +271,10 @@ def _nan_last(v: float) -> float:
 
 
 def _gates_of(runs: Sequence[RunResult], label: str) -> dict[str, GateStats]:
-    """The gate statistics (``gates.json``) of the first run of ``label`` that wrote them."""
-    for r in runs:
-        path = r.run_dir / "gates.json"
-        if r.label == label and path.is_file():
-            raw = json.loads(path.read_text())
-            return {name: GateStats.from_dict(d) for name, d in raw.items()}
-    return {}
+    """Gate statistics over the test split of the first-seed run of ``label`` (rebuilt from its
+    checkpoint), or ``{}`` when there is no such run."""
+    candidates = sorted((r for r in runs if r.label == label), key=lambda r: r.seed)
+    return run_gate_statistics(candidates[0].run_dir) if candidates else {}
 
 
 def _gate_row(p: float, stats: Mapping[str, GateStats]) -> dict[str, Any]:

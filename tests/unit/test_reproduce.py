@@ -1,0 +1,333 @@
+"""mtlkit.reproduce: recipes build valid configs, reports computed against hand computations,
+tables and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mtlkit.config.components import FAMILIES
+from mtlkit.config.load import resolve
+from mtlkit.errors import ConfigError, UnknownComponentError
+from mtlkit.experiment import ExperimentResult, RunResult
+from mtlkit.reproduce import (
+    REPRODUCTIONS,
+    Column,
+    Job,
+    JobResult,
+    Reproduction,
+    Settings,
+    list_reproductions,
+    markdown_table,
+    mean_std,
+    plan_reproduction,
+    write_table,
+)
+from mtlkit.reproduce._base import registered_without_required
+from mtlkit.reproduce.balancers import Balancers
+from mtlkit.reproduce.mmoe_synthetic import MODELS, MMoESynthetic
+from mtlkit.reproduce.plots import mean_train_loss, plot_bars, plot_panel_curves, plot_panel_histograms
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_registry_lists_every_reproduction_with_description_and_time() -> None:
+    listed = list_reproductions()
+    assert {"mmoe-synthetic", "balancers"} <= set(listed)
+    for name, info in listed.items():
+        cls = REPRODUCTIONS.get(name)
+        assert info["summary"] and info["summary"] == cls.__doc__.strip().splitlines()[0]
+        assert info["paper"] and 0 < info["minutes"] <= 15, name
+        assert cls.threads is None or cls.threads >= 1
+
+
+def test_aliases_and_unknown_names() -> None:
+    assert REPRODUCTIONS.canonical("mmoe_synthetic") == "mmoe-synthetic"
+    with pytest.raises(
+        UnknownComponentError, match=r"Unknown reproduction 'mmoe-synthetc'\. Did you mean 'mmoe-synthetic'\?"
+    ):
+        plan_reproduction("mmoe-synthetc")
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["default", "full"])
+@pytest.mark.parametrize("name", REPRODUCTIONS.names())
+def test_every_recipe_builds_valid_configs(name: str, full: bool) -> None:
+    # two seeds keep --full's 1800 mmoe-synthetic jobs (10 s to validate) to 18; the rest is --full's
+    recipe, settings, planned = plan_reproduction(name, full=full, seeds=2 if full else None)
+    assert isinstance(recipe, Reproduction) and planned and settings.full is full
+    keys = [job.key for job, _ in planned]
+    assert len(set(keys)) == len(keys)
+    for job, experiment in planned:
+        assert experiment.config.name == job.key
+        assert experiment.variants  # validated by the same schema as `mtlkit run`
+
+
+def test_overrides_reach_every_job_and_bad_ones_are_reported_once() -> None:
+    _, _, planned = plan_reproduction(
+        "mmoe-synthetic", seeds=2, overrides=["trainer.epochs=2", "data.n_train=64"]
+    )
+    assert len(planned) == 3 * 2
+    for _, exp in planned:
+        for cfg in exp.variants.values():
+            assert cfg.trainer.epochs == 2 and cfg.data["n_train"] == 64
+    with pytest.raises(ConfigError, match="trainer.epoch: unknown key. Did you mean 'epochs'?") as info:
+        plan_reproduction("mmoe-synthetic", overrides=["trainer.epoch=2"])
+    assert len(info.value.problems) == 1  # 9 jobs, one problem
+    assert "reproduction 'mmoe-synthetic' with overrides" in str(info.value)
+
+
+def test_seed_settings() -> None:
+    assert Settings().seed_list(default=3, full=200) == [0, 1, 2]
+    assert Settings(full=True).seed_list(default=3, full=200) == list(range(200))
+    assert Settings(seeds=(5, 7)).seed_list(default=3, full=200) == [5, 7]
+    _, settings, _ = plan_reproduction("balancers", seeds=[4, 9])
+    assert settings.seeds == (4, 9)
+    with pytest.raises(
+        ConfigError, match=r"seeds: must be a positive number of seeds or a list of seeds; got 0\."
+    ):
+        plan_reproduction("balancers", seeds=0)
+    with pytest.raises(ConfigError, match=r"seeds: must be distinct; got \[1, 1\]\."):
+        plan_reproduction("balancers", seeds=[1, 1])
+
+
+# ------------------------------------------------------------------------------------------ mmoe-synthetic
+def test_mmoe_synthetic_follows_the_paper_setup() -> None:
+    # Section 5.1: 8 experts of 16 units, towers of 8: 100*16*8 + 16*8*2 = 13056 weights; the
+    # shared bottom is 13056 / (100 + 8*2) ~ 113 units wide.
+    assert 100 * 16 * 8 + 16 * 8 * 2 == 13056
+    assert MODELS["shared_bottom"]["bottom_dims"] == [round(13056 / (100 + 8 * 2))] == [113]
+    for moe in ("mmoe", "omoe"):
+        assert MODELS[moe]["num_experts"] == 8 and MODELS[moe]["expert_dims"] == [16]
+        assert MODELS[moe]["tower_dims"] == [8]
+    assert MODELS["shared_bottom"]["tower_dims"] == [8]
+    assert MMoESynthetic.correlations == (1.0, 0.9, 0.5)
+    # "200 runs with independent random data generation and model initialization", lr grid
+    assert MMoESynthetic.full["seeds"] == 200
+    assert MMoESynthetic.full["lrs"] == (1e-4, 1e-3, 1e-2)
+    jobs = MMoESynthetic().plan(Settings(seeds=(3, 4)))
+    assert len(jobs) == 3 * 2
+    for job in jobs:
+        data = job.config["data"]
+        assert data["dim"] == 100 and data["correlation"] == job.meta["correlation"]
+        assert data["seed"] == job.meta["seed"] == job.config["seeds"][0]  # fresh data every run
+        assert set(job.config["compare"]) == {"single_task", "shared_bottom", "omoe", "mmoe"}
+
+
+def _hist(final: float, epochs: int = 3) -> list[dict[str, Any]]:
+    # training loss falls linearly to `final` (both tasks equal)
+    return [
+        {"epoch": e, "train": {"y1": final + (epochs - e), "y2": final + (epochs - e)}}
+        for e in range(1, epochs + 1)
+    ]
+
+
+def _run(label: str, seed: int, y1: float, y2: float, final: float, tmp: Path) -> RunResult:
+    return RunResult(
+        label=label,
+        seed=seed,
+        run_dir=tmp / label / str(seed),
+        split="test",
+        metrics={"y1": {"loss": y1, "mse": y1, "mae": 1.0}, "y2": {"loss": y2, "mse": y2, "mae": 1.0}},
+        params=100,
+        seconds=2.0,
+        epochs=3,
+        best_epoch=None,
+        directions={
+            "y1": {"loss": False, "mse": False, "mae": False},
+            "y2": {"loss": False, "mse": False, "mae": False},
+        },
+        history=_hist(final),
+    )
+
+
+def _job_result(job: Job, runs: list[RunResult], tmp: Path, data_info: dict[str, Any]) -> JobResult:
+    experiment = resolve({**job.config, "name": job.key})
+    return JobResult(job, experiment, ExperimentResult(tmp, runs, {"data": data_info}))
+
+
+def test_mmoe_synthetic_report_against_hand_computation(tmp_path: Path) -> None:
+    recipe = MMoESynthetic()
+    settings = Settings(seeds=(0, 1))
+    # two learning rates, one correlation: omoe is better at lr 0.01, single_task at lr 0.001
+    results = []
+    values = {  # (label, lr) -> per seed (y1, y2, final train loss)
+        ("single_task", 0.001): [(0.4, 0.6, 0.2), (0.6, 0.4, 0.4)],
+        ("single_task", 0.01): [(1.0, 1.0, 0.9), (1.0, 1.0, 0.7)],
+        ("omoe", 0.001): [(0.5, 0.5, 0.5), (0.5, 0.5, 0.5)],
+        ("omoe", 0.01): [(0.25, 0.5, 0.1), (0.35, 0.3, 0.3)],
+    }
+    for lr in (0.001, 0.01):
+        for seed in (0, 1):
+            config = {**recipe.plan(settings)[0].config}
+            config = {
+                **config,
+                "optimizer": {"name": "adam", "lr": lr},
+                "data": {**config["data"], "seed": seed},
+                "compare": {k: v for k, v in config["compare"].items() if k in ("single_task", "omoe")},
+            }
+            job = Job(key=f"p1.0-lr{lr}-seed{seed}", config=config, meta={})
+            runs = [
+                _run(label, seed, *values[(label, lr)][seed][:2], values[(label, lr)][seed][2], tmp_path)
+                for label in ("single_task", "omoe")
+            ]
+            results.append(_job_result(job, runs, tmp_path, {"label_correlation": 0.9 + 0.02 * seed}))
+    report = recipe.report(results, tmp_path, settings)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["single_task"]["lr"] == 0.001 and by_model["omoe"]["lr"] == 0.01  # lowest mean final loss
+    assert by_model["omoe"]["pearson"] == pytest.approx(0.91)
+    assert by_model["omoe"]["y1/mse"] == pytest.approx(0.3)
+    assert by_model["omoe"]["y1/mse_std"] == pytest.approx(statistics.stdev([0.25, 0.35]))
+    assert by_model["omoe"]["final_train"] == pytest.approx(0.2)
+    assert (by_model["omoe"]["final_train_min"], by_model["omoe"]["final_train_max"]) == pytest.approx(
+        (0.1, 0.3)
+    )
+    # Δm of the means vs single-task (lr 0.001): y1 (0.5 - 0.3)/0.5, y2 (0.5 - 0.4)/0.5
+    assert by_model["omoe"]["delta_m"] == pytest.approx(100 * (0.4 + 0.2) / 2)
+    assert by_model["single_task"]["delta_m"] == 0.0
+    grid = json.loads((tmp_path / "lr_grid.json").read_text())["rows"]
+    assert {(g["model"], g["lr"]): g["final_train"] for g in grid} == pytest.approx(
+        {("single_task", 0.001): 0.3, ("single_task", 0.01): 0.8, ("omoe", 0.001): 0.5, ("omoe", 0.01): 0.2}
+    )
+    assert "| 1.0 | 0.910 | omoe | 0.01 | 2 |" in report.markdown
+    assert "0.3000 ± 0.0707" in report.markdown and "+30.00%" in report.markdown
+    for name in ("figure4_loss_curves.png", "figure5_final_loss_histogram.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert not (tmp_path / "figure6_mmoe_gates.png").exists()  # no mmoe run: no gate figure
+
+
+# ------------------------------------------------------------------------------------------ balancers
+def test_balancers_covers_every_registered_method() -> None:
+    jobs = Balancers().plan(Settings())
+    weightings, skipped_w = registered_without_required(FAMILIES["weighting"].registry)
+    aggregators, _ = registered_without_required(FAMILIES["aggregator"].registry)
+    assert "static" in skipped_w and "static" not in weightings
+    assert skipped_w["static"] == "needs 'weights', which has no default"
+    assert [j.meta["method"] for j in jobs] == ["single_task", *weightings, *aggregators]
+    assert set(weightings) | {"static"} == set(FAMILIES["weighting"].registry.names())
+    assert set(aggregators) == set(FAMILIES["aggregator"].registry.names())
+    for job in jobs:
+        if job.meta["kind"] == "aggregator":
+            assert job.config["aggregator"]["name"] == job.meta["method"] and "weighting" not in job.config
+        elif job.meta["kind"] == "weighting":
+            assert job.config["weighting"]["name"] == job.meta["method"] and "aggregator" not in job.config
+        assert job.config["seeds"] == [0, 1, 2]
+
+
+def test_balancers_report_sorted_by_delta_m(tmp_path: Path) -> None:
+    recipe = Balancers()
+    settings = Settings(seeds=(0, 1))
+    jobs = {j.key: j for j in recipe.plan(settings)}
+    picks = {  # key -> per seed (y1, y2)
+        "single_task": [(1.0, 1.0), (1.0, 1.0)],
+        "weighting-uncertainty": [(0.9, 1.1), (0.9, 1.1)],  # Δm 0
+        "aggregator-pcgrad": [(0.5, 1.0), (0.7, 1.0)],  # Δm (0.4 + 0) / 2 = 20%
+        "weighting-dwa": [(1.5, 1.0), (1.5, 1.0)],  # -25%
+    }
+    results = []
+    for key, vals in picks.items():
+        runs = [_run(key, s, y1, y2, 0.1, tmp_path) for s, (y1, y2) in enumerate(vals)]
+        for r in runs:
+            r.history = [{**h, "weights": {"y1": 1.0, "y2": 2.0}} for h in r.history]
+        results.append(_job_result(jobs[key], runs, tmp_path, {}))
+    report = recipe.report(results, tmp_path, settings)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["pcgrad", "single_task", "uncertainty", "dwa"]
+    assert [r["delta_m"] for r in rows] == pytest.approx([20.0, 0.0, 0.0, -25.0])
+    assert rows[0]["kind"] == "aggregator" and rows[0]["y1/mse_std"] == pytest.approx(
+        statistics.stdev([0.5, 0.7])
+    )
+    with (tmp_path / "results.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["method", "kind", "y1/mse", "y1/mse_std"] and "delta_m_std" in header
+    assert "Not run: static (needs 'weights', which has no default)." in report.markdown
+    for name in ("delta_m.png", "weights.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+# ------------------------------------------------------------------------------------------ tables
+def test_mean_std_matches_statistics() -> None:
+    vals = [0.3, 0.1, 0.7, 0.4]
+    assert mean_std(vals) == pytest.approx((statistics.fmean(vals), statistics.stdev(vals)))
+    assert mean_std([2.5]) == (2.5, 0.0)
+    assert all(math.isnan(v) for v in mean_std([1.0, math.nan]))
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_write_table_formats_and_round_trips(tmp_path: Path) -> None:
+    cols = [
+        Column("model", "model", "text"),
+        Column("n", "params", "int"),
+        Column("auc", "AUC ↑", "mean_std"),
+        Column("dm", "Δm", "percent_std"),
+        Column("t", "s/run", "seconds"),
+        Column("paper", "paper", "float", 3),
+    ]
+    rows = [
+        {
+            "model": "mmoe",
+            "n": 12345,
+            "auc": 0.94101,
+            "auc_std": 0.0012,
+            "dm": 1.234,
+            "dm_std": 0.5,
+            "t": 3.21,
+            "paper": 0.941,
+        },
+        {
+            "model": "st",
+            "n": 10,
+            "auc": math.nan,
+            "auc_std": math.nan,
+            "dm": -2.0,
+            "dm_std": math.nan,
+            "t": 1.0,
+        },
+    ]
+    md = markdown_table(rows, cols, title="T", notes=["note one", "note two"])
+    assert md.splitlines()[:4] == [
+        "## T",
+        "",
+        "| model | params | AUC ↑ | Δm | s/run | paper |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    assert "| mmoe | 12,345 | 0.9410 ± 0.0012 | +1.23% ± 0.50 | 3.2 | 0.941 |" in md
+    assert "| st | 10 | n/a | -2.00% | 1.0 |  |" in md  # missing column: empty; NaN: n/a
+    assert md.rstrip().endswith("note one\n\nnote two")
+    paths = write_table(rows, cols, tmp_path, "t", title="T", notes=["n"], extra={"k": 1})
+    with paths["csv"].open() as f:
+        got = list(csv.DictReader(f))
+    assert list(got[0]) == ["model", "n", "auc", "auc_std", "dm", "dm_std", "t", "paper"]
+    assert float(got[0]["auc"]) == 0.94101 and got[1]["auc"] == "nan" and got[1]["paper"] == ""
+    payload = json.loads(paths["json"].read_text())
+    assert payload["rows"][1]["auc"] is None and payload["extra"] == {"k": 1}
+    assert [c["key"] for c in payload["columns"]] == [c.key for c in cols]
+    assert paths["md"].read_text().startswith("# T\n")
+
+
+# ------------------------------------------------------------------------------------------ plots
+def test_panel_plots_draw_the_data(tmp_path: Path) -> None:
+    hists = {"a": [_hist(0.5), _hist(0.7)], "b": [_hist(0.2)]}
+    assert mean_train_loss(hists["a"][0][-1]) == 0.5 and mean_train_loss({"epoch": 1}) is None
+    fig = plot_panel_curves({"p1": hists, "p2": {"a": [_hist(1.0)]}}, path=tmp_path / "c.png")
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.lines if ln.get_label() == "a")
+    np.testing.assert_allclose(line.get_ydata(), [2.6, 1.6, 0.6])  # mean of the two runs per epoch
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+    vals = {"a": [0.1, 0.2, 0.2, 0.9], "b": [0.5, math.nan]}
+    fig = plot_panel_histograms({"p": vals}, bins=4, path=tmp_path / "h.png")
+    patches = {p.get_label(): p for p in fig.axes[0].patches}
+    edges = np.linspace(0.1, 0.9, 5)
+    np.testing.assert_array_equal(patches["a"].get_data().values, np.histogram(vals["a"], edges)[0])
+    np.testing.assert_array_equal(patches["b"].get_data().values, [0, 0, 1, 0])
+    fig = plot_bars(["x", "y"], [3.0, -1.5], [0.5, math.nan], path=tmp_path / "b.png")
+    assert [p.get_width() for p in fig.axes[0].patches] == [3.0, -1.5]
+    assert (tmp_path / "b.png").read_bytes()[:8] == PNG
