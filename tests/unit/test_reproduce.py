@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from mtlkit.config.components import FAMILIES
 from mtlkit.config.load import resolve
@@ -166,7 +167,7 @@ def test_mmoe_synthetic_report_against_hand_computation(tmp_path: Path) -> None:
     }
     for lr in (0.001, 0.01):
         for seed in (0, 1):
-            config = {**recipe.plan(settings)[0].config}
+            config = dict(recipe.plan(settings)[0].config)
             config = {
                 **config,
                 "optimizer": {"name": "adam", "lr": lr},
@@ -190,15 +191,21 @@ def test_mmoe_synthetic_report_against_hand_computation(tmp_path: Path) -> None:
     assert (by_model["omoe"]["final_train_min"], by_model["omoe"]["final_train_max"]) == pytest.approx(
         (0.1, 0.3)
     )
-    # Δm of the means vs single-task (lr 0.001): y1 (0.5 - 0.3)/0.5, y2 (0.5 - 0.4)/0.5
-    assert by_model["omoe"]["delta_m"] == pytest.approx(100 * (0.4 + 0.2) / 2)
-    assert by_model["single_task"]["delta_m"] == 0.0
+    # Δm per seed against the single-task run of the same seed (lr 0.001), then mean ± std:
+    # seed 0: y1 (0.4 - 0.25)/0.4, y2 (0.6 - 0.5)/0.6; seed 1: y1 (0.6 - 0.35)/0.6, y2 (0.4 - 0.3)/0.4
+    paired = [100 * (0.15 / 0.4 + 0.1 / 0.6) / 2, 100 * (0.25 / 0.6 + 0.1 / 0.4) / 2]
+    assert by_model["omoe"]["delta_m"] == pytest.approx(statistics.fmean(paired))
+    assert by_model["omoe"]["delta_m_std"] == pytest.approx(statistics.stdev(paired))
+    assert (by_model["single_task"]["delta_m"], by_model["single_task"]["delta_m_std"]) == (0.0, 0.0)
+    # the per-correlation comparison keeps run_experiment's Δm of the means: (0.5-0.3)/0.5, (0.5-0.4)/0.5
+    comparison = json.loads((tmp_path / "tables" / "p1.0" / "comparison.json").read_text())
+    assert comparison["labels"]["omoe"]["delta_m"] == pytest.approx(100 * (0.4 + 0.2) / 2)
     grid = json.loads((tmp_path / "lr_grid.json").read_text())["rows"]
     assert {(g["model"], g["lr"]): g["final_train"] for g in grid} == pytest.approx(
         {("single_task", 0.001): 0.3, ("single_task", 0.01): 0.8, ("omoe", 0.001): 0.5, ("omoe", 0.01): 0.2}
     )
     assert "| 1.0 | 0.910 | omoe | 0.01 | 2 |" in report.markdown
-    assert "0.3000 ± 0.0707" in report.markdown and "+30.00%" in report.markdown
+    assert "0.3000 ± 0.0707" in report.markdown and "+30.21% ± 4.42" in report.markdown
     for name in ("figure4_loss_curves.png", "figure5_final_loss_histogram.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert not (tmp_path / "figure6_mmoe_gates.png").exists()  # no mmoe run: no gate figure
@@ -331,3 +338,19 @@ def test_panel_plots_draw_the_data(tmp_path: Path) -> None:
     fig = plot_bars(["x", "y"], [3.0, -1.5], [0.5, math.nan], path=tmp_path / "b.png")
     assert [p.get_width() for p in fig.axes[0].patches] == [3.0, -1.5]
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+def test_synthetic_shape_seed_fixes_the_sine_terms_only() -> None:
+    from mtlkit.data import synthetic_correlation
+
+    a = synthetic_correlation(50, 0.5, dim=6, seed=0, shape_seed=7)
+    b = synthetic_correlation(50, 0.5, dim=6, seed=1, shape_seed=7)
+    plain = synthetic_correlation(50, 0.5, dim=6, seed=0)
+    g = torch.Generator().manual_seed(7)
+    alpha = torch.randn(10, generator=g, dtype=torch.float64).tolist()
+    beta = torch.randn(10, generator=g, dtype=torch.float64).tolist()
+    assert a.info["alpha"] == b.info["alpha"] == alpha and a.info["beta"] == b.info["beta"] == beta
+    assert plain.info["alpha"] != alpha and plain.info["shape_seed"] is None
+    torch.testing.assert_close(a.inputs, plain.inputs)  # x (and u, noise) still come from `seed`
+    assert not torch.equal(a.targets["y1"], plain.targets["y1"])
+    assert not torch.equal(a.inputs, b.inputs)

@@ -29,7 +29,9 @@ def load_trained(
     rd = Path(run_dir)
     cfg_path = rd / "config.yaml"
     if not cfg_path.is_file():
-        raise CheckpointError(f"{str(rd)!r} has no config.yaml; is it a run directory written by `mtlkit run`?")
+        raise CheckpointError(
+            f"{str(rd)!r} has no config.yaml; is it a run directory written by `mtlkit run`?"
+        )
     cfg = next(iter(resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path)).variants.values()))
     splits = splits if splits is not None else build_data(cfg.data)
     seed_everything(cfg.seed)
@@ -40,7 +42,9 @@ def load_trained(
     return model.eval(), splits
 
 
-def run_gate_statistics(run_dir: str | os.PathLike[str], *, max_samples: int = 10_000) -> dict[str, GateStats]:
+def run_gate_statistics(
+    run_dir: str | os.PathLike[str], *, max_samples: int = 10_000
+) -> dict[str, GateStats]:
     """Gate statistics (:func:`mtlkit.analysis.gate_statistics`) of a run's trained model over the
     run's test split (validation, then training split, when it has none)."""
     model, splits = load_trained(run_dir)
