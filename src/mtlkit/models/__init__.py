@@ -8,7 +8,9 @@ from mtlkit.models import backbones
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models.aitm import AITM, AdaptiveInformationTransfer, aitm
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
+from mtlkit.models.esmm import ESMM, esmm
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
 from mtlkit.models.single_task import SingleTask, single_task
@@ -16,9 +18,12 @@ from mtlkit.registries import MODELS
 
 __all__ = [
     "ACTIVATIONS",
+    "AITM",
     "BACKBONES",
+    "ESMM",
     "MLP",
     "MODELS",
+    "AdaptiveInformationTransfer",
     "EmbeddingFrontEnd",
     "ExpertMLPs",
     "InputLayerLike",
@@ -28,7 +33,9 @@ __all__ = [
     "SharedBottom",
     "SingleTask",
     "SoftmaxGates",
+    "aitm",
     "backbones",
+    "esmm",
     "make_activation",
     "make_input_layers",
     "mmoe",

@@ -176,6 +176,9 @@ class Trainer:
 
     @property
     def _has_encoder(self) -> bool:
+        flag = getattr(self._core, "has_representation", None)  # MultiTaskModel (wrappers answer for their base)
+        if isinstance(flag, bool):
+            return flag
         return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
             self._core, "decode"
         )
