@@ -35,7 +35,9 @@ def test_task_sets_train_different_losses_on_the_same_tasks() -> None:
     assert [t.train for t in esmm] == [True, True, False]
     assert [t.train for t in clicked] == [True, False, True]
     assert [t.logits for t in esmm] == [True, False, False]
-    with pytest.raises(ValueError, match="task_set must be 'esmm' or 'clicked_cvr'; got 'x'"):
+    funnel = ctr_cvr_tasks("funnel")
+    assert [(t.name, t.logits, t.train) for t in funnel] == [("ctr", True, True), ("ctcvr", True, True)]
+    with pytest.raises(ValueError, match="task_set must be 'esmm', 'clicked_cvr' or 'funnel'; got 'x'"):
         ctr_cvr_tasks("x")  # type: ignore[arg-type]
 
 

@@ -6,10 +6,11 @@ Every impression has a click label; a conversion can only follow a click. The ta
 - ``ctcvr``: click AND conversion (all impressions);
 - ``cvr``: conversion given click, defined on clicked impressions only (NaN elsewhere).
 
-Two task sets train different losses on the same targets (see :func:`ctr_cvr_tasks`):
-``"esmm"`` trains ``ctr`` and ``ctcvr`` over all impressions and only evaluates ``cvr`` (Ma et al.
-2018); ``"clicked_cvr"`` trains ``ctr`` and a ``cvr`` loss on clicked impressions only and only
-evaluates ``ctcvr`` (the paper's BASE). Both give the same task names, so runs compare directly.
+Task sets train different losses on the same targets (see :func:`ctr_cvr_tasks`): ``"esmm"``
+trains ``ctr`` and ``ctcvr`` over all impressions and only evaluates ``cvr`` (Ma et al. 2018);
+``"clicked_cvr"`` trains ``ctr`` and a ``cvr`` loss on clicked impressions only and only evaluates
+``ctcvr`` (the paper's BASE). Both give the same task names, so runs compare directly.
+``"funnel"`` has ``ctr`` and ``ctcvr`` as logits (AITM, or any model with one logit per task).
 
 The real samples (``ali_ccp_sample``, ``aliexpress_sample``) are read from the path the user gives
 (or ``$MTLKIT_DATA``), checked against their SHA-256 and parsed into tabular inputs
@@ -45,11 +46,11 @@ __all__ = [
     "ctr_cvr_tasks",
 ]
 
-TaskSet = Literal["esmm", "clicked_cvr"]
+TaskSet = Literal["esmm", "clicked_cvr", "funnel"]
 
 
 def ctr_cvr_tasks(task_set: TaskSet = "esmm") -> tuple[Task, ...]:
-    """The tasks ``ctr``, ``ctcvr``, ``cvr`` of CTR/CVR data, trained as ``task_set`` says.
+    """The tasks of CTR/CVR data (``ctr``, ``ctcvr``, ``cvr``), trained as ``task_set`` says.
 
     - ``"esmm"``: ``ctr`` (logits) and ``ctcvr`` (a probability) are trained over all impressions;
       ``cvr`` (a probability) is evaluated only (``Task(train=False)``). For the ``esmm`` model.
@@ -57,9 +58,13 @@ def ctr_cvr_tasks(task_set: TaskSet = "esmm") -> tuple[Task, ...]:
       (its labels are NaN elsewhere); ``ctcvr`` is evaluated only. With the ``esmm`` model this
       is the paper's BASE: the same network, pCTCVR = pCTR x pCVR, but the CVR tower learns from
       clicked impressions.
+    - ``"funnel"``: ``ctr`` and ``ctcvr``, both logits trained over all impressions, no ``cvr``:
+      the steps of a conversion funnel for AITM, or for any model with one logit per task.
     """
+    if task_set == "funnel":
+        return (Task(name="ctr", kind="binary"), Task(name="ctcvr", kind="binary"))
     if task_set not in ("esmm", "clicked_cvr"):
-        raise ValueError(f"task_set must be 'esmm' or 'clicked_cvr'; got {task_set!r}.")
+        raise ValueError(f"task_set must be 'esmm', 'clicked_cvr' or 'funnel'; got {task_set!r}.")
     esmm = task_set == "esmm"
     return (
         Task(name="ctr", kind="binary"),
@@ -236,7 +241,7 @@ def ali_ccp_sample(
         path: the folder holding the files (or its parent); default ``$MTLKIT_DATA``.
         download: fetch missing files from torch-rechub on GitHub (never done otherwise).
         verify: check every file's size and SHA-256.
-        task_set: ``"esmm"`` or ``"clicked_cvr"`` (see :func:`ctr_cvr_tasks`).
+        task_set: ``"esmm"``, ``"clicked_cvr"`` or ``"funnel"`` (see :func:`ctr_cvr_tasks`).
         min_frequency: categories seen fewer times in training map to the unknown bucket.
     """
     files = {"train": "ali_ccp_train_sample.csv", "val": "ali_ccp_val_sample.csv", "test": "ali_ccp_test_sample.csv"}
@@ -264,7 +269,7 @@ def aliexpress_sample(
         path: the folder holding the files (or its parent); default ``$MTLKIT_DATA``.
         download: fetch missing files from torch-rechub on GitHub (never done otherwise).
         verify: check every file's size and SHA-256.
-        task_set: ``"esmm"`` or ``"clicked_cvr"`` (see :func:`ctr_cvr_tasks`).
+        task_set: ``"esmm"``, ``"clicked_cvr"`` or ``"funnel"`` (see :func:`ctr_cvr_tasks`).
         min_frequency: categories seen fewer times in training map to the unknown bucket.
     """
     files = {"train": "aliexpress_train_sample.csv", "val": None, "test": "aliexpress_test_sample.csv"}
