@@ -270,8 +270,8 @@ def test_aitm_forward_matches_a_reference_and_the_calibrator() -> None:
     logits = [model.heads[t](zz) for t, zz in zip(("click", "cart", "buy"), zs)]
     for t, a in zip(("click", "cart", "buy"), logits):
         torch.testing.assert_close(out[t], a)
-    probs = [torch.sigmoid(a).reshape(-1) for a in logits]
-    calib = sum(float(torch.clamp(probs[t] - probs[t - 1], min=0).mean()) for t in (1, 2))
+    probs = [torch.sigmoid(a).reshape(-1).detach() for a in logits]
+    calib = sum(torch.clamp(probs[t] - probs[t - 1], min=0).mean().item() for t in (1, 2))
     assert out["aux/calibrator"].item() == pytest.approx(0.6 * calib, rel=1e-12)
     assert "aux/calibrator" not in aitm(6, FUNNEL, tower_dims=(4,), alpha=0.0)(x.float())
 
