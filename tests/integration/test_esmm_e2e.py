@@ -169,3 +169,13 @@ def test_esmm_pcvr_wins_when_the_clicked_only_model_overfits() -> None:
     for seed in (0, 1, 2):
         r = train_pair(data, epochs=20, seed=seed, early_stopping=False)
         assert r["esmm"]["cvr"]["auc"] > r["clicked_cvr"]["cvr"]["auc"]
+
+
+def test_docs_example_runs() -> None:
+    import re
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "recsys.md"
+    (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(code, str(doc), "exec"), namespace)
+    assert set(namespace["metrics"]) == {"ctr", "ctcvr", "cvr"}
