@@ -208,6 +208,12 @@ def test_nested_base_in_configs_is_validated_with_defaults() -> None:
         p.startswith("model.base: base.num_expert: unknown parameter for model 'mmoe'. Did you mean 'num_experts'?")
         for p in info.value.problems
     )
+    # a variant that renames the nested base replaces it (its old parameters do not leak in)
+    exp = resolve({**raw, "compare": {"independent": {"model": {"base": {"name": "single_task"}}}, "mmoe": {}}})
+    assert exp.variants["independent"].model["base"] == {
+        "name": "single_task", "hidden_dims": (64, 32), "activation": "relu", "dropout": 0.0,
+    }  # fmt: skip
+    assert exp.variants["mmoe"].model["base"]["num_experts"] == 4
 
 
 # ---------------------------------------------------------------------------------------------- evaluation-only tasks

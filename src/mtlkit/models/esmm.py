@@ -44,7 +44,7 @@ def _check_model_spec(spec: Any) -> dict[str, Any]:
 
     resolved, problems = validate_component(_as_spec(spec), FAMILIES["model"], "base")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("; ".join(p.rstrip(".") for p in problems))
     assert resolved is not None
     if resolved["name"] == "esmm":
         raise ValueError("the base of esmm must be a model with a CTR and a CVR output, not esmm itself")
