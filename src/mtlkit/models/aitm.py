@@ -117,6 +117,7 @@ class AITM(MultiTaskModel):
         self.transfers = nn.ModuleDict(dict(transfers))
         self.ait = nn.ModuleDict(dict(ait))
         self.heads = nn.ModuleDict(dict(heads))
+        self._widths: list[int] | None = None  # of [h, z_1, ..., z_{T-1}], set by encode
 
     # ------------------------------------------------------------------ computation
     def _features(self, x: Inputs) -> Tensor:
@@ -156,13 +157,14 @@ class AITM(MultiTaskModel):
         zs: list[Tensor] = []
         for t in self.task_names[:-1]:
             zs.append(self._step(t, zs[-1] if zs else None, h)[0])
+        self._widths = [h.shape[1], *(z.shape[1] for z in zs)]
         return torch.cat([h, *zs], dim=1)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        k = self.ait[self.task_names[-1]].h1.in_features
-        width = rep.shape[1] - (len(self.task_names) - 1) * k
-        zs = list(rep[:, width:].split(k, dim=1))
-        zs.append(self._step(self.task_names[-1], zs[-1], rep[:, :width])[0])
+        if self._widths is None or sum(self._widths) != rep.shape[1]:
+            raise ShapeError("AITM.decode takes the representation returned by AITM.encode; call encode first.")
+        h, *zs = rep.split(self._widths, dim=1)
+        zs.append(self._step(self.task_names[-1], zs[-1], h)[0])
         return self._outputs(zs)
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
