@@ -216,6 +216,9 @@ class Trainer:
 
     @property
     def _has_encoder(self) -> bool:
+        flag = getattr(self._core, "has_representation", None)  # MultiTaskModel (wrappers answer for their base)
+        if isinstance(flag, bool):
+            return flag
         return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
             self._core, "decode"
         )
@@ -353,8 +356,13 @@ class Trainer:
         if resume is not None:
             self.load_checkpoint(resume)
         num_replicas, rank = _distributed()
+        # evaluation-only tasks (Task(train=False)) never get a step or a batch of their own
+        trained = [t for t in self.tasks if t.train] or list(self.tasks)
+        if is_per_task(train) and len(trained) < len(self.tasks):  # their datasets serve evaluation only
+            keep = {t.name for t in trained}
+            train = {k: v for k, v in train.items() if k in keep}  # type: ignore[union-attr]
         plan = self.schedule.bind(
-            train, self.tasks, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
+            train, trained, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
         )
         val_loader = self._loader(val, batch_size, shuffle=False) if val is not None else None
         if self._logger is not None:
