@@ -370,7 +370,9 @@ class Trainer:
     def _stopped_early(self, early_stopping: EarlyStopping | None) -> bool:
         """True when a resumed checkpoint was written by a run that early stopping had ended."""
         best = self._best
-        return early_stopping is not None and best is not None and best["bad_epochs"] > early_stopping.patience
+        return (
+            early_stopping is not None and best is not None and best["bad_epochs"] > early_stopping.patience
+        )
 
     def _check_monitor(self, monitor: str, *, has_val: bool) -> None:
         directions = MultiTaskMetrics(self.tasks).directions()
