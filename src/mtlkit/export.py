@@ -380,7 +380,7 @@ def _embed_preprocessing(
                     [f"mtlkit_pre_cat{j}"],
                     domain="ai.onnx.ml",
                     keys_strings=keys,
-                    values_int64=vals,
+                    values_int64s=vals,
                     default_int64=0,
                 )
             )
@@ -425,7 +425,10 @@ def _embed_preprocessing(
     del graph.node[:]
     graph.node.extend([*nodes, *old_nodes])
     graph.initializer.extend(inits)
-    if not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
+    ml = [o for o in model.opset_import if o.domain == "ai.onnx.ml"]
+    if ml:  # LabelEncoder with keys_strings/values_int64s is ai.onnx.ml version 2 or later
+        ml[0].version = max(ml[0].version, 2)
+    else:
         model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
