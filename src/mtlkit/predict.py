@@ -289,7 +289,7 @@ class Predictor:
             )
         if not columns or len(next(iter(columns.values()))) == 0:
             raise DataError(f"{source} has no data rows; nothing to predict.")
-        preds = self.predict(columns, batch_size=batch_size)
+        preds = self.predict_inputs(self.transform(columns, source=source), batch_size=batch_size)
         table = {c: columns[c] for c in keep}
         pred_cols = output_columns(preds, self.tasks)
         clash = sorted(set(table) & set(pred_cols))
