@@ -266,8 +266,14 @@ def export_model(
             "ignore", message=".*(legacy TorchScript-based ONNX|torch.jit)", category=DeprecationWarning
         )
         if format == "torchscript":
-            traced = torch.jit.trace(wrapper, args, strict=False)
-            traced.save(str(path))
+            flags = [q.requires_grad for q in model.parameters()]
+            try:  # saved as an inference module: its outputs need no autograd graph
+                for q in model.parameters():
+                    q.requires_grad_(False)
+                torch.jit.trace(wrapper, args, strict=False).save(str(path))
+            finally:
+                for q, flag in zip(model.parameters(), flags):
+                    q.requires_grad_(flag)
         else:
             _export_onnx(
                 wrapper, args, path, input_names, keys, exporter=exporter, opset=opset or _OPSETS[exporter]

@@ -75,8 +75,7 @@ def run_export(folder: Path, inputs: Any) -> dict[str, np.ndarray]:
         assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["inputs"]]
         return dict(zip(names, session.run(names, feeds(inputs))))
     module = torch.jit.load(str(folder / "model.pt"))
-    with torch.no_grad():
-        out = module(*positional(inputs, manifest))
+    out = module(*positional(inputs, manifest))  # an inference module: no autograd graph
     return {k: out[k].numpy() for k in names}
 
 
@@ -99,6 +98,7 @@ def predictor_for(name: str) -> tuple[Predictor, Any]:
 def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str, tmp_path: Path) -> None:
     predictor, case = predictor_for(name)
     folder = export_model(predictor, tmp_path / name, format=fmt)  # traced with a batch of 3
+    assert all(p.requires_grad for p in predictor.model.parameters())  # the model is left as it was
     gen = torch.Generator().manual_seed(7)
     for n in (7, 1):  # the batch axis is dynamic
         x = case.inputs(n, gen)
