@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import yaml
@@ -229,6 +228,8 @@ def test_missing_and_extra_columns(tabular_run: Path, tmp_path: Path, capsys) ->
 def test_export_cli_onnx_torchscript_and_embedded_preprocessing(
     tabular_run: Path, tmp_path: Path, capsys
 ) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     assert main(["export", str(tabular_run), "--check"]) == 0
     out = capsys.readouterr().out
     assert f"Exported onnx to {tabular_run / 'export-onnx'}" in out and "max |export - eager|" in out

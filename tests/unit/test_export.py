@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from test_architectures_common import build
@@ -71,6 +70,7 @@ def run_export(folder: Path, inputs: Any) -> dict[str, np.ndarray]:
     manifest = json.loads((folder / "manifest.json").read_text())
     names = [o["name"] for o in manifest["outputs"]]
     if manifest["format"] == "onnx":
+        ort = pytest.importorskip("onnxruntime")
         session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["inputs"]]
         return dict(zip(names, session.run(names, feeds(inputs))))
@@ -86,6 +86,13 @@ def assert_matches(got: dict[str, np.ndarray], want: dict[str, Tensor]) -> None:
         np.testing.assert_allclose(got[key], w.numpy(), rtol=0, atol=ATOL, err_msg=key)
 
 
+def needs(fmt: str) -> None:
+    """ONNX tests skip cleanly without the optional dependencies (pip install 'mtlkit[onnx]')."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+
+
 def predictor_for(name: str) -> tuple[Predictor, Any]:
     model, case = build(name)
     spec = case.input_spec
@@ -96,6 +103,7 @@ def predictor_for(name: str) -> tuple[Predictor, Any]:
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str, tmp_path: Path) -> None:
+    needs(fmt)
     predictor, case = predictor_for(name)
     folder = export_model(predictor, tmp_path / name, format=fmt)  # traced with a batch of 3
     assert all(p.requires_grad for p in predictor.model.parameters())  # the model is left as it was
@@ -106,6 +114,8 @@ def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str
 
 
 def test_dynamo_exporter_matches_the_eager_model(tmp_path: Path) -> None:
+    needs("onnx")
+    pytest.importorskip("onnxscript")
     predictor, case = predictor_for("mmoe")
     folder = export_model(predictor, tmp_path, exporter="dynamo")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -117,6 +127,8 @@ def test_dynamo_exporter_matches_the_eager_model(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_model_exports_with_the_dynamo_exporter(name: str, tmp_path: Path) -> None:
+    needs("onnx")
+    pytest.importorskip("onnxscript")
     predictor, case = predictor_for(name)
     folder = export_model(predictor, tmp_path, exporter="dynamo")
     x = case.inputs(6, torch.Generator().manual_seed(3))
@@ -124,6 +136,7 @@ def test_every_registered_model_exports_with_the_dynamo_exporter(name: str, tmp_
 
 
 def test_raw_outputs_and_the_manifest(tmp_path: Path) -> None:
+    needs("onnx")
     predictor, case = predictor_for("shared_bottom")
     folder = export_model(predictor, tmp_path, activate=False)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -171,6 +184,7 @@ ESMM_TASKS = (Task(name="ctr", kind="binary", logits=False), Task(name="ctcvr", 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_outputs_that_are_not_tasks_are_exported_as_given(fmt: str, tmp_path: Path) -> None:
+    needs(fmt)
     torch.manual_seed(0)
     model = MiniESMM(6)
     predictor = Predictor(model=model, tasks=ESMM_TASKS, input_spec=6, feature_names=None)
@@ -221,6 +235,7 @@ def tabular() -> Predictor:
 def test_tabular_export_reads_preprocessed_tensors_and_ships_the_preprocessor(
     tabular: Predictor, fmt: str, tmp_path: Path
 ) -> None:
+    needs(fmt)
     folder = export_model(tabular, tmp_path, format=fmt)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [(i["name"], i["dtype"], i["shape"], i["columns"]) for i in manifest["inputs"]] == [
@@ -235,6 +250,8 @@ def test_tabular_export_reads_preprocessed_tensors_and_ships_the_preprocessor(
 
 
 def test_embedded_preprocessing_reads_raw_columns(tabular: Predictor, tmp_path: Path) -> None:
+    needs("onnx")
+    ort = pytest.importorskip("onnxruntime")
     folder = export_model(tabular, tmp_path, embed_preprocessing=True)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [(i["name"], i["dtype"]) for i in manifest["inputs"]] == [
