@@ -212,6 +212,14 @@ def test_mismatched_checkpoints_name_the_file_and_the_mismatch(data, tmp_path: P
     ):
         trainer(data, weighting=mtlkit.weighting.UncertaintyWeighting(data.tasks)).load_checkpoint(path)
     trainer(data).load_checkpoint(path)  # the matching setup loads
+    # a checkpoint with an aggregator and a scheduler loads where they are not built (evaluation)
+    pcgrad = mtlkit.aggregation.AGGREGATORS.build("pcgrad", tasks=data.tasks)
+    step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1)  # noqa: E731
+    trainer(data, aggregator=pcgrad, scheduler=step_lr).save_checkpoint(tmp_path / "agg.pt")
+    trainer(data).load_checkpoint(tmp_path / "agg.pt")
+    mgda = trainer(data, aggregator=mtlkit.aggregation.AGGREGATORS.build("mgda", tasks=data.tasks))
+    with pytest.raises(CheckpointError, match="aggregator 'PCGrad' in the checkpoint but 'MGDA' here"):
+        mgda.load_checkpoint(tmp_path / "agg.pt")
 
 
 # ---------------------------------------------------------------------------------------------- NaN / inf

@@ -206,11 +206,13 @@ def component_mismatch(saved: Mapping[str, Any], current: Mapping[str, str | Non
     """Which component types (optimizer, loss weighting, aggregator...) differ; ``None`` if all match.
 
     ``saved`` is the ``"components"`` entry of a checkpoint (absent in older checkpoints: then
-    nothing is compared), ``current`` the same for the object it is loaded into.
+    nothing is compared), ``current`` the same for the object it is loaded into. A component
+    missing on either side (``None``: no scheduler, no aggregator) is not a mismatch: its state
+    is then not loaded (e.g. evaluating a checkpoint without building its aggregator).
     """
     diffs = [
         f"{what} {saved[what]!r} in the checkpoint but {now!r} here"
         for what, now in current.items()
-        if what in saved and saved[what] != now
+        if saved.get(what) is not None and now is not None and saved[what] != now
     ]
     return "; ".join(diffs) if diffs else None
