@@ -39,6 +39,7 @@ TorchScript export traces the model (``torch.jit.trace``); the traced module ret
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -184,19 +185,20 @@ def onnx_inputs(manifest: Mapping[str, Any], inputs: Sequence[Tensor | np.ndarra
     return {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in zip(names, inputs)}
 
 
-class _ValueChecksOff:
-    """Switch off checks that read tensor values (``check_indices``) while tracing/exporting."""
+def _inference_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode, without gradients and without checks that read tensor values.
 
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = [m for m in model.modules() if getattr(m, "check_indices", None) is True]
-
-    def __enter__(self) -> None:
-        for m in self.modules:
+    A graph cannot raise, so the embedding front end's index range check (``check_indices``) is
+    switched off; parameters do not require gradients, so exported modules build no autograd graph.
+    The caller's model is left untouched.
+    """
+    copy_ = copy.deepcopy(model).cpu().eval()
+    for m in copy_.modules():
+        if getattr(m, "check_indices", None) is True:
             m.check_indices = False
-
-    def __exit__(self, *exc: object) -> None:
-        for m in self.modules:
-            m.check_indices = True
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_
 
 
 def export_model(
@@ -227,7 +229,7 @@ def export_model(
         _require("onnx", "ONNX export")
         if exporter == "dynamo":
             _require("onnxscript", "ONNX export with the torch.export-based exporter")
-    model = predictor.model.cpu().eval()
+    model = _inference_copy(predictor.model)
     layout = _input_layout(predictor)
     input_names = [i["name"] for i in layout]
     args = example_inputs(predictor, 3)
@@ -259,21 +261,14 @@ def export_model(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / _FILES[format]
-    with _ValueChecksOff(model), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks become constants
         # chosen on purpose (see the module doc); the docs say what PyTorch deprecates
         warnings.filterwarnings(
             "ignore", message=".*(legacy TorchScript-based ONNX|torch.jit)", category=DeprecationWarning
         )
         if format == "torchscript":
-            flags = [q.requires_grad for q in model.parameters()]
-            try:  # saved as an inference module: its outputs need no autograd graph
-                for q in model.parameters():
-                    q.requires_grad_(False)
-                torch.jit.trace(wrapper, args, strict=False).save(str(path))
-            finally:
-                for q, flag in zip(model.parameters(), flags):
-                    q.requires_grad_(flag)
+            torch.jit.trace(wrapper, args, strict=False).save(str(path))
         else:
             _export_onnx(
                 wrapper, args, path, input_names, keys, exporter=exporter, opset=opset or _OPSETS[exporter]
@@ -493,7 +488,7 @@ def verify_export(
     args = example_inputs(predictor, n, seed=seed)
     activate = all(o["applied"] for o in manifest["outputs"])
     wrapper = ExportWrapper(
-        predictor.model.cpu().eval(),
+        _inference_copy(predictor.model),
         [i["name"] for i in manifest["inputs"]],
         [o["name"] for o in manifest["outputs"]],
         predictor.tasks,

@@ -241,6 +241,8 @@ def test_tabular_export_reads_preprocessed_tensors_and_ships_the_preprocessor(
 ) -> None:
     needs(fmt)
     folder = export_model(tabular, tmp_path, format=fmt)
+    checks = [m.check_indices for m in tabular.model.modules() if hasattr(m, "check_indices")]
+    assert checks == [True]  # switched off in the exported copy only
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [(i["name"], i["dtype"], i["shape"], i["columns"]) for i in manifest["inputs"]] == [
         ("categorical", "int64", ["batch", 2], ["color", "size"]),
