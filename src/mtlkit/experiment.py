@@ -34,12 +34,20 @@ from mtlkit.data.splits import DataSplits
 from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
+from mtlkit.predict import save_run_signature
 from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
-from mtlkit.training.checkpoint import load_checkpoint
+from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint
 from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
-__all__ = ["ExperimentResult", "RunResult", "aggregate", "evaluate_run_dir", "run_experiment"]
+__all__ = [
+    "ExperimentResult",
+    "RunResult",
+    "aggregate",
+    "evaluate_run_dir",
+    "resume_experiment",
+    "run_experiment",
+]
 
 _GATE_SAMPLES = 10_000  # rows of the evaluation split used for a run's gate statistics
 
@@ -82,7 +90,22 @@ def _new_run_dir(root: Path, name: str) -> Path:
 
 
 def _dump_yaml(data: Mapping[str, Any], path: Path) -> None:
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+    atomic_write_bytes(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False).encode(), path)
+
+
+def _dump_json(data: Any, path: Path) -> None:
+    """Atomic, so that a run killed while writing never leaves half a file (metrics.json marks a finished run)."""
+    atomic_write_bytes(json.dumps(data, indent=1, default=_json_default).encode(), path)
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[str] = []
+        for k in dict.fromkeys([*a, *b]):
+            out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if a == b else [path or "(root)"]
 
 
 def _device(cfg: ExperimentConfig) -> str | None:
@@ -93,6 +116,55 @@ def _data_key(spec: Mapping[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
+def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
+    """The result of a run that finished (its metrics.json is written last), else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        return RunResult(
+            rec["label"],
+            int(rec["seed"]),
+            run_dir,
+            rec["split"],
+            rec["metrics"],
+            int(rec["params"]),
+            float(rec["seconds"]),
+            int(rec["epochs"]),
+            rec["best_epoch"],
+            MultiTaskMetrics(splits.tasks).directions(),
+            json.loads(hist.read_text()) if (hist := run_dir / "history.json").is_file() else [],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{str(path)!r} is damaged ({type(exc).__name__}: {exc}); delete it to train that run again."
+        ) from None
+
+
+def _normalised(config: Mapping[str, Any]) -> dict[str, Any]:
+    return next(iter(resolve(config).variants.values())).model_dump(mode="json")
+
+
+def _resume_state(run_dir: Path, config_dict: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of an interrupted run, checked against the run's config; None if there is none."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    saved = (state.get("extra") or {}).get("config")
+    if saved is not None:
+        # compare resolved forms: resolving fills in defaults (e.g. Adam's betas) that a config
+        # built in Python may not spell out
+        diff = _differences(_normalised(saved), _normalised(config_dict))
+        if diff:
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} was written with another config than the run's config.yaml "
+                f"(differences at: {', '.join(diff[:5])}). Restore the original config.yaml, or start a new run."
+            )
+    return state
+
+
 def _train_one(
     cfg: ExperimentConfig,
     splits: DataSplits,
@@ -101,13 +173,16 @@ def _train_one(
     label: str,
     console: Console,
     progress: bool | None,
+    resume: bool = False,
 ) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     single = cfg.model_copy(
         update={"seed": seed, "seeds": None, "compare": None, "baseline": None, "name": cfg.name}
     )
     config_dict = single.model_dump(mode="json")
+    state = _resume_state(run_dir, config_dict) if resume else None
     _dump_yaml(config_dict, run_dir / "config.yaml")
+    save_run_signature(run_dir, splits)
     seed_everything(seed)
     model = build_model(cfg.model, splits, cfg.backbone)
     weighting = build_weighting(cfg.weighting, splits.tasks)
@@ -130,6 +205,11 @@ def _train_one(
         log_dir=run_dir / "tensorboard" if cfg.trainer.tensorboard else None,
         console=console,
     )
+    restored = 0.0
+    if state is not None:  # an interrupted run: continue from the end of its last finished epoch
+        trainer.load_state_dict(state, source=f"checkpoint {str(run_dir / 'checkpoint.pt')!r}")
+        restored = sum(float(h.get("seconds", 0.0)) for h in trainer.history)
+        console.print(f"  {label:<16} seed {seed:<3} resuming after epoch {trainer.epoch}")
     started = time.perf_counter()
     history = trainer.fit(
         splits.train,
@@ -140,7 +220,7 @@ def _train_one(
         checkpoint=run_dir / "checkpoint.pt",
         extra_state={"config": config_dict, "label": label},
     )
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + restored
     split, data = ("test", splits.test) if splits.test is not None else ("val", splits.val or splits.train)
     if data is splits.train:
         split = "train"
@@ -162,10 +242,8 @@ def _train_one(
     )
     if cfg.plots:
         _write_run_plots(trainer.model, data, run_dir, f"{label} seed {seed}")
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=_json_default))
-    (run_dir / "metrics.json").write_text(
-        json.dumps(_run_record(result, splits), indent=1, default=_json_default)
-    )
+    _dump_json(history, run_dir / "history.json")
+    _dump_json(_run_record(result, splits), run_dir / "metrics.json")  # last: marks the run finished
     return result
 
 
@@ -306,10 +384,50 @@ def run_experiment(
     """Train every variant at every seed; write run directories and the comparison; print tables."""
     if not isinstance(experiment, ResolvedExperiment):
         experiment = resolve(experiment)
-    cfg = experiment.config
-    console = console or Console()
-    root = _new_run_dir(Path(output_dir or cfg.output_dir), cfg.name)
+    root = _new_run_dir(Path(output_dir or experiment.config.output_dir), experiment.config.name)
     _dump_yaml(experiment.to_dict(), root / "config.yaml")
+    return _run_all(experiment, root, console or Console(), progress, resume=False)
+
+
+def resume_experiment(
+    run_dir: str | Path, *, console: Console | None = None, progress: bool | None = None
+) -> ExperimentResult:
+    """Continue an experiment that was interrupted (crash, ``kill -9``, power loss).
+
+    Reads the run directory's ``config.yaml``; every variant/seed run whose ``metrics.json``
+    exists is finished and kept as it is; a run with a ``checkpoint.pt`` but no ``metrics.json``
+    continues from that checkpoint (the end of its last finished epoch, so an epoch interrupted
+    half-way is trained again from its start, with the same data order and random state); runs
+    not started yet are trained. Then the comparison is written as :func:`run_experiment` does.
+    With the same seed, the resumed experiment ends with the same metrics as an uninterrupted one.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not the top directory of a run, or a checkpoint is
+            damaged or was written with another config.
+    """
+    root = Path(run_dir)
+    cfg_path = root / "config.yaml"
+    if not root.is_dir():
+        raise CheckpointError(f"Run directory {str(root)!r} does not exist.")
+    if not cfg_path.is_file():
+        raise CheckpointError(
+            f"{str(root)!r} has no config.yaml; pass the run directory printed by `mtlkit run` "
+            "(runs/<name>-<date>-<time>)."
+        )
+    top = root.parent.parent
+    if root.name.startswith("seed") and (top / "config.yaml").is_file() and (top / root.parent.name).is_dir():
+        raise CheckpointError(
+            f"{str(root)!r} is one run of the experiment in {str(top)!r}; resume the whole experiment: "
+            f"mtlkit run --resume {top}"
+        )
+    experiment = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
+    return _run_all(experiment, root, console or Console(), progress, resume=True)
+
+
+def _run_all(
+    experiment: ResolvedExperiment, root: Path, console: Console, progress: bool | None, *, resume: bool
+) -> ExperimentResult:
+    cfg = experiment.config
     labels = list(experiment.variants)
     if cfg.plots:
         require_matplotlib()  # fail before training, not after it
@@ -331,10 +449,12 @@ def run_experiment(
         splits = data_cache[key]
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
-            r = _train_one(vcfg, splits, seed, run_dir, label, console, progress)
+            done = _finished(run_dir, splits) if resume else None
+            r = done or _train_one(vcfg, splits, seed, run_dir, label, console, progress, resume)
             runs.append(r)
             console.print(
                 f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
+                + ("(finished earlier)  " if done else "")
                 + "  ".join(
                     f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
                 )

@@ -54,7 +54,9 @@ def task_losses(
     """Masked mean loss of every task on one batch.
 
     A task whose targets are absent from ``targets`` (e.g. a batch from another task's
-    dataset) gets loss 0 and count 0. No host synchronisation happens here.
+    dataset), and an evaluation-only task (``Task(train=False)``), gets loss 0 and count 0, so
+    weightings and aggregators treat it as absent from the batch. No host synchronisation
+    happens here.
 
     Raises:
         ShapeError: a model output is missing or has the wrong shape for its task.
@@ -69,7 +71,7 @@ def task_losses(
             )
         pred = outputs[task.output_key]
         ref = pred if ref is None else ref
-        if task.target_key not in targets:
+        if task.target_key not in targets or not task.train:
             zero = pred.sum() * 0.0  # keeps the graph (and device/dtype) without touching labels
             losses.append(zero)
             counts.append(torch.zeros((), dtype=zero.dtype, device=zero.device))

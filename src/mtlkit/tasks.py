@@ -72,6 +72,10 @@ class Task:
             means it outputs probabilities (e.g. ESMM's ``pCTCVR = pCTR * pCVR``): the default
             loss is then BCE on probabilities clamped to ``[1e-7, 1 - 1e-7]`` and no sigmoid is
             applied at prediction.
+        train: the task's loss is part of the training objective (default). ``False`` makes an
+            evaluation-only task: it gets metrics (and predictions) but never a loss, so it counts
+            as a task without labels in every batch (e.g. ESMM's pCVR, which is learnt only through
+            ``pCTCVR`` but evaluated on its own).
 
     Example:
         >>> Task(name="ctr", kind="binary").output_dim
@@ -88,6 +92,7 @@ class Task:
     output: str | None = None
     target: str | None = None
     logits: bool = True
+    train: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -134,6 +139,8 @@ class Task:
             )
         if not self.logits and kind not in (TaskKind.BINARY, TaskKind.MULTILABEL):
             raise ValueError(f"Task {self.name!r}: logits=False applies to binary and multilabel tasks only.")
+        if not isinstance(self.train, bool):
+            raise ValueError(f"Task {self.name!r}: train must be True or False; got {self.train!r}.")
         if self.loss is not None and not callable(self.loss):
             raise ValueError(f"Task {self.name!r}: loss must be callable(pred, target); got {self.loss!r}.")
 

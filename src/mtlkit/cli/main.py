@@ -1,4 +1,4 @@
-"""``mtlkit run | list | evaluate | validate | reproduce``."""
+"""``mtlkit run | list | evaluate | validate | export | predict | reproduce``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="a bundled preset (see `mtlkit list presets`)")
     run.add_argument("--out", help="parent directory of the run directory (default: the config's output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run directory: finished runs are kept, an interrupted one continues "
+        "from its last checkpoint, the others are trained (its config.yaml is used; no config or overrides)",
+    )
 
     val = sub.add_parser("validate", help="check a config and print it fully resolved")
     val.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
@@ -64,6 +70,50 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate the checkpoints of a run directory")
     ev.add_argument("run_dir")
     ev.add_argument("--split", default="test", choices=("test", "val", "train"))
+
+    ex = sub.add_parser(
+        "export",
+        help="export a trained model (ONNX or TorchScript) with its preprocessing and a manifest",
+        description="Export the model of a run directory (best weights) to RUN_DIR/export-<format>/ "
+        "(or --out): the model file, manifest.json and, for tabular data, preprocessor.json.",
+    )
+    ex.add_argument(
+        "run_dir", help="a run directory (for comparisons: one variant/seed, e.g. RUN/mmoe/seed0)"
+    )
+    ex.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    ex.add_argument("--out", help="export folder (default: RUN_DIR/export-<format>)")
+    ex.add_argument("--logits", action="store_true", help="export raw outputs, not probabilities")
+    ex.add_argument(
+        "--embed-preprocessing",
+        action="store_true",
+        help="ONNX, tabular data: the graph reads raw columns (categorical strings, numeric values)",
+    )
+    ex.add_argument(
+        "--exporter",
+        default="trace",
+        choices=("trace", "dynamo"),
+        help="ONNX exporter: TorchScript tracing (default, fast) or torch.export-based (needs onnxscript)",
+    )
+    ex.add_argument(
+        "--check", action="store_true", help="compare the export with the eager model on random inputs"
+    )
+
+    pr = sub.add_parser(
+        "predict",
+        help="predict every task for the rows of a CSV file",
+        description="Read raw columns from INPUT.csv, apply the run's saved preprocessing and model, and "
+        "write one column per prediction (probabilities for classification tasks) to --out.",
+    )
+    pr.add_argument(
+        "run_dir", help="a run directory (for comparisons: one variant/seed, e.g. RUN/mmoe/seed0)"
+    )
+    pr.add_argument("input", metavar="INPUT.csv", help="CSV with a header row (may be .gz/.bz2/.xz)")
+    pr.add_argument("--out", required=True, help="the predictions CSV to write")
+    pr.add_argument(
+        "--keep", action="append", default=[], metavar="COLUMN", help="copy this input column to the output"
+    )
+    pr.add_argument("--ignore-extra", action="store_true", help="drop input columns the model does not read")
+    pr.add_argument("--batch-size", type=int, default=4096)
 
     rep = sub.add_parser(
         "reproduce",
@@ -101,9 +151,21 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.config.load import load_config
     from mtlkit.experiment import run_experiment
 
+    progress = False if ns.no_progress else None
+    if ns.resume is not None:
+        from mtlkit.experiment import resume_experiment
+
+        if ns.args or ns.preset or ns.out:
+            raise ConfigError(
+                [
+                    "--resume uses the run's own config.yaml; give no config file, --preset, --out or overrides."
+                ]
+            )
+        resume_experiment(ns.resume, console=console, progress=progress)
+        return 0
     path, overrides = _split_args(ns.args)
     experiment = load_config(path, preset=ns.preset, overrides=overrides)
-    run_experiment(experiment, output_dir=ns.out, console=console, progress=False if ns.no_progress else None)
+    run_experiment(experiment, output_dir=ns.out, console=console, progress=progress)
     return 0
 
 
@@ -208,6 +270,41 @@ def _cmd_evaluate(ns: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.export import export_model, verify_export
+    from mtlkit.predict import load_predictor
+
+    predictor = load_predictor(ns.run_dir)
+    assert predictor.run_dir is not None
+    folder = export_model(
+        predictor,
+        ns.out or predictor.run_dir / f"export-{ns.format}",
+        format=ns.format,
+        activate=not ns.logits,
+        embed_preprocessing=ns.embed_preprocessing,
+        exporter=ns.exporter,
+    )
+    console.print(f"Exported {ns.format} to {folder}", highlight=False)
+    if ns.check:
+        diff = verify_export(folder, predictor)
+        console.print(f"max |export - eager| on 7 random rows: {diff:.3g}", highlight=False)
+        if not diff <= 1e-5:
+            print(f"error: the export differs from the eager model by {diff:.3g} (> 1e-5)", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _cmd_predict(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.predict import load_predictor
+
+    predictor = load_predictor(ns.run_dir)
+    out = predictor.predict_csv(
+        ns.input, ns.out, keep=ns.keep, ignore_extra=ns.ignore_extra, batch_size=ns.batch_size
+    )
+    console.print(f"Wrote predictions to {out}", highlight=False)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlkit`` command; returns the exit code."""
     parser = _parser()
@@ -228,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": _cmd_list,
         "evaluate": _cmd_evaluate,
         "validate": _cmd_validate,
+        "export": _cmd_export,
+        "predict": _cmd_predict,
         "reproduce": _cmd_reproduce,
     }
     try:
@@ -238,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MtlkitError as exc:
+        if os.environ.get("MTLKIT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:  # an optional dependency (e.g. onnx for export)
         if os.environ.get("MTLKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -154,7 +154,7 @@ def merge_variant(base: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[s
     for key, value in variant.items():
         cur = out.get(key)
         if (
-            key in _SECTIONS
+            (key in _SECTIONS or (isinstance(cur, Mapping) and "name" in cur))  # a (nested) component
             and isinstance(value, Mapping)
             and isinstance(cur, Mapping)
             and "name" in value

@@ -8,8 +8,10 @@ from mtlkit.models import backbones
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models.aitm import AITM, AdaptiveInformationTransfer, aitm
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
 from mtlkit.models.cross_stitch import CrossStitch, CrossStitchUnit, cross_stitch
+from mtlkit.models.esmm import ESMM, esmm
 from mtlkit.models.hierarchical import Hierarchical, hierarchical
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.mtan import MTAN, mtan
@@ -21,10 +23,13 @@ from mtlkit.registries import MODELS
 
 __all__ = [
     "ACTIVATIONS",
+    "AITM",
     "BACKBONES",
+    "ESMM",
     "MLP",
     "MODELS",
     "MTAN",
+    "AdaptiveInformationTransfer",
     "CrossStitch",
     "CrossStitchUnit",
     "EmbeddingFrontEnd",
@@ -39,8 +44,10 @@ __all__ = [
     "SingleTask",
     "SoftSharing",
     "SoftmaxGates",
+    "aitm",
     "backbones",
     "cross_stitch",
+    "esmm",
     "hierarchical",
     "make_activation",
     "make_input_layers",

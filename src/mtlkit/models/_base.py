@@ -32,6 +32,12 @@ class MultiTaskModel(nn.Module):
         """Task outputs from the shared representation ``rep`` (and the inputs, for gates)."""
         raise NotImplementedError(f"{type(self).__name__} has no single shared representation.")
 
+    @property
+    def has_representation(self) -> bool:
+        """True when :meth:`encode` / :meth:`decode` are implemented (a wrapper such as ESMM
+        answers for the model it wraps); representation-level gradient methods need them."""
+        return type(self).encode is not MultiTaskModel.encode
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters used only by ``task``."""
         raise NotImplementedError

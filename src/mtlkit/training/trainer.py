@@ -21,7 +21,6 @@ from mtlkit.errors import (
     CheckpointError,
     DataError,
     IncompatibleComponentsError,
-    MtlkitError,
     ShapeError,
     UnknownComponentError,
 )
@@ -30,7 +29,8 @@ from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
-from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
+from mtlkit.training.checkpoint import component_mismatch, load_checkpoint, save_checkpoint, state_mismatch
+from mtlkit.training.divergence import DivergenceGuard, TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopping, resolve_monitor
 from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.progress import ProgressDisplay
@@ -45,10 +45,6 @@ __all__ = ["Trainer", "TrainingDivergedError"]
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerLike = Any  # an LRScheduler / ReduceLROnPlateau, or a callable(optimizer) -> one
 DataLike = MultiTaskDataset | PerTaskData | Iterable[Any]
-
-
-class TrainingDivergedError(MtlkitError, FloatingPointError):
-    """A task loss became NaN or infinite during training."""
 
 
 class StepOutput(NamedTuple):
@@ -216,6 +212,9 @@ class Trainer:
 
     @property
     def _has_encoder(self) -> bool:
+        flag = getattr(self._core, "has_representation", None)  # MultiTaskModel (wrappers answer for their base)
+        if isinstance(flag, bool):
+            return flag
         return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
             self._core, "decode"
         )
@@ -353,15 +352,20 @@ class Trainer:
         if resume is not None:
             self.load_checkpoint(resume)
         num_replicas, rank = _distributed()
+        # evaluation-only tasks (Task(train=False)) never get a step or a batch of their own
+        trained = [t for t in self.tasks if t.train] or list(self.tasks)
+        if is_per_task(train) and len(trained) < len(self.tasks):  # their datasets serve evaluation only
+            keep = {t.name for t in trained}
+            train = {k: v for k, v in train.items() if k in keep}  # type: ignore[union-attr]
         plan = self.schedule.bind(
-            train, self.tasks, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
+            train, trained, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
         )
         val_loader = self._loader(val, batch_size, shuffle=False) if val is not None else None
         if self._logger is not None:
             self._logger.watch(val_loader)
         display = ProgressDisplay(self.progress, self.console)
         try:
-            while self.epoch < epochs:
+            while self.epoch < epochs and not self._stopped_early(early_stopping):
                 epoch = self.epoch
                 started = time.perf_counter()
                 train_losses, weights = self._train_epoch(plan, epoch, epochs, display)
@@ -400,6 +404,13 @@ class Trainer:
             self.weighting.load_state_dict(self._best["weighting"])
         return self.history
 
+    def _stopped_early(self, early_stopping: EarlyStopping | None) -> bool:
+        """True when a resumed checkpoint was written by a run that early stopping had ended."""
+        best = self._best
+        return (
+            early_stopping is not None and best is not None and best["bad_epochs"] > early_stopping.patience
+        )
+
     def _check_monitor(self, monitor: str, *, has_val: bool) -> None:
         directions = MultiTaskMetrics(self.tasks).directions()
         if not has_val:  # only the training losses exist
@@ -424,9 +435,11 @@ class Trainer:
         total = plan.steps_per_epoch
         display.start_epoch(epoch, epochs, total)
         refresh = max(1, (total or 50) // 20)
+        guard, epoch_start = DivergenceGuard(self.task_names, self.device), self.step
         for item in plan.epoch(epoch):
             batch = self._prepare(item.batch, validate=plan.validate)
             step = self.train_step(batch, epoch=epoch, tasks=item.tasks)
+            guard.update(step.losses.losses, self.step - 1)  # no host sync; read back with the means
             for name in item.tasks or ():
                 steps_per_task[name] += 1
             for k, v in step.aux.items():
@@ -442,10 +455,12 @@ class Trainer:
             if self._logger is not None:
                 self._logger.log_step(self.step, result)
             if n_batches % refresh == 0:
+                guard.check(epoch=epoch, epoch_start=epoch_start)
                 means = self._check_finite(sums, epoch)
                 display.update(refresh, self.task_names, means)
         if n_batches == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
+        guard.check(epoch=epoch, epoch_start=epoch_start)
         means = self._check_finite(sums, epoch)
         display.update(n_batches % refresh, self.task_names, means)
         self._epoch_losses.append(tuple(means))
@@ -718,6 +733,7 @@ class Trainer:
         """Everything needed to resume training exactly."""
         return {
             "task_names": list(self.task_names),
+            "components": self._components(),
             "model": self._core.state_dict(),  # without a DDP wrapper's "module." prefix
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -750,13 +766,26 @@ class Trainer:
             raise CheckpointError(
                 f"The {source} was written for tasks {names}, but this trainer has {list(self.task_names)}."
             )
-        try:
-            self._core.load_state_dict(state["model"])
-        except RuntimeError as exc:
+        components = self._components()
+        saved_model = (state.get("components") or {}).get("model")
+        if saved_model is not None and saved_model != components["model"]:
             raise CheckpointError(
-                f"The {source} does not fit this model: {str(exc).splitlines()[0]} "
+                f"The {source} does not fit this model: it holds the weights of a {saved_model}, and this "
+                f"model is a {components['model']}. Build the same architecture as the run that wrote it."
+            )
+        diff = component_mismatch(state.get("components") or {}, components)
+        if diff:
+            raise CheckpointError(
+                f"The {source} was written by a different setup: {diff}. Use the same model, optimizer, "
+                "scheduler, loss weighting and aggregator as the run that wrote it (see its config.yaml)."
+            )
+        mismatch = state_mismatch(state["model"], self._core.state_dict())
+        if mismatch:
+            raise CheckpointError(
+                f"The {source} does not fit this model ({type(self._core).__name__}): {mismatch}. "
                 "Build the model with the same architecture and sizes as the run that wrote it."
-            ) from None
+            )
+        self._core.load_state_dict(state["model"])
         try:
             self.weighting.load_state_dict(state["weighting"])
             if self.aggregator is not None and state.get("aggregator") is not None:
@@ -810,6 +839,20 @@ class Trainer:
             )
         for name, opt in self.task_optimizers.items():
             opt.load_state_dict(saved[name])
+
+    def _components(self) -> dict[str, str | None]:
+        """Class names of what a checkpoint's state belongs to (checked when loading)."""
+
+        def name(obj: Any) -> str | None:
+            return type(obj).__name__ if obj is not None else None
+
+        return {
+            "model": name(self._core),
+            "optimizer": name(self.optimizer),
+            "scheduler": name(self.scheduler),
+            "weighting": name(self.weighting),
+            "aggregator": name(self.aggregator),
+        }
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None

@@ -1,0 +1,511 @@
+"""Export a trained multi-task model to ONNX or TorchScript, with its preprocessing and a manifest.
+
+:func:`export_run` loads a run directory's model as :func:`mtlkit.predict.load_predictor` does
+(the best weights) and writes a folder::
+
+    model.onnx | model.pt     the model: named inputs, one named output per model output
+    manifest.json             inputs (names, dtypes, shapes, columns), outputs (task, kind,
+                              shape, activation and whether it is applied), the preprocessing
+    preprocessor.json         tabular data: the fitted vocabularies, means and stds
+
+The model's dict output is flattened to one output per key (auxiliary losses dropped), in the
+order of the model's dict; the batch dimension is dynamic. Inputs are the tensors the model
+reads: ``x`` for flat features and other tensors, ``categorical`` (``(N, C)`` int64 indices)
+and ``numeric`` (``(N, D)`` float32, standardised) for tabular data. With ``activate=True``
+(default) each task's activation is part of the graph (probabilities for classification), as in
+``mtlkit predict``; ``activate=False`` exports the raw outputs (logits) and the manifest says
+which activation to apply.
+
+``embed_preprocessing=True`` (ONNX, tabular data) also puts the fitted preprocessing in the
+graph, so the model reads raw columns: one ``(N,)`` string input per categorical column (mapped
+to indices with the ``ai.onnx.ml`` ``LabelEncoder``; unseen and missing values go to index 0)
+and one ``(N,)`` float64 input per numeric column (standardised in float64 as
+:class:`~mtlkit.data.preprocessing.TabularPreprocessor` does; NaN/inf become 0, the training
+mean). Strings must be passed as the CSV holds them after stripping surrounding blanks.
+
+ONNX export uses ``torch.onnx.export``. By default with its TorchScript-tracing exporter
+(``exporter="trace"``, opset 17): it exports every registered model, including input checks that
+read tensor values, and takes a fraction of a second; PyTorch marks it deprecated (since 2.9 its
+default is the ``torch.export``-based exporter). ``exporter="dynamo"`` selects that one (opset
+18, needs onnxscript, 10-30x slower; it cannot export code that branches on tensor values). Both
+are tested on every registered model. Input checks that read tensor values (the embedding front
+end's index range check) are switched off while exporting, since a graph cannot raise; ONNX
+Runtime itself rejects out-of-range indices in its ``Gather``.
+
+TorchScript export traces the model (``torch.jit.trace``); the traced module returns a dict
+``{output name: tensor}``. PyTorch 2.13 marks TorchScript deprecated in favour of
+``torch.export``; the format is kept for serving stacks that still load it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mtlkit.data.preprocessing import TabularPreprocessor
+from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema
+from mtlkit.errors import DataError, IncompatibleComponentsError, ShapeError
+from mtlkit.losses import split_aux
+from mtlkit.predict import PREPROCESSOR_FILE, Predictor, load_predictor
+from mtlkit.tasks import Task, TaskKind
+
+__all__ = [
+    "ExportFormat",
+    "ExportWrapper",
+    "Exporter",
+    "activation_of",
+    "example_inputs",
+    "export_model",
+    "export_run",
+    "onnx_inputs",
+    "verify_export",
+]
+
+ExportFormat = Literal["onnx", "torchscript"]
+MANIFEST_FILE = "manifest.json"
+_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+Exporter = Literal["trace", "dynamo"]
+_OPSETS = {"trace": 17, "dynamo": 18}
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"{what} needs the {module} package: pip install 'mtlkit[onnx]'") from None
+
+
+def activation_of(task: Task | None) -> str:
+    """The activation that turns a model output into the prediction: sigmoid, softmax or none."""
+    if task is None:
+        return "none"
+    if task.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+        return "sigmoid" if task.logits else "none"
+    if task.kind is TaskKind.MULTICLASS:
+        return "softmax"
+    return "none"
+
+
+class ExportWrapper(nn.Module):
+    """Positional tensor inputs -> a tuple (or dict) of the model's outputs, activated or raw."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_names: Sequence[str],
+        output_keys: Sequence[str],
+        tasks: Sequence[Task],
+        *,
+        activate: bool,
+        as_dict: bool,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(input_names)
+        self.output_keys = tuple(output_keys)
+        self.tasks = {t.output_key: t for t in tasks}
+        self.activate, self.as_dict = activate, as_dict
+
+    def forward(self, *args: Tensor) -> Any:
+        inputs: Any = args[0] if self.input_names == ("x",) else dict(zip(self.input_names, args))
+        preds, _ = split_aux(self.model(inputs))
+        outs = []
+        for key in self.output_keys:
+            value = preds[key]
+            task = self.tasks.get(key)
+            if self.activate and task is not None:
+                value = task.activate(value.float())
+            outs.append(value)
+        return dict(zip(self.output_keys, outs)) if self.as_dict else tuple(outs)
+
+
+def _input_layout(p: Predictor) -> list[dict[str, Any]]:
+    spec = p.input_spec
+    if isinstance(spec, FeatureSchema):
+        out = []
+        if spec.num_categorical:
+            out.append(
+                {
+                    "name": CATEGORICAL,
+                    "dtype": "int64",
+                    "shape": ["batch", spec.num_categorical],
+                    "columns": list(spec.categorical),
+                    "cardinalities": list(spec.cardinalities),
+                }
+            )
+        if spec.num_numeric:
+            out.append(
+                {
+                    "name": NUMERIC,
+                    "dtype": "float32",
+                    "shape": ["batch", spec.num_numeric],
+                    "columns": list(spec.numeric),
+                }
+            )
+        return out
+    if isinstance(spec, int):
+        return [
+            {
+                "name": "x",
+                "dtype": "float32",
+                "shape": ["batch", spec],
+                "columns": list(p.feature_names or ()),
+            }
+        ]
+    if isinstance(spec, tuple):
+        return [{"name": "x", "dtype": "float32", "shape": ["batch", *spec]}]
+    raise ShapeError(f"Cannot export a model whose input spec is unknown ({spec!r}).")
+
+
+def example_inputs(p: Predictor, n: int, *, seed: int = 0) -> tuple[Tensor, ...]:
+    """Random model-ready inputs of batch size ``n`` (valid category indices, normal numbers)."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[Tensor] = []
+    for spec in _input_layout(p):
+        if spec["name"] == CATEGORICAL:
+            cards = torch.tensor(spec["cardinalities"])
+            out.append((torch.rand(n, len(cards), generator=g) * cards).long().clamp_max(cards - 1))
+        else:
+            out.append(torch.randn(n, *spec["shape"][1:], generator=g))
+    return tuple(out)
+
+
+def onnx_inputs(manifest: Mapping[str, Any], inputs: Sequence[Tensor | np.ndarray]) -> dict[str, np.ndarray]:
+    """``{input name: array}`` for ``onnxruntime.InferenceSession.run`` from model-ready tensors."""
+    names = [i["name"] for i in manifest["inputs"]]
+    return {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in zip(names, inputs)}
+
+
+def _inference_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode, without gradients and without checks that read tensor values.
+
+    A graph cannot raise, so the embedding front end's index range check (``check_indices``) is
+    switched off; parameters do not require gradients, so exported modules build no autograd graph.
+    The caller's model is left untouched.
+    """
+    copy_ = copy.deepcopy(model).cpu().eval()
+    for m in copy_.modules():
+        if getattr(m, "check_indices", None) is True:
+            m.check_indices = False
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_
+
+
+def export_model(
+    predictor: Predictor,
+    out: str | os.PathLike[str],
+    *,
+    format: ExportFormat = "onnx",
+    activate: bool = True,
+    embed_preprocessing: bool = False,
+    exporter: Exporter = "trace",
+    opset: int | None = None,
+) -> Path:
+    """Export a loaded model (see :func:`export_run`) into the folder ``out``; returns the folder."""
+    if format not in _FILES:
+        raise ValueError(f"export format must be 'onnx' or 'torchscript'; got {format!r}.")
+    if exporter not in _OPSETS:
+        raise ValueError(f"exporter must be 'trace' or 'dynamo'; got {exporter!r}.")
+    if embed_preprocessing and format != "onnx":
+        raise IncompatibleComponentsError(
+            "embed_preprocessing needs format='onnx' (TorchScript graphs cannot map strings)."
+        )
+    if embed_preprocessing and predictor.preprocessor is None:
+        raise IncompatibleComponentsError(
+            "embed_preprocessing applies to tabular data with a fitted preprocessor; this model reads "
+            f"{_input_layout(predictor)[0]['shape']} tensors directly."
+        )
+    if format == "onnx":
+        _require("onnx", "ONNX export")
+        if exporter == "dynamo":
+            _require("onnxscript", "ONNX export with the torch.export-based exporter")
+    model = _inference_copy(predictor.model)
+    layout = _input_layout(predictor)
+    input_names = [i["name"] for i in layout]
+    args = example_inputs(predictor, 3)
+    with torch.no_grad():
+        preds, _ = split_aux(model(args[0] if input_names == ["x"] else dict(zip(input_names, args))))
+    keys = list(preds)
+    wrapper = ExportWrapper(
+        model, input_names, keys, predictor.tasks, activate=activate, as_dict=format == "torchscript"
+    ).eval()
+    with torch.no_grad():
+        example_out = wrapper(*args)
+    values = list(example_out.values()) if isinstance(example_out, dict) else list(example_out)
+    by_output = {t.output_key: t for t in predictor.tasks}
+    outputs = [
+        {
+            "name": k,
+            "task": by_output[k].name if k in by_output else None,
+            "kind": str(by_output[k].kind) if k in by_output else None,
+            "shape": ["batch", *v.shape[1:]],
+            "dtype": str(v.dtype).removeprefix("torch."),
+            "activation": activation_of(by_output.get(k)),
+            "applied": bool(activate) or activation_of(by_output.get(k)) == "none",
+        }
+        for k, v in zip(keys, values)
+    ]
+    clash = sorted(set(input_names) & set(keys))
+    if clash:
+        raise ShapeError(f"Model outputs {clash} have the names of inputs; ONNX needs distinct names.")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / _FILES[format]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks become constants
+        # chosen on purpose (see the module doc); the docs say what PyTorch deprecates
+        warnings.filterwarnings(
+            "ignore", message=".*(legacy TorchScript-based ONNX|torch.jit)", category=DeprecationWarning
+        )
+        if format == "torchscript":
+            torch.jit.trace(wrapper, args, strict=False).save(str(path))
+        else:
+            _export_onnx(
+                wrapper, args, path, input_names, keys, exporter=exporter, opset=opset or _OPSETS[exporter]
+            )
+    manifest: dict[str, Any] = {
+        "format": format,
+        "file": path.name,
+        "exporter": f"torch.onnx.export ({exporter})" if format == "onnx" else "torch.jit.trace",
+        "mtlkit_version": _version(),
+        "torch_version": torch.__version__,
+        "run_dir": str(predictor.run_dir) if predictor.run_dir else None,
+        "tasks": [{"name": t.name, "kind": str(t.kind), "output": t.output_key} for t in predictor.tasks],
+        "inputs": layout,
+        "outputs": outputs,
+        "preprocessing": None,
+    }
+    if predictor.preprocessor is not None:
+        (folder / PREPROCESSOR_FILE).write_text(json.dumps(predictor.preprocessor.state_dict(), indent=1))
+        manifest["preprocessing"] = {"file": PREPROCESSOR_FILE, "embedded": bool(embed_preprocessing)}
+    if embed_preprocessing:
+        assert predictor.preprocessor is not None
+        manifest["inputs"] = _embed_preprocessing(path, predictor.preprocessor, keys)
+    if format == "onnx":
+        import onnx
+
+        manifest["opset"] = next(
+            o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")
+        )
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return folder
+
+
+def _version() -> str:
+    from mtlkit import __version__
+
+    return __version__
+
+
+def _export_onnx(
+    wrapper: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    *,
+    exporter: str,
+    opset: int,
+) -> None:
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=(tuple({0: batch} for _ in args),),  # forward(*args): one varargs entry
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    else:
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]},
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def _embed_preprocessing(
+    path: Path, pre: TabularPreprocessor, output_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Rewrite the ONNX graph at ``path`` to read raw columns (see the module doc); returns the new inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vocabularies, stats = pre.vocabularies or {}, pre.stats or {}
+    columns = [*pre.categorical, *pre.numeric]
+    taken = sorted(set(columns) & {CATEGORICAL, NUMERIC, *output_names})
+    if taken:
+        raise ShapeError(
+            f"Cannot embed the preprocessing: column(s) {taken} have the names of model inputs or outputs. "
+            "Export without embed_preprocessing and apply preprocessor.json outside the graph."
+        )
+    model = onnx.load(str(path))
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        raise ShapeError(f"embed_preprocessing needs an ONNX opset >= 13; the export has {opset}.")
+    nodes: list[Any] = []
+    inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "mtlkit_pre_axis1")]
+    new_inputs: list[Any] = []
+    layout: list[dict[str, Any]] = []
+    if pre.categorical:
+        cols = []
+        for j, name in enumerate(pre.categorical):
+            vocab = vocabularies[name]
+            keys, vals = (vocab, list(range(1, len(vocab) + 1))) if vocab else ([""], [0])
+            new_inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, ["batch"]))
+            nodes.append(
+                helper.make_node(
+                    "LabelEncoder",
+                    [name],
+                    [f"mtlkit_pre_cat{j}"],
+                    domain="ai.onnx.ml",
+                    keys_strings=keys,
+                    values_int64s=vals,
+                    default_int64=0,
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "Unsqueeze", [f"mtlkit_pre_cat{j}", "mtlkit_pre_axis1"], [f"mtlkit_pre_catcol{j}"]
+                )
+            )
+            cols.append(f"mtlkit_pre_catcol{j}")
+            layout.append({"name": name, "dtype": "string", "shape": ["batch"], "column": "categorical"})
+        nodes.append(helper.make_node("Concat", cols, [CATEGORICAL], axis=1))
+    if pre.numeric:
+        cols = []
+        for j, name in enumerate(pre.numeric):
+            new_inputs.append(helper.make_tensor_value_info(name, TensorProto.DOUBLE, ["batch"]))
+            nodes.append(helper.make_node("Unsqueeze", [name, "mtlkit_pre_axis1"], [f"mtlkit_pre_numcol{j}"]))
+            cols.append(f"mtlkit_pre_numcol{j}")
+            layout.append({"name": name, "dtype": "float64", "shape": ["batch"], "column": "numeric"})
+        mean = np.array([stats[c][0] for c in pre.numeric], dtype=np.float64)
+        std = np.array([stats[c][1] for c in pre.numeric], dtype=np.float64)
+        inits += [
+            numpy_helper.from_array(mean, "mtlkit_pre_mean"),
+            numpy_helper.from_array(std, "mtlkit_pre_std"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float64), "mtlkit_pre_zero"),
+        ]
+        nodes += [
+            helper.make_node("Concat", cols, ["mtlkit_pre_raw"], axis=1),
+            helper.make_node("Sub", ["mtlkit_pre_raw", "mtlkit_pre_mean"], ["mtlkit_pre_centred"]),
+            helper.make_node("Div", ["mtlkit_pre_centred", "mtlkit_pre_std"], ["mtlkit_pre_z"]),
+            helper.make_node("IsNaN", ["mtlkit_pre_z"], ["mtlkit_pre_nan"]),
+            helper.make_node("IsInf", ["mtlkit_pre_z"], ["mtlkit_pre_inf"]),
+            helper.make_node("Or", ["mtlkit_pre_nan", "mtlkit_pre_inf"], ["mtlkit_pre_bad"]),
+            helper.make_node(
+                "Where", ["mtlkit_pre_bad", "mtlkit_pre_zero", "mtlkit_pre_z"], ["mtlkit_pre_clean"]
+            ),
+            helper.make_node("Cast", ["mtlkit_pre_clean"], [NUMERIC], to=TensorProto.FLOAT),
+        ]
+    kept = [i for i in graph.input if i.name not in (CATEGORICAL, NUMERIC)]
+    del graph.input[:]
+    graph.input.extend([*new_inputs, *kept])
+    old_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *old_nodes])
+    graph.initializer.extend(inits)
+    ml = [o for o in model.opset_import if o.domain == "ai.onnx.ml"]
+    if ml:  # LabelEncoder with keys_strings/values_int64s is ai.onnx.ml version 2 or later
+        ml[0].version = max(ml[0].version, 2)
+    else:
+        model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return layout
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    format: ExportFormat = "onnx",
+    out: str | os.PathLike[str] | None = None,
+    activate: bool = True,
+    embed_preprocessing: bool = False,
+    exporter: Exporter = "trace",
+) -> Path:
+    """Export the trained model of a run directory (best weights) with its preprocessing.
+
+    Args:
+        run_dir: a run directory written by ``mtlkit run`` (one variant/seed of a comparison).
+        format: ``"onnx"`` or ``"torchscript"``.
+        out: the export folder (default ``RUN_DIR/export-<format>``).
+        activate: apply each task's activation in the graph (probabilities); ``False`` exports
+            the raw outputs and the manifest names the activation to apply.
+        embed_preprocessing: ONNX and tabular data only: the graph reads raw columns.
+        exporter: the ONNX exporter: ``"trace"`` (TorchScript tracing, default) or ``"dynamo"``
+            (``torch.export``-based, needs onnxscript).
+
+    Returns:
+        The export folder (model file, ``manifest.json``, ``preprocessor.json`` for tabular data).
+    """
+    predictor = load_predictor(run_dir)
+    assert predictor.run_dir is not None
+    folder = Path(out) if out is not None else predictor.run_dir / f"export-{format}"
+    return export_model(
+        predictor,
+        folder,
+        format=format,
+        activate=activate,
+        embed_preprocessing=embed_preprocessing,
+        exporter=exporter,
+    )
+
+
+def verify_export(
+    folder: str | os.PathLike[str], predictor: Predictor, *, n: int = 7, seed: int = 1
+) -> float:
+    """Largest absolute difference between the exported model and ``predictor``'s eager model.
+
+    Runs both on ``n`` random model-ready rows (a batch size other than the export's, so the
+    dynamic batch axis is exercised) with ONNX Runtime or ``torch.jit.load``.
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    if manifest["preprocessing"] and manifest["preprocessing"]["embedded"]:
+        raise DataError("verify_export compares model-ready inputs; this export reads raw columns.")
+    args = example_inputs(predictor, n, seed=seed)
+    activate = all(o["applied"] for o in manifest["outputs"])
+    wrapper = ExportWrapper(
+        _inference_copy(predictor.model),
+        [i["name"] for i in manifest["inputs"]],
+        [o["name"] for o in manifest["outputs"]],
+        predictor.tasks,
+        activate=activate,
+        as_dict=False,
+    )
+    with torch.no_grad():
+        eager = [t.numpy() for t in wrapper(*args)]
+    if manifest["format"] == "onnx":
+        ort = _require("onnxruntime", "Checking an ONNX export")
+        session = ort.InferenceSession(str(folder / manifest["file"]), providers=["CPUExecutionProvider"])
+        got = session.run([o["name"] for o in manifest["outputs"]], onnx_inputs(manifest, args))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(folder / manifest["file"]))
+        with torch.no_grad():
+            res = module(*args)
+        got = [res[o["name"]].numpy() for o in manifest["outputs"]]
+    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b))) for a, b in zip(got, eager))

@@ -1,0 +1,231 @@
+"""AITM: Adaptive Information Transfer Multi-task framework (Xi et al., KDD 2021).
+
+Paper: D. Xi, Z. Chen, P. Yan, Y. Zhang, Y. Zhu, F. Zhuang, Y. Chen, "Modeling the Sequential
+Dependence among Audience Multi-step Conversions with Multi-task Learning in Targeted Display
+Advertising", KDD 2021 (https://arxiv.org/abs/2105.08489); authors' code: github.com/xidongbo/AITM.
+
+Tasks form a conversion funnel ``t = 1..T`` (impression -> click -> purchase...). Each task has a
+tower on the shared input, ``q_t = tower_t(h)``. The Adaptive Information Transfer (AIT) module
+mixes what the previous task passes on, ``p_t = g_t(z_{t-1})``, with ``q_t``:
+
+    z_t = sum_{u in {p_t, q_t}} w_u h1(u),   w_u = softmax_u(<h2(u), h3(u)> / sqrt(k)),
+
+with ``z_1 = q_1``, learned projections ``h1, h2, h3`` (k x k, no bias) and ``k`` the tower width.
+The prediction is ``y_t = sigmoid(head_t(z_t))``. The behavioural expectation calibrator
+penalises a later step predicted likelier than the earlier one:
+
+    L_lc = alpha * sum_{t=2..T} mean_x max(y_t - y_{t-1}, 0)      (alpha = 0.6 in the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.data.batch import Inputs
+from mtlkit.errors import ShapeError
+from mtlkit.losses import AUX_PREFIX
+from mtlkit.models._base import MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.registries import MODELS
+from mtlkit.tasks import Task, TaskKind, task_names
+
+__all__ = ["AITM", "AdaptiveInformationTransfer", "aitm"]
+
+CALIBRATOR = "calibrator"
+"""Name of AITM's auxiliary loss (model output ``aux/calibrator``)."""
+
+
+class AdaptiveInformationTransfer(nn.Module):
+    """The AIT module: attention over ``[p_t, q_t]`` (Xi et al. 2021, eq. 2-4).
+
+    ``forward(p, q)`` with ``p, q`` of shape ``(N, k)`` returns ``z = w_p h1(p) + w_q h1(q)``
+    (shape ``(N, k)``) and the weights ``(N, 2)`` (column 0: transferred ``p``, column 1: own ``q``),
+    where ``w = softmax(<h2(u), h3(u)> / sqrt(k))`` over ``u in {p, q}``.
+
+    Args:
+        dim: ``k``, the width of ``p`` and ``q``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"AdaptiveInformationTransfer dim must be an int >= 1; got {dim!r}.")
+        self.dim = dim
+        self.h1 = nn.Linear(dim, dim, bias=False)  # value
+        self.h2 = nn.Linear(dim, dim, bias=False)  # query
+        self.h3 = nn.Linear(dim, dim, bias=False)  # key
+
+    def forward(self, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        u = torch.stack([p, q], dim=1)  # (N, 2, k)
+        scores = (self.h2(u) * self.h3(u)).sum(-1) / math.sqrt(self.dim)  # (N, 2)
+        w = torch.softmax(scores, dim=1)
+        return torch.bmm(w.unsqueeze(1), self.h1(u)).squeeze(1), w
+
+
+class AITM(MultiTaskModel):
+    """Adaptive Information Transfer Multi-task model (Xi et al., KDD 2021) for a conversion funnel.
+
+    Outputs one logit per task (``sigmoid`` gives ``y_t``) and, when ``alpha > 0``, the calibrator
+    loss as ``aux/calibrator``. The task order is the funnel order (the order of ``towers``).
+
+    Ownership: task ``t``'s representation ``z_t`` feeds every later task (through ``g_{t+1}``),
+    so the towers, transfers and AIT modules of tasks ``1..T-1`` are shared; each task owns its
+    head, and the last task also owns its tower, transfer and AIT module. The shared
+    representation is ``[h, z_1, ..., z_{T-1}]`` (the input features and the transferred
+    representations), after which only task-owned parameters remain.
+
+    Args:
+        towers: ``{task: module}`` in funnel order, each mapping the input features ``(N, F)`` to
+            ``(N, k)``.
+        transfers: ``{task: module}`` for tasks 2..T: ``g_t``, mapping ``z_{t-1}`` ``(N, k)`` to
+            ``p_t`` ``(N, k)``.
+        ait: ``{task: AdaptiveInformationTransfer}`` for tasks 2..T.
+        heads: ``{task: module}`` mapping ``z_t`` to one logit.
+        alpha: weight of the calibrator loss (0 turns it off).
+        input_layer: optional shared module applied to the inputs first (e.g. embeddings).
+    """
+
+    def __init__(
+        self,
+        towers: Mapping[str, nn.Module],
+        transfers: Mapping[str, nn.Module],
+        ait: Mapping[str, nn.Module],
+        heads: Mapping[str, nn.Module],
+        *,
+        alpha: float = 0.6,
+        input_layer: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        names = tuple(towers)
+        if len(names) < 2:
+            raise ValueError(f"AITM models a funnel of at least two tasks; got {list(names)}.")
+        later = names[1:]
+        for what, mods, want in (("transfers", transfers, later), ("ait", ait, later), ("heads", heads, names)):
+            if tuple(mods) != want:
+                raise ValueError(f"AITM {what} must be keyed by the tasks {list(want)} in order; got {list(mods)}.")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"AITM parameter `alpha` must be a float >= 0; got {alpha!r}.")
+        self.task_names = names
+        self.alpha = float(alpha)
+        self.input_layer = input_layer
+        self.towers = nn.ModuleDict(dict(towers))
+        self.transfers = nn.ModuleDict(dict(transfers))
+        self.ait = nn.ModuleDict(dict(ait))
+        self.heads = nn.ModuleDict(dict(heads))
+        self._widths: list[int] | None = None  # of [h, z_1, ..., z_{T-1}], set by encode
+
+    # ------------------------------------------------------------------ computation
+    def _features(self, x: Inputs) -> Tensor:
+        h = self.input_layer(x) if self.input_layer is not None else x
+        if not isinstance(h, Tensor) or h.ndim != 2:
+            raise ShapeError(
+                "AITM's towers take (N, F) features; got "
+                + (f"shape {tuple(h.shape)}" if isinstance(h, Tensor) else type(h).__name__)
+                + ". Use an input layer (backbone) that produces flat features."
+            )
+        return h
+
+    def _step(self, t: str, z_prev: Tensor | None, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        q = self.towers[t](h)
+        if z_prev is None:
+            return q, None
+        return self.ait[t](self.transfers[t](z_prev), q)
+
+    def _outputs(self, zs: Sequence[Tensor]) -> dict[str, Tensor]:
+        logits = {t: self.heads[t](z) for t, z in zip(self.task_names, zs)}
+        out = dict(logits)
+        if self.alpha > 0:
+            probs = torch.sigmoid(torch.cat([a.reshape(-1, 1) for a in logits.values()], dim=1))  # (N, T)
+            gaps = torch.relu(probs[:, 1:] - probs[:, :-1])  # later step likelier than the earlier one
+            out[AUX_PREFIX + CALIBRATOR] = self.alpha * gaps.mean(dim=0).sum()
+        return out
+
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
+        h = self._features(x)
+        zs: list[Tensor] = []
+        for t in self.task_names:
+            zs.append(self._step(t, zs[-1] if zs else None, h)[0])
+        return self._outputs(zs)
+
+    def encode(self, x: Inputs) -> Tensor:
+        h = self._features(x)
+        zs: list[Tensor] = []
+        for t in self.task_names[:-1]:
+            zs.append(self._step(t, zs[-1] if zs else None, h)[0])
+        self._widths = [h.shape[1], *(z.shape[1] for z in zs)]
+        return torch.cat([h, *zs], dim=1)
+
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        if self._widths is None or sum(self._widths) != rep.shape[1]:
+            raise ShapeError("AITM.decode takes the representation returned by AITM.encode; call encode first.")
+        h, *zs = rep.split(self._widths, dim=1)
+        zs.append(self._step(self.task_names[-1], zs[-1], h)[0])
+        return self._outputs(zs)
+
+    def gates(self, x: Inputs) -> dict[str, Tensor]:
+        """Attention weights ``(N, 2)`` of every task after the first: ``[transferred p_t, own q_t]``."""
+        h = self._features(x)
+        out: dict[str, Tensor] = {}
+        z: Tensor | None = None
+        for t in self.task_names:
+            z, w = self._step(t, z, h)
+            if w is not None:
+                out[t] = w
+        return out
+
+    # ------------------------------------------------------------------ ownership
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        self._check_task(task)
+        if task != self.task_names[-1]:
+            return list(self.heads[task].parameters())
+        return params_of(self.towers[task], self.transfers[task], self.ait[task], self.heads[task])
+
+    def extra_repr(self) -> str:
+        return f"tasks={list(self.task_names)}, alpha={self.alpha}"
+
+
+@MODELS.register("aitm")
+def aitm(
+    input_dim: int | None,
+    tasks: Sequence[Task],
+    *,
+    tower_dims: Sequence[int] = (128, 64, 32),
+    alpha: float = 0.6,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    input_layer: InputLayerLike | None = None,
+) -> AITM:
+    """AITM (Xi et al. 2021): funnel tasks linked by adaptive information transfer, with the calibrator loss.
+
+    Args:
+        input_dim: width of flat features (or None with an input layer).
+        tasks: binary tasks (logits) in funnel order, e.g. click then purchase.
+        tower_dims: hidden widths of each task's tower; the last is ``k``, the width of
+            ``q_t``, ``p_t`` and ``z_t`` (paper: 128, 64, 32).
+        alpha: calibrator weight (paper: 0.6).
+        activation: activation of the towers and transfers.
+        dropout: dropout after each tower and transfer layer.
+        input_layer: shared backbone in front of the towers (e.g. the embedding front end).
+    """
+    task_names(tasks)
+    for t in tasks:
+        if t.kind is not TaskKind.BINARY or not t.logits:
+            raise ValueError(
+                f"aitm predicts the steps of a conversion funnel (binary logits); task {t.name!r} is "
+                f"{t.kind.value}{'' if t.logits else ' with logits=False'}. Use Task(name={t.name!r}, kind='binary')."
+            )
+    if len(tasks) < 2:
+        raise ValueError(f"aitm models a funnel of at least two tasks; got {len(tasks)}.")
+    (layer,), width = make_input_layers(input_dim, input_layer, who="aitm")
+    towers = {t.name: MLP(width, tower_dims, activation=activation, dropout=dropout) for t in tasks}
+    k = next(iter(towers.values())).out_features
+    later = [t.name for t in tasks[1:]]
+    transfers = {t: MLP(k, (k,), activation=activation, dropout=dropout) for t in later}
+    ait = {t: AdaptiveInformationTransfer(k) for t in later}
+    heads = {t.name: nn.Linear(k, 1) for t in tasks}
+    return AITM(towers, transfers, ait, heads, alpha=alpha, input_layer=layer)

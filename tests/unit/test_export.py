@@ -1,0 +1,300 @@
+"""ONNX and TorchScript exports give the eager model's outputs (within 1e-5) for every registered
+architecture, at batch sizes other than the one exported with; tabular preprocessing can be
+embedded in the ONNX graph; the manifest describes inputs and outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_architectures_common import build
+from torch import Tensor, nn
+
+from mtlkit import Task
+from mtlkit.data import FeatureSchema, TabularPreprocessor
+from mtlkit.errors import IncompatibleComponentsError
+from mtlkit.export import export_model, verify_export
+from mtlkit.losses import split_aux
+from mtlkit.models import MultiTaskModel
+from mtlkit.models.backbones import embedding
+from mtlkit.predict import Predictor
+from mtlkit.registries import MODELS
+
+ATOL = 1e-5
+NOT_TRACEABLE: dict[str, str] = {}
+"""Registered models that cannot be exported, with the reason (none so far)."""
+
+
+def expected(
+    model: nn.Module, inputs: Any, tasks: tuple[Task, ...], *, activate: bool = True
+) -> dict[str, Tensor]:
+    """Eager outputs, with each task's activation written out here (not Task.activate)."""
+    model.eval()
+    with torch.no_grad():
+        out, _ = split_aux(model(inputs))
+    if not activate:
+        return out
+    kinds = {t.output_key: t for t in tasks}
+    res = {}
+    for key, v in out.items():
+        t = kinds.get(key)
+        if t is None or (t.kind == "regression" and t.num_outputs == 1):
+            res[key] = v.reshape(-1) if t is not None else v
+        elif t.kind == "binary":
+            res[key] = (torch.sigmoid(v) if t.logits else v).reshape(-1)
+        elif t.kind == "multiclass":
+            res[key] = torch.exp(v - torch.logsumexp(v, dim=1, keepdim=True))
+        elif t.kind == "multilabel":
+            res[key] = torch.sigmoid(v) if t.logits else v
+        else:
+            res[key] = v
+    return res
+
+
+def feeds(inputs: Any) -> dict[str, np.ndarray]:
+    if isinstance(inputs, Tensor):
+        return {"x": inputs.numpy()}
+    return {k: v.numpy() for k, v in inputs.items()}
+
+
+def positional(inputs: Any, manifest: dict[str, Any]) -> tuple[Tensor, ...]:
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    return tuple(inputs[i["name"]] for i in manifest["inputs"])
+
+
+def run_export(folder: Path, inputs: Any) -> dict[str, np.ndarray]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = [o["name"] for o in manifest["outputs"]]
+    if manifest["format"] == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["inputs"]]
+        return dict(zip(names, session.run(names, feeds(inputs))))
+    module = torch.jit.load(str(folder / "model.pt"))
+    out = module(*positional(inputs, manifest))  # an inference module: no autograd graph
+    return {k: out[k].numpy() for k in names}
+
+
+def assert_matches(got: dict[str, np.ndarray], want: dict[str, Tensor]) -> None:
+    assert list(got) == list(want)
+    for key, w in want.items():
+        assert got[key].shape == tuple(w.shape), key
+        np.testing.assert_allclose(got[key], w.numpy(), rtol=0, atol=ATOL, err_msg=key)
+
+
+def needs(fmt: str) -> None:
+    """ONNX tests skip cleanly without the optional dependencies (pip install 'mtlkit[onnx]')."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+
+
+def predictor_for(name: str) -> tuple[Predictor, Any]:
+    if name in NOT_TRACEABLE:
+        pytest.skip(f"{name} cannot be exported: {NOT_TRACEABLE[name]}")
+    model, case = build(name)
+    spec = case.input_spec
+    names = tuple(f"x{i}" for i in range(spec)) if isinstance(spec, int) else None
+    return Predictor(model=model, tasks=case.tasks, input_spec=spec, feature_names=names), case
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str, tmp_path: Path) -> None:
+    needs(fmt)
+    predictor, case = predictor_for(name)
+    folder = export_model(predictor, tmp_path / name, format=fmt)  # traced with a batch of 3
+    assert all(p.requires_grad for p in predictor.model.parameters())  # the model is left as it was
+    gen = torch.Generator().manual_seed(7)
+    for n in (7, 1):  # the batch axis is dynamic
+        x = case.inputs(n, gen)
+        assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks))
+
+
+def test_dynamo_exporter_matches_the_eager_model(tmp_path: Path) -> None:
+    needs("onnx")
+    pytest.importorskip("onnxscript")
+    predictor, case = predictor_for("mmoe")
+    folder = export_model(predictor, tmp_path, exporter="dynamo")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["exporter"] == "torch.onnx.export (dynamo)" and manifest["opset"] == 18
+    x = case.inputs(9, torch.Generator().manual_seed(3))
+    assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_exports_with_the_dynamo_exporter(name: str, tmp_path: Path) -> None:
+    needs("onnx")
+    pytest.importorskip("onnxscript")
+    predictor, case = predictor_for(name)
+    folder = export_model(predictor, tmp_path, exporter="dynamo")
+    x = case.inputs(6, torch.Generator().manual_seed(3))
+    assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks))
+
+
+def test_raw_outputs_and_the_manifest(tmp_path: Path) -> None:
+    needs("onnx")
+    predictor, case = predictor_for("shared_bottom")
+    folder = export_model(predictor, tmp_path, activate=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 10], "columns": [f"x{i}" for i in range(10)]}
+    ]
+    assert [
+        (o["name"], o["task"], o["kind"], o["shape"], o["activation"], o["applied"])
+        for o in manifest["outputs"]
+    ] == [
+        ("ctr", "ctr", "binary", ["batch", 1], "sigmoid", False),
+        ("topic", "topic", "multiclass", ["batch", 4], "softmax", False),
+        ("value", "value", "regression", ["batch", 1], "none", True),
+    ]
+    assert manifest["preprocessing"] is None and manifest["exporter"] == "torch.onnx.export (trace)"
+    x = case.inputs(5, torch.Generator().manual_seed(1))
+    assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks, activate=False))
+    assert verify_export(folder, predictor) <= ATOL
+
+
+class MiniESMM(MultiTaskModel):
+    """ESMM-shaped test model: pCTR and pCVR towers, pCTCVR = pCTR * pCVR; pCVR is not a task."""
+
+    task_names = ("ctr", "ctcvr")
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.bottom = nn.Linear(input_dim, 8)
+        self.ctr = nn.Linear(8, 1)
+        self.cvr = nn.Linear(8, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = torch.relu(self.bottom(x))
+        ctr = torch.sigmoid(self.ctr(h)).squeeze(-1)
+        cvr = torch.sigmoid(self.cvr(h)).squeeze(-1)
+        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        self._check_task(task)
+        return list((self.ctr if task == "ctr" else self.cvr).parameters())
+
+
+ESMM_TASKS = (Task(name="ctr", kind="binary", logits=False), Task(name="ctcvr", kind="binary", logits=False))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_outputs_that_are_not_tasks_are_exported_as_given(fmt: str, tmp_path: Path) -> None:
+    needs(fmt)
+    torch.manual_seed(0)
+    model = MiniESMM(6)
+    predictor = Predictor(model=model, tasks=ESMM_TASKS, input_spec=6, feature_names=None)
+    folder = export_model(predictor, tmp_path, format=fmt)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [(o["name"], o["task"], o["activation"]) for o in manifest["outputs"]] == [
+        ("ctr", "ctr", "none"),
+        ("cvr", None, "none"),
+        ("ctcvr", "ctcvr", "none"),
+    ]
+    x = torch.randn(11, 6)
+    got = run_export(folder, x)
+    assert_matches(got, expected(model, x, ESMM_TASKS))
+    np.testing.assert_allclose(got["ctcvr"], got["ctr"] * got["cvr"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- tabular
+def raw_columns(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    color = rng.choice(["red", "green", "blue", "teal", "?", ""], n).astype(str)
+    size = rng.choice(["S", "M", "L", "XL"], n).astype(str)
+    age = rng.normal(40, 12, n)
+    age[rng.random(n) < 0.1] = np.nan
+    income = rng.lognormal(10, 1, n)
+    return {"color": color, "size": size, "age": age, "income": income}
+
+
+@pytest.fixture
+def tabular() -> Predictor:
+    train = raw_columns(300, 0)
+    train["color"][train["color"] == "teal"] = "red"  # "teal" is never seen in training
+    pre = TabularPreprocessor(categorical=["color", "size"], numeric=["age", "income"]).fit(train)
+    tasks = (
+        Task(name="click", kind="binary"),
+        Task(name="segment", kind="multiclass", num_classes=3),
+        Task(name="spend", kind="regression"),
+    )
+    schema = pre.schema
+    assert isinstance(schema, FeatureSchema)
+    torch.manual_seed(0)
+    model = MODELS.build(
+        "mmoe", input_dim=None, tasks=tasks, num_experts=3, input_layer=lambda: embedding(schema)
+    )
+    return Predictor(model=model, tasks=tasks, input_spec=schema, preprocessor=pre)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_tabular_export_reads_preprocessed_tensors_and_ships_the_preprocessor(
+    tabular: Predictor, fmt: str, tmp_path: Path
+) -> None:
+    needs(fmt)
+    folder = export_model(tabular, tmp_path, format=fmt)
+    checks = [m.check_indices for m in tabular.model.modules() if hasattr(m, "check_indices")]
+    assert checks == [True]  # switched off in the exported copy only
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [(i["name"], i["dtype"], i["shape"], i["columns"]) for i in manifest["inputs"]] == [
+        ("categorical", "int64", ["batch", 2], ["color", "size"]),
+        ("numeric", "float32", ["batch", 2], ["age", "income"]),
+    ]
+    assert manifest["preprocessing"] == {"file": "preprocessor.json", "embedded": False}
+    assert json.loads((folder / "preprocessor.json").read_text()) == tabular.preprocessor.state_dict()
+    assert tabular.preprocessor is not None
+    x = tabular.preprocessor.transform(raw_columns(13, 5))
+    assert_matches(run_export(folder, x), expected(tabular.model, x, tabular.tasks))
+
+
+def test_embedded_preprocessing_reads_raw_columns(tabular: Predictor, tmp_path: Path) -> None:
+    needs("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    folder = export_model(tabular, tmp_path, embed_preprocessing=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [(i["name"], i["dtype"]) for i in manifest["inputs"]] == [
+        ("color", "string"),
+        ("size", "string"),
+        ("age", "float64"),
+        ("income", "float64"),
+    ]
+    assert manifest["preprocessing"] == {"file": "preprocessor.json", "embedded": True}
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o["name"] for o in manifest["outputs"]]
+    for n, seed in ((17, 1), (1, 2)):
+        raw = raw_columns(n, seed)  # unseen "teal", missing "?"/"" and NaN ages included
+        raw["income"][0] = np.inf
+        got = dict(zip(names, session.run(names, {k: np.asarray(v) for k, v in raw.items()})))
+        assert tabular.preprocessor is not None
+        want = expected(tabular.model, tabular.preprocessor.transform(raw), tabular.tasks)
+        assert_matches(got, want)
+
+
+@pytest.mark.slow
+def test_tabular_export_with_the_dynamo_exporter(tabular: Predictor, tmp_path: Path) -> None:
+    needs("onnx")
+    folder = export_model(tabular, tmp_path, exporter="dynamo")  # the index check is switched off
+    assert tabular.preprocessor is not None
+    x = tabular.preprocessor.transform(raw_columns(13, 5))
+    assert_matches(run_export(folder, x), expected(tabular.model, x, tabular.tasks))
+
+
+def test_export_option_errors(tabular: Predictor, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(IncompatibleComponentsError, match="embed_preprocessing needs format='onnx'"):
+        export_model(tabular, tmp_path, format="torchscript", embed_preprocessing=True)
+    flat, _ = predictor_for("mmoe")
+    with pytest.raises(IncompatibleComponentsError, match="embed_preprocessing applies to tabular data"):
+        export_model(flat, tmp_path, embed_preprocessing=True)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
+    with pytest.raises(
+        ImportError, match=r"ONNX export needs the onnx package: pip install 'mtlkit\[onnx\]'"
+    ):
+        export_model(flat, tmp_path)
