@@ -64,11 +64,14 @@ class Job:
         config: the raw experiment config (a mapping as in a YAML file; ``compare`` and
             ``seeds`` allowed). The runner sets ``name`` to ``key`` and applies the overrides.
         meta: what the report needs to place the job's runs (e.g. ``{"correlation": 0.5}``).
+        overridable: whether the user's ``key=value`` overrides apply to this job (``False`` for
+            a side job whose config has another shape, e.g. a smoke run on a real-data sample).
     """
 
     key: str
     config: Mapping[str, Any]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    overridable: bool = True
 
 
 @dataclass(slots=True)

@@ -82,7 +82,8 @@ class ESMMReproduction:
             smoke = {k: v for k, v in load_preset("ali-ccp-esmm").items() if k not in ("name", "description")}
             smoke["data"] = {**smoke["data"], "path": path}
             smoke["seeds"] = seeds
-            jobs.append(Job(key="ali_ccp_esmm", config=smoke, meta={"model": "esmm", "data": "ali_ccp_sample"}))
+            meta = {"model": "esmm", "data": "ali_ccp_sample"}
+            jobs.append(Job(key="ali_ccp_esmm", config=smoke, meta=meta, overridable=False))
         return jobs
 
     def report(self, results: Sequence[JobResult], out_dir: Path, settings: Settings) -> Report:
@@ -106,18 +107,20 @@ class ESMMReproduction:
                 st = entry["metrics"].get(task, {}).get("auc")
                 if st is not None:
                     row[f"{task}/auc"], row[f"{task}/auc_std"] = st["mean"], st["std"]
-            paired = [
-                (r.metrics["cvr"]["auc"] - base_runs[r.seed].metrics["cvr"]["auc"], r.metrics["ctcvr"]["auc"]
-                 - base_runs[r.seed].metrics["ctcvr"]["auc"])
-                for r in rs
-                if r.seed in base_runs
-            ]
-            row["cvr_wins"] = f"{sum(d[0] > 0 for d in paired)}/{len(paired)}" if label != baseline else ""
-            row["ctcvr_wins"] = f"{sum(d[1] > 0 for d in paired)}/{len(paired)}" if label != baseline else ""
-            row["delta_cvr"], row["delta_cvr_std"] = mean_std([d[0] for d in paired]) if paired else (math.nan,) * 2
-            row["delta_ctcvr"], row["delta_ctcvr_std"] = (
-                mean_std([d[1] for d in paired]) if paired else (math.nan,) * 2
-            )
+            if label != baseline:
+                paired = [
+                    (
+                        r.metrics["cvr"]["auc"] - base_runs[r.seed].metrics["cvr"]["auc"],
+                        r.metrics["ctcvr"]["auc"] - base_runs[r.seed].metrics["ctcvr"]["auc"],
+                    )
+                    for r in rs
+                    if r.seed in base_runs
+                ]
+                if paired:
+                    row["cvr_wins"] = f"{sum(d[0] > 0 for d in paired)}/{len(paired)}"
+                    row["ctcvr_wins"] = f"{sum(d[1] > 0 for d in paired)}/{len(paired)}"
+                    row["delta_cvr"], row["delta_cvr_std"] = mean_std([d[0] for d in paired])
+                    row["delta_ctcvr"], row["delta_ctcvr_std"] = mean_std([d[1] for d in paired])
             row["seconds"] = entry["seconds"]
             rows.append(row)
         columns = [
@@ -178,7 +181,9 @@ class ESMMReproduction:
                 "it shows the real-data path runs; the AUCs mean nothing at this size (n/a: one class only)."
             ]
             stitle = "Ali-CCP sample (smoke check)"
-            for ext, path in write_table(srows, scols, out_dir, "ali_ccp_smoke", title=stitle, notes=snotes).items():
+            for ext, path in write_table(
+                srows, scols, out_dir, "ali_ccp_smoke", title=stitle, notes=snotes
+            ).items():
                 files[f"ali_ccp_{ext}"] = path
             md += "\n" + markdown_table(srows, scols, title=stitle, notes=snotes)
         return Report(md, files)

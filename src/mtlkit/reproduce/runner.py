@@ -90,7 +90,7 @@ def plan_reproduction(
     for job in jobs:
         raw = {**dict(job.config), "name": job.key}
         try:
-            if settings.overrides:
+            if settings.overrides and job.overridable:
                 raw = apply_overrides(raw, settings.overrides)
             planned.append((job, resolve(raw, source=f"reproduction {name!r}, job {job.key!r}")))
         except ConfigError as exc:
