@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,49 @@ def test_balancers_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert deltas == sorted(deltas, reverse=True)
     assert {r["kind"] for r in rows} == {"baseline", "weighting", "aggregator"}
     assert _csv_header(run_dir / "results.csv")[:4] == ["method", "kind", "y1/mse", "y1/mse_std"]
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("MTLKIT_SHARED_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return root if (root / "ali-ccp-sample" / "ali_ccp_train_sample.csv").is_file() else None
+
+
+def test_esmm_smoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = _shared_data()
+    if shared is None:
+        monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    else:  # the Ali-CCP sample smoke job joins the synthetic comparison
+        monkeypatch.setenv("MTLKIT_DATA", str(shared))
+    tiny = ["data.n_train=400", "data.n_val=100", "data.n_test=400", "trainer.epochs=1"]
+    rc = main(["reproduce", "esmm", "--seeds", "1", "--out", str(tmp_path), "--no-progress", *tiny])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path)
+    expected = [f"results.{e}" for e in ("md", "csv", "json")]
+    if shared is not None:
+        expected += [f"ali_ccp_smoke.{e}" for e in ("md", "csv", "json")]
+    record = _check_common(run_dir, "esmm", expected)
+    assert [j["key"] for j in record["jobs"]][:3] == ["clicked_cvr", "esmm", "esmm_mmoe"]
+    header = _csv_header(run_dir / "results.csv")
+    assert header[:8] == [
+        "model",
+        "runs",
+        "ctr/auc",
+        "ctr/auc_std",
+        "ctcvr/auc",
+        "ctcvr/auc_std",
+        "cvr/auc",
+        "cvr/auc_std",
+    ]
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    metrics = json.loads((run_dir / record["jobs"][1]["run_dir"] / "metrics.json").read_text())["metrics"]
+    assert rows[1]["model"] == "esmm" and rows[1]["cvr/auc"] == pytest.approx(metrics["cvr"]["auc"])
+    assert rows[1]["delta_cvr"] == pytest.approx(metrics["cvr"]["auc"] - rows[0]["cvr/auc"])
+    if shared is None:
+        pytest.skip("Ali-CCP sample not found (MTLKIT_SHARED_DATA or ../shared/data): smoke job not checked")
 
 
 def test_list_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

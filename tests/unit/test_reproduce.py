@@ -33,6 +33,7 @@ from mtlkit.reproduce import (
 )
 from mtlkit.reproduce._base import registered_without_required
 from mtlkit.reproduce.balancers import Balancers
+from mtlkit.reproduce.esmm import ESMMReproduction
 from mtlkit.reproduce.mmoe_synthetic import MODELS, MMoESynthetic
 from mtlkit.reproduce.plots import mean_train_loss, plot_bars, plot_panel_curves, plot_panel_histograms
 
@@ -354,3 +355,61 @@ def test_synthetic_shape_seed_fixes_the_sine_terms_only() -> None:
     torch.testing.assert_close(a.inputs, plain.inputs)  # x (and u, noise) still come from `seed`
     assert not torch.equal(a.targets["y1"], plain.targets["y1"])
     assert not torch.equal(a.inputs, b.inputs)
+
+
+# ------------------------------------------------------------------------------------------ esmm
+def test_esmm_plan_protocol_and_ali_ccp_smoke_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    jobs = {j.key: j for j in ESMMReproduction().plan(Settings())}
+    assert list(jobs) == ["clicked_cvr", "esmm", "esmm_mmoe"]
+    assert jobs["clicked_cvr"].config["data"]["task_set"] == "clicked_cvr"
+    assert jobs["esmm"].config["data"]["task_set"] == "esmm"
+    assert jobs["esmm_mmoe"].config["model"]["base"]["name"] == "mmoe"
+    for job in jobs.values():  # the esmm preset's protocol: test cvr labels over the entire space
+        assert job.config["data"]["test_cvr"] == "entire_space" and job.config["seeds"] == [0, 1, 2]
+        assert job.config["trainer"]["early_stopping"]["monitor"] == "mean/loss"
+    (tmp_path / "ali-ccp-sample").mkdir()
+    (tmp_path / "ali-ccp-sample" / "ali_ccp_train_sample.csv").write_text("x\n")
+    monkeypatch.setenv("MTLKIT_DATA", str(tmp_path))
+    smoke = ESMMReproduction().plan(Settings())[-1]
+    assert smoke.key == "ali_ccp_esmm" and not smoke.overridable
+    assert smoke.config["data"] == {"name": "ali_ccp_sample", "task_set": "esmm", "path": str(tmp_path)}
+    # user overrides (synthetic-data keys) do not reach the smoke job
+    _, _, planned = plan_reproduction("esmm", overrides=["data.n_train=500"])
+    assert [exp.config.data.get("n_train") for _, exp in planned] == [500, 500, 500, None]
+
+
+def _auc_run(label: str, seed: int, ctr: float, ctcvr: float, cvr: float, tmp: Path) -> RunResult:
+    metrics = {t: {"loss": 0.1, "auc": v} for t, v in (("ctr", ctr), ("ctcvr", ctcvr), ("cvr", cvr))}
+    directions = {t: {"loss": False, "auc": True} for t in metrics}
+    return RunResult(label, seed, tmp, "test", metrics, 10, 1.0, 2, None, directions, [])
+
+
+def test_esmm_report_pairs_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    recipe = ESMMReproduction()
+    jobs = {j.key: j for j in recipe.plan(Settings(seeds=(0, 1)))}
+    values = {  # seed -> (ctr, ctcvr, cvr)
+        "clicked_cvr": [(0.8, 0.85, 0.70), (0.8, 0.86, 0.72)],
+        "esmm": [(0.81, 0.87, 0.69), (0.8, 0.88, 0.73)],
+        "esmm_mmoe": [(0.8, 0.84, 0.71), (0.8, 0.85, 0.74)],
+    }
+    results = [
+        _job_result(
+            jobs[k],
+            [_auc_run(k, s, *v, tmp_path) for s, v in enumerate(vs)],
+            tmp_path,
+            {"oracle_test_cvr_auc": 0.745},
+        )
+        for k, vs in values.items()
+    ]
+    report = recipe.report(results, tmp_path, Settings(seeds=(0, 1)))
+    rows = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert "delta_cvr" not in rows["clicked_cvr"] and rows["clicked_cvr"]["cvr/auc"] == pytest.approx(0.71)
+    assert rows["esmm"]["delta_cvr"] == pytest.approx(0.0) and rows["esmm"]["cvr_wins"] == "1/2"
+    assert rows["esmm"]["delta_ctcvr"] == pytest.approx(0.02) and rows["esmm"]["ctcvr_wins"] == "2/2"
+    assert rows["esmm_mmoe"]["delta_cvr"] == pytest.approx(0.015)
+    assert rows["esmm_mmoe"]["delta_cvr_std"] == pytest.approx(statistics.stdev([0.01, 0.02]))
+    assert rows["esmm_mmoe"]["ctcvr_wins"] == "0/2"
+    assert "Oracle CVR AUC (true pCVR on the test impressions): 0.7450" in report.markdown
+    assert "Ali-CCP" not in report.markdown
