@@ -10,6 +10,7 @@ from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, ma
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
+from mtlkit.models.ple import CGC, PLE, ExtractionNetwork, cgc, ple
 from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
 from mtlkit.models.single_task import SingleTask, single_task
 from mtlkit.registries import MODELS
@@ -36,3 +37,4 @@ __all__ = [
     "shared_bottom",
     "single_task",
 ]
+__all__ += ["CGC", "PLE", "ExtractionNetwork", "cgc", "ple"]

@@ -244,3 +244,87 @@ class SoftmaxGates(nn.Module):
     def by_name(self, x: Tensor) -> Mapping[str, Tensor]:
         g = self.forward(x)
         return {n: g[..., i, :] for i, n in enumerate(self.names)}
+
+
+__all__ += ["SoftmaxGate", "can_group_experts", "grouped_expert_outputs"]
+
+
+class SoftmaxGate(nn.Linear):
+    """One linear softmax gate, ``softmax(W x + b)`` over ``out_features`` experts.
+
+    The single-gate counterpart of :class:`SoftmaxGates`, for gates that read different inputs
+    (e.g. each task's own representation at the higher levels of PLE or a stacked MMoE).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(super().forward(_check_input(x, self.in_features, "Gate")), dim=-1)
+
+
+def can_group_experts(banks: Sequence[nn.Module]) -> bool:
+    """True when ``banks`` are :class:`ExpertMLPs` of one shape (input width, layer widths,
+    activation, dropout), so :func:`grouped_expert_outputs` can evaluate them as one bank."""
+    if not banks or not all(isinstance(b, ExpertMLPs) for b in banks):
+        return False
+    first = banks[0]
+    return all(
+        (b.in_features, b.hidden_dims, b.activation, b.dropout)
+        == (first.in_features, first.hidden_dims, first.activation, first.dropout)
+        for b in banks
+    )
+
+
+def grouped_expert_outputs(banks: Sequence[ExpertMLPs], inputs: Tensor | Sequence[Tensor]) -> Tensor:
+    """Several :class:`ExpertMLPs` banks evaluated as one batched bank.
+
+    Each bank keeps its own parameters (so that, e.g., each task can own its experts); their
+    weights are concatenated for the call, which copies weights but never activations, and
+    every layer of all banks is then one matrix product (see :class:`ExpertMLPs`).
+
+    Args:
+        banks: compatible banks (:func:`can_group_experts`), ``E = sum of num_experts``.
+        inputs: one ``(N, in)`` tensor read by every bank, or one ``(N, in)`` tensor per bank
+            (bank ``g``'s experts read ``inputs[g]``).
+
+    Returns:
+        ``(N, E, D)``: the experts of ``banks[0]`` first, then those of ``banks[1]``, ...
+    """
+    if not can_group_experts(banks):
+        raise ValueError(
+            "grouped_expert_outputs needs ExpertMLPs banks of one shape (widths, activation, dropout)."
+        )
+    first = banks[0]
+    per_bank = not isinstance(inputs, Tensor)
+    if per_bank and len(inputs) != len(banks):
+        raise ValueError(
+            f"grouped_expert_outputs needs one input per bank ({len(banks)}); got {len(inputs)}."
+        )
+    if len(banks) == 1:
+        return first(inputs[0] if per_bank else inputs)  # type: ignore[index,arg-type]
+    d = first.in_features
+    sizes = [b.num_experts for b in banks]
+    E, h0 = sum(sizes), first.hidden_dims[0]
+    w0 = torch.cat([b.weight0 for b in banks], dim=1)  # (in, E, h0)
+    b0 = torch.cat([b.bias0 for b in banks])  # (E, h0)
+    if per_bank:
+        xs = [_check_input(x, d, "ExpertMLPs") for x in inputs]  # type: ignore[union-attr]
+        lead = xs[0].shape[:-1]
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ShapeError(
+                f"grouped_expert_outputs needs inputs of one shape; got {[tuple(x.shape) for x in xs]}."
+            )
+        # expert-major input: every expert reads its own bank's input (one copy of the inputs)
+        x_e = torch.cat([x.reshape(1, -1, d).expand(n, -1, -1) for x, n in zip(xs, sizes)])
+        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x_e, w0.transpose(0, 1)))
+    else:
+        x = _check_input(inputs, d, "ExpertMLPs")  # type: ignore[arg-type]
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, d)
+        if len(first.hidden_dims) == 1:
+            h = torch.addmm(b0.reshape(-1), x2, w0.reshape(d, E * h0))
+            return first._activate(h).reshape(*lead, E, h0)
+        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x2.expand(E, *x2.shape), w0.transpose(0, 1)))
+    for i in range(len(first.weights)):
+        w = torch.cat([b.weights[i] for b in banks])
+        bias = torch.cat([b.biases[i] for b in banks])
+        h = first._activate(torch.baddbmm(bias.unsqueeze(1), h, w))
+    return h.transpose(0, 1).reshape(*lead, E, first.out_features)
