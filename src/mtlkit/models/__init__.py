@@ -9,10 +9,12 @@ from mtlkit.models._base import MultiTaskModel
 from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
+from mtlkit.models.dselect import DSelectK, DSelectKGate, dselect_k
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.ple import CGC, PLE, ExtractionNetwork, cgc, ple
 from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
 from mtlkit.models.single_task import SingleTask, single_task
+from mtlkit.models.stacked_moe import StackedMMoE, stacked_mmoe
 from mtlkit.registries import MODELS
 
 __all__ = [
@@ -37,4 +39,15 @@ __all__ = [
     "shared_bottom",
     "single_task",
 ]
-__all__ += ["CGC", "PLE", "ExtractionNetwork", "cgc", "ple"]
+__all__ += [
+    "CGC",
+    "PLE",
+    "DSelectK",
+    "DSelectKGate",
+    "ExtractionNetwork",
+    "StackedMMoE",
+    "cgc",
+    "dselect_k",
+    "ple",
+    "stacked_mmoe",
+]
