@@ -64,7 +64,12 @@ class Case:
     independent: tuple[tuple[str, str], ...] | None = None
 
 
-CASES: dict[str, Case] = {}
+CASES: dict[str, Case] = {
+    # DSelect-k with a number of experts that is not a power of two: both regularizers as aux outputs
+    "dselect_k": Case(kwargs={"num_experts": 6, "k": 2, "entropy_reg": 0.05}),
+    # PLE with three levels and unequal task expert counts (ownership changes with depth)
+    "ple": Case(kwargs={"num_levels": 3, "num_task_experts": {"ctr": 1, "topic": 0, "value": 2}}),
+}
 """Per-model overrides; every other registered model runs with ``Case()``."""
 
 

@@ -303,7 +303,7 @@ def dselect_k(
     num_experts: int = 8,
     k: int = 2,
     gamma: float = 1.0,
-    entropy_reg: float = 0.1,
+    entropy_reg: float = 0.01,
     gating: Gating = "per_example",
     expert_dims: Sequence[int] = (16,),
     tower_dims: Sequence[int] = (8,),
