@@ -145,9 +145,11 @@ class ExtractionNetwork(nn.Module):
         for n in sizes:
             offsets.append(offsets[-1] + n)
         m_s = sizes[-1] if self.shared_experts is not None else 0
-        shared_part = experts[:, offsets[-1] - m_s :] if m_s else None
+        E = offsets[-1]
         gates: dict[str, Tensor] = {}
-        outs: list[Tensor] = []
+        # every task's weights scattered over all E experts (zeros for other tasks' experts), so
+        # that all mixtures (and the shared one) are one batched product with the experts
+        rows: list[Tensor] = []
         bank = 0
         for t, x in zip(self.task_names, task_inputs):
             m_k = sizes[bank] if t in self.task_experts else 0
@@ -158,25 +160,29 @@ class ExtractionNetwork(nn.Module):
                     f"shared experts ({m_k + m_s})."
                 )
             gates[t] = w
-            parts = []
-            if m_k:
-                parts.append(_mix(w[:, :m_k], experts[:, offsets[bank] : offsets[bank + 1]]))
-                bank += 1
-            if shared_part is not None:
-                parts.append(_mix(w[:, m_k:], shared_part))
-            outs.append(parts[0] if len(parts) == 1 else parts[0] + parts[1])
-        shared_out = None
+            start = offsets[bank] if m_k else 0
+            bank += 1 if m_k else 0
+            pieces = [
+                w.new_zeros(w.shape[0], start),
+                w[:, :m_k],
+                w.new_zeros(w.shape[0], E - m_s - start - m_k),
+            ]
+            rows.append(torch.cat([*pieces, w[:, m_k:]], dim=-1))
         if self.shared_gate is not None:
             if shared_input is None:
                 raise ShapeError("ExtractionNetwork has a shared gate but was given no shared input.")
             w = self.shared_gate(shared_input)
-            if w.shape[-1] != experts.shape[-2]:
+            if w.shape[-1] != E:
                 raise ShapeError(
-                    f"The shared gate gives {w.shape[-1]} weights, but the level has {experts.shape[-2]} experts."
+                    f"The shared gate gives {w.shape[-1]} weights, but the level has {E} experts."
                 )
             gates["shared"] = w
-            shared_out = _mix(w, experts)
-        return LevelOutput(tuple(outs), shared_out, gates)
+            rows.append(w)
+        mixed = torch.bmm(torch.stack(rows, dim=1), experts).unbind(1)  # R x (N, D)
+        T = len(self.task_names)
+        outs = mixed[:T]
+        shared_out = mixed[T] if self.shared_gate is not None else None
+        return LevelOutput(outs, shared_out, gates)
 
 
 class PLE(MultiTaskModel):

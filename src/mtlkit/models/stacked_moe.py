@@ -107,24 +107,26 @@ class StackedMMoE(MultiTaskModel):
             if reps is None:
                 inputs = [h] * T
                 out = stack_experts(experts, h)  # (N, E, D), read by every task
-                per_task = [out] * T
             else:
                 inputs = reps
                 stacked = torch.stack(reps)  # (T, N, d): all tasks' inputs in one expert call
-                out = stack_experts(experts, stacked.reshape(-1, stacked.shape[-1]))
-                per_task = list(out.reshape(T, -1, *out.shape[-2:]).unbind(0))
+                out = stack_experts(experts, stacked.reshape(-1, stacked.shape[-1]))  # (T*N, E, D)
             prefix = "" if j == self.num_levels else f"level{j}/"
-            new = []
-            for t, x_t, e_t in zip(self.task_names, inputs, per_task):
+            ws = []
+            for t, x_t in zip(self.task_names, inputs):
                 w = level_gates[t](x_t)
-                if w.shape[-1] != e_t.shape[-2]:
+                if w.shape[-1] != out.shape[-2]:
                     raise ShapeError(
                         f"StackedMMoE level {j}: the gate of task {t!r} gives {w.shape[-1]} weights for "
-                        f"{e_t.shape[-2]} experts."
+                        f"{out.shape[-2]} experts."
                     )
                 gates[prefix + t] = w
-                new.append(torch.bmm(w.unsqueeze(1), e_t).squeeze(1))
-            reps = new
+                ws.append(w)
+            if reps is None:  # one product for all tasks: (N, T, E) x (N, E, D)
+                reps = list(torch.bmm(torch.stack(ws, dim=1), out).unbind(1))
+            else:  # each task's weights with its own expert outputs: (T*N, 1, E) x (T*N, E, D)
+                mixed = torch.bmm(torch.stack(ws).reshape(-1, 1, out.shape[-2]), out)
+                reps = list(mixed.reshape(T, -1, out.shape[-1]).unbind(0))
         assert reps is not None
         return reps, gates
 
