@@ -28,7 +28,14 @@ from mtlkit.models import (
     SoftmaxGates,
     StackedMMoE,
 )
-from mtlkit.models._blocks import SoftmaxGate, grouped_expert_outputs
+from mtlkit.models._blocks import (
+    SoftmaxGate,
+    can_group_mlps,
+    gate_outputs,
+    grouped_expert_outputs,
+    grouped_mlp_outputs,
+    tower_outputs,
+)
 from mtlkit.models.dselect import binary_codes, selector_outputs, smooth_step
 from mtlkit.registries import MODELS
 
@@ -145,6 +152,48 @@ def test_grouped_expert_banks_equal_each_bank_alone(dims: tuple[int, ...]) -> No
         got_g = torch.autograd.grad((out * up).sum(), params)
         want_g = torch.autograd.grad((want * up).sum(), params)
         for a, b in zip(got_g, want_g):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("tower_dims", [(), (5,), (5, 3)])
+def test_grouped_towers_equal_each_tower_alone(tower_dims: tuple[int, ...]) -> None:
+    towers = [MLP(6, tower_dims, out, activation="tanh").double() for out in (1, 4, 2)]
+    assert can_group_mlps(towers)
+    xs = [torch.randn(7, 6, dtype=F64) for _ in towers]
+    got = grouped_mlp_outputs(towers, xs)
+    want = [m(x) for m, x in zip(towers, xs)]
+    params = [p for m in towers for p in m.parameters()]
+    ups = [torch.randn_like(w) for w in want]
+    g_got = torch.autograd.grad(sum((o * u).sum() for o, u in zip(got, ups)), params)
+    g_want = torch.autograd.grad(sum((o * u).sum() for o, u in zip(want, ups)), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
+    # towers of different shapes are evaluated one by one
+    mixed = {"a": towers[0], "b": MLP(6, (4,), 1).double()}
+    assert not can_group_mlps(list(mixed.values()))
+    out = tower_outputs(mixed, {"a": xs[0], "b": xs[1]})
+    torch.testing.assert_close(out["b"], mixed["b"](xs[1]))
+
+
+def test_batched_gates_equal_each_gate_alone() -> None:
+    x = torch.randn(6, 5, dtype=F64)
+    cases = [
+        ([SoftmaxGate(5, n).double() for n in (3, 2, 4)], [x, x, x]),  # one input: one product
+        ([SoftmaxGate(5, 3).double() for _ in range(3)], [torch.randn(6, 5, dtype=F64) for _ in range(3)]),
+        ([SoftmaxGate(5, n).double() for n in (3, 2)], [x, torch.randn(6, 5, dtype=F64)]),  # one by one
+    ]
+    for gates, inputs in cases:
+        got = gate_outputs(gates, inputs)
+        for g, xi, w in zip(gates, inputs, got):
+            torch.testing.assert_close(w, ref_softmax_gate(g, xi))
+        params = [p for g in gates for p in g.parameters()]
+        ups = [torch.randn_like(w) for w in got]
+        g_got = torch.autograd.grad(sum((w * u).sum() for w, u in zip(got, ups)), params)
+        ref = [ref_softmax_gate(g, xi) for g, xi in zip(gates, inputs)]
+        g_want = torch.autograd.grad(sum((w * u).sum() for w, u in zip(ref, ups)), params)
+        for a, b in zip(g_got, g_want):
             torch.testing.assert_close(a, b)
 
 

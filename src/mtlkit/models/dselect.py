@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input
+from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -268,7 +268,7 @@ class DSelectK(MultiTaskModel):
         pairs = self._all_gates(h)
         w = torch.stack([g.expand(experts.shape[0], -1) for g, _ in pairs], dim=1)  # (N, T, n)
         mixed = torch.bmm(w, experts)  # (N, T, D): every task's mixture in one product
-        out = {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        out = tower_outputs(self.towers, {t: mixed[:, i] for i, t in enumerate(self.task_names)})
         if self.training:
             for t, (_, sel) in zip(self.task_names, pairs):
                 out.update(self._aux(t, sel))

@@ -15,7 +15,15 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import IncompatibleComponentsError, ShapeError
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate, can_group_experts, grouped_expert_outputs
+from mtlkit.models._blocks import (
+    MLP,
+    ExpertMLPs,
+    SoftmaxGate,
+    can_group_experts,
+    gate_outputs,
+    grouped_expert_outputs,
+    tower_outputs,
+)
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -128,6 +136,20 @@ class ExtractionNetwork(nn.Module):
         outs = [stack_experts(b, x) for b, x in zip(banks, inputs)]
         return torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0], [o.shape[-2] for o in outs]
 
+    def _gate_weights(
+        self, task_inputs: Sequence[Tensor], shared_input: Tensor | None
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """Every task gate's weights (batched where the gates allow) and the shared gate's (or None)."""
+        gates = [self.task_gates[t] for t in self.task_names]
+        if self.shared_gate is None:
+            return gate_outputs(gates, task_inputs), None
+        if shared_input is None:
+            raise ShapeError("ExtractionNetwork has a shared gate but was given no shared input.")
+        if all(x is shared_input for x in task_inputs):  # e.g. the first level: all gates read x
+            *task_w, shared_w = gate_outputs([*gates, self.shared_gate], [*task_inputs, shared_input])
+            return task_w, shared_w
+        return gate_outputs(gates, task_inputs), self.shared_gate(shared_input)
+
     def forward(self, task_inputs: Sequence[Tensor], shared_input: Tensor | None) -> LevelOutput:
         """Mix the level's experts for every task (and for the shared path when it has a shared gate).
 
@@ -151,9 +173,9 @@ class ExtractionNetwork(nn.Module):
         # that all mixtures (and the shared one) are one batched product with the experts
         rows: list[Tensor] = []
         bank = 0
-        for t, x in zip(self.task_names, task_inputs):
+        task_w, shared_w = self._gate_weights(task_inputs, shared_input)
+        for t, w in zip(self.task_names, task_w):
             m_k = sizes[bank] if t in self.task_experts else 0
-            w = self.task_gates[t](x)
             if w.shape[-1] != m_k + m_s:
                 raise ShapeError(
                     f"The gate of task {t!r} gives {w.shape[-1]} weights, but the task mixes {m_k} own and {m_s} "
@@ -168,10 +190,8 @@ class ExtractionNetwork(nn.Module):
                 w.new_zeros(w.shape[0], E - m_s - start - m_k),
             ]
             rows.append(torch.cat([*pieces, w[:, m_k:]], dim=-1))
-        if self.shared_gate is not None:
-            if shared_input is None:
-                raise ShapeError("ExtractionNetwork has a shared gate but was given no shared input.")
-            w = self.shared_gate(shared_input)
+        if shared_w is not None:
+            w = shared_w
             if w.shape[-1] != E:
                 raise ShapeError(
                     f"The shared gate gives {w.shape[-1]} weights, but the level has {E} experts."
@@ -317,7 +337,7 @@ class PLE(MultiTaskModel):
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
         reps, _ = self._extract(self._features(x))
-        return {t: self.towers[t](r) for t, r in zip(self.task_names, reps)}
+        return tower_outputs(self.towers, dict(zip(self.task_names, reps)))
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """Gate weights: ``{task: (N, m_k + m_s)}`` for the last level (the gates before the towers),

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate, gate_outputs, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -112,16 +112,14 @@ class StackedMMoE(MultiTaskModel):
                 stacked = torch.stack(reps)  # (T, N, d): all tasks' inputs in one expert call
                 out = stack_experts(experts, stacked.reshape(-1, stacked.shape[-1]))  # (T*N, E, D)
             prefix = "" if j == self.num_levels else f"level{j}/"
-            ws = []
-            for t, x_t in zip(self.task_names, inputs):
-                w = level_gates[t](x_t)
+            ws = gate_outputs([level_gates[t] for t in self.task_names], inputs)
+            for t, w in zip(self.task_names, ws):
                 if w.shape[-1] != out.shape[-2]:
                     raise ShapeError(
                         f"StackedMMoE level {j}: the gate of task {t!r} gives {w.shape[-1]} weights for "
                         f"{out.shape[-2]} experts."
                     )
                 gates[prefix + t] = w
-                ws.append(w)
             if reps is None:  # one product for all tasks: (N, T, E) x (N, E, D)
                 reps = list(torch.bmm(torch.stack(ws, dim=1), out).unbind(1))
             else:  # each task's weights with its own expert outputs: (T*N, 1, E) x (T*N, E, D)
@@ -132,7 +130,7 @@ class StackedMMoE(MultiTaskModel):
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
         reps, _ = self._levels(self._features(x))
-        return {t: self.towers[t](r) for t, r in zip(self.task_names, reps)}
+        return tower_outputs(self.towers, dict(zip(self.task_names, reps)))
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """``{task: (N, E_L)}`` for the last level, ``{"level{l}/{task}": (N, E_l)}`` for earlier ones."""
