@@ -6,7 +6,7 @@ backbones) plus a registered builder that takes sizes, for configs.
 
 from mtlkit.models import backbones
 from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
+from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGate, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
 from mtlkit.models.dselect import DSelectK, DSelectKGate, dselect_k
@@ -45,6 +45,7 @@ __all__ += [
     "DSelectK",
     "DSelectKGate",
     "ExtractionNetwork",
+    "SoftmaxGate",
     "StackedMMoE",
     "cgc",
     "dselect_k",
