@@ -38,3 +38,12 @@ def test_readme_lists_every_registered_component() -> None:
     for name in [*MODELS.names(), *WEIGHTINGS.names()]:
         assert f"`{name}`" in text, name
     assert os.path.exists(README)
+
+
+def test_every_other_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples after the quickstart and the task block, each in a fresh namespace."""
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks()[2:]
+    assert blocks, "the README has no further Python examples"
+    for i, code in enumerate(blocks, start=3):
+        exec(compile(code, f"README python block {i}", "exec"), {})

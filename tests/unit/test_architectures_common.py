@@ -90,6 +90,10 @@ CASES: dict[str, Case] = {
         kwargs={"tower_dims": [8, 4]},
         tasks=(Task(name="click", kind="binary"), Task(name="cart", kind="binary"), Task(name="buy", kind="binary")),
     ),
+    # DSelect-k with a number of experts that is not a power of two: both regularizers as aux outputs
+    "dselect_k": Case(kwargs={"num_experts": 6, "k": 2, "entropy_reg": 0.05}),
+    # PLE with three levels and unequal task expert counts (ownership changes with depth)
+    "ple": Case(kwargs={"num_levels": 3, "num_task_experts": {"ctr": 1, "topic": 0, "value": 2}}),
 }
 """Per-model overrides; every other registered model runs with ``Case()``."""
 

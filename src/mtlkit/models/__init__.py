@@ -6,34 +6,42 @@ backbones) plus a registered builder that takes sizes, for configs.
 
 from mtlkit.models import backbones
 from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGates, make_activation
+from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGate, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.aitm import AITM, AdaptiveInformationTransfer, aitm
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
 from mtlkit.models.cross_stitch import CrossStitch, CrossStitchUnit, cross_stitch
+from mtlkit.models.dselect import DSelectK, DSelectKGate, dselect_k
 from mtlkit.models.esmm import ESMM, esmm
 from mtlkit.models.hierarchical import Hierarchical, hierarchical
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.mtan import MTAN, mtan
+from mtlkit.models.ple import CGC, PLE, ExtractionNetwork, cgc, ple
 from mtlkit.models.shared_bottom import SharedBottom, shared_bottom
 from mtlkit.models.shared_private import SharedPrivate, shared_private
 from mtlkit.models.single_task import SingleTask, single_task
 from mtlkit.models.soft_sharing import SoftSharing, soft_sharing
+from mtlkit.models.stacked_moe import StackedMMoE, stacked_mmoe
 from mtlkit.registries import MODELS
 
 __all__ = [
     "ACTIVATIONS",
     "AITM",
     "BACKBONES",
+    "CGC",
     "ESMM",
     "MLP",
     "MODELS",
     "MTAN",
+    "PLE",
     "AdaptiveInformationTransfer",
     "CrossStitch",
     "CrossStitchUnit",
+    "DSelectK",
+    "DSelectKGate",
     "EmbeddingFrontEnd",
     "ExpertMLPs",
+    "ExtractionNetwork",
     "Hierarchical",
     "InputLayerLike",
     "MMoE",
@@ -43,10 +51,14 @@ __all__ = [
     "SharedPrivate",
     "SingleTask",
     "SoftSharing",
+    "SoftmaxGate",
     "SoftmaxGates",
+    "StackedMMoE",
     "aitm",
     "backbones",
+    "cgc",
     "cross_stitch",
+    "dselect_k",
     "esmm",
     "hierarchical",
     "make_activation",
@@ -54,8 +66,10 @@ __all__ = [
     "mmoe",
     "mtan",
     "omoe",
+    "ple",
     "shared_bottom",
     "shared_private",
     "single_task",
     "soft_sharing",
+    "stacked_mmoe",
 ]

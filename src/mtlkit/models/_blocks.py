@@ -265,3 +265,198 @@ class SoftmaxGates(nn.Module):
     def by_name(self, x: Tensor) -> Mapping[str, Tensor]:
         g = self.forward(x)
         return {n: g[..., i, :] for i, n in enumerate(self.names)}
+
+
+__all__ += ["SoftmaxGate", "can_group_experts", "grouped_expert_outputs"]
+
+
+class SoftmaxGate(nn.Linear):
+    """One linear softmax gate, ``softmax(W x + b)`` over ``out_features`` experts.
+
+    The single-gate counterpart of :class:`SoftmaxGates`, for gates that read different inputs
+    (e.g. each task's own representation at the higher levels of PLE or a stacked MMoE).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(super().forward(_check_input(x, self.in_features, "Gate")), dim=-1)
+
+
+def can_group_experts(banks: Sequence[nn.Module]) -> bool:
+    """True when ``banks`` are :class:`ExpertMLPs` of one shape (input width, layer widths,
+    activation, dropout), so :func:`grouped_expert_outputs` can evaluate them as one bank."""
+    if not banks or not all(isinstance(b, ExpertMLPs) for b in banks):
+        return False
+    first = banks[0]
+    return all(
+        (b.in_features, b.hidden_dims, b.activation, b.dropout)
+        == (first.in_features, first.hidden_dims, first.activation, first.dropout)
+        for b in banks
+    )
+
+
+def grouped_expert_outputs(banks: Sequence[ExpertMLPs], inputs: Tensor | Sequence[Tensor]) -> Tensor:
+    """Several :class:`ExpertMLPs` banks evaluated as one batched bank.
+
+    Each bank keeps its own parameters (so that, e.g., each task can own its experts); their
+    weights are concatenated for the call, which copies weights but never activations, and
+    every layer of all banks is then one matrix product (see :class:`ExpertMLPs`).
+
+    Args:
+        banks: compatible banks (:func:`can_group_experts`), ``E = sum of num_experts``.
+        inputs: one ``(N, in)`` tensor read by every bank, or one ``(N, in)`` tensor per bank
+            (bank ``g``'s experts read ``inputs[g]``).
+
+    Returns:
+        ``(N, E, D)``: the experts of ``banks[0]`` first, then those of ``banks[1]``, ...
+    """
+    if not can_group_experts(banks):
+        raise ValueError(
+            "grouped_expert_outputs needs ExpertMLPs banks of one shape (widths, activation, dropout)."
+        )
+    first = banks[0]
+    per_bank = not isinstance(inputs, Tensor)
+    if per_bank and len(inputs) != len(banks):
+        raise ValueError(
+            f"grouped_expert_outputs needs one input per bank ({len(banks)}); got {len(inputs)}."
+        )
+    if len(banks) == 1:
+        return first(inputs[0] if per_bank else inputs)  # type: ignore[index,arg-type]
+    d = first.in_features
+    sizes = [b.num_experts for b in banks]
+    E, h0 = sum(sizes), first.hidden_dims[0]
+    w0 = torch.cat([b.weight0 for b in banks], dim=1)  # (in, E, h0)
+    b0 = torch.cat([b.bias0 for b in banks])  # (E, h0)
+    if per_bank:
+        xs = [_check_input(x, d, "ExpertMLPs") for x in inputs]  # type: ignore[union-attr]
+        lead = xs[0].shape[:-1]
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ShapeError(
+                f"grouped_expert_outputs needs inputs of one shape; got {[tuple(x.shape) for x in xs]}."
+            )
+        # expert-major input: every expert reads its own bank's input (one copy of the inputs)
+        x_e = torch.cat([x.reshape(1, -1, d).expand(n, -1, -1) for x, n in zip(xs, sizes)])
+        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x_e, w0.transpose(0, 1)))
+    else:
+        x = _check_input(inputs, d, "ExpertMLPs")  # type: ignore[arg-type]
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, d)
+        if len(first.hidden_dims) == 1:
+            h = torch.addmm(b0.reshape(-1), x2, w0.reshape(d, E * h0))
+            return first._activate(h).reshape(*lead, E, h0)
+        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x2.expand(E, *x2.shape), w0.transpose(0, 1)))
+    for i in range(len(first.weights)):
+        w = torch.cat([b.weights[i] for b in banks])
+        bias = torch.cat([b.biases[i] for b in banks])
+        h = first._activate(torch.baddbmm(bias.unsqueeze(1), h, w))
+    return h.transpose(0, 1).reshape(*lead, E, first.out_features)
+
+
+__all__ += ["can_group_mlps", "grouped_mlp_outputs", "tower_outputs"]
+
+
+def can_group_mlps(mlps: Sequence[nn.Module]) -> bool:
+    """True when ``mlps`` are :class:`MLP` s of one shape (input width, hidden widths, activation,
+    dropout); their final output widths may differ."""
+    if not mlps or not all(isinstance(m, MLP) for m in mlps):
+        return False
+    seqs = [list(m.net) for m in mlps]
+    first = seqs[0]
+    if any(len(s) != len(first) for s in seqs):
+        return False
+    for i, mod in enumerate(first):
+        for other in (s[i] for s in seqs[1:]):
+            if type(other) is not type(mod):
+                return False
+            if isinstance(mod, nn.Linear):
+                last = i == len(first) - 1
+                if other.in_features != mod.in_features or (
+                    other.out_features != mod.out_features and not last
+                ):
+                    return False
+                if (mod.bias is None) != (other.bias is None):
+                    return False
+            elif repr(other) != repr(mod):
+                return False
+    return True
+
+
+def grouped_mlp_outputs(mlps: Sequence[MLP], inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Several :class:`MLP` s (e.g. one tower per task), each on its own input, evaluated together.
+
+    Each MLP keeps its own parameters; their weights are stacked for the call (the final layers
+    zero-padded to the widest output) and every layer is one batched product over the MLPs.
+
+    Args:
+        mlps: compatible MLPs (:func:`can_group_mlps`).
+        inputs: one ``(N, in)`` tensor per MLP, all of one shape.
+
+    Returns:
+        ``mlps[i](inputs[i])`` for every ``i``.
+    """
+    if not can_group_mlps(mlps):
+        raise ValueError("grouped_mlp_outputs needs MLPs of one shape (widths, activation, dropout).")
+    if len(inputs) != len(mlps):
+        raise ValueError(f"grouped_mlp_outputs needs one input per MLP ({len(mlps)}); got {len(inputs)}.")
+    xs = [_check_input(x, mlps[0].in_features, "MLP") for x in inputs]
+    if any(x.shape != xs[0].shape or x.ndim != 2 for x in xs):
+        raise ShapeError(
+            f"grouped_mlp_outputs needs (N, in) inputs of one shape; got {[tuple(x.shape) for x in xs]}."
+        )
+    seqs = [list(m.net) for m in mlps]
+    h = torch.stack(xs)  # (K, N, in)
+    widths = [m.out_features for m in mlps]
+    for i, mod in enumerate(seqs[0]):
+        if not isinstance(mod, nn.Linear):
+            h = mod(h)  # the activation / dropout, the same for every MLP
+            continue
+        layers: list[nn.Linear] = [s[i] for s in seqs]  # type: ignore[misc]
+        width = max(lin.out_features for lin in layers)
+        w = torch.stack([F.pad(lin.weight, (0, 0, 0, width - lin.out_features)) for lin in layers])
+        if layers[0].bias is None:
+            h = torch.bmm(h, w.transpose(1, 2))
+        else:
+            b = torch.stack([F.pad(lin.bias, (0, width - lin.out_features)) for lin in layers])
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    return [h[k, :, :n] for k, n in enumerate(widths)]
+
+
+def tower_outputs(towers: Mapping[str, nn.Module], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{task: towers[task](inputs[task])}``, as one batched evaluation when the towers are MLPs of
+    one shape (:func:`grouped_mlp_outputs`), else tower by tower."""
+    names = list(inputs)
+    mods = [towers[t] for t in names]
+    xs = [inputs[t] for t in names]
+    if len(mods) > 1 and can_group_mlps(mods) and all(x.ndim == 2 and x.shape == xs[0].shape for x in xs):
+        return dict(zip(names, grouped_mlp_outputs(mods, xs)))  # type: ignore[arg-type]
+    return {t: towers[t](x) for t, x in zip(names, xs)}
+
+
+__all__ += ["gate_outputs"]
+
+
+def gate_outputs(gates: Sequence[nn.Module], inputs: Sequence[Tensor]) -> list[Tensor]:
+    """``[gates[i](inputs[i]) for i]``, batched for :class:`SoftmaxGate` s.
+
+    Gates that read the same tensor are one matrix product over their concatenated weights
+    (e.g. every gate of a level that reads the model input); gates of one shape that read
+    different inputs of one shape are one batched product. Other gates are called one by one.
+    """
+    if len(gates) != len(inputs):
+        raise ValueError(f"gate_outputs needs one input per gate ({len(gates)}); got {len(inputs)}.")
+    if len(gates) < 2 or not all(type(g) is SoftmaxGate and g.bias is not None for g in gates):
+        return [g(x) for g, x in zip(gates, inputs)]
+    first: SoftmaxGate = gates[0]  # type: ignore[assignment]
+    same_in = all(g.in_features == first.in_features for g in gates)  # type: ignore[union-attr]
+    if same_in and all(x is inputs[0] for x in inputs):
+        x = _check_input(inputs[0], first.in_features, "Gate")
+        w = torch.cat([g.weight for g in gates])  # type: ignore[misc]
+        b = torch.cat([g.bias for g in gates])  # type: ignore[misc]
+        sizes = [g.out_features for g in gates]  # type: ignore[misc]
+        return [torch.softmax(part, dim=-1) for part in F.linear(x, w, b).split(sizes, dim=-1)]
+    same_out = all(g.out_features == first.out_features for g in gates)  # type: ignore[union-attr]
+    if same_in and same_out and all(x.ndim == 2 and x.shape == inputs[0].shape for x in inputs):
+        xs = torch.stack([_check_input(x, first.in_features, "Gate") for x in inputs])  # (K, N, in)
+        w = torch.stack([g.weight for g in gates])  # (K, out, in)  # type: ignore[misc]
+        b = torch.stack([g.bias for g in gates])  # type: ignore[misc]
+        return list(torch.softmax(torch.baddbmm(b.unsqueeze(1), xs, w.transpose(1, 2)), dim=-1).unbind(0))
+    return [g(x) for g, x in zip(gates, inputs)]
