@@ -53,7 +53,7 @@ class ESMMReproduction:
     """ESMM vs a CVR model trained on clicked impressions: CVR and CTCVR AUC over all impressions."""
 
     paper: ClassVar[str] = PAPER
-    minutes: ClassVar[float] = 2.0
+    minutes: ClassVar[float] = 1.2
     threads: ClassVar[int | None] = 1
 
     default: ClassVar[dict[str, Any]] = {"seeds": 3, "n_train": 20_000, "n_val": 5_000, "n_test": 20_000}

@@ -42,7 +42,7 @@ class MMoESynthetic:
     """MMoE paper §5: single-task, shared-bottom, OMoE, MMoE on synthetic tasks of correlation 1.0/0.9/0.5."""
 
     paper: ClassVar[str] = PAPER
-    minutes: ClassVar[float] = 3.0
+    minutes: ClassVar[float] = 2.0
     threads: ClassVar[int | None] = 1
 
     correlations: ClassVar[tuple[float, ...]] = CORRELATIONS
