@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,9 +37,11 @@ __all__ = [
     "DataFile",
     "FileSet",
     "columns_as_float",
+    "download",
     "locate",
     "open_binary",
     "open_text",
+    "read_bytes",
     "read_csv",
     "resolve_root",
     "sha256sum",
@@ -117,6 +120,11 @@ def _download(url: str, dest: Path) -> None:
         ) from None
 
 
+def download(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically (a partial download never takes the file's name)."""
+    _download(url, dest)
+
+
 def locate(
     fileset: FileSet,
     path: str | os.PathLike[str] | None = None,
@@ -193,6 +201,23 @@ def open_binary(path: Path) -> IO[bytes]:
     if suffix in (".xz", ".lzma"):
         return lzma.open(path, "rb")
     return path.open("rb")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole (decompressed) content of a plain, ``.gz``, ``.bz2`` or ``.xz`` file.
+
+    Raises:
+        DataError: the file cannot be read or decompressed (corrupt or truncated); the message
+            names the file.
+    """
+    try:
+        with open_binary(path) as fh:
+            return fh.read()
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+        raise DataError(
+            f"{path} could not be read ({type(exc).__name__}: {exc}); the file is corrupt or truncated. "
+            "Replace it with the original."
+        ) from None
 
 
 @contextmanager

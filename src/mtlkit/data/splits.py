@@ -17,7 +17,9 @@ class DataSplits:
     """The data of one experiment.
 
     Attributes:
-        train: training data.
+        train: training data: one dataset holding every task's labels, or per-task datasets
+            ``{task name: dataset with that task's targets only}`` (tasks with separate data, e.g.
+            MNIST + Fashion-MNIST).
         val: validation data (early stopping, model selection), or None.
         test: held-out data for the final metrics, or None.
         tasks: the task definitions.
@@ -30,9 +32,9 @@ class DataSplits:
             so that prediction reuses it; None when the data needs none.
     """
 
-    train: MultiTaskDataset
-    val: MultiTaskDataset | None
-    test: MultiTaskDataset | None
+    train: MultiTaskDataset | dict[str, MultiTaskDataset]
+    val: MultiTaskDataset | dict[str, MultiTaskDataset] | None
+    test: MultiTaskDataset | dict[str, MultiTaskDataset] | None
     tasks: tuple[Task, ...]
     input_spec: InputSpec | None
     info: dict[str, Any] = field(default_factory=dict)
