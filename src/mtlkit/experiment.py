@@ -26,6 +26,7 @@ from mtlkit.config.build import (
     optimizer_factory,
     scheduler_factory,
 )
+from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
@@ -131,7 +132,7 @@ def _train_one(
         batch_size=cfg.trainer.batch_size,
         early_stopping=early_stopping(cfg),
         checkpoint=run_dir / "checkpoint.pt",
-        extra_state={"config": config_dict, "label": label},
+        extra_state=_extra_state(config_dict, label, splits, run_dir),
     )
     seconds = time.perf_counter() - started
     split, data = ("test", splits.test) if splits.test is not None else ("val", splits.val or splits.train)
@@ -157,6 +158,28 @@ def _train_one(
         json.dumps(_run_record(result, splits), indent=1, default=_json_default)
     )
     return result
+
+
+def _extra_state(config: dict[str, Any], label: str, splits: DataSplits, run_dir: Path) -> dict[str, Any]:
+    """What checkpoints carry besides the training state; a fitted preprocessor is also written
+    to ``preprocessor.json`` so that evaluation and prediction reuse it."""
+    extra: dict[str, Any] = {"config": config, "label": label}
+    state_dict = getattr(splits.preprocessor, "state_dict", None)
+    if callable(state_dict):
+        extra["preprocessor"] = state_dict()
+        (run_dir / "preprocessor.json").write_text(json.dumps(extra["preprocessor"], indent=1))
+    return extra
+
+
+def _with_saved_preprocessor(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``spec`` with ``preprocessor=<run_dir>/preprocessor.json`` when the run saved one and the
+    dataset builder can reuse it (instead of fitting it again)."""
+    saved = run_dir / "preprocessor.json"
+    if not saved.is_file() or spec.get("preprocessor") is not None:
+        return spec
+    if "preprocessor" not in allowed_params(FAMILIES["data"], spec["name"]):
+        return spec
+    return {**spec, "preprocessor": str(saved)}
 
 
 def _json_default(o: Any) -> Any:
@@ -303,9 +326,10 @@ def evaluate_run_dir(
             )
         resolved = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
         cfg = next(iter(resolved.variants.values()))
-        key = _data_key(cfg.data)
+        data_spec = _with_saved_preprocessor(cfg.data, rd)
+        key = _data_key(data_spec)
         if key not in data_cache:
-            data_cache[key] = build_data(cfg.data)
+            data_cache[key] = build_data(data_spec)
         splits = data_cache[key]
         data = {"test": splits.test, "val": splits.val, "train": splits.train}.get(split)
         if data is None:

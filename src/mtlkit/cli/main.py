@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="a bundled preset (see `mtlkit list presets`)")
     run.add_argument("--out", help="parent directory of the run directory (default: the config's output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run.add_argument("--data", metavar="PATH", help="the data folder (same as data.path=PATH)")
+    run.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch missing dataset files from their public source (same as data.download=true)",
+    )
 
     val = sub.add_parser("validate", help="check a config and print it fully resolved")
     val.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
@@ -77,6 +83,10 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.experiment import run_experiment
 
     path, overrides = _split_args(ns.args)
+    if ns.data:
+        overrides.insert(0, f"data.path={ns.data}")
+    if ns.download:
+        overrides.insert(0, "data.download=true")
     experiment = load_config(path, preset=ns.preset, overrides=overrides)
     run_experiment(experiment, output_dir=ns.out, console=console, progress=False if ns.no_progress else None)
     return 0
