@@ -115,15 +115,17 @@ def test_real_inputs_exclude_the_groups_labels_and_preprocessing_is_fitted_on_tr
         assert schema.numeric == census.NUMERIC_COLUMNS
     num = g1.train.inputs["numeric"].double()
     torch.testing.assert_close(num.mean(0), torch.zeros(7, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(num.std(0, correction=0), torch.ones(7, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        num.std(0, correction=0), torch.ones(7, dtype=torch.float64), atol=1e-5, rtol=0
+    )
     assert g1.preprocessor.schema == g1.input_spec
     # group 2: education >= college; the paper gives no value list, the README lists six degrees
     edu = real["train"]["education"]
     college = np.isin(edu.values, census.COLLEGE_VALUES)[edu.codes]
     assert int(g2.train.targets["college"].sum()) == int(college.sum())
-    assert g2.info["main_task"] == "college" and g2.info["positive_rate"]["train"]["college"] == pytest.approx(
-        college.mean()
-    )
+    assert g2.info["main_task"] == "college" and g2.info["positive_rate"]["train"][
+        "college"
+    ] == pytest.approx(college.mean())
 
 
 @pytest.mark.slow
@@ -153,13 +155,17 @@ def test_truncated_and_corrupt_copies_name_the_file(census_test_file: dict, tmp_
     (folder / "census-income.test.gz").write_bytes(data[: len(data) // 2])
     write_fake_census(tmp_path / "fake")
     shutil.copy(tmp_path / "fake" / "census-income.data", folder / "census-income.data")
-    with pytest.raises(DataError, match=r"census-income.test.gz has 1,630,708 bytes, expected 3,261,416: .*truncated"):
+    with pytest.raises(
+        DataError, match=r"census-income.test.gz has 1,630,708 bytes, expected 3,261,416: .*truncated"
+    ):
         read_census(tmp_path, cache=False)
     with pytest.raises(DataError, match=r"census-income.test.gz could not be read .* corrupt or truncated"):
         read_census(tmp_path, cache=False, verify=False)
     # another compression of other content fails the content check (UCI's .gz would pass it)
     (folder / "census-income.test.gz").write_bytes(data)
-    with pytest.raises(DataError, match=r"census-income.data decompresses to .* not the original census-income training"):
+    with pytest.raises(
+        DataError, match=r"census-income.data decompresses to .* not the original census-income training"
+    ):
         read_census(tmp_path, cache=False)
 
 
@@ -171,7 +177,9 @@ def test_fake_copy_gives_labels_by_the_papers_rules(tmp_path: Path) -> None:
     inc = cols["income_50k"].strings()
     assert torch.equal(s.train.targets["income"], torch.tensor((inc == "50000+.").astype(np.float32)))
     mar = cols["marital_stat"].strings()
-    assert torch.equal(s.train.targets["never_married"], torch.tensor((mar == "Never married").astype(np.float32)))
+    assert torch.equal(
+        s.train.targets["never_married"], torch.tensor((mar == "Never married").astype(np.float32))
+    )
     assert (len(s.val), len(s.test)) == (50, 51)  # the test file split 1:1 (odd count: one more in test)
     g2 = census_income(path=str(tmp_path), verify=False, cache=False, group=2, some_college=True)
     edu = cols["education"].strings()

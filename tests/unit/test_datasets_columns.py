@@ -44,7 +44,9 @@ def test_parse_matches_the_csv_module_on_messy_text() -> None:
     data, rows = _random_text(rng, 500)
     cols = parse_delimited(data, NAMES, source="t.csv")
     reference = [
-        [c.strip() for c in r] for r in csv.reader(io.StringIO(data.decode(), newline="")) if any(x.strip() for x in r)
+        [c.strip() for c in r]
+        for r in csv.reader(io.StringIO(data.decode(), newline=""))
+        if any(x.strip() for x in r)
     ]
     assert len(reference) == len(rows) == 500
     for j, name in enumerate(NAMES):
@@ -91,7 +93,9 @@ def test_coded_preprocessing_equals_tabular_preprocessor(min_frequency: int) -> 
     rng = np.random.default_rng(1)
     n = 400
     raw = {
-        "color": rng.choice(["red", "blue", "green", "?", "teal", "NA"], n, p=[0.4, 0.3, 0.2, 0.05, 0.03, 0.02]),
+        "color": rng.choice(
+            ["red", "blue", "green", "?", "teal", "NA"], n, p=[0.4, 0.3, 0.2, 0.05, 0.03, 0.02]
+        ),
         "size": rng.choice(["1", "2", "3", "10"], n),
         "age": np.where(rng.random(n) < 0.1, "?", np.char.mod("%.2f", rng.normal(40, 10, n))),
         "flat": np.full(n, "5"),  # zero variance: std falls back to 1

@@ -279,8 +279,8 @@ def mnist_fashion(
 
 # ---------------------------------------------------------------------------------------------- CIFAR-10
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches only: numpy array reconstruction is the one global allowed, so a
-    malicious file cannot run code."""
+    """Unpickles CIFAR batches only: numpy array reconstruction (and bytes decoding) are the only
+    globals allowed, so a malicious file cannot run code."""
 
     _ALLOWED = frozenset(
         {
@@ -288,6 +288,7 @@ class _BatchUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2 pickles
         }
     )
 
@@ -308,8 +309,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
         raise DataError(
-            f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}); the file is truncated "
-            "or corrupt. Replace it."
+            f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}); the file is truncated, "
+            "corrupt or not a CIFAR-10 batch. Replace it."
         ) from None
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = batch.get(b"labels") if isinstance(batch, dict) else None
@@ -324,30 +325,31 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), y
 
 
-def _cifar_path(root: Path, name: str, verify: bool) -> Path | None:
+def _cifar_path(root: Path, name: str) -> Path | None:
     """The batch ``name`` (e.g. ``data_batch_1``) gzipped or plain, in ``root`` or its official subfolder."""
-    listed = {f.name for f in CIFAR10_FILES.files}
     for folder in (root, root / "cifar-10-batches-py"):
-        gz, plain = folder / f"{name}.gz", folder / name
-        if gz.is_file():
-            if verify and gz.name in listed:
-                locate(CIFAR10_FILES, folder, names=[gz.name], verify=True)
-            elif verify:
-                raise DataError(
-                    f"{gz}: no checksum is known for this file, so it cannot be verified; pass verify=False "
-                    f"(data.verify=false) to use it, or use the official uncompressed {name}."
-                )
-            return gz
-        if plain.is_file():
-            if verify:
-                digest = hashlib.md5(plain.read_bytes(), usedforsecurity=False).hexdigest()
-                if digest != CIFAR10_OFFICIAL_MD5[name]:
-                    raise DataError(
-                        f"{plain} has MD5 {digest}, expected the official {CIFAR10_OFFICIAL_MD5[name]}: the file is "
-                        "corrupt, truncated or a different version. Replace it, or pass verify=False."
-                    )
-            return plain
+        for p in (folder / f"{name}.gz", folder / name):
+            if p.is_file():
+                return p
     return None
+
+
+def _verify_cifar(path: Path, name: str) -> None:
+    """The listed gzipped copies by SHA-256, the official uncompressed batches by their MD5."""
+    if path.suffix == ".gz":
+        if path.name not in {f.name for f in CIFAR10_FILES.files}:
+            raise DataError(
+                f"{path}: no checksum is known for this file, so it cannot be verified; pass verify=False "
+                f"(data.verify=false) to use it, or use the official uncompressed {name}."
+            )
+        locate(CIFAR10_FILES, path.parent, names=[path.name], verify=True)
+        return
+    digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    if digest != CIFAR10_OFFICIAL_MD5[name]:
+        raise DataError(
+            f"{path} has MD5 {digest}, expected the official {CIFAR10_OFFICIAL_MD5[name]}: the file is "
+            "corrupt, truncated or a different version. Replace it, or pass verify=False."
+        )
 
 
 @DATASETS.register("cifar10", aliases=("cifar",))
@@ -400,7 +402,7 @@ def cifar10(
         raise DataError(f"cifar10: padding must be >= 0; got {padding!r}.")
     root = resolve_root(path, CIFAR10_FILES)
     names = [*(f"data_batch_{b}" for b in batches), "test_batch"]
-    found = {n: _cifar_path(root, n, verify) for n in names}
+    found = {n: _cifar_path(root, n) for n in names}
     missing = [n for n, p in found.items() if p is None]
     if missing:
         why = "mtlkit cannot download it (download=True has no effect): " if download else ""
@@ -409,6 +411,9 @@ def cifar10(
             f"CIFAR-10 comes as one tarball: {why}download {CIFAR10_URL}, extract it and set the data path "
             f"(or {DATA_ENV}) to the extracted cifar-10-batches-py folder or its parent."
         )
+    if verify:
+        for n, p in found.items():
+            _verify_cifar(p, n)  # type: ignore[arg-type]
     train_parts = [read_cifar_batch(found[f"data_batch_{b}"]) for b in batches]  # type: ignore[arg-type]
     x_all = np.concatenate([p[0] for p in train_parts])
     y_all = np.concatenate([p[1] for p in train_parts])
@@ -419,6 +424,7 @@ def cifar10(
     x_train = x_all[train_rows]
     mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64) / 255.0
     std = x_train.std(axis=(0, 2, 3), dtype=np.float64) / 255.0
+    std = np.where(std > 0, std, 1.0)  # a constant channel is only centred
     scale = torch.tensor(1.0 / (255.0 * std), dtype=torch.float32).view(1, 3, 1, 1)
     shift = torch.tensor(mean / std, dtype=torch.float32).view(1, 3, 1, 1)
 
