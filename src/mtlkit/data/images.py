@@ -422,8 +422,10 @@ def cifar10(
     test_rows = _subsample(len(y_test), n_test, split_seed, "cifar10")
 
     x_train = x_all[train_rows]
-    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64) / 255.0
-    std = x_train.std(axis=(0, 2, 3), dtype=np.float64) / 255.0
+    mean, std = np.zeros(3), np.zeros(3)
+    for c in range(3):  # one channel at a time in float64: exact and bounded memory
+        channel = x_train[:, c].astype(np.float64)
+        mean[c], std[c] = channel.mean() / 255.0, channel.std() / 255.0
     std = np.where(std > 0, std, 1.0)  # a constant channel is only centred
     scale = torch.tensor(1.0 / (255.0 * std), dtype=torch.float32).view(1, 3, 1, 1)
     shift = torch.tensor(mean / std, dtype=torch.float32).view(1, 3, 1, 1)

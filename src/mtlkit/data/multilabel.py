@@ -169,7 +169,7 @@ def read_arff(path: Path) -> Arff:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"{path}, line {lines[i]}: value {col[i]!r} is not valid for attribute {name!r}"
+                f"{path}, line {lines[i]}: value {str(col[i])!r} is not valid for attribute {name!r}"
                 + (f" (one of {', '.join(values)})." if values is not None else " (numeric).")
             )
         data[:, j] = np.where(missing, np.nan, out)

@@ -192,9 +192,9 @@ def _encode_labels(
                 f"{source} ({s}): task {name!r} (column {spec.column!r}) has labels {bad} outside its classes "
                 f"{classes[:10]}{'...' if len(classes) > 10 else ''}. "
                 + (
-                    "Binary labels must be 0/1, or set classes: [negative, positive]."
-                    if spec.kind == "binary"
-                    else "List every class in classes: [...]."
+                    "List every class in classes: [...]."
+                    if spec.kind == "multiclass" or spec.classes is not None
+                    else "Binary labels must be 0/1, or set classes: [negative, positive]."
                 )
             )
         if spec.kind == "binary":
