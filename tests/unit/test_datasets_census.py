@@ -251,3 +251,20 @@ def test_the_cache_is_keyed_by_file_content(tmp_path: Path, monkeypatch: pytest.
     d, _, _ = read_census(tmp_path / "gz", verify=False, cache=False)  # UCI's compression works too
     np.testing.assert_array_equal(d["age"].strings(), c["age"].strings())
     assert isinstance(d["age"], CodedColumn)
+
+
+def test_download_fetches_the_uci_files_into_the_dataset_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = write_fake_census(tmp_path / "server", n_train=30, n_test=10)
+    for name in ("census-income.data", "census-income.test"):
+        (server / f"{name}.gz").write_bytes(gzip.compress((server / name).read_bytes()))
+    monkeypatch.setattr(census, "UCI_URL", server.as_uri() + "/")  # a local "server": no network in tests
+    root = tmp_path / "data"
+    root.mkdir()
+    s = census_income(path=str(root), download=True, verify=False, cache=False)
+    assert sorted(p.name for p in (root / "census-income").iterdir()) == [
+        "census-income.data.gz",
+        "census-income.test.gz",
+    ]
+    assert len(s.train) == 30

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from _datasets import cifar_batch_bytes, idx_bytes, shared_data, write_fake_cifar, write_fake_mnist
-from mtlkit.data import MultiTaskDataset, TensorBatchLoader
+from mtlkit.data import MultiTaskDataset, TensorBatchLoader, images
 from mtlkit.data.images import RandomFlipCrop, cifar10, mnist_fashion, read_cifar_batch, read_idx
+from mtlkit.data.sources import DataFile, FileSet
 from mtlkit.errors import DataError, ShapeError
 
 
@@ -100,6 +101,26 @@ def test_fake_copy_separate_and_mixed_modes(tmp_path: Path) -> None:
     assert not torch.equal(other.val["mnist"].inputs, sep.val["mnist"].inputs)
     with pytest.raises(DataError, match="n_val must be in"):
         mnist_fashion(path=str(tmp_path), verify=False, n_val=50)
+
+
+def test_download_puts_each_dataset_in_its_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MNIST and Fashion-MNIST files have the same names: each must land in its own folder
+    server = write_fake_mnist(tmp_path / "server", n_train=20, n_test=10)
+    for attr, folder in (("MNIST_FILES", "mnist"), ("FASHION_MNIST_FILES", "fashion-mnist")):
+        files = tuple(
+            DataFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size, url=p.as_uri())
+            for p in sorted((server / folder).iterdir())
+        )
+        monkeypatch.setattr(images, attr, FileSet(folder, files))  # local "server": no network in tests
+    root = tmp_path / "data"
+    s = mnist_fashion(path=str(root), download=True, n_val=5)
+    assert sorted(p.name for p in root.iterdir()) == ["fashion-mnist", "mnist"]
+    for task, folder in (("mnist", "mnist"), ("fashion", "fashion-mnist")):
+        x = read_idx(root / folder / "train-images-idx3-ubyte.gz")
+        got = torch.cat([s.train[task].inputs, s.val[task].inputs]).sum().item()
+        assert got == pytest.approx(x.sum() / 255, rel=1e-5)
 
 
 def test_missing_mnist_files_are_listed_with_the_download_hint(tmp_path: Path) -> None:

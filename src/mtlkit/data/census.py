@@ -22,6 +22,7 @@ parsed columns are cached (see :mod:`mtlkit.data.cache`); later loads take well 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from mtlkit.data.sources import (
     DataFile,
     FileSet,
     download,
+    download_folder,
     locate,
     read_bytes,
     resolve_root,
@@ -159,8 +161,9 @@ def _files(path: str | os.PathLike[str] | None, *, download_missing: bool, verif
     }
     missing = [role for role, p in found.items() if p is None]
     if missing and download_missing:
+        folder = download_folder(root, FILES)
         for role in missing:
-            dest = root / _DOWNLOADS[role]
+            dest = folder / _DOWNLOADS[role]
             download(UCI_URL + _DOWNLOADS[role], dest)
             found[role] = dest
         missing = []
@@ -188,8 +191,6 @@ def _files(path: str | os.PathLike[str] | None, *, download_missing: bool, verif
 def _parse(role: str, path: Path, *, check_content: bool) -> dict[str, CodedColumn]:
     data = read_bytes(path)
     if check_content:
-        import hashlib
-
         sha, size, _ = _CONTENT[role]
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
             raise DataError(

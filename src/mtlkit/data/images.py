@@ -233,7 +233,7 @@ def mnist_fashion(
     root = resolve_root(path)  # the parent of mnist/ and fashion-mnist/
     parts: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"train": {}, "val": {}, "test": {}}
     for task, fileset in (("mnist", MNIST_FILES), ("fashion", FASHION_MNIST_FILES)):
-        files = locate(fileset, root, download=download, verify=verify)
+        files = locate(fileset, root / fileset.folder, download=download, verify=verify)
         x_train, y_train = _read_idx_pair(files, "train", 10)
         x_test, y_test = _read_idx_pair(files, "t10k", 10)
         train_rows, val_rows = _split_train(len(y_train), n_val, n_train, split_seed, "mnist_fashion")

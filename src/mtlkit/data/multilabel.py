@@ -24,6 +24,7 @@ from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.sources import DataFile, FileSet, locate, open_text
 from mtlkit.data.splits import DataSplits
+from mtlkit.data.tabular import load_preprocessor
 from mtlkit.errors import DataError
 from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
@@ -242,6 +243,7 @@ def multilabel(
     as_binary_tasks: bool = False,
     val_fraction: float = 0.2,
     split_seed: int = 0,
+    preprocessor: str | None = None,
 ) -> DataSplits:
     """MULAN multi-label benchmark (yeast, scene, emotions): one multilabel task or one binary task per label.
 
@@ -254,6 +256,8 @@ def multilabel(
             multilabel task ``labels``.
         val_fraction: share of the official training file used for validation.
         split_seed: seeds the validation carve-out.
+        preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
+            to use instead of fitting one.
     """
     started = time.perf_counter()
     if dataset not in MULTILABEL_FILES:
@@ -284,9 +288,12 @@ def multilabel(
     perm = np.random.default_rng(split_seed).permutation(train_rows)
     n_val = round(val_fraction * len(perm))
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    pre = TabularPreprocessor(numeric=features).fit(
-        {f: train_arff.data[train_rows, j] for f, j in zip(features, feature_cols)}
-    )
+    if preprocessor is not None:
+        pre = load_preprocessor(preprocessor, categorical=(), numeric=features)
+    else:
+        pre = TabularPreprocessor(numeric=features).fit(
+            {f: train_arff.data[train_rows, j] for f, j in zip(features, feature_cols)}
+        )
     taken: set[str] = set()
     task_of = {label: _task_name(label, taken) for label in labels}
     if as_binary_tasks:

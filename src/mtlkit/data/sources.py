@@ -38,6 +38,7 @@ __all__ = [
     "FileSet",
     "columns_as_float",
     "download",
+    "download_folder",
     "locate",
     "open_binary",
     "open_text",
@@ -120,6 +121,15 @@ def _download(url: str, dest: Path) -> None:
         ) from None
 
 
+def download_folder(root: Path, fileset: FileSet) -> Path:
+    """Where to download ``fileset``'s files under a resolved ``root``: the root itself when it is the
+    dataset's folder (named like it, or already holding some of its files), else a new
+    ``root/<folder>`` (a data root holding one folder per dataset)."""
+    if root.name == fileset.folder or any((root / f.name).is_file() for f in fileset.files):
+        return root
+    return root / fileset.folder
+
+
 def download(url: str, dest: Path) -> None:
     """Fetch ``url`` to ``dest`` atomically (a partial download never takes the file's name)."""
     _download(url, dest)
@@ -150,6 +160,8 @@ def locate(
     wanted = [fileset.file(n) for n in names] if names is not None else list(fileset.files)
     missing = [f for f in wanted if not (root / f.name).is_file()]
     if missing and download:
+        root = download_folder(root, fileset)
+        missing = [f for f in wanted if not (root / f.name).is_file()]
         no_url = [f.name for f in missing if not f.url]
         if no_url:
             raise DataError(
