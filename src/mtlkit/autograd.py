@@ -46,11 +46,14 @@ class BackwardResult(NamedTuple):
         weights: ``[T]`` effective task weights (loss weights times the aggregator's row
             weights when it has them; 0 for tasks without labels in the batch).
         losses: ``[T]`` task losses.
+        aggregator_weights: ``[T]`` the aggregator's row weights (0 for tasks without labels in
+            the batch) when it has them (MGDA, IMTL-G, Nash-MTL...), else ``None``.
     """
 
     total: Tensor
     weights: Tensor
     losses: Tensor
+    aggregator_weights: Tensor | None = None
 
 
 def _as_vector(
@@ -266,6 +269,7 @@ def _gradient_backward(
     if wparams and objective.requires_grad:
         torch.autograd.backward(objective, inputs=wparams, retain_graph=True)
     effective = torch.zeros_like(w)
+    agg_weights = None
     if keep:
         if aggregator is not None:
             agg = aggregator.aggregate(jac, state=state, rows=torch.tensor(keep))
@@ -273,6 +277,9 @@ def _gradient_backward(
             row_weights = (
                 agg.weights.to(w.dtype) if agg.weights is not None else torch.ones(len(keep), dtype=w.dtype)
             )
+            if agg.weights is not None:
+                agg_weights = torch.zeros_like(w)
+                agg_weights[keep] = agg.weights.detach().to(w)
         else:
             vector = jac.sum(0)
             row_weights = torch.ones(len(keep), dtype=w.dtype, device=w.device)
@@ -290,4 +297,4 @@ def _gradient_backward(
                 _accumulate(p, g.reshape_as(p).to(p.dtype))
     elif aux_total is not None:
         aux_total.backward()
-    return BackwardResult(out.total.detach(), effective, vec.detach())
+    return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights)

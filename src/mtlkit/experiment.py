@@ -17,10 +17,12 @@ import torch
 import yaml
 from rich.console import Console
 
+from mtlkit.analysis.plots import require_matplotlib, write_experiment_plots
 from mtlkit.config.build import (
     build_aggregator,
     build_data,
     build_model,
+    build_schedule,
     build_weighting,
     early_stopping,
     optimizer_factory,
@@ -30,15 +32,17 @@ from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import CheckpointError
+from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.metrics.collection import MultiTaskMetrics
-from mtlkit.metrics.functional import delta_m
-from mtlkit.report import comparison_table, metrics_table
+from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
+from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
 from mtlkit.training.checkpoint import load_checkpoint
 from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
-__all__ = ["ExperimentResult", "RunResult", "evaluate_run_dir", "run_experiment"]
+__all__ = ["ExperimentResult", "RunResult", "aggregate", "evaluate_run_dir", "run_experiment"]
+
+_GATE_SAMPLES = 10_000  # rows of the evaluation split used for a run's gate statistics
 
 
 @dataclass
@@ -55,6 +59,7 @@ class RunResult:
     epochs: int
     best_epoch: int | None
     directions: dict[str, dict[str, bool]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +121,8 @@ def _train_one(
         weighting=weighting,
         aggregator=build_aggregator(cfg.aggregator, splits.tasks),
         gradient_target=cfg.trainer.gradient_target,
+        schedule=build_schedule(cfg.schedule),
+        per_task_optimizers=cfg.trainer.per_task_optimizers,
         device=_device(cfg),
         seed=seed,
         grad_clip_norm=cfg.trainer.grad_clip_norm,
@@ -152,7 +159,10 @@ def _train_one(
         len(history),
         best,
         MultiTaskMetrics(splits.tasks).directions(),
+        history,
     )
+    if cfg.plots:
+        _write_run_plots(trainer.model, data, run_dir, f"{label} seed {seed}")
     (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=_json_default))
     (run_dir / "metrics.json").write_text(
         json.dumps(_run_record(result, splits), indent=1, default=_json_default)
@@ -180,6 +190,22 @@ def _with_saved_preprocessor(spec: dict[str, Any], run_dir: Path) -> dict[str, A
     if "preprocessor" not in allowed_params(FAMILIES["data"], spec["name"]):
         return spec
     return {**spec, "preprocessor": str(saved)}
+
+
+def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: str) -> None:
+    """``gates.json`` and ``gates.png`` (per-expert gate distributions) for a gated model."""
+    from mtlkit.analysis import gate_statistics, plot_gate_distributions
+
+    if not getattr(getattr(model, "module", model), "gates", None):
+        return
+    try:
+        stats = gate_statistics(model, data, max_samples=_GATE_SAMPLES)
+    except IncompatibleComponentsError:  # gates(x) returned {}: not a gated model
+        return
+    (run_dir / "gates.json").write_text(
+        json.dumps(json_safe({k: v.to_dict() for k, v in stats.items()}), indent=1)
+    )
+    plot_gate_distributions(stats, title=f"{title}: gate weights per expert", path=run_dir / "gates.png")
 
 
 def _json_default(o: Any) -> Any:
@@ -217,23 +243,49 @@ def _primary(
     return out
 
 
-def aggregate(runs: list[RunResult], baseline: str | None) -> dict[str, Any]:
-    """Mean and std over seeds for every label, task and metric; Δm against the baseline label."""
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (Bessel-corrected; 0 for one value); both NaN if any value is NaN."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(
+    runs: list[RunResult], baseline: str | None, *, metrics: MetricSelection = None
+) -> dict[str, Any]:
+    """Mean and std over seeds of every metric of every label and task; Δm against the baseline label.
+
+    Args:
+        runs: the runs (every label at every seed).
+        baseline: the label Δm compares against (``None``: no Δm).
+        metrics: the metrics Δm averages per task (default: all but the loss); see
+            :func:`mtlkit.metrics.select_metrics`.
+
+    Returns:
+        ``{"labels": {label: entry}, "baseline", "primary", "directions", "delta_m_metrics"}``.
+        Each entry has ``metrics[task][metric] = {"mean", "std", "values"}`` (values per seed,
+        std with Bessel's correction, 0 for one seed), ``seeds``, ``params``, ``seconds``,
+        ``split`` and, with a baseline: ``delta_m`` (of the seed means, in %), ``delta_m_std``
+        (std over seeds of each seed's Δm against the baseline's means), ``delta_m_tasks``
+        (per-task Δm_t of the means) and ``delta_m_primary`` (Δm over each task's main metric).
+    """
     labels = list(dict.fromkeys(r.label for r in runs))
-    out: dict[str, Any] = {"labels": {}, "baseline": baseline}
     first = runs[0]
     primary = _primary(first.directions, first.metrics)
-    out["primary"] = primary
+    out: dict[str, Any] = {"labels": {}, "baseline": baseline, "primary": primary}
+    out["directions"] = {t: dict(d) for t, d in first.directions.items()}
     for label in labels:
         rs = [r for r in runs if r.label == label]
-        stats: dict[str, dict[str, dict[str, float]]] = {}
+        stats: dict[str, dict[str, dict[str, Any]]] = {}
         for task, ms in rs[0].metrics.items():
             stats[task] = {}
             for m in ms:
                 vals = [r.metrics[task][m] for r in rs]
-                mean = statistics.fmean(vals)
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                stats[task][m] = {"mean": mean, "std": std}
+                mean, std = _mean_std(vals)
+                stats[task][m] = {"mean": mean, "std": std, "values": vals}
         out["labels"][label] = {
             "metrics": stats,
             "seeds": [r.seed for r in rs],
@@ -242,11 +294,28 @@ def aggregate(runs: list[RunResult], baseline: str | None) -> dict[str, Any]:
             "split": rs[0].split,
         }
     if baseline is not None and baseline in out["labels"]:
-        higher = {t: first.directions[t][m] for t, m in primary.items()}
-        base = {t: out["labels"][baseline]["metrics"][t][m]["mean"] for t, m in primary.items()}
-        for entry in out["labels"].values():
-            res = {t: entry["metrics"][t][m]["mean"] for t, m in primary.items()}
-            entry["delta_m"] = delta_m(res, base, higher)
+        base_entry = out["labels"][baseline]["metrics"]
+        base = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in base_entry.items()}
+        used = select_metrics(base, metrics)
+        out["delta_m_metrics"] = used
+        base_primary = {t: base[t][m] for t, m in primary.items()}
+        higher_primary = {t: first.directions[t][m] for t, m in primary.items()}
+        for label, entry in out["labels"].items():
+            directions = next(r.directions for r in runs if r.label == label)
+            means = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in entry["metrics"].items()}
+            try:
+                entry["delta_m"] = delta_m(means, base, directions, metrics=used)
+                entry["delta_m_tasks"] = delta_m_per_task(means, base, directions, metrics=used)
+                per_seed = [
+                    delta_m(r.metrics, base, directions, metrics=used) for r in runs if r.label == label
+                ]
+                entry["delta_m_std"] = _mean_std(per_seed)[1]
+                entry["delta_m_primary"] = delta_m(
+                    {t: means[t][m] for t, m in primary.items()}, base_primary, higher_primary
+                )
+            except (DataError, KeyError) as exc:  # e.g. a variant trained on other tasks
+                entry["delta_m"] = math.nan
+                entry["delta_m_note"] = str(exc)
     return out
 
 
@@ -265,9 +334,17 @@ def run_experiment(
     root = _new_run_dir(Path(output_dir or cfg.output_dir), cfg.name)
     _dump_yaml(experiment.to_dict(), root / "config.yaml")
     labels = list(experiment.variants)
+    if cfg.plots:
+        require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
     data_cache: dict[str, DataSplits] = {}
     runs: list[RunResult] = []
+    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
+    if baseline is not None and len(labels) > 1:  # a bad Δm metric selection fails before any training
+        bcfg = experiment.variants[baseline]
+        data_cache[_data_key(bcfg.data)] = build_data(bcfg.data)
+        tasks = data_cache[_data_key(bcfg.data)].tasks
+        select_metrics(MultiTaskMetrics(tasks).directions(), cfg.delta_m_metrics)
     if cfg.description:
         console.print(f"[bold]{cfg.name}[/bold]: {cfg.description.strip()}")
     for label, vcfg in experiment.variants.items():
@@ -285,10 +362,15 @@ def run_experiment(
                     f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
                 )
             )
-    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
-    comparison = aggregate(runs, baseline if len(labels) > 1 else None)
-    comparison["data"] = dict(next(iter(data_cache.values())).info.items())
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=1, default=_json_default))
+    comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
+    first_data = data_cache[_data_key(next(iter(experiment.variants.values())).data)]
+    comparison["data"] = dict(first_data.info.items())
+    write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
+    if cfg.plots:
+        histories: dict[str, list[list[dict[str, Any]]]] = {}
+        for r in runs:
+            histories.setdefault(r.label, []).append(r.history)
+        write_experiment_plots(root, histories, title=cfg.name)
     if multi:
         table = comparison_table(
             comparison, title=f"{cfg.name}: {runs[0].split} metrics (mean ± std over seeds)"
@@ -344,6 +426,8 @@ def evaluate_run_dir(
             weighting=build_weighting(cfg.weighting, splits.tasks),
             optimizer=optimizer_factory(cfg.optimizer),
             scheduler=scheduler_factory(cfg.scheduler),
+            schedule=build_schedule(cfg.schedule),
+            per_task_optimizers=cfg.trainer.per_task_optimizers,
             device=_device(cfg),
             progress=False,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mtlkit._registry import Registry
 
-__all__ = ["AGGREGATORS", "BACKBONES", "DATASETS", "MODELS", "WEIGHTINGS"]
+__all__ = ["AGGREGATORS", "BACKBONES", "DATASETS", "MODELS", "SCHEDULES", "WEIGHTINGS"]
 
 MODELS: Registry = Registry("model")
 """Model builders ``(input_dim, tasks, *, input_layer=None, **params) -> MultiTaskModel``.
@@ -30,3 +30,6 @@ AGGREGATORS: Registry = Registry("gradient aggregator")
 
 DATASETS: Registry = Registry("dataset")
 """Dataset builders ``(**params) -> DataSplits``."""
+
+SCHEDULES: Registry = Registry("training schedule")
+"""Training-schedule builders ``(**params) -> TaskSchedule`` (joint, mixed, alternating, sampling)."""

@@ -1,20 +1,38 @@
-"""Rich tables for per-task metrics and experiment comparisons."""
+"""Tables of per-task metrics and experiment comparisons: rich (terminal), markdown, CSV and JSON."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["comparison_table", "metrics_table"]
+__all__ = [
+    "comparison_csv",
+    "comparison_markdown",
+    "comparison_table",
+    "json_safe",
+    "metrics_table",
+    "write_tables",
+]
 
 
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.4f}"
+def _isnan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if _isnan(v) else f"{v:.4f}"
+
+
+def _fmt_delta(v: float | None) -> str:
+    return "n/a" if _isnan(v) else f"{v:+.2f}%"
 
 
 def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "metrics") -> Table:
@@ -29,30 +47,173 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "m
     return table
 
 
-def comparison_table(comparison: Mapping[str, Any], *, title: str = "comparison") -> Table:
-    """One row per variant: each task's main metric (mean ± std), Δm vs the baseline, size and time."""
-    primary: Mapping[str, str] = comparison["primary"]
+def _columns(comparison: Mapping[str, Any], *, all_metrics: bool) -> list[tuple[str, str]]:
+    """``(task, metric)`` columns: every metric of every task, or each task's main metric."""
+    if not all_metrics:
+        return list(comparison["primary"].items())
+    seen: dict[tuple[str, str], None] = {}
+    for entry in comparison["labels"].values():
+        for task, ms in entry["metrics"].items():
+            for m in ms:
+                seen[(task, m)] = None
+    return list(seen)
+
+
+def _arrow(comparison: Mapping[str, Any], task: str, metric: str) -> str:
+    d = comparison.get("directions", {}).get(task, {}).get(metric)
+    return "" if d is None else (" ↑" if d else " ↓")
+
+
+def _cell(entry: Mapping[str, Any], task: str, metric: str) -> str:
+    st = entry["metrics"].get(task, {}).get(metric)
+    if st is None:
+        return ""
+    return f"{_fmt(st['mean'])} ± {_fmt(st['std'])}" if len(entry["seeds"]) > 1 else _fmt(st["mean"])
+
+
+def _delta_cell(entry: Mapping[str, Any]) -> str:
+    d = entry.get("delta_m")
+    if len(entry["seeds"]) > 1 and not _isnan(d) and not _isnan(entry.get("delta_m_std")):
+        return f"{_fmt_delta(d)} ± {entry['delta_m_std']:.2f}"
+    return _fmt_delta(d)
+
+
+def _delta_note(comparison: Mapping[str, Any]) -> str:
+    used = comparison.get("delta_m_metrics")
+    if not used:
+        return ""
+    over = "; ".join(f"{t}: {', '.join(ms)}" for t, ms in used.items())
+    return (
+        f"Δm: mean relative improvement (%) over {comparison['baseline']!r}, averaged per task over {over}."
+    )
+
+
+def comparison_table(
+    comparison: Mapping[str, Any], *, title: str = "comparison", all_metrics: bool = False
+) -> Table:
+    """One row per variant: each task's main metric (or all metrics) as mean ± std over seeds,
+    Δm vs the baseline (mean ± std over seeds), size and time."""
     labels: Mapping[str, Any] = comparison["labels"]
-    baseline = comparison.get("baseline")
-    table = Table(title=title, title_justify="left")
+    cols = _columns(comparison, all_metrics=all_metrics)
+    note = _delta_note(comparison)
+    table = Table(title=title, title_justify="left", caption=note or None, caption_justify="left")
     table.add_column("model", style="bold")
-    for task, metric in primary.items():
-        table.add_column(f"{task} {metric}", justify="right")
+    for task, metric in cols:
+        table.add_column(f"{task} {metric}{_arrow(comparison, task, metric)}", justify="right")
     has_delta = any("delta_m" in e for e in labels.values())
     if has_delta:
-        table.add_column(f"Δm vs {baseline}", justify="right")
+        table.add_column(f"Δm vs {comparison.get('baseline')}", justify="right")
     table.add_column("params", justify="right")
     table.add_column("s/run", justify="right")
     for label, entry in labels.items():
-        cells = []
-        for task, metric in primary.items():
-            st = entry["metrics"][task][metric]
-            cells.append(
-                f"{_fmt(st['mean'])} ± {_fmt(st['std'])}" if len(entry["seeds"]) > 1 else _fmt(st["mean"])
-            )
+        cells = [_cell(entry, task, metric) for task, metric in cols]
         if has_delta:
-            d = entry.get("delta_m")
-            cells.append("n/a" if d is None or math.isnan(d) else f"{d:+.1f}%")
+            cells.append(_delta_cell(entry))
         cells += [f"{entry['params']:,}", f"{entry['seconds']:.1f}"]
         table.add_row(label, *cells)
     return table
+
+
+def comparison_markdown(comparison: Mapping[str, Any], *, title: str | None = None) -> str:
+    """The comparison as a markdown table: every task metric (mean ± std over seeds), Δm, size, time."""
+    labels: Mapping[str, Any] = comparison["labels"]
+    cols = _columns(comparison, all_metrics=True)
+    has_delta = any("delta_m" in e for e in labels.values())
+    header = ["model", "seeds", *(f"{t} {m}{_arrow(comparison, t, m)}" for t, m in cols)]
+    if has_delta:
+        header.append(f"Δm vs {comparison.get('baseline')}")
+    header += ["params", "s/run"]
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    split = next(iter(labels.values()), {}).get("split")
+    if split:
+        lines += [f"Metrics on the {split} split, mean ± std over seeds.", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---", "---:", *(["---:"] * (len(header) - 2))]) + "|")
+    for label, entry in labels.items():
+        row = [label, str(len(entry["seeds"])), *(_cell(entry, t, m) for t, m in cols)]
+        if has_delta:
+            row.append(_delta_cell(entry))
+        row += [f"{entry['params']:,}", f"{entry['seconds']:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    note = _delta_note(comparison)
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: Any) -> str:
+    return "nan" if _isnan(v) else repr(float(v))
+
+
+def comparison_csv(comparison: Mapping[str, Any]) -> str:
+    """The comparison as CSV: one row per variant; for each ``task/metric`` its mean and std over
+    seeds; Δm (mean, std over seeds, per task) when there is a baseline. NaN is written ``nan``."""
+    labels: Mapping[str, Any] = comparison["labels"]
+    cols = _columns(comparison, all_metrics=True)
+    has_delta = any("delta_m" in e for e in labels.values())
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    header = ["model", "seeds", "split", "params", "seconds"]
+    if has_delta:
+        header += ["delta_m", "delta_m_std", *(f"delta_m/{t}" for t in tasks)]
+    for t, m in cols:
+        header += [f"{t}/{m}", f"{t}/{m}_std"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for label, entry in labels.items():
+        row = [label, " ".join(map(str, entry["seeds"])), entry.get("split", ""), entry["params"]]
+        row.append(_num(entry["seconds"]))
+        if has_delta:
+            per_task = entry.get("delta_m_tasks") or {}
+            row += [_num(entry.get("delta_m")), _num(entry.get("delta_m_std"))]
+            row += [_num(per_task.get(t)) for t in tasks]
+        for t, m in cols:
+            st = entry["metrics"].get(t, {}).get(m)
+            row += ["", ""] if st is None else [_num(st["mean"]), _num(st["std"])]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON accepts: NaN/inf become ``None``, tensors lists, other
+    objects (paths, devices) strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # tensors and numpy arrays
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item"):
+        return json_safe(obj.item())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)  # e.g. a torch.device
+
+
+def write_tables(
+    comparison: Mapping[str, Any], out_dir: str | os.PathLike[str], *, title: str | None = None
+) -> dict[str, Path]:
+    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.json`` into ``out_dir``.
+
+    Args:
+        comparison: the output of :func:`mtlkit.experiment.aggregate` (``labels`` with per-task
+            metric ``mean``/``std``, optional ``delta_m``...).
+        out_dir: directory (created if needed).
+        title: heading of the markdown file.
+
+    Returns:
+        ``{"md": path, "csv": path, "json": path}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "comparison.md", "csv": out / "comparison.csv", "json": out / "comparison.json"}
+    paths["md"].write_text(comparison_markdown(comparison, title=title), encoding="utf-8")
+    paths["csv"].write_text(comparison_csv(comparison), encoding="utf-8")
+    paths["json"].write_text(json.dumps(json_safe(comparison), indent=1, allow_nan=False), encoding="utf-8")
+    return paths

@@ -64,7 +64,19 @@ class Case:
     independent: tuple[tuple[str, str], ...] | None = None
 
 
-CASES: dict[str, Case] = {}
+def image_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=gen)
+
+
+CASES: dict[str, Case] = {
+    # parameter-sharing architectures (issue 4): small sizes, images for MTAN, every branch of the
+    # hierarchical ownership (shared layers and a top layer owned by one task), the orthogonality loss on
+    "soft_sharing": Case(kwargs={"hidden_dims": (8, 6), "strength": 0.1}),
+    "cross_stitch": Case(kwargs={"hidden_dims": (8, 6), "tower_dims": (4,)}),
+    "hierarchical": Case(kwargs={"hidden_dims": (8, 6, 5), "task_depths": {"ctr": 1, "topic": 2}}),
+    "shared_private": Case(kwargs={"shared_dims": (8,), "private_dims": (4,), "orthogonality": 0.01}),
+    "mtan": Case(kwargs={"channels": (4, 6)}, input_spec=(3, 8, 8), inputs=image_inputs),
+}
 """Per-model overrides; every other registered model runs with ``Case()``."""
 
 

@@ -9,6 +9,7 @@ import pytest
 from mtlkit.config import apply_overrides, list_presets, load_config, load_preset, resolve
 from mtlkit.config.load import merge_variant
 from mtlkit.errors import ConfigError
+from mtlkit.registries import MODELS
 
 BASE = {
     "data": {"name": "synthetic_correlation", "n_train": 64, "n_val": 16, "n_test": 16, "dim": 8},
@@ -81,8 +82,9 @@ def test_missing_sections_and_bad_types() -> None:
     problems = problems_of({"data": {"name": "synthetic_correlation"}})
     assert "model: required key is missing." in problems
     problems = problems_of({**BASE, "model": {"num_experts": 3}})
+    names = ", ".join(MODELS.names())  # every registered model, whichever exist
     assert problems == [
-        "model: must be a mapping with a 'name' key, one of: mmoe, omoe, shared_bottom, single_task; got {'num_experts': 3}."
+        f"model: must be a mapping with a 'name' key, one of: {names}; got {{'num_experts': 3}}."
     ]
 
 

@@ -41,10 +41,13 @@ class Aggregator(nn.Module, ABC):
         loss_transform: ``"log"`` when the method differentiates ``log L_k`` instead of ``L_k``
             (DB-MTL); :func:`mtlkit.backward` applies it by scaling row ``k`` by ``1 / L_k``.
         stochastic: the method draws random numbers (from ``state.generator``).
+        requires_all_tasks: the method combines several tasks' gradients of the same step, so
+            training schedules that train one task per step refuse it.
     """
 
     loss_transform: ClassVar[Literal["identity", "log"]] = "identity"
     stochastic: ClassVar[bool] = False
+    requires_all_tasks: ClassVar[bool] = True
 
     def forward(
         self, jacobian: Tensor, /, *, state: TrainState | None = None, rows: Tensor | None = None

@@ -25,6 +25,7 @@ _FAMILIES = (
     "datasets",
     "optimizers",
     "schedulers",
+    "schedules",
 )
 
 
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser(
         "list",
         help="list presets, models, backbones, loss weightings, gradient aggregators, datasets, optimizers, "
-        "schedulers",
+        "schedulers, training schedules",
     )
     ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
 
@@ -115,6 +116,7 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
         "datasets": FAMILIES["data"].registry,
         "optimizers": FAMILIES["optimizer"].registry,
         "schedulers": FAMILIES["scheduler"].registry,
+        "schedules": FAMILIES["schedule"].registry,
     }
     for what in wanted:
         table = Table(title=what, title_justify="left", show_header=False, box=None, padding=(0, 2))

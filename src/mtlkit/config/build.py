@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -17,15 +18,18 @@ from mtlkit.data.splits import DataSplits
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
 from mtlkit.training.early_stopping import EarlyStopping
+from mtlkit.training.schedules import TaskSchedule, compatibility_problems
 
 __all__ = [
     "backbone_factory",
     "build_aggregator",
     "build_data",
     "build_model",
+    "build_schedule",
     "build_weighting",
     "early_stopping",
     "optimizer_factory",
+    "schedule_problems",
     "scheduler_factory",
 ]
 
@@ -137,6 +141,44 @@ def scheduler_factory(spec: dict[str, Any] | None) -> Callable[[torch.optim.Opti
         return None
     cls = FAMILIES["scheduler"].registry.get(spec["name"])
     return partial(cls, **{k: v for k, v in spec.items() if k != "name"})
+
+
+def build_schedule(spec: dict[str, Any]) -> TaskSchedule:
+    """The training schedule of the ``schedule`` section (joint, mixed, alternating, sampling)."""
+    schedule = _build("schedule", spec)
+    if not isinstance(schedule, TaskSchedule):
+        raise ConfigError(
+            [f"schedule ({spec['name']}): the builder must return a TaskSchedule; got {type(schedule).__name__}."]
+        )
+    return schedule
+
+
+def _returned_class(section: str, name: str) -> type:
+    """The class a registered builder returns (from its annotation), or a plain stand-in."""
+    builder = FAMILIES[section].registry.get(name)
+    if inspect.isclass(builder):
+        return builder
+    try:
+        ret = typing.get_type_hints(builder).get("return")
+    except Exception:  # unresolvable annotations: the Trainer checks the built object later
+        ret = None
+    return ret if inspect.isclass(ret) else type(name, (), {})
+
+
+def schedule_problems(cfg: ExperimentConfig) -> list[str]:
+    """Combinations the training schedule refuses (aggregators, all-task weightings, per-task
+    optimizers), found before any data is built; the same messages as the Trainer's."""
+    try:
+        schedule = build_schedule(cfg.schedule)
+    except ConfigError as exc:
+        return list(exc.problems)
+    problems = compatibility_problems(
+        schedule,
+        weighting=_returned_class("weighting", cfg.weighting["name"]),
+        aggregator=None if cfg.aggregator is None else _returned_class("aggregator", cfg.aggregator["name"]),
+        per_task_optimizers=cfg.trainer.per_task_optimizers,
+    )
+    return [f"schedule: {p}" for p in problems]
 
 
 def early_stopping(cfg: ExperimentConfig) -> EarlyStopping | None:

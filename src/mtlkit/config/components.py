@@ -1,4 +1,4 @@
-"""Component families (models, weightings, datasets, optimizers, schedulers) and validation of
+"""Component families (models, weightings, datasets, optimizers, schedulers, training schedules) and validation of
 their parameters, derived from each builder's signature so the code is the single source of truth."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from mtlkit._registry import Registry
 from mtlkit.errors import did_you_mean
-from mtlkit.registries import AGGREGATORS, BACKBONES, DATASETS, MODELS, WEIGHTINGS
+from mtlkit.registries import AGGREGATORS, BACKBONES, DATASETS, MODELS, SCHEDULES, WEIGHTINGS
 
 __all__ = ["FAMILIES", "OPTIMIZERS", "SCHEDULERS", "ComponentFamily", "validate_component"]
 
@@ -59,6 +59,7 @@ FAMILIES: dict[str, ComponentFamily] = {
     "aggregator": ComponentFamily("aggregator", AGGREGATORS, frozenset({"tasks"})),
     "optimizer": ComponentFamily("optimizer", OPTIMIZERS, frozenset({"params"})),
     "scheduler": ComponentFamily("scheduler", SCHEDULERS, frozenset({"optimizer", "verbose"})),
+    "schedule": ComponentFamily("schedule", SCHEDULES, frozenset()),
 }
 
 

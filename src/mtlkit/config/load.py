@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mtlkit.config.build import schedule_problems
 from mtlkit.config.components import FAMILIES, format_error, validate_component
 from mtlkit.config.schema import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
 from mtlkit.errors import ConfigError, did_you_mean
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "default"
-_SECTIONS = ("data", "backbone", "model", "weighting", "aggregator", "optimizer", "scheduler")
+_SECTIONS = ("data", "backbone", "model", "weighting", "aggregator", "optimizer", "scheduler", "schedule")
 _DEFAULT_NAMES = {"weighting": "equal", "optimizer": "adam"}
 _NESTED: dict[str, type[BaseModel]] = {
     "trainer": TrainerConfig,
@@ -217,6 +218,8 @@ def _validate_one(raw: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list
             else:
                 problems.append(format_error(e, "", [], "the config").lstrip("."))
         return None, problems
+    if not problems:
+        problems += schedule_problems(cfg)
     return (cfg if not problems else None), problems
 
 

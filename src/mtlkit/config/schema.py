@@ -50,6 +50,7 @@ class TrainerConfig(_Strict):
     device: str = "auto"
     grad_clip_norm: PositiveFloat | None = None
     gradient_target: Literal["parameters", "representation"] = "parameters"
+    per_task_optimizers: bool = False
     scheduler_interval: Literal["epoch", "step"] = "epoch"
     early_stopping: EarlyStoppingConfig | None = None
     log_epochs: bool = False
@@ -69,6 +70,8 @@ class ExperimentConfig(_Strict):
 
     ``compare`` maps a label to a partial config merged over this one; each label is one run (per
     seed). A component whose ``name`` a variant changes is replaced, not merged.
+    ``delta_m_metrics`` selects the metrics of Δm (default: all but the loss; see
+    :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
     """
 
     name: str = "experiment"
@@ -82,9 +85,12 @@ class ExperimentConfig(_Strict):
     aggregator: dict[str, Any] | None = None
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     scheduler: dict[str, Any] | None = None
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "joint"})
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     compare: dict[str, dict[str, Any]] | None = None
     baseline: str | None = None
+    delta_m_metrics: list[str] | dict[str, list[str]] | None = None
+    plots: bool = False
     output_dir: str = "runs"
 
     @field_validator("name")

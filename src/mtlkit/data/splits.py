@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,11 @@ from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.schema import InputSpec
 from mtlkit.tasks import Task
 
-__all__ = ["DataSplits"]
+__all__ = ["DataSplits", "SplitData"]
+
+SplitData = MultiTaskDataset | Mapping[str, MultiTaskDataset]
+"""One split: a dataset, or per-task datasets ``{task name: dataset holding that task's targets}``
+(trained with a per-task schedule: ``mixed``, ``alternating`` or ``sampling``)."""
 
 
 @dataclass(frozen=True)
@@ -17,11 +22,10 @@ class DataSplits:
     """The data of one experiment.
 
     Attributes:
-        train: training data: one dataset holding every task's labels, or per-task datasets
-            ``{task name: dataset with that task's targets only}`` (tasks with separate data, e.g.
-            MNIST + Fashion-MNIST).
+        train: training data: one dataset, or per-task datasets ``{task: dataset}``.
         val: validation data (early stopping, model selection), or None.
-        test: held-out data for the final metrics, or None.
+        test: held-out data for the final metrics, or None. With per-task datasets each task
+            is evaluated on its own dataset.
         tasks: the task definitions.
         input_spec: what one sample's inputs look like (see :mod:`mtlkit.data.schema`): a
             feature width, a tensor shape such as ``(C, H, W)``, or a tabular
@@ -32,9 +36,9 @@ class DataSplits:
             so that prediction reuses it; None when the data needs none.
     """
 
-    train: MultiTaskDataset | dict[str, MultiTaskDataset]
-    val: MultiTaskDataset | dict[str, MultiTaskDataset] | None
-    test: MultiTaskDataset | dict[str, MultiTaskDataset] | None
+    train: SplitData
+    val: SplitData | None
+    test: SplitData | None
     tasks: tuple[Task, ...]
     input_spec: InputSpec | None
     info: dict[str, Any] = field(default_factory=dict)

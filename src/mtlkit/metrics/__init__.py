@@ -2,6 +2,16 @@
 
 from mtlkit.metrics.collection import MultiTaskMetrics, higher_is_better
 from mtlkit.metrics.defaults import AUROC, LogLoss, default_metrics
-from mtlkit.metrics.functional import delta_m
+from mtlkit.metrics.functional import delta_m, delta_m_per_task, relative_improvements, select_metrics
 
-__all__ = ["AUROC", "LogLoss", "MultiTaskMetrics", "default_metrics", "delta_m", "higher_is_better"]
+__all__ = [
+    "AUROC",
+    "LogLoss",
+    "MultiTaskMetrics",
+    "default_metrics",
+    "delta_m",
+    "delta_m_per_task",
+    "higher_is_better",
+    "relative_improvements",
+    "select_metrics",
+]

@@ -192,6 +192,27 @@ class ExpertMLPs(nn.Module):
         h = self._act_(h) if self._act_ is not None else self._act(h)
         return F.dropout(h, self.dropout, self.training) if self.dropout else h
 
+    def forward_layer(self, index: int, h: Tensor) -> Tensor:
+        """Layer ``index`` of every expert alone, expert-major: ``(E, N, in) -> (E, N, out)``.
+
+        Layer 0 also takes one input shared by all experts, ``(N, in_features)``. Used by
+        architectures that act between layers (cross-stitch units mix the experts' activations).
+        """
+        E = self.num_experts
+        if index == 0:
+            if not (isinstance(h, Tensor) and h.ndim == 3):
+                h = _check_input(h, self.in_features, "ExpertMLPs")
+                out = torch.addmm(self.bias0.reshape(-1), h, self.weight0.reshape(self.in_features, -1))
+                return self._activate(out.reshape(h.shape[0], E, -1).transpose(0, 1))
+            w, b = self.weight0.transpose(0, 1), self.bias0
+        else:
+            w, b = self.weights[index - 1], self.biases[index - 1]
+        if h.ndim != 3 or h.shape[0] != E or h.shape[2] != w.shape[1]:
+            raise ShapeError(
+                f"ExpertMLPs layer {index} expects ({E}, N, {w.shape[1]}) inputs; got {tuple(h.shape)}."
+            )
+        return self._activate(torch.baddbmm(b.unsqueeze(1), h, w))
+
     def forward(self, x: Tensor) -> Tensor:
         x = _check_input(x, self.in_features, "ExpertMLPs")
         lead = x.shape[:-1]

@@ -1,4 +1,4 @@
-"""Joint multi-task training: fit, evaluate, predict, checkpoint and resume."""
+"""Multi-task training: fit (any training schedule), evaluate, predict, checkpoint and resume."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping, resolve_monitor
+from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.progress import ProgressDisplay
+from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible, resolve_schedule
+from mtlkit.training.scope import detach_untrained, frozen_rows
+from mtlkit.training.task_data import PerTaskData, PerTaskLoader, batch_loader, is_per_task, restrict
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
@@ -40,7 +44,7 @@ __all__ = ["Trainer", "TrainingDivergedError"]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerLike = Any  # an LRScheduler / ReduceLROnPlateau, or a callable(optimizer) -> one
-DataLike = MultiTaskDataset | Iterable[Any]
+DataLike = MultiTaskDataset | PerTaskData | Iterable[Any]
 
 
 class TrainingDivergedError(MtlkitError, FloatingPointError):
@@ -61,7 +65,7 @@ def default_device() -> torch.device:
 
 
 class Trainer:
-    """Trains a multi-task model by joint training (a weighted sum of task losses).
+    """Trains a multi-task model: a weighted sum of task losses, under any training schedule.
 
     Args:
         model: a :class:`~mtlkit.models.MultiTaskModel` (any ``nn.Module`` returning
@@ -81,14 +85,24 @@ class Trainer:
             ``"parameters"`` (shared parameters, default) or its shared ``"representation"``
             (``model.encode``: the shared-bottom output, the expert outputs of MoE models).
         device: where to train; default CUDA when available, otherwise CPU.
-        seed: seeds the shuffling of datasets passed to :meth:`fit` and the generator handed
-            to stochastic balancing methods. Seed model initialisation yourself
-            (``torch.manual_seed``) before building the model.
+        seed: seeds the shuffling of datasets passed to :meth:`fit`, the schedule's task draws and
+            the generator handed to stochastic balancing methods. Seed model initialisation
+            yourself (``torch.manual_seed``) before building the model.
         grad_clip_norm: clip the global gradient norm to this value (off by default).
         progress: show a live progress bar (default: when stderr is a terminal).
         log_epochs: print a one-line summary after every epoch.
-        log_dir: write TensorBoard scalars here (needs ``pip install 'mtlkit[tensorboard]'``).
+        log_dir: write TensorBoard events here (losses, weights, metrics, learning rate, gate
+            histograms; see :class:`~mtlkit.training.TensorBoardLogger`; needs
+            ``pip install 'mtlkit[tensorboard]'``).
+        logger: an :class:`~mtlkit.training.EpochLogger` to call instead (overrides ``log_dir``).
         console: rich console for the epoch lines and the progress bar.
+        schedule: which task(s) each step trains and where its batch comes from: a
+            :class:`~mtlkit.training.TaskSchedule` or a registry name (``"joint"`` (default),
+            ``"mixed"``, ``"alternating"``, ``"sampling"``; see :mod:`mtlkit.training.schedules`).
+        per_task_optimizers: give every task its own optimizer (``optimizer`` must then be a
+            factory), stepped on that task's steps only (the seeds' alternating training: the
+            shared parameters are stepped by each task's optimizer in turn). Needs a schedule
+            with one task per step.
 
     Example:
         >>> import torch, mtlkit
@@ -118,6 +132,9 @@ class Trainer:
         log_epochs: bool = False,
         log_dir: str | os.PathLike[str] | None = None,
         console: Console | None = None,
+        schedule: TaskSchedule | str | None = None,
+        per_task_optimizers: bool = False,
+        logger: EpochLogger | None = None,
     ) -> None:
         self.tasks = tuple(tasks)
         self.task_names = task_names(self.tasks)
@@ -138,13 +155,33 @@ class Trainer:
         self.aggregator = aggregator.to(self.device) if aggregator is not None else None
         self.gradient_target = gradient_target
         self._check_gradient_setup()
-        self.optimizer = self._make_optimizer(optimizer)
+        self.schedule = resolve_schedule(schedule)
+        check_compatible(
+            self.schedule,
+            weighting=self.weighting,
+            aggregator=self.aggregator,
+            per_task_optimizers=per_task_optimizers,
+        )
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got {scheduler_interval!r}.")
-        self.scheduler = (
-            scheduler(self.optimizer) if callable(scheduler) and not _is_scheduler(scheduler) else scheduler
-        )
         self.scheduler_interval = scheduler_interval
+        # one optimizer (and scheduler) for every step, or one per task (task_optimizers)
+        self.task_optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self.task_schedulers: dict[str, Any] | None = None
+        if per_task_optimizers:
+            if isinstance(optimizer, torch.optim.Optimizer) or _is_scheduler(scheduler):
+                raise TypeError(
+                    "per_task_optimizers=True builds one optimizer (and scheduler) per task, so optimizer= "
+                    "and scheduler= must be factories (e.g. lambda params: torch.optim.Adam(params, lr=1e-3)), "
+                    "not instances."
+                )
+            self.optimizer = None  # type: ignore[assignment]
+            self.scheduler = None
+            self.task_optimizers = {t: self._make_optimizer(optimizer) for t in self.task_names}
+            self.task_schedulers = {t: _make_scheduler(scheduler, o) for t, o in self.task_optimizers.items()}
+        else:
+            self.optimizer = self._make_optimizer(optimizer)
+            self.scheduler = _make_scheduler(scheduler, self.optimizer)
         if grad_clip_norm is not None and not grad_clip_norm > 0:
             raise ValueError(f"grad_clip_norm must be > 0 or None; got {grad_clip_norm!r}.")
         self.grad_clip_norm = grad_clip_norm
@@ -154,7 +191,9 @@ class Trainer:
         self.progress = progress
         self.log_epochs = log_epochs
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self._writer: Any = None
+        if logger is None and self.log_dir is not None:
+            logger = TensorBoardLogger(self.log_dir)
+        self._logger = logger
         # training progress
         self.epoch = 0  # epochs completed
         self.step = 0
@@ -162,6 +201,7 @@ class Trainer:
         self._epoch_losses: list[tuple[float, ...]] = []
         self._best: dict[str, Any] | None = None  # early-stopping state
         self._last_aux: dict[str, float] = {}
+        self._last_steps: dict[str, int] = {}
 
     # ------------------------------------------------------------------ setup helpers
     @property
@@ -238,36 +278,21 @@ class Trainer:
                 opt.add_param_group({"params": extra, "weight_decay": 0.0})
         return opt
 
-    def _writer_or_none(self) -> Any:
-        if self.log_dir is None:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    "TensorBoard logging needs the tensorboard package: pip install 'mtlkit[tensorboard]'"
-                ) from None
-            self._writer = SummaryWriter(str(self.log_dir))
-        return self._writer
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return list(self.task_optimizers.values()) if self.task_optimizers is not None else [self.optimizer]
+
+    def _schedulers(self) -> list[Any]:
+        found = list(self.task_schedulers.values()) if self.task_schedulers is not None else [self.scheduler]
+        return [s for s in found if s is not None]
 
     # ------------------------------------------------------------------ data helpers
     def _loader(self, data: DataLike, batch_size: int, shuffle: bool) -> Iterable[Any]:
-        if isinstance(data, MultiTaskDataset):
-            data.validate(self.tasks_with_targets(data))
-            return TensorBatchLoader(data, batch_size, shuffle=shuffle, seed=self.seed)
-        if isinstance(data, TensorBatchLoader):
-            data.dataset.validate(self.tasks_with_targets(data.dataset))
-            return data
-        if isinstance(data, (Tensor, Mapping)):
-            raise TypeError(
-                "Pass a MultiTaskDataset or an iterable of batches (e.g. a DataLoader); for raw inputs "
-                "use trainer.predict(inputs)."
-            )
-        return data
+        if is_per_task(data):  # each task's labelled rows with only its targets, in order
+            return PerTaskLoader(data, self.tasks, batch_size)  # type: ignore[arg-type]
+        return batch_loader(data, self.tasks, batch_size, shuffle=shuffle, seed=self.seed)  # type: ignore[arg-type]
 
     def tasks_with_targets(self, data: MultiTaskDataset) -> list[Task]:
-        """The trainer's tasks that ``data`` has labels for (all of them, unless it is a per-task dataset)."""
+        """The trainer's tasks that ``data`` has labels for (all of them, unless it holds only some tasks)."""
         present = [t for t in self.tasks if t.target_key in data.targets]
         if not present:
             raise DataError(
@@ -302,10 +327,14 @@ class Trainer:
         """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
 
         Args:
-            train: a :class:`MultiTaskDataset` (batched and shuffled here) or any iterable of
-                batches (a :class:`TensorBatchLoader`, a torch ``DataLoader`` with
-                ``collate_fn=mtlkit.data.collate``...).
-            val: validation data, evaluated after every epoch.
+            train: a :class:`MultiTaskDataset` (batched and shuffled here), a dict
+                ``{task name: MultiTaskDataset}`` of per-task datasets (schedules ``mixed``,
+                ``alternating``, ``sampling``) or any iterable of batches (a
+                :class:`TensorBatchLoader`, a torch ``DataLoader`` with
+                ``collate_fn=mtlkit.data.collate``...; schedule ``joint``). The schedule decides
+                how it is batched and what an epoch is.
+            val: validation data (a dataset, per-task datasets or batches), evaluated after
+                every epoch.
             epochs: total number of epochs.
             batch_size: batch size when ``train``/``val`` are datasets.
             early_stopping: stop on a monitored metric and restore the best weights.
@@ -323,31 +352,31 @@ class Trainer:
             self._check_monitor(early_stopping.monitor, has_val=val is not None)
         if resume is not None:
             self.load_checkpoint(resume)
-        train_loader = self._loader(train, batch_size, shuffle=True)
+        num_replicas, rank = _distributed()
+        plan = self.schedule.bind(
+            train, self.tasks, batch_size=batch_size, seed=self.seed, num_replicas=num_replicas, rank=rank
+        )
         val_loader = self._loader(val, batch_size, shuffle=False) if val is not None else None
-        validate_batches = not isinstance(train_loader, TensorBatchLoader)
+        if self._logger is not None:
+            self._logger.watch(val_loader)
         display = ProgressDisplay(self.progress, self.console)
         try:
             while self.epoch < epochs:
                 epoch = self.epoch
-                if hasattr(train_loader, "set_epoch"):
-                    train_loader.set_epoch(epoch)
-                elif hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-                    train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
                 started = time.perf_counter()
-                train_losses, weights = self._train_epoch(
-                    train_loader, epoch, epochs, display, validate_batches
-                )
+                train_losses, weights = self._train_epoch(plan, epoch, epochs, display)
                 record: dict[str, Any] = {
                     "epoch": epoch + 1,
                     "train": dict(zip(self.task_names, train_losses)),
                     "weights": dict(zip(self.task_names, weights)),
-                    "lr": [g["lr"] for g in self.optimizer.param_groups],
+                    "lr": [g["lr"] for opt in self._optimizers() for g in opt.param_groups],
                 }
                 if self._last_aux:
                     record["aux"] = dict(self._last_aux)
                 if val_loader is not None:
                     record["val"] = self._evaluate_loader(val_loader)
+                if self.schedule.one_task_per_step:
+                    record["steps"] = dict(self._last_steps)
                 record["seconds"] = time.perf_counter() - started
                 self.epoch = epoch + 1
                 stop = self._after_epoch(record, early_stopping)
@@ -359,8 +388,8 @@ class Trainer:
                     break
         finally:
             display.close()
-            if self._writer is not None:
-                self._writer.flush()
+            if self._logger is not None:
+                self._logger.flush()
         if (
             early_stopping is not None
             and early_stopping.restore_best
@@ -382,21 +411,24 @@ class Trainer:
             raise ValueError(f"EarlyStopping: {exc.args[0]}{hint}") from None
 
     def _train_epoch(
-        self, loader: Iterable[Any], epoch: int, epochs: int, display: ProgressDisplay, validate: bool
+        self, plan: EpochPlan, epoch: int, epochs: int, display: ProgressDisplay
     ) -> tuple[list[float], list[float]]:
         self.model.train()
         self.weighting.train()
         T = len(self.tasks)
         sums = torch.zeros(2, T, dtype=torch.float64, device=self.device)
-        weight_sum = torch.zeros(T, dtype=torch.float64, device=self.device)
+        weight_sum = torch.zeros(2, T, dtype=torch.float64, device=self.device)  # sum, steps with labels
         aux_sums: dict[str, Tensor] = {}
+        steps_per_task = dict.fromkeys(self.task_names, 0)
         n_batches = 0
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        total = plan.steps_per_epoch
         display.start_epoch(epoch, epochs, total)
         refresh = max(1, (total or 50) // 20)
-        for raw in loader:
-            batch = self._prepare(raw, validate=validate)
-            step = self.train_step(batch, epoch=epoch)
+        for item in plan.epoch(epoch):
+            batch = self._prepare(item.batch, validate=plan.validate)
+            step = self.train_step(batch, epoch=epoch, tasks=item.tasks)
+            for name in item.tasks or ():
+                steps_per_task[name] += 1
             for k, v in step.aux.items():
                 aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().double()
             result, tl = step.result, step.losses
@@ -404,20 +436,24 @@ class Trainer:
             counts = tl.counts.detach().double()
             sums[0] += result.losses.double() * counts
             sums[1] += counts
-            weight_sum += result.weights.double()
+            present = (counts > 0).double()
+            weight_sum[0] += result.weights.double() * present
+            weight_sum[1] += present
+            if self._logger is not None:
+                self._logger.log_step(self.step, result)
             if n_batches % refresh == 0:
                 means = self._check_finite(sums, epoch)
                 display.update(refresh, self.task_names, means)
-                writer = self._writer_or_none()
-                if writer is not None:
-                    writer.add_scalar("train/total_loss", float(result.total), self.step)
         if n_batches == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         means = self._check_finite(sums, epoch)
         display.update(n_batches % refresh, self.task_names, means)
         self._epoch_losses.append(tuple(means))
         self._last_aux = {k: float(v / n_batches) for k, v in aux_sums.items()}
-        return means, (weight_sum / n_batches).tolist()
+        self._last_steps = steps_per_task
+        # mean weight over the steps where the task had labels (NaN: none this epoch)
+        weights = torch.where(weight_sum[1] > 0, weight_sum[0] / weight_sum[1].clamp_min(1), math.nan)
+        return means, weights.tolist()
 
     def _after_step(self, batch: Batch, present: Tensor, state: TrainState) -> None:
         new_losses = None
@@ -427,13 +463,27 @@ class Trainer:
                 new_losses = task_losses(self.tasks, preds, batch.targets, batch.masks).losses
         self.weighting.after_step(new_losses, present=present, state=state)
 
-    def train_step(self, batch: Batch, *, epoch: int | None = None) -> StepOutput:
+    def train_step(
+        self, batch: Batch, *, epoch: int | None = None, tasks: Sequence[str] | None = None
+    ) -> StepOutput:
         """One optimisation step on ``batch`` (already on the trainer's device).
 
         Forward, masked task losses, :func:`mtlkit.backward` with the weighting / aggregator,
         optional gradient clipping, optimizer (and per-step scheduler) step, the weighting's
-        post-step hook. ``fit`` calls this for every batch; call it yourself to drive training.
+        post-step hook. ``fit`` calls this for every step of the schedule; call it yourself to
+        drive training.
+
+        Args:
+            batch: the batch.
+            epoch: the epoch reported to the balancing method (default: the trainer's).
+            tasks: train only these tasks (a one-task-per-step schedule gives one): the other
+                tasks' labels are ignored, parameters that only they reach get no gradient and
+                are not stepped, and their rows of the weighting's parameters keep their values.
+                With per-task optimizers it must name exactly one task, whose optimizer steps.
         """
+        trained = self._trained_tasks(tasks)
+        if trained is not None:
+            batch = restrict(batch, [t for t in self.tasks if t.name in trained])
         state = TrainState(
             step=self.step,
             epoch=self.epoch if epoch is None else epoch,
@@ -456,7 +506,10 @@ class Trainer:
             raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
         preds, aux = split_aux(outputs)
         tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
-        self.optimizer.zero_grad(set_to_none=True)
+        if trained is not None:
+            tl = detach_untrained(tl, [name in trained for name in self.task_names])
+        for opt in self._optimizers():
+            opt.zero_grad(set_to_none=True)
         self.weighting.zero_grad(set_to_none=True)
         result = backward(
             tl,
@@ -470,12 +523,37 @@ class Trainer:
         self._sync_gradients()
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
+        if self.task_optimizers is not None and self.task_schedulers is not None:
+            assert trained is not None  # _trained_tasks gives exactly one task here
+            (name,) = trained
+            optimizer, scheduler = self.task_optimizers[name], self.task_schedulers[name]
+        else:
+            optimizer, scheduler = self.optimizer, self.scheduler
+        untrained = [] if trained is None else [i for i, n in enumerate(self.task_names) if n not in trained]
+        with frozen_rows(self.weighting, untrained, len(self.task_names)):
+            optimizer.step()
+        if scheduler is not None and self.scheduler_interval == "step":
+            scheduler.step()
         self._after_step(batch, tl.present, state)
         self.step += 1
         return StepOutput(result, tl, aux)
+
+    def _trained_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...] | None:
+        """The step's task subset (None: every task), checked."""
+        trained = self.task_names if tasks is None else tuple(dict.fromkeys(tasks))
+        if not trained:
+            raise ValueError("train_step(tasks=...) must name at least one task.")
+        unknown = [t for t in trained if t not in self.task_names]
+        if unknown:
+            raise UnknownComponentError("task", unknown[0], self.task_names)
+        if self.task_optimizers is not None:
+            if len(trained) != 1:
+                raise ValueError(
+                    "With per-task optimizers every step trains one task (whose optimizer steps): pass "
+                    f"tasks=('<name>',) to train_step (fit does this through the schedule); got {list(trained)}."
+                )
+            return trained
+        return None if set(trained) == set(self.task_names) else trained
 
     def _sync_gradients(self) -> None:
         """Under torch.distributed, average the gradients DDP does not: the loss weighting's own
@@ -521,11 +599,12 @@ class Trainer:
         if early_stopping is not None and early_stopping.mode != "auto":
             higher = early_stopping.mode == "max"
         record["monitor"] = {"name": monitor, "value": value}
-        if self.scheduler is not None and self.scheduler_interval == "epoch":
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(value)
-            else:
-                self.scheduler.step()
+        if self.scheduler_interval == "epoch":
+            for scheduler in self._schedulers():
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(value)
+                else:
+                    scheduler.step()
         if early_stopping is None:
             return False
         best = self._best
@@ -551,19 +630,12 @@ class Trainer:
         return best["bad_epochs"] > early_stopping.patience
 
     def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
-        writer = self._writer_or_none()
-        if writer is not None:
-            e = record["epoch"]
-            for t, v in record["train"].items():
-                writer.add_scalar(f"train_loss/{t}", v, e)
-            for t, v in record["weights"].items():
-                writer.add_scalar(f"weight/{t}", v, e)
-            for t, ms in record.get("val", {}).items():
-                for m, v in ms.items():
-                    writer.add_scalar(f"val/{t}/{m}", v, e)
-            writer.add_scalar("lr", record["lr"][0], e)
+        if self._logger is not None:
+            self._logger.log_epoch(record, self._core)
         if self.log_epochs:
             train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
+            if "steps" in record:
+                train += " (steps " + " ".join(f"{t}={n}" for t, n in record["steps"].items()) + ")"
             mon = record["monitor"]
             self.console.print(
                 f"epoch {record['epoch']}/{epochs}  train loss {train}  |  {mon['name']}={mon['value']:.4f}"
@@ -575,14 +647,21 @@ class Trainer:
     def _evaluate_loader(self, loader: Iterable[Any]) -> dict[str, dict[str, float]]:
         self.model.eval()
         metrics = MultiTaskMetrics(self.tasks)
-        validate = not isinstance(loader, TensorBatchLoader)
+        validate = not isinstance(loader, (TensorBatchLoader, PerTaskLoader))
         for raw in loader:
             batch = self._prepare(raw, validate=validate)
             metrics.update(split_aux(self.model(batch.inputs))[0], batch.targets, batch.masks)
-        return metrics.compute()
+        result = metrics.compute()
+        if isinstance(loader, PerTaskLoader):  # only the tasks that have a dataset
+            result = {t: m for t, m in result.items() if t in loader.task_names}
+        return result
 
     def evaluate(self, data: DataLike, *, batch_size: int = 1024) -> dict[str, dict[str, float]]:
-        """Per-task metrics ``{task: {metric: value}}`` on ``data`` (always includes ``loss``)."""
+        """Per-task metrics ``{task: {metric: value}}`` on ``data`` (always includes ``loss``).
+
+        With per-task datasets ``{task: dataset}`` each task is evaluated on its own dataset
+        (its labelled rows) only, and only the tasks in the dict are reported.
+        """
         return self._evaluate_loader(self._loader(data, batch_size, shuffle=False))
 
     @torch.no_grad()
@@ -592,10 +671,22 @@ class Trainer:
         """Predictions for every model output, on the CPU.
 
         Args:
-            data: raw inputs (a tensor or a dict of tensors), a dataset or an iterable of batches.
+            data: raw inputs (a tensor or a dict of tensors), a dataset, an iterable of batches,
+                or per-task datasets ``{task: dataset}``: then each task's output is predicted on
+                its own dataset, one row per dataset row (outputs that are not a task are left out).
             activate: apply each task's activation (probabilities for classification). Outputs
                 that are not a task (e.g. ESMM's pCVR) are returned as the model gives them.
         """
+        if is_per_task(data):
+            by_name = {t.name: t for t in self.tasks}
+            unknown = [k for k in data if k not in by_name]  # type: ignore[union-attr]
+            if unknown:
+                raise UnknownComponentError("task", str(unknown[0]), self.task_names)
+            out = {}
+            for name, dataset in data.items():  # type: ignore[union-attr]
+                key = by_name[name].output_key
+                out[key] = self.predict(dataset, batch_size=batch_size, activate=activate)[key]
+            return out
         self.model.eval()
         if isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
             n = data.shape[0] if isinstance(data, Tensor) else len(next(iter(data.values())))
@@ -628,8 +719,15 @@ class Trainer:
         return {
             "task_names": list(self.task_names),
             "model": self._core.state_dict(),  # without a DDP wrapper's "module." prefix
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "task_optimizers": None
+            if self.task_optimizers is None
+            else {t: o.state_dict() for t, o in self.task_optimizers.items()},
+            "task_schedulers": None
+            if self.task_schedulers is None
+            else {t: s.state_dict() if s is not None else None for t, s in self.task_schedulers.items()},
+            "schedule": self.schedule.state_dict(),
             "weighting": self.weighting.state_dict(),
             "aggregator": self.aggregator.state_dict() if self.aggregator is not None else None,
             "epoch": self.epoch,
@@ -663,7 +761,9 @@ class Trainer:
             self.weighting.load_state_dict(state["weighting"])
             if self.aggregator is not None and state.get("aggregator") is not None:
                 self.aggregator.load_state_dict(state["aggregator"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizers(state, source)
+        except CheckpointError:
+            raise
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"The {source}'s optimizer or loss-weighting state does not fit this trainer ({exc}). "
@@ -671,6 +771,12 @@ class Trainer:
             ) from None
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        for name, scheduler in (self.task_schedulers or {}).items():
+            saved = (state.get("task_schedulers") or {}).get(name)
+            if scheduler is not None and saved is not None:
+                scheduler.load_state_dict(saved)
+        if state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.seed = int(state.get("seed", self.seed))  # the data order of the resumed run
         self.history = list(state.get("history", []))
@@ -683,6 +789,27 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         if "trainer" in rng:
             self.generator.set_state(rng["trainer"])
+
+    def _load_optimizers(self, state: Mapping[str, Any], source: str) -> None:
+        saved = state.get("task_optimizers")
+        if (saved is not None) != (self.task_optimizers is not None):
+            raise CheckpointError(
+                f"The {source} was written "
+                + ("with per-task optimizers" if saved is not None else "with one optimizer")
+                + ", but this trainer has "
+                + ("per-task optimizers" if self.task_optimizers is not None else "one optimizer")
+                + "; set per_task_optimizers as in the run that wrote it."
+            )
+        if self.task_optimizers is None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            return
+        if sorted(saved) != sorted(self.task_optimizers):
+            raise CheckpointError(
+                f"The {source} has optimizers for tasks {sorted(saved)}, but this trainer has "
+                f"{sorted(self.task_optimizers)}."
+            )
+        for name, opt in self.task_optimizers.items():
+            opt.load_state_dict(saved[name])
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
@@ -698,6 +825,19 @@ class Trainer:
         data = load_checkpoint(path)
         self.load_state_dict(data, source=f"checkpoint {str(path)!r}")
         return data
+
+
+def _make_scheduler(scheduler: SchedulerLike | None, optimizer: torch.optim.Optimizer) -> Any:
+    return scheduler(optimizer) if callable(scheduler) and not _is_scheduler(scheduler) else scheduler
+
+
+def _distributed() -> tuple[int, int]:
+    """``(world size, rank)`` under torch.distributed, else ``(1, 0)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:

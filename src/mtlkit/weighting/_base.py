@@ -46,6 +46,10 @@ class LossWeighting(nn.Module, ABC):
             ``[T, P]``, zero rows for tasks without labels), e.g. GradNorm.
         requires_post_step_losses: the trainer calls :meth:`after_step` with the task losses
             recomputed (without gradients) on the same batch after the optimizer step (FAMO).
+        requires_all_tasks: the method weighs the tasks against each other within a step, so it
+            is meaningless when a step trains one task (RLW, GLS, FAMO: the weight would always be
+            1); training schedules with one task per step refuse it. Methods that need
+            gradients (``requires_gradients``) are refused there too.
 
     Args:
         tasks: the tasks (or task names), in the order of the loss vector.
@@ -53,6 +57,7 @@ class LossWeighting(nn.Module, ABC):
 
     requires_gradients: ClassVar[bool] = False
     requires_post_step_losses: ClassVar[bool] = False
+    requires_all_tasks: ClassVar[bool] = False
 
     def __init__(self, tasks: Sequence[Task] | Sequence[str]) -> None:
         super().__init__()

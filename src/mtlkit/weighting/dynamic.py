@@ -74,6 +74,8 @@ class RLW(LossWeighting):
     Cost: O(T) per step. Departure: tasks without labels in the batch are left out of the softmax.
     """
 
+    requires_all_tasks = True  # softmax over the step's tasks: with one task the weight is 1
+
     def combine(
         self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
     ) -> WeightedLoss:
@@ -94,6 +96,8 @@ class GLS(LossWeighting):
     by ``L / (T L_k)`` (reported as ``weights``). Cost: O(T). Departure: only the tasks with labels
     in the batch enter the product (T counts them), and losses are clamped at 1e-12 before the log.
     """
+
+    requires_all_tasks = True  # the product over one task is that task's loss: equal weighting
 
     def combine(
         self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None

@@ -43,6 +43,7 @@ class FAMO(LossWeighting):
     """
 
     requires_post_step_losses = True
+    requires_all_tasks = True  # z = softmax over the step's tasks: with one task its weight is 1
 
     def __init__(
         self,
