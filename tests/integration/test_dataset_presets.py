@@ -57,8 +57,26 @@ def test_mnist_fashion_preset_runs_on_a_fake_copy(tmp_path: Path) -> None:
         "mnist-fashion", data, tmp_path / "runs", "data.verify=false", "data.n_val=10", "data.n_test=null"
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"mnist", "fashion"} and metrics["data"]["mode"] == "mixed"
+    assert set(metrics["metrics"]) == {"mnist", "fashion"} and metrics["data"]["mode"] == "separate"
     assert metrics["data"]["rows"]["test"] == {"mnist": 30, "fashion": 30}
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "sampling"])
+def test_mnist_fashion_trains_one_task_per_step_from_separate_datasets(tmp_path: Path, schedule: str) -> None:
+    data = write_fake_mnist(tmp_path / "data", n_train=40, n_test=20)
+    run_dir = _run(
+        "mnist-fashion",
+        data,
+        tmp_path / "runs",
+        "data.verify=false",
+        "data.n_val=10",
+        f"schedule.name={schedule}",
+    )
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history) == 1 and set(json.loads((run_dir / "metrics.json").read_text())["metrics"]) == {
+        "mnist",
+        "fashion",
+    }
 
 
 def test_cifar_preset_runs_on_a_fake_copy(tmp_path: Path) -> None:
