@@ -61,6 +61,21 @@ def test_mnist_fashion_preset_runs_on_a_fake_copy(tmp_path: Path) -> None:
     assert metrics["data"]["rows"]["test"] == {"mnist": 30, "fashion": 30}
 
 
+def test_loader_mixed_mode_equals_the_mixed_schedule_on_separate_datasets(tmp_path: Path) -> None:
+    # the loader's pooled dataset (-1 labels) and the trainer's mixed schedule (label masks) are
+    # the same seed-000 scheme: same batches, same losses, same trained model
+    data = write_fake_mnist(tmp_path / "data", n_train=40, n_test=20)
+    common = ["data.verify=false", "data.n_val=10", "trainer.epochs=2"]
+    a = _run("mnist-fashion", data, tmp_path / "a", *common)
+    b = _run("mnist-fashion", data, tmp_path / "b", *common, "data.mode=mixed", "schedule.name=joint")
+    ha, hb = (json.loads((r / "history.json").read_text()) for r in (a, b))
+    for ea, eb in zip(ha, hb, strict=True):
+        assert ea["train"] == pytest.approx(eb["train"], rel=1e-5)
+    ma, mb = (json.loads((r / "metrics.json").read_text())["metrics"] for r in (a, b))
+    assert ma["mnist"]["accuracy"] == mb["mnist"]["accuracy"]
+    assert ma["fashion"]["loss"] == pytest.approx(mb["fashion"]["loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule", ["alternating", "sampling"])
 def test_mnist_fashion_trains_one_task_per_step_from_separate_datasets(tmp_path: Path, schedule: str) -> None:
     data = write_fake_mnist(tmp_path / "data", n_train=40, n_test=20)
