@@ -120,10 +120,10 @@ def main() -> None:
         repeats=args.repeats,
         warmup=3,
     )
-    share = times["gather"] / (times["gather"] + times["step"])
+    share = times["gather"] / times["gather+step"]
     print(f"batch {args.batch}: gather {times['gather'] * 1e3:.2f} ms, train step {times['step'] * 1e3:.2f} ms, "
           f"loop {times['gather+step'] * 1e3:.2f} ms per batch")  # fmt: skip
-    print(f"data loading share of step time: {share:.1%}")
+    print(f"data loading share of the training loop's time per batch (gather / loop): {share:.1%}")
     print(f"training throughput: {args.batch / times['gather+step']:,.0f} samples/s")
     t = time.perf_counter()
     trainer.fit(splits.train, epochs=trainer.epoch + 1, batch_size=args.batch)
