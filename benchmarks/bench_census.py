@@ -66,7 +66,8 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
 
     # ------------------------------------------------------------------ load time
-    os.environ["MTLKIT_CACHE"] = tempfile.mkdtemp(prefix="mtlkit-bench-cache-")
+    cache_dir = tempfile.TemporaryDirectory(prefix="mtlkit-bench-cache-")  # removed at exit
+    os.environ["MTLKIT_CACHE"] = cache_dir.name
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     census_income(path=root, cache=False)
