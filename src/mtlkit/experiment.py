@@ -28,6 +28,7 @@ from mtlkit.config.build import (
     optimizer_factory,
     scheduler_factory,
 )
+from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
@@ -218,7 +219,7 @@ def _train_one(
         batch_size=cfg.trainer.batch_size,
         early_stopping=early_stopping(cfg),
         checkpoint=run_dir / "checkpoint.pt",
-        extra_state={"config": config_dict, "label": label},
+        extra_state=_extra_state(config_dict, label, splits, run_dir),
     )
     seconds = time.perf_counter() - started + restored
     split, data = ("test", splits.test) if splits.test is not None else ("val", splits.val or splits.train)
@@ -245,6 +246,28 @@ def _train_one(
     _dump_json(history, run_dir / "history.json")
     _dump_json(_run_record(result, splits), run_dir / "metrics.json")  # last: marks the run finished
     return result
+
+
+def _extra_state(config: dict[str, Any], label: str, splits: DataSplits, run_dir: Path) -> dict[str, Any]:
+    """What checkpoints carry besides the training state (the fitted preprocessor's state too;
+    :func:`~mtlkit.predict.save_run_signature` writes it to ``preprocessor.json`` for evaluation
+    and prediction)."""
+    extra: dict[str, Any] = {"config": config, "label": label}
+    state_dict = getattr(splits.preprocessor, "state_dict", None)
+    if callable(state_dict):
+        extra["preprocessor"] = state_dict()
+    return extra
+
+
+def _with_saved_preprocessor(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``spec`` with ``preprocessor=<run_dir>/preprocessor.json`` when the run saved one and the
+    dataset builder can reuse it (instead of fitting it again)."""
+    saved = run_dir / "preprocessor.json"
+    if not saved.is_file() or spec.get("preprocessor") is not None:
+        return spec
+    if "preprocessor" not in allowed_params(FAMILIES["data"], spec["name"]):
+        return spec
+    return {**spec, "preprocessor": str(saved)}
 
 
 def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: str) -> None:
@@ -505,9 +528,10 @@ def evaluate_run_dir(
             )
         resolved = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
         cfg = next(iter(resolved.variants.values()))
-        key = _data_key(cfg.data)
+        data_spec = _with_saved_preprocessor(cfg.data, rd)
+        key = _data_key(data_spec)
         if key not in data_cache:
-            data_cache[key] = build_data(cfg.data)
+            data_cache[key] = build_data(data_spec)
         splits = data_cache[key]
         data = {"test": splits.test, "val": splits.val, "train": splits.train}.get(split)
         if data is None:

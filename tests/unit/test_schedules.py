@@ -561,3 +561,36 @@ def test_cli_lists_the_schedules(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for name in ("joint", "mixed", "alternating", "sampling"):
         assert name in out
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A random per-sample shift: a transform whose effect and randomness are easy to read back."""
+    return x + torch.rand(x.shape[0], 1, generator=g)
+
+
+def test_per_task_streams_apply_the_datasets_augmentation_reproducibly() -> None:
+    from mtlkit.training.task_data import TaskStream
+
+    task = Task(name="y", kind="regression")
+    x = torch.zeros(10, 3)
+    ds = MultiTaskDataset(x, {"y": torch.arange(10.0)}, augment=_shift)
+    a = TaskStream(ds, task, batch_size=4, seed=3).batch(0, 1)
+    b = TaskStream(ds, task, batch_size=4, seed=3).batch(0, 1)
+    torch.testing.assert_close(a.inputs, b.inputs)  # same (seed, pass, batch): same augmentation
+    assert (a.inputs > 0).all() and torch.equal(a.inputs[:, 0], a.inputs[:, 2])  # shifted, per sample
+    c = TaskStream(ds, task, batch_size=4, seed=3).batch(1, 1)
+    assert not torch.equal(a.inputs, c.inputs)  # another pass, other draws
+    plain = TaskStream(ds, task, batch_size=4, shuffle=False).batch(0, 0)
+    assert torch.equal(plain.inputs, x[:4])  # evaluation streams are never augmented
+
+
+def test_mixed_pool_keeps_a_shared_augmentation_and_refuses_different_ones() -> None:
+    from mtlkit.training.task_data import mixed_dataset
+
+    tasks = [Task(name="a", kind="regression"), Task(name="b", kind="regression")]
+    one = MultiTaskDataset(torch.zeros(4, 2), {"a": torch.ones(4)}, augment=_shift)
+    two = MultiTaskDataset(torch.zeros(3, 2), {"b": torch.ones(3)}, augment=_shift)
+    assert mixed_dataset({"a": one, "b": two}, tasks).augment is _shift
+    other = MultiTaskDataset(torch.zeros(3, 2), {"b": torch.ones(3)}, augment=lambda x, g: x)
+    with pytest.raises(DataError, match="different augment transforms"):
+        mixed_dataset({"a": one, "b": other}, tasks)

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted run directory: finished runs are kept, an interrupted one continues "
         "from its last checkpoint, the others are trained (its config.yaml is used; no config or overrides)",
     )
+    run.add_argument("--data", metavar="PATH", help="the data folder (same as data.path=PATH)")
+    run.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch missing dataset files from their public source (same as data.download=true)",
+    )
 
     val = sub.add_parser("validate", help="check a config and print it fully resolved")
     val.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
@@ -155,15 +161,20 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     if ns.resume is not None:
         from mtlkit.experiment import resume_experiment
 
-        if ns.args or ns.preset or ns.out:
+        if ns.args or ns.preset or ns.out or ns.data or ns.download:
             raise ConfigError(
                 [
-                    "--resume uses the run's own config.yaml; give no config file, --preset, --out or overrides."
+                    "--resume uses the run's own config.yaml; give no config file, --preset, --out, --data, "
+                    "--download or overrides."
                 ]
             )
         resume_experiment(ns.resume, console=console, progress=progress)
         return 0
     path, overrides = _split_args(ns.args)
+    if ns.data:
+        overrides.insert(0, f"data.path={ns.data}")
+    if ns.download:
+        overrides.insert(0, "data.download=true")
     experiment = load_config(path, preset=ns.preset, overrides=overrides)
     run_experiment(experiment, output_dir=ns.out, console=console, progress=progress)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,10 @@ from mtlkit.data.batch import Batch, Inputs
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 
-__all__ = ["MultiTaskDataset", "TensorBatchLoader"]
+__all__ = ["BatchAugment", "MultiTaskDataset", "TensorBatchLoader"]
+
+BatchAugment = Callable[[Inputs, torch.Generator], Inputs]
+"""A random batch transform ``augment(inputs, generator) -> inputs`` (training-time augmentation)."""
 
 
 class MultiTaskDataset(torch.utils.data.Dataset):
@@ -27,6 +30,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         tasks: optional task definitions that describe the targets (used by the CLI and
             :meth:`validate`).
         info: free-form facts about the data (e.g. the label correlation of synthetic data).
+        augment: optional random batch transform ``augment(inputs, generator) -> inputs`` (e.g.
+            :class:`~mtlkit.data.images.RandomFlipCrop`), applied by :class:`TensorBatchLoader` to
+            training batches only; indexing the dataset returns the stored inputs unchanged.
 
     Indexing with a tensor of indices gathers a whole :class:`Batch` at once; use
     :class:`TensorBatchLoader`, or torch's ``DataLoader`` with ``collate_fn=mtlkit.data.collate``.
@@ -40,7 +46,12 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         *,
         tasks: Sequence[Task] | None = None,
         info: Mapping[str, Any] | None = None,
+        augment: BatchAugment | None = None,
     ) -> None:
+        if augment is not None and not callable(augment):
+            raise TypeError(
+                f"augment must be callable(inputs, generator) -> inputs; got {type(augment).__name__}."
+            )
         if isinstance(inputs, Tensor):
             n = _rows(inputs, "inputs")
         elif isinstance(inputs, Mapping) and inputs:
@@ -70,6 +81,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         self.masks: dict[str, Tensor] | None = {k: v.bool() for k, v in masks.items()} if masks else None
         self.tasks: tuple[Task, ...] | None = tuple(tasks) if tasks is not None else None
         self.info: dict[str, Any] = dict(info or {})
+        self.augment: BatchAugment | None = augment
         self._n = n
         if self.tasks is not None:
             self.validate(self.tasks)
@@ -116,7 +128,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     def subset(self, index: Tensor | Sequence[int]) -> MultiTaskDataset:
         """A new dataset holding the rows ``index``."""
         b = self.take(torch.as_tensor(index, dtype=torch.long))
-        return MultiTaskDataset(b.inputs, b.targets, b.masks, tasks=self.tasks, info=self.info)
+        return MultiTaskDataset(
+            b.inputs, b.targets, b.masks, tasks=self.tasks, info=self.info, augment=self.augment
+        )
 
     def split(self, sizes: Sequence[int], *, seed: int | None = None) -> tuple[MultiTaskDataset, ...]:
         """Split into consecutive parts of the given sizes (shuffled first if ``seed`` is given)."""
@@ -137,6 +151,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         out = MultiTaskDataset.__new__(MultiTaskDataset)
         out.inputs, out.targets, out.masks = b.inputs, b.targets, b.masks
         out.tasks, out.info, out._n = self.tasks, dict(self.info), self._n
+        out.augment = self.augment
         return out
 
     def validate(self, tasks: Sequence[Task]) -> None:
@@ -162,9 +177,13 @@ def _rows(t: Any, what: str) -> int:
     return int(t.shape[0])
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for (``seed``, ``epoch``): shuffles depend only on both, so runs resume exactly."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A well-mixed 63-bit seed for (``seed``, ``epoch``): shuffles depend only on both, so runs resume exactly.
+
+    ``stream`` > 0 gives independent seeds for other per-epoch randomness (1: augmentation).
+    """
+    entropy = [seed, epoch] if stream == 0 else [seed, epoch, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class TensorBatchLoader:
@@ -174,6 +193,11 @@ class TensorBatchLoader:
     (the trainer does) so that resuming a run reproduces the same batches. For
     DistributedDataParallel pass ``num_replicas``/``rank``: each rank reads an equal-length
     shard (padded by wrapping, as torch's DistributedSampler does).
+
+    A dataset with an ``augment`` transform has it applied to every batch when ``augment`` is
+    True (default: when shuffling, i.e. for the trainer's training loader and never for
+    evaluation), with a generator seeded from ``(seed, epoch)``, so augmented epochs are
+    reproducible too.
     """
 
     def __init__(
@@ -186,6 +210,7 @@ class TensorBatchLoader:
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        augment: bool | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
@@ -197,6 +222,7 @@ class TensorBatchLoader:
         self.batch_size = batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.num_replicas, self.rank = num_replicas, rank
+        self.apply_augment = shuffle if augment is None else augment
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -219,10 +245,17 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._indices()
+        transform = getattr(self.dataset, "augment", None) if self.apply_augment else None
+        generator = None
+        if transform is not None:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream=1))
         for chunk in order.split(self.batch_size):
             if self.drop_last and chunk.numel() < self.batch_size:
                 break
-            yield self.dataset.take(chunk)
+            batch = self.dataset.take(chunk)
+            if transform is not None:
+                batch = Batch(transform(batch.inputs, generator), batch.targets, batch.masks)
+            yield batch
 
     def __len__(self) -> int:
         n = len(self.dataset)

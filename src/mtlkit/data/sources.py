@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,9 +37,12 @@ __all__ = [
     "DataFile",
     "FileSet",
     "columns_as_float",
+    "download",
+    "download_folder",
     "locate",
     "open_binary",
     "open_text",
+    "read_bytes",
     "read_csv",
     "resolve_root",
     "sha256sum",
@@ -117,6 +121,20 @@ def _download(url: str, dest: Path) -> None:
         ) from None
 
 
+def download_folder(root: Path, fileset: FileSet) -> Path:
+    """Where to download ``fileset``'s files under a resolved ``root``: the root itself when it is the
+    dataset's folder (named like it, or already holding some of its files), else a new
+    ``root/<folder>`` (a data root holding one folder per dataset)."""
+    if root.name == fileset.folder or any((root / f.name).is_file() for f in fileset.files):
+        return root
+    return root / fileset.folder
+
+
+def download(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically (a partial download never takes the file's name)."""
+    _download(url, dest)
+
+
 def locate(
     fileset: FileSet,
     path: str | os.PathLike[str] | None = None,
@@ -142,6 +160,8 @@ def locate(
     wanted = [fileset.file(n) for n in names] if names is not None else list(fileset.files)
     missing = [f for f in wanted if not (root / f.name).is_file()]
     if missing and download:
+        root = download_folder(root, fileset)
+        missing = [f for f in wanted if not (root / f.name).is_file()]
         no_url = [f.name for f in missing if not f.url]
         if no_url:
             raise DataError(
@@ -193,6 +213,23 @@ def open_binary(path: Path) -> IO[bytes]:
     if suffix in (".xz", ".lzma"):
         return lzma.open(path, "rb")
     return path.open("rb")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole (decompressed) content of a plain, ``.gz``, ``.bz2`` or ``.xz`` file.
+
+    Raises:
+        DataError: the file cannot be read or decompressed (corrupt or truncated); the message
+            names the file.
+    """
+    try:
+        with open_binary(path) as fh:
+            return fh.read()
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+        raise DataError(
+            f"{path} could not be read ({type(exc).__name__}: {exc}); the file is corrupt or truncated. "
+            "Replace it with the original."
+        ) from None
 
 
 @contextmanager

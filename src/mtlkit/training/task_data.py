@@ -238,10 +238,19 @@ class TaskStream:
         return order
 
     def batch(self, p: int, i: int) -> Batch:
-        """Batch ``i`` of pass ``p``, restricted to this stream's task."""
+        """Batch ``i`` of pass ``p``, restricted to this stream's task.
+
+        A shuffled (training) stream applies the dataset's ``augment`` transform with a generator
+        seeded from ``(seed, salt, p, i)``, so augmented batches are reproducible and resume exactly.
+        """
         order = self.order(p)
         chunk = order[i * self.batch_size : (i + 1) * self.batch_size]
-        return restrict(self.dataset.take(chunk), [self.task])
+        batch = self.dataset.take(chunk)
+        augment = getattr(self.dataset, "augment", None) if self.shuffle else None
+        if augment is not None:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.salt, p, i, 1))
+            batch = Batch(augment(batch.inputs, g), batch.targets, batch.masks)
+        return restrict(batch, [self.task])
 
     def batches(self, p: int) -> Iterator[Batch]:
         """Every batch of pass ``p``."""
@@ -330,12 +339,19 @@ def mixed_dataset(data: PerTaskData, tasks: Sequence[Task]) -> MultiTaskDataset:
             flags.append(own_mask if mine else torch.zeros((m, *own_mask.shape[1:]), dtype=torch.bool))
         targets[task.target_key] = torch.cat(pieces)
         masks[task.name] = torch.cat(flags)
+    augments = {id(a): a for a in (getattr(ds, "augment", None) for ds in sources.values())}
+    if len(augments) > 1:
+        raise DataError(
+            "The per-task datasets have different augment transforms, but mixed batches pool them under "
+            "one; give them the same transform (or none), or use the 'alternating' or 'sampling' schedule."
+        )
     return MultiTaskDataset(
         inputs,
         targets,
         masks,
         tasks=[t for t, _ in parts],
         info={"mixed_from": {t.name: n for (t, _), n in zip(parts, sizes)}},
+        augment=next(iter(augments.values())),
     )
 
 

@@ -7,7 +7,20 @@ them in the ``backbone:`` section, and architectures place them in front of thei
 """
 
 from mtlkit.models.backbones.basic import Flatten, flatten
+from mtlkit.models.backbones.cnn import SmallCNN, cnn
 from mtlkit.models.backbones.embedding import EmbeddingFrontEnd, embedding
+from mtlkit.models.backbones.resnet import BasicBlock, ResNet, resnet
 from mtlkit.registries import BACKBONES
 
-__all__ = ["BACKBONES", "EmbeddingFrontEnd", "Flatten", "embedding", "flatten"]
+__all__ = [
+    "BACKBONES",
+    "BasicBlock",
+    "EmbeddingFrontEnd",
+    "Flatten",
+    "ResNet",
+    "SmallCNN",
+    "cnn",
+    "embedding",
+    "flatten",
+    "resnet",
+]

@@ -1,0 +1,361 @@
+"""Your own tabular data: CSV or Parquet files and a config naming the columns.
+
+Example config::
+
+    data:
+      name: tabular
+      train: data/train.csv          # or .csv.gz / .csv.bz2 / .parquet
+      test: data/test.csv            # optional; or test_fraction: 0.1
+      val_fraction: 0.1              # or val: data/val.csv
+      categorical: [city, device]
+      numeric: [age, price]
+      tasks:
+        click: {column: clicked, kind: binary}
+        segment: {column: segment, kind: multiclass}        # string labels are mapped to 0..K-1
+        spend: {column: spend, kind: regression}
+
+Features are preprocessed by a :class:`~mtlkit.data.preprocessing.TabularPreprocessor` fitted on
+the training rows only (categorical vocabularies with an unknown bucket, standardised numeric
+columns), which is returned as ``DataSplits.preprocessor`` and saved with trained models.
+Labels: a blank or NaN label is missing (the sample does not count for that task); samples
+without any label are left out. Parquet needs ``pyarrow`` (``pip install 'mtlkit[parquet]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+
+from mtlkit.data.dataset import MultiTaskDataset
+from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor
+from mtlkit.data.sources import read_csv
+from mtlkit.data.splits import DataSplits
+from mtlkit.errors import DataError
+from mtlkit.registries import DATASETS
+from mtlkit.tasks import Task
+
+__all__ = ["TaskColumn", "load_preprocessor", "read_table", "tabular"]
+
+
+class TaskColumn(BaseModel):
+    """One task of a tabular dataset: its label column and kind.
+
+    Attributes:
+        column: the label column.
+        kind: ``binary`` (labels 0/1, or the two ``classes``), ``multiclass`` or ``regression``.
+        num_classes: multiclass with integer labels: the number of classes (default: max + 1).
+        classes: the label values in class order (binary: ``[negative, positive]``); default for
+            multiclass string labels: the sorted values seen in training.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    kind: Literal["binary", "multiclass", "regression"]
+    num_classes: PositiveInt | None = None
+    classes: list[str] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_table(path: str | Path, columns: Sequence[str], *, delimiter: str = ",") -> dict[str, np.ndarray]:
+    """The ``columns`` of a CSV (plain, .gz, .bz2, .xz) or Parquet file: ``{name: array}``.
+
+    CSV cells are strings; Parquet columns keep numbers as float64 (nulls as NaN) and turn
+    everything else into strings (nulls as ``""``).
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks a column.
+        ImportError: a Parquet file without pyarrow installed.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(
+            f"{p}: no such data file. Check the path in the data section (relative to the working directory)."
+        )
+    if p.suffix.lower() in (".parquet", ".pq"):
+        table = _read_parquet(p, columns)
+    else:
+        table = read_csv(p, delimiter=delimiter)
+    absent = [c for c in columns if c not in table]
+    if absent:
+        raise DataError(f"{p} has no column(s) {absent}; its columns are: {', '.join(table)}.")
+    return {c: table[c] for c in columns}
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            f"Reading Parquet files ({path.name}) needs pyarrow: pip install 'mtlkit[parquet]' (or pip install "
+            "pyarrow), or convert the file to CSV."
+        ) from None
+    try:
+        schema = pq.read_schema(path)
+        wanted = [c for c in columns if c in schema.names]
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(
+            f"{path} could not be read as Parquet ({exc}); the file is corrupt or truncated."
+        ) from None
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            out[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        else:
+            out[name] = np.asarray(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "fc":
+        return np.isnan(values)
+    return np.isin(np.char.lower(np.char.strip(values.astype(str))), list(MISSING_VALUES))
+
+
+def _label_strings(values: np.ndarray) -> np.ndarray:
+    """Labels as canonical strings: 1, 1.0 and " 1" are the same label."""
+    if values.dtype.kind in "biuf":
+        return np.char.mod("%.12g", np.nan_to_num(values.astype(np.float64)))
+    s = np.char.strip(values.astype(str))
+    as_num = np.array([_canonical_number(v) for v in s.tolist()], dtype=object)
+    return np.where(as_num != None, as_num, s).astype(str)  # noqa: E711
+
+
+def _canonical_number(v: str) -> str | None:
+    try:
+        return f"{float(v):.12g}"
+    except ValueError:
+        return None
+
+
+def _encode_labels(
+    name: str, spec: TaskColumn, splits: Mapping[str, np.ndarray], source: str
+) -> tuple[dict[str, torch.Tensor], Task, dict[str, Any]]:
+    """Targets per split (NaN / -1 = missing), the Task and facts about the labels."""
+    missing = {s: _missing(v) for s, v in splits.items()}
+    info: dict[str, Any] = {"column": spec.column, "kind": spec.kind}
+    if spec.kind == "regression":
+        out = {}
+        for s, v in splits.items():
+            x = np.full(v.shape[0], np.nan)
+            ok = ~missing[s]
+            try:
+                x[ok] = v[ok].astype(np.float64)
+            except ValueError:
+                raise DataError(
+                    f"{source} ({s}): task {name!r} is a regression but column {spec.column!r} holds non-numeric labels."
+                ) from None
+            out[s] = torch.from_numpy(x.astype(np.float32))
+        return out, Task(name=name, kind="regression"), info
+    strings = {s: _label_strings(v) for s, v in splits.items()}
+    train_present = strings["train"][~missing["train"]]
+    if spec.classes is not None:
+        classes = [str(_canonical_number(c) or c).strip() for c in spec.classes]
+    elif spec.kind == "binary":
+        classes = ["0", "1"]
+    else:
+        numbers = [_canonical_number(v) for v in np.unique(train_present).tolist()]
+        if numbers and all(n is not None and float(n).is_integer() and float(n) >= 0 for n in numbers):
+            k = spec.num_classes or int(max(float(n) for n in numbers if n is not None)) + 1
+            classes = [f"{i:.12g}" for i in range(k)]
+        else:
+            classes = sorted(np.unique(train_present).tolist())
+    if spec.kind == "binary" and len(classes) != 2:
+        raise DataError(
+            f"{source}: task {name!r} is binary, so classes must list 2 values; got {spec.classes}."
+        )
+    if spec.kind == "multiclass" and spec.num_classes is not None and spec.num_classes != len(classes):
+        raise DataError(
+            f"{source}: task {name!r} has num_classes={spec.num_classes} but {len(classes)} classes {classes[:10]}."
+        )
+    if spec.kind == "multiclass" and len(classes) < 2:
+        raise DataError(f"{source}: task {name!r} has fewer than 2 classes in the training data ({classes}).")
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for s, v in strings.items():
+        codes = np.array([index.get(x, -2) for x in v.tolist()], dtype=np.int64)
+        codes[missing[s]] = -1
+        unknown = codes == -2
+        if unknown.any():
+            bad = sorted(set(v[unknown].tolist()))[:5]
+            raise DataError(
+                f"{source} ({s}): task {name!r} (column {spec.column!r}) has labels {bad} outside its classes "
+                f"{classes[:10]}{'...' if len(classes) > 10 else ''}. "
+                + (
+                    "List every class in classes: [...]."
+                    if spec.kind == "multiclass" or spec.classes is not None
+                    else "Binary labels must be 0/1, or set classes: [negative, positive]."
+                )
+            )
+        if spec.kind == "binary":
+            out[s] = torch.from_numpy(np.where(codes < 0, np.nan, codes).astype(np.float32))
+        else:
+            out[s] = torch.from_numpy(codes)
+    info["classes"] = classes
+    task = (
+        Task(name=name, kind=spec.kind)
+        if spec.kind == "binary"
+        else Task(name=name, kind="multiclass", num_classes=len(classes))
+    )
+    return out, task, info
+
+
+# ---------------------------------------------------------------------------------------------- builder
+@DATASETS.register("tabular", aliases=("csv", "parquet"))
+def tabular(
+    *,
+    train: str,
+    tasks: dict[str, TaskColumn],
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    val: str | None = None,
+    test: str | None = None,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    split_seed: int = 0,
+    delimiter: str = ",",
+    min_frequency: int = 1,
+    preprocessor: str | None = None,
+) -> DataSplits:
+    """Your CSV / Parquet files: named numeric and categorical feature columns, one label column per task.
+
+    Args:
+        train: the training file (CSV with a header row, optionally compressed, or Parquet).
+        tasks: ``{task name: {column, kind, num_classes?, classes?}}`` (see :class:`TaskColumn`).
+        numeric: numeric feature columns (standardised with training statistics).
+        categorical: categorical feature columns (embedded; unseen values share index 0).
+        val: a validation file; or ``val_fraction`` of the training rows.
+        test: a test file; or ``test_fraction`` of the training rows.
+        val_fraction: share of the training file held out for validation (when ``val`` is not given).
+        test_fraction: share of the training file held out for testing (when ``test`` is not given).
+        split_seed: seeds the held-out rows.
+        delimiter: CSV field separator.
+        min_frequency: categories seen fewer times in training map to the unknown bucket.
+        preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
+            to use instead of fitting one.
+    """
+    if not tasks:
+        raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
+    specs: dict[str, TaskColumn] = {}
+    for name, spec in tasks.items():
+        try:
+            specs[name] = spec if isinstance(spec, TaskColumn) else TaskColumn.model_validate(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise DataError(f"tabular: tasks.{name}.{where}: {first['msg']}.") from None
+    if not numeric and not categorical:
+        raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
+    features = [*categorical, *numeric]
+    overlap = sorted({s.column for s in specs.values()} & set(features))
+    if overlap:
+        raise DataError(
+            f"tabular: label column(s) {overlap} are also listed as features; a model must not see its labels."
+        )
+    for what, frac, given in (("val", val_fraction, val), ("test", test_fraction, test)):
+        if not 0.0 <= frac < 1.0:
+            raise DataError(f"tabular: {what}_fraction must be in [0, 1); got {frac!r}.")
+        if frac and given is not None:
+            raise DataError(f"tabular: give {what}= (a file) or {what}_fraction=, not both.")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError("tabular: val_fraction + test_fraction must leave training rows (sum < 1).")
+    label_columns = list(dict.fromkeys(s.column for s in specs.values()))
+    wanted = list(dict.fromkeys([*features, *label_columns]))
+    frames = {"train": read_table(train, wanted, delimiter=delimiter)}
+    for what, file in (("val", val), ("test", test)):
+        if file is not None:
+            frames[what] = read_table(file, wanted, delimiter=delimiter)
+    n = len(frames["train"][wanted[0]])
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val, n_test = round(val_fraction * n), round(test_fraction * n)
+    held = {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val : n_val + n_test])}
+    train_rows = np.sort(perm[n_val + n_test :])
+    for what in ("val", "test"):
+        if what not in frames and len(held[what]):
+            frames[what] = {c: v[held[what]] for c, v in frames["train"].items()}
+    frames["train"] = {c: v[train_rows] for c, v in frames["train"].items()}
+
+    targets: dict[str, dict[str, torch.Tensor]] = {s: {} for s in frames}
+    task_list: list[Task] = []
+    label_info: dict[str, Any] = {}
+    for name, spec in specs.items():
+        per_split, task, info = _encode_labels(
+            name, spec, {s: f[spec.column] for s, f in frames.items()}, source=str(train)
+        )
+        task_list.append(task)
+        label_info[name] = info
+        for s, t in per_split.items():
+            targets[s][name] = t
+    task_tuple = tuple(task_list)
+
+    def labelled(split: str) -> np.ndarray:
+        present = [
+            ~torch.isnan(t).numpy() if t.is_floating_point() else (t >= 0).numpy()
+            for t in targets[split].values()
+        ]
+        return np.flatnonzero(np.any(np.stack(present), axis=0))
+
+    keep = {s: labelled(s) for s in frames}
+    if preprocessor is not None:
+        pre = load_preprocessor(preprocessor, categorical=categorical, numeric=numeric)
+    else:
+        pre = TabularPreprocessor(categorical=categorical, numeric=numeric, min_frequency=min_frequency)
+        pre.fit({c: frames["train"][c][keep["train"]] for c in features})
+    datasets: dict[str, MultiTaskDataset | None] = {"val": None, "test": None}
+    for s, rows in keep.items():
+        if not len(rows):
+            if s == "train":
+                raise DataError(f"tabular: no training row of {train} has a label for any task.")
+            continue
+        inputs = pre.transform({c: frames[s][c][rows] for c in features})
+        datasets[s] = MultiTaskDataset(inputs, {k: v[rows] for k, v in targets[s].items()}, tasks=task_tuple)
+    info = {
+        "dataset": "tabular",
+        "files": {"train": str(train), "val": val, "test": test},
+        "rows": {s: (len(d) if d is not None else 0) for s, d in datasets.items()},
+        "dropped_unlabelled": {s: len(frames[s][wanted[0]]) - len(keep[s]) for s in frames},
+        "tasks": label_info,
+        "categorical": list(categorical),
+        "numeric": list(numeric),
+    }
+    assert datasets["train"] is not None
+    return DataSplits(
+        train=datasets["train"],
+        val=datasets["val"],
+        test=datasets["test"],
+        tasks=task_tuple,
+        input_spec=pre.schema,
+        info=info,
+        preprocessor=pre,
+    )
+
+
+def load_preprocessor(
+    path: str | Path, *, categorical: Sequence[str], numeric: Sequence[str]
+) -> TabularPreprocessor:
+    """A saved :class:`TabularPreprocessor` (``preprocessor.json`` or a run directory holding one),
+    checked to be fitted on these columns."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "preprocessor.json"
+    try:
+        state = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"Cannot read the saved preprocessor {p} ({exc}).") from None
+    pre = TabularPreprocessor.from_state_dict(state)
+    if list(pre.categorical) != list(categorical) or list(pre.numeric) != list(numeric):
+        raise DataError(
+            f"The saved preprocessor {p} was fitted on columns {list(pre.categorical)} + {list(pre.numeric)}, "
+            f"not on these data's {list(categorical)} + {list(numeric)}; it was saved for other data."
+        )
+    return pre
