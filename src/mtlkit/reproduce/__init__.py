@@ -10,7 +10,7 @@ Example:
     True
 """
 
-from mtlkit.reproduce import balancers, esmm, mmoe_synthetic  # noqa: F401  (registers the recipes)
+from mtlkit.reproduce import balancers, esmm, mmoe_census, mmoe_synthetic, mnist_fashion  # noqa: F401
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
 from mtlkit.reproduce.runner import (
     ReproductionResult,

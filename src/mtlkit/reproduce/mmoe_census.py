@@ -3,6 +3,7 @@ our best-run and mean AUC per task beside the paper's."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,7 +123,10 @@ class MMoECensus:
         groups = list(dict.fromkeys(int(jr.job.meta["group"]) for jr in results))
         for group in groups:
             jobs = [jr for jr in results if int(jr.job.meta["group"]) == group]
-            runs: list[RunResult] = [r for jr in jobs for r in jr.runs]
+            # each job trains one model: label its runs with the model's name
+            runs: list[RunResult] = [
+                dataclasses.replace(r, label=str(jr.job.meta["model"])) for jr in jobs for r in jr.runs
+            ]
             if not runs:
                 continue
             tasks = list(runs[0].metrics)
@@ -173,10 +177,13 @@ class MMoECensus:
             md_parts.append(markdown_table(group_rows, cols, title=title))
         cfg = results[0].experiment.config
         n = max((r["runs"] for r in rows), default=0)
-        n_train = cfg.data.get("n_train")
+        info = results[0].result.comparison.get("data", {})
+        counts = info.get("rows", {})
+        sampled = "all" if cfg.data.get("n_train") is None else "a random subset of"
         notes = [
-            f"Test AUC (half of the census test file; the other half is the validation split) of {n} runs per "
-            f"model; training rows: {'all 199,523' if n_train is None else f'{n_train:,} sampled'}. Adam (lr "
+            f"Test AUC of {n} runs per model on {counts.get('test', 0):,} test rows (half of the census test file; "
+            f"the other half, {counts.get('val', 0):,} rows, is the validation split); training on {sampled} "
+            f"{counts.get('train', 0):,} rows of the training file. Adam (lr "
             f"{cfg.optimizer.get('lr')}), batch {cfg.trainer.batch_size}, at most {cfg.trainer.epochs} epochs, "
             "early stopping on the validation mean loss with the best epoch restored.",
             "Best run: the run with the highest validation AUC of the main task (the paper reports 'the AUC of "
