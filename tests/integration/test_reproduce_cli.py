@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _datasets import write_fake_census, write_fake_mnist
 from mtlkit.cli.main import main
 from mtlkit.reproduce._trained import load_trained
 
@@ -161,6 +162,68 @@ def test_esmm_smoke(
     assert rows[1]["delta_cvr"] == pytest.approx(metrics["cvr"]["auc"] - rows[0]["cvr/auc"])
     if shared is None:
         pytest.skip("Ali-CCP sample not found (MTLKIT_SHARED_DATA or ../shared/data): smoke job not checked")
+
+
+def test_mmoe_census_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_fake_census(tmp_path / "data" / "census-income", n_train=300, n_test=160).parent
+    tiny = [
+        f"data.path={data}",
+        "data.verify=false",
+        "data.cache=false",
+        "data.n_train=null",
+        "trainer.epochs=1",
+    ]
+    rc = main(
+        ["reproduce", "mmoe-census", "--seeds", "2", "--out", str(tmp_path / "runs"), "--no-progress", *tiny]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path / "runs")
+    expected = [f"{stem}.{e}" for stem in ("results", "paper_tables") for e in ("md", "csv", "json")]
+    expected += [f"tables/group{g}/comparison.{e}" for g in (1, 2) for e in ("md", "csv", "json")]
+    _check_common(run_dir, "mmoe-census", expected)
+    header = _csv_header(run_dir / "results.csv")
+    assert header[:8] == [
+        "group",
+        "model",
+        "runs",
+        "main_best",
+        "main",
+        "main_std",
+        "paper_main_best",
+        "paper_main_mean",
+    ]
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert [(r["group"], r["model"]) for r in rows] == [
+        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "ple")
+    ]
+    assert "paper_main_best" not in rows[4]  # PLE is not in the paper
+    assert rows[3]["paper_main_mean"] == 0.9359 and rows[8]["paper_main_mean"] == 0.8826
+
+
+def test_mnist_fashion_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_fake_mnist(tmp_path / "data", n_train=120, n_test=40)
+    tiny = [f"data.path={data}", "data.verify=false", "data.n_train=60", "data.n_val=20", "data.n_test=null"]
+    args = ["reproduce", "mnist-fashion", "--seeds", "1", "--out", str(tmp_path / "runs"), "--no-progress"]
+    rc = main([*args, *tiny, "trainer.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path / "runs")
+    expected = [f"results.{e}" for e in ("md", "csv", "json")] + ["loss_curves.png", "accuracy_curves.png"]
+    record = _check_common(run_dir, "mnist-fashion", expected)
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["single_task", "shared_cnn"]
+    assert _csv_header(run_dir / "results.csv")[:5] == [
+        "model",
+        "runs",
+        "mnist/accuracy",
+        "mnist/accuracy_std",
+        "fashion/accuracy",
+    ]
+    shared = json.loads((run_dir / record["jobs"][1]["run_dir"] / "metrics.json").read_text())
+    assert rows[1]["mnist/accuracy"] == pytest.approx(shared["metrics"]["mnist"]["accuracy"])
+    # one shared CNN: fewer parameters than two single-task CNNs with the same heads
+    assert rows[1]["params"] < rows[0]["params"]
 
 
 def test_list_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

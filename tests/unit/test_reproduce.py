@@ -34,7 +34,10 @@ from mtlkit.reproduce import (
 from mtlkit.reproduce._base import registered_without_required
 from mtlkit.reproduce.balancers import Balancers
 from mtlkit.reproduce.esmm import ESMMReproduction
+from mtlkit.reproduce.mmoe_census import MODELS as CENSUS_MODELS
+from mtlkit.reproduce.mmoe_census import PAPER_TABLES, MMoECensus
 from mtlkit.reproduce.mmoe_synthetic import MODELS, MMoESynthetic
+from mtlkit.reproduce.mnist_fashion import MNISTFashion
 from mtlkit.reproduce.plots import mean_train_loss, plot_bars, plot_panel_curves, plot_panel_histograms
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -413,3 +416,139 @@ def test_esmm_report_pairs_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert rows["esmm_mmoe"]["ctcvr_wins"] == "0/2"
     assert "Oracle CVR AUC (true pCVR on the test impressions): 0.7450" in report.markdown
     assert "Ali-CCP" not in report.markdown
+
+
+# ------------------------------------------------------------------------------------------ mmoe-census
+# The MMoE paper's Tables 1 and 2 as given by the source (columns: main-task AUC best, mean, then the
+# two marital-status columns), typed again from the source so that a typo in PAPER_TABLES fails.
+SOURCE_TABLES = """
+Group 1 | Single-Task | 0.9398 | 0.9337 | 0.9933 | 0.9922
+Group 1 | Shared-Bottom | 0.9361 | 0.9295 | 0.9915 | 0.9921
+Group 1 | L2-Constrained | 0.9389 | 0.9359 | 0.9922 | 0.9918
+Group 1 | Cross-Stitch | 0.9406 | 0.9361 | 0.9917 | 0.9922
+Group 1 | Tensor-Factorization | 0.7460 | 0.6765 | 0.8175 | 0.8412
+Group 1 | OMoE | 0.9387 | 0.9319 | 0.9928 | 0.9923
+Group 1 | MMoE | 0.9410 | 0.9359 | 0.9926 | 0.9927
+Group 2 | Single-Task | 0.8843 | 0.8792 | 0.9933 | 0.9922
+Group 2 | Shared-Bottom | 0.8836 | 0.8813 | 0.9927 | 0.9917
+Group 2 | L2-Constrained | 0.8855 | 0.8823 | 0.9923 | 0.9918
+Group 2 | Cross-Stitch | 0.8855 | 0.8819 | 0.9919 | 0.9921
+Group 2 | Tensor-Factorization | 0.7367 | 0.7256 | 0.7453 | 0.7497
+Group 2 | OMoE | 0.8852 | 0.8813 | 0.9915 | 0.9912
+Group 2 | MMoE | 0.8860 | 0.8826 | 0.9932 | 0.9924
+"""
+_NAMES = {
+    "Single-Task": "single_task",
+    "Shared-Bottom": "shared_bottom",
+    "L2-Constrained": "l2_constrained",
+    "Cross-Stitch": "cross_stitch",
+    "Tensor-Factorization": "tensor_factorization",
+    "OMoE": "omoe",
+    "MMoE": "mmoe",
+}
+
+
+def test_census_paper_numbers_match_the_source() -> None:
+    parsed: dict[int, dict[str, tuple[float, ...]]] = {}
+    for line in SOURCE_TABLES.strip().splitlines():
+        group, name, *vals = (c.strip() for c in line.split("|"))
+        parsed.setdefault(int(group.split()[1]), {})[_NAMES[name]] = tuple(float(v) for v in vals)
+    assert {g: t["rows"] for g, t in PAPER_TABLES.items()} == parsed
+    assert (PAPER_TABLES[1]["main"], PAPER_TABLES[2]["main"]) == ("income", "college")
+    for table in PAPER_TABLES.values():
+        for best, mean, *_ in table["rows"].values():
+            assert best >= mean  # the best run's main-task AUC is never below the mean
+
+
+def test_census_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = MMoECensus().plan(Settings())
+    assert [(j.meta["group"], j.meta["model"]) for j in jobs] == [
+        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "ple")
+    ]
+    for job in jobs:
+        assert job.config["data"] == {"name": "census_income", "group": job.meta["group"], "n_train": 40_000}
+        assert job.config["model"] == CENSUS_MODELS[job.meta["model"]]
+        assert job.config["seeds"] == [0, 1, 2]
+    full = MMoECensus().plan(Settings(full=True))
+    assert full[0].config["data"]["n_train"] is None and len(full[0].config["seeds"]) == 400
+    monkeypatch.setitem(CENSUS_MODELS, "not_registered", {"name": "no_such_model"})
+    assert "not_registered" not in {j.meta["model"] for j in MMoECensus().plan(Settings())}
+
+
+def _census_run(seed: int, val_main: float, test: tuple[float, float], tmp: Path) -> RunResult:
+    metrics = {"income": {"loss": 0.3, "auc": test[0]}, "never_married": {"loss": 0.2, "auc": test[1]}}
+    directions = {t: {"loss": False, "auc": True} for t in metrics}
+    history = [
+        {"epoch": 1, "val": {"income": {"auc": val_main - 0.1}}},
+        {"epoch": 2, "val": {"income": {"auc": val_main}}},  # the restored best epoch
+        {"epoch": 3, "val": {"income": {"auc": val_main + 0.5}}},  # later, worse in loss, not restored
+    ]
+    return RunResult("group1-x", seed, tmp, "test", metrics, 10, 1.0, 3, 2, directions, history)
+
+
+def test_census_report_best_run_by_validation_auc(tmp_path: Path) -> None:
+    recipe = MMoECensus()
+    settings = Settings(seeds=(0, 1, 2))
+    jobs = {j.key: j for j in recipe.plan(settings) if j.meta["group"] == 1}
+    runs = {
+        "group1-single_task": [(0.80, (0.90, 0.99)), (0.82, (0.92, 0.98)), (0.81, (0.94, 0.97))],
+        "group1-mmoe": [(0.85, (0.93, 0.99)), (0.84, (0.95, 0.98)), (0.80, (0.91, 0.97))],
+    }
+    info = {"rows": {"train": 1000, "val": 500, "test": 500}}
+    results = [
+        _job_result(jobs[k], [_census_run(s, v, t, tmp_path) for s, (v, t) in enumerate(vs)], tmp_path, info)
+        for k, vs in runs.items()
+    ]
+    report = recipe.report(results, tmp_path, settings)
+    rows = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    # best run = highest validation AUC at the restored epoch: single_task seed 1, mmoe seed 0
+    assert rows["single_task"]["main_best"] == 0.92 and rows["single_task"]["aux_best"] == 0.98
+    assert rows["mmoe"]["main_best"] == 0.93 and rows["mmoe"]["aux_best"] == 0.99
+    assert rows["mmoe"]["main"] == pytest.approx(0.93) and rows["mmoe"]["main_std"] == pytest.approx(0.02)
+    assert rows["mmoe"]["paper_main_best"] == 0.9410 and rows["mmoe"]["paper_main_mean"] == 0.9359
+    assert rows["mmoe"]["diff_main_mean"] == pytest.approx(0.93 - 0.9359)
+    # Δm (AUC of the means): income (0.93 - 0.92)/0.92, never_married (0.98 - 0.98)/0.98
+    assert rows["mmoe"]["delta_m"] == pytest.approx(100 * (0.01 / 0.92) / 2)
+    assert "## Census-income group 1: income (main) + never_married (MMoE paper Table 1)" in report.markdown
+    paper = json.loads((tmp_path / "paper_tables.json").read_text())["rows"]
+    assert len(paper) == 14 and paper[-1] == {
+        "group": 2, "model": "mmoe", "main_best": 0.886, "main_mean": 0.8826, "aux_a": 0.9932, "aux_b": 0.9924
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ mnist-fashion
+def test_mnist_fashion_plan_is_seed_000() -> None:
+    jobs = {j.key: j for j in MNISTFashion().plan(Settings())}
+    assert set(jobs) == {"single_task", "shared_cnn"}
+    for job in jobs.values():
+        c = job.config
+        assert c["backbone"] == {"name": "cnn", "channels": [32, 64], "kernel_sizes": [5, 3]}
+        assert c["schedule"] == {"name": "mixed"} and c["trainer"]["batch_size"] == 100
+        assert c["data"]["label_smoothing"] == 0.01 and c["data"]["mode"] == "separate"
+    assert jobs["shared_cnn"].config["model"] == {
+        "name": "shared_bottom", "bottom_dims": [], "tower_dims": [1024, 512], "dropout": 0.5
+    }  # fmt: skip
+    assert jobs["single_task"].config["model"]["hidden_dims"] == [1024, 512]
+    full = {j.key: j for j in MNISTFashion().plan(Settings(full=True))}["shared_cnn"].config
+    assert (full["optimizer"]["lr"], full["trainer"]["epochs"], full["data"]["n_train"]) == (1e-4, 20, None)
+
+
+def test_shared_bottom_without_bottom_shares_only_the_input_layer() -> None:
+    from mtlkit.models import shared_bottom
+    from mtlkit.tasks import Task
+
+    tasks = (Task(name="a", kind="regression"), Task(name="b", kind="regression"))
+    backbone = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU())
+    backbone.out_features = 7
+    model = shared_bottom(None, tasks, bottom_dims=[], tower_dims=[3], input_layer=backbone)
+    x = torch.randn(4, 5)
+    out = model(x)
+    h = backbone(x)
+    for t in ("a", "b"):
+        lin1, lin2 = (m for m in model.towers[t].modules() if isinstance(m, torch.nn.Linear))
+        torch.testing.assert_close(out[t].reshape(4, -1), lin2(torch.relu(lin1(h))).reshape(4, -1))
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared == {id(p) for p in backbone.parameters()}
+    linear = shared_bottom(5, tasks, bottom_dims=[], tower_dims=[])  # no input layer: linear heads on x
+    assert list(linear.shared_parameters()) == []
+    torch.testing.assert_close(linear(x)["a"], linear.towers["a"](x))
