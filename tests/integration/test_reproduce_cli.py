@@ -242,3 +242,12 @@ def test_list_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert not list(tmp_path.iterdir())  # nothing trained or written before validation passed
     assert main(["reproduce", "balancers", "--seeds", "0"]) == 2
     assert "--seeds: must be >= 1; got 0." in capsys.readouterr().err
+
+
+def test_missing_data_fails_before_training_and_leaves_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    assert main(["reproduce", "mmoe-census", "--seeds", "1", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "set the MTLKIT_DATA environment variable" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -205,7 +206,14 @@ def run_reproduction(
         try:
             for i, (job, experiment) in enumerate(planned, 1):
                 t0 = time.perf_counter()
-                result = run_experiment(experiment, output_dir=root / "runs", console=quiet, progress=False)
+                try:
+                    result = run_experiment(
+                        experiment, output_dir=root / "runs", console=quiet, progress=False
+                    )
+                except Exception:
+                    if not results:  # nothing finished (e.g. the data files are missing): leave no empty run
+                        shutil.rmtree(root, ignore_errors=True)
+                    raise
                 jr = JobResult(job, experiment, result)
                 results.append(jr)
                 line = (
