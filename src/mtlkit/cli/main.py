@@ -1,9 +1,10 @@
-"""``mtlkit run | list | evaluate | validate | export | predict``."""
+"""``mtlkit run | list | evaluate | validate | export | predict | reproduce``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ _FAMILIES = (
     "optimizers",
     "schedulers",
     "schedules",
+    "reproductions",
 )
 
 
@@ -118,6 +120,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--ignore-extra", action="store_true", help="drop input columns the model does not read")
     pr.add_argument("--batch-size", type=int, default=4096)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="re-run a published experiment and write its tables and plots (see --list)",
+        description="Run a named reproduction (mtlkit reproduce --list shows them) and write its tables "
+        "(markdown, CSV, JSON), plots (PNG) and report.md into one run directory. The default finishes in "
+        "minutes on 2 CPU cores; --full runs the paper's scale. Overrides (dotted.key=value) apply to every "
+        "experiment config of the reproduction, e.g. trainer.epochs=5.",
+    )
+    rep.add_argument("name", nargs="?", help="the reproduction (see --list)")
+    rep.add_argument("args", nargs="*", metavar="key=value", help="config overrides for every experiment")
+    rep.add_argument("--list", action="store_true", help="list the reproductions and exit")
+    rep.add_argument("--full", action="store_true", help="the paper's scale (hours) instead of the quick default")
+    rep.add_argument("--seeds", type=int, metavar="N", help="number of seeds (0..N-1; default: the recipe's)")
+    rep.add_argument("--out", default="runs", help="parent directory of the run directory (default: runs)")
+    rep.add_argument("--no-progress", action="store_true", help="one line per experiment, no live bar")
+    rep.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)",
+    )
     return p
 
 
@@ -185,6 +209,10 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
         table = Table(title=what, title_justify="left", show_header=False, box=None, padding=(0, 2))
         table.add_column("name", style="bold")
         table.add_column("description")
+        if what == "reproductions":
+            _reproductions_table(console)
+            console.print()
+            continue
         if what == "presets":
             for name, desc in list_presets().items():
                 table.add_row(name, desc)
@@ -194,6 +222,55 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
                 table.add_row(name, reg.summary(name))
         console.print(table)
         console.print()
+    return 0
+
+
+def _reproductions_table(console: Console, title: str = "reproductions") -> None:
+    from mtlkit.reproduce import list_reproductions
+
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table.add_column("name", style="bold")
+    table.add_column("minutes", justify="right")
+    table.add_column("description")
+    for name, info in list_reproductions().items():
+        table.add_row(name, f"~{info['minutes']:g} min", info["summary"])
+    console.print(table)
+
+
+def _cmd_reproduce(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.reproduce import REPRODUCTIONS, run_reproduction
+
+    if ns.list:
+        _reproductions_table(console)
+        console.print("Estimated wall time of the default run on 2 CPU cores (measured on a shared machine).")
+        return 0
+    if ns.name is None:
+        raise ConfigError(["reproduce: name a reproduction (mtlkit reproduce --list shows them)."])
+    if "=" in ns.name:  # `mtlkit reproduce key=value`: no name given
+        raise ConfigError(
+            [f"reproduce: the first argument must be a reproduction name; got {ns.name!r} (see --list)."]
+        )
+    bad = [a for a in ns.args if "=" not in a]
+    if bad:
+        raise ConfigError([f"reproduce: expected key=value overrides after the name; got {bad}."])
+    if ns.seeds is not None and ns.seeds < 1:
+        raise ConfigError([f"--seeds: must be >= 1; got {ns.seeds}."])
+    if ns.threads is not None and ns.threads < 0:
+        raise ConfigError([f"--threads: must be >= 0 (0: torch's default); got {ns.threads}."])
+    recipe = REPRODUCTIONS.get(ns.name)
+    threads = recipe.threads if ns.threads is None else (None if ns.threads == 0 else ns.threads)
+    command = "mtlkit " + shlex.join(ns.argv)
+    run_reproduction(
+        ns.name,
+        full=ns.full,
+        seeds=ns.seeds,
+        overrides=ns.args,
+        output_dir=ns.out,
+        console=console,
+        progress=False if ns.no_progress else None,
+        threads=threads,
+        command=command,
+    )
     return 0
 
 
@@ -244,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     ns, extra = parser.parse_known_args(argv)
     # `run cfg.yaml --out runs model.x=1`: positionals after an option arrive as extras
-    if extra and ns.command in ("run", "validate") and not any(a.startswith("-") for a in extra):
+    if extra and ns.command in ("run", "validate", "reproduce") and not any(a.startswith("-") for a in extra):
         ns.args = [*ns.args, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -252,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
+    if ns.command == "reproduce":
+        ns.argv = list(argv if argv is not None else sys.argv[1:])
     handlers = {
         "run": _cmd_run,
         "list": _cmd_list,
@@ -259,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": _cmd_validate,
         "export": _cmd_export,
         "predict": _cmd_predict,
+        "reproduce": _cmd_reproduce,
     }
     try:
         return handlers[ns.command](ns, console)

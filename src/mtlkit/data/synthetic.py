@@ -33,6 +33,7 @@ def synthetic_correlation(
     noise_std: float = 0.1,
     seed: int = 0,
     task_names: tuple[str, str] = ("y1", "y2"),
+    shape_seed: int | None = None,
 ) -> MultiTaskDataset:
     """Two regression tasks whose correlation is controlled by ``correlation`` (the paper's p).
 
@@ -58,6 +59,10 @@ def synthetic_correlation(
         noise_std: standard deviation of the label noise.
         seed: everything (u, alpha, beta, x, noise) is drawn from a generator seeded with it.
         task_names: names of the two regression tasks.
+        shape_seed: if given, ``alpha, beta`` (the shape of the sine terms, the paper's "given
+            parameters") are drawn from a generator seeded with it instead, so data sets of
+            different ``seed`` follow the same distribution (u, x and the noise still come from
+            ``seed``, exactly as without ``shape_seed``).
 
     Returns:
         A :class:`MultiTaskDataset` with inputs ``(n_samples, dim)`` (float32), two regression
@@ -90,6 +95,10 @@ def synthetic_correlation(
     w2 = c * (p * u1 + math.sqrt(max(0.0, 1.0 - p * p)) * u2)
     alpha = torch.randn(m, generator=g, dtype=f64)
     beta = torch.randn(m, generator=g, dtype=f64)
+    if shape_seed is not None:
+        shape = torch.Generator().manual_seed(shape_seed)
+        alpha = torch.randn(m, generator=shape, dtype=f64)
+        beta = torch.randn(m, generator=shape, dtype=f64)
     x = torch.randn(n_samples, dim, generator=g, dtype=f64)
 
     def label(w: Tensor) -> Tensor:
@@ -106,6 +115,9 @@ def synthetic_correlation(
         "weight_cosine": float((w1 @ w2 / (w1.norm() * w2.norm())).item()),
         "dim": dim,
         "seed": seed,
+        "shape_seed": shape_seed,
+        "alpha": alpha.tolist(),
+        "beta": beta.tolist(),
     }
     return MultiTaskDataset(
         x.float(), {task_names[0]: y1.float(), task_names[1]: y2.float()}, tasks=tasks, info=info
@@ -124,6 +136,7 @@ def synthetic_correlation_splits(
     m: int = 10,
     noise_std: float = 0.1,
     seed: int = 0,
+    shape_seed: int | None = None,
 ) -> DataSplits:
     """MMoE paper synthetic regression pair with controlled task correlation (Ma et al. 2018, 3.2)."""
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -132,7 +145,14 @@ def synthetic_correlation_splits(
                 f"synthetic_correlation: {name} must be >= {1 if name == 'n_train' else 0}; got {v}."
             )
     full = synthetic_correlation(
-        n_train + n_val + n_test, correlation, dim=dim, c=c, m=m, noise_std=noise_std, seed=seed
+        n_train + n_val + n_test,
+        correlation,
+        dim=dim,
+        c=c,
+        m=m,
+        noise_std=noise_std,
+        seed=seed,
+        shape_seed=shape_seed,
     )
     train, val, test = full.split([n_train, n_val, n_test])
     assert full.tasks is not None

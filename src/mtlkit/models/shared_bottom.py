@@ -58,12 +58,19 @@ def shared_bottom(
     dropout: float = 0.0,
     input_layer: InputLayerLike | None = None,
 ) -> SharedBottom:
-    """Shared-bottom (hard parameter sharing): one shared MLP, one MLP tower per task."""
+    """Shared-bottom (hard parameter sharing): one shared MLP, one MLP tower per task.
+
+    ``bottom_dims=[]`` shares only the input layer: the towers read the backbone's output directly
+    (e.g. one CNN with a head per task, as in seed 000's MNIST + Fashion-MNIST network).
+    """
     task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="shared_bottom")
-    bottom = MLP(width, bottom_dims, activation=activation, dropout=dropout)
+    bottom: nn.Module = (
+        MLP(width, bottom_dims, activation=activation, dropout=dropout) if len(bottom_dims) else nn.Identity()
+    )
+    bottom_width = bottom.out_features if isinstance(bottom, MLP) else width
     towers = {
-        t.name: MLP(bottom.out_features, tower_dims, t.output_dim, activation=activation, dropout=dropout)
+        t.name: MLP(bottom_width, tower_dims, t.output_dim, activation=activation, dropout=dropout)
         for t in tasks
     }
     return SharedBottom(bottom, towers, input_layer=layer)

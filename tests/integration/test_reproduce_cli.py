@@ -1,0 +1,253 @@
+"""``mtlkit reproduce`` end to end on tiny data: every reproduction writes its tables, plots and
+report through the CLI (in-process, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from _datasets import write_fake_census, write_fake_mnist
+from mtlkit.cli.main import main
+from mtlkit.reproduce._trained import load_trained
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY_SYNTHETIC = [
+    "data.n_train=128",
+    "data.n_test=64",
+    "data.dim=8",
+    "trainer.epochs=1",
+    "trainer.batch_size=64",
+]
+
+
+def _only_dir(root: Path) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open() as f:
+        return next(csv.reader(f))
+
+
+def _check_common(run_dir: Path, name: str, expected: list[str]) -> dict:
+    for f in ("report.md", "reproduction.json", *expected):
+        assert (run_dir / f).is_file(), f
+        if f.endswith(".png"):
+            assert (run_dir / f).read_bytes()[:8] == PNG, f
+    record = json.loads((run_dir / "reproduction.json").read_text())
+    assert record["reproduction"] == name and record["seconds"] > 0
+    assert record["command"].startswith(f"mtlkit reproduce {name}")
+    assert record["machine"]["torch_threads"] == 1
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith(f"# Reproduction: {name}") and record["command"] in report
+    for job in record["jobs"]:
+        assert (run_dir / job["run_dir"]).is_dir()
+    return record
+
+
+def test_mmoe_synthetic_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    rc = main(
+        [
+            "reproduce",
+            "mmoe-synthetic",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            *TINY_SYNTHETIC,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert torch.get_num_threads() == threads  # restored after the run
+    assert "[3/3] p0.5-lr0.01-seed0" in out and "Wall time" in out
+    run_dir = _only_dir(tmp_path)
+    expected = [
+        *(f"results.{e}" for e in ("md", "csv", "json")),
+        *(f"gates.{e}" for e in ("md", "csv", "json")),
+        "figure4_loss_curves.png",
+        "figure5_final_loss_histogram.png",
+        "figure6_mmoe_gates.png",
+        *(f"tables/p{p}/comparison.{e}" for p in (1.0, 0.9, 0.5) for e in ("md", "csv", "json")),
+    ]
+    record = _check_common(run_dir, "mmoe-synthetic", expected)
+    assert [j["meta"]["correlation"] for j in record["jobs"]] == [1.0, 0.9, 0.5]
+    header = _csv_header(run_dir / "results.csv")
+    assert header == [
+        "correlation", "pearson", "model", "lr", "runs", "params", "y1/mse", "y1/mse_std", "y2/mse",
+        "y2/mse_std", "final_train", "final_train_std", "final_train_min", "final_train_max", "delta_m",
+        "delta_m_std", "seconds",
+    ]  # fmt: skip
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert [(r["correlation"], r["model"]) for r in rows] == [
+        (p, m) for p in (1.0, 0.9, 0.5) for m in ("single_task", "shared_bottom", "omoe", "mmoe")
+    ]
+    # the table's MSE is the run's own metrics.json value
+    run = next(r for r in record["jobs"] if r["meta"]["correlation"] == 0.5)
+    metrics = json.loads((run_dir / run["run_dir"] / "mmoe" / "seed0" / "metrics.json").read_text())
+    mmoe = next(r for r in rows if r["correlation"] == 0.5 and r["model"] == "mmoe")
+    assert mmoe["y1/mse"] == pytest.approx(metrics["metrics"]["y1"]["mse"])
+    assert mmoe["params"] == metrics["params"]
+    # the gate figure's model, rebuilt from the checkpoint, is the trained one: same test MSE
+    model, splits = load_trained(run_dir / run["run_dir"] / "mmoe" / "seed0")
+    with torch.no_grad():
+        pred = model(splits.test.inputs)["y1"].squeeze(-1)
+    mse = torch.mean((pred - splits.test.targets["y1"]) ** 2).item()
+    assert mse == pytest.approx(metrics["metrics"]["y1"]["mse"], rel=1e-5)
+
+
+def test_balancers_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        ["reproduce", "balancers", "--seeds", "1", "--out", str(tmp_path), "--no-progress", *TINY_SYNTHETIC]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path)
+    expected = [*(f"results.{e}" for e in ("md", "csv", "json")), "delta_m.png", "weights.png"]
+    _check_common(run_dir, "balancers", expected)
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    deltas = [r["delta_m"] for r in rows]
+    assert deltas == sorted(deltas, reverse=True)
+    assert {r["kind"] for r in rows} == {"baseline", "weighting", "aggregator"}
+    assert _csv_header(run_dir / "results.csv")[:4] == ["method", "kind", "y1/mse", "y1/mse_std"]
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("MTLKIT_SHARED_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    return root if (root / "ali-ccp-sample" / "ali_ccp_train_sample.csv").is_file() else None
+
+
+def test_esmm_smoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = _shared_data()
+    if shared is None:
+        monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    else:  # the Ali-CCP sample smoke job joins the synthetic comparison
+        monkeypatch.setenv("MTLKIT_DATA", str(shared))
+    tiny = ["data.n_train=400", "data.n_val=100", "data.n_test=400", "trainer.epochs=1"]
+    rc = main(["reproduce", "esmm", "--seeds", "1", "--out", str(tmp_path), "--no-progress", *tiny])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path)
+    expected = [f"results.{e}" for e in ("md", "csv", "json")]
+    if shared is not None:
+        expected += [f"ali_ccp_smoke.{e}" for e in ("md", "csv", "json")]
+    record = _check_common(run_dir, "esmm", expected)
+    assert [j["key"] for j in record["jobs"]][:3] == ["clicked_cvr", "esmm", "esmm_mmoe"]
+    header = _csv_header(run_dir / "results.csv")
+    assert header[:8] == [
+        "model",
+        "runs",
+        "ctr/auc",
+        "ctr/auc_std",
+        "ctcvr/auc",
+        "ctcvr/auc_std",
+        "cvr/auc",
+        "cvr/auc_std",
+    ]
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    metrics = json.loads((run_dir / record["jobs"][1]["run_dir"] / "metrics.json").read_text())["metrics"]
+    assert rows[1]["model"] == "esmm" and rows[1]["cvr/auc"] == pytest.approx(metrics["cvr"]["auc"])
+    assert rows[1]["delta_cvr"] == pytest.approx(metrics["cvr"]["auc"] - rows[0]["cvr/auc"])
+    if shared is None:
+        pytest.skip("Ali-CCP sample not found (MTLKIT_SHARED_DATA or ../shared/data): smoke job not checked")
+
+
+def test_mmoe_census_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_fake_census(tmp_path / "data" / "census-income", n_train=300, n_test=160).parent
+    tiny = [
+        f"data.path={data}",
+        "data.verify=false",
+        "data.cache=false",
+        "data.n_train=null",
+        "trainer.epochs=1",
+    ]
+    rc = main(
+        ["reproduce", "mmoe-census", "--seeds", "2", "--out", str(tmp_path / "runs"), "--no-progress", *tiny]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path / "runs")
+    expected = [f"{stem}.{e}" for stem in ("results", "paper_tables") for e in ("md", "csv", "json")]
+    expected += [f"tables/group{g}/comparison.{e}" for g in (1, 2) for e in ("md", "csv", "json")]
+    _check_common(run_dir, "mmoe-census", expected)
+    header = _csv_header(run_dir / "results.csv")
+    assert header[:8] == [
+        "group",
+        "model",
+        "runs",
+        "main_best",
+        "main",
+        "main_std",
+        "paper_main_best",
+        "paper_main_mean",
+    ]
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert [(r["group"], r["model"]) for r in rows] == [
+        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "ple")
+    ]
+    assert "paper_main_best" not in rows[4]  # PLE is not in the paper
+    assert rows[3]["paper_main_mean"] == 0.9359 and rows[8]["paper_main_mean"] == 0.8826
+
+
+def test_mnist_fashion_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_fake_mnist(tmp_path / "data", n_train=120, n_test=40)
+    tiny = [f"data.path={data}", "data.verify=false", "data.n_train=60", "data.n_val=20", "data.n_test=null"]
+    args = ["reproduce", "mnist-fashion", "--seeds", "1", "--out", str(tmp_path / "runs"), "--no-progress"]
+    rc = main([*args, *tiny, "trainer.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _only_dir(tmp_path / "runs")
+    expected = [f"results.{e}" for e in ("md", "csv", "json")] + ["loss_curves.png", "accuracy_curves.png"]
+    record = _check_common(run_dir, "mnist-fashion", expected)
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["single_task", "shared_cnn"]
+    assert _csv_header(run_dir / "results.csv")[:5] == [
+        "model",
+        "runs",
+        "mnist/accuracy",
+        "mnist/accuracy_std",
+        "fashion/accuracy",
+    ]
+    shared = json.loads((run_dir / record["jobs"][1]["run_dir"] / "metrics.json").read_text())
+    assert rows[1]["mnist/accuracy"] == pytest.approx(shared["metrics"]["mnist"]["accuracy"])
+    # one shared CNN: fewer parameters than two single-task CNNs with the same heads
+    assert rows[1]["params"] < rows[0]["params"]
+
+
+def test_list_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "mmoe-synthetic" in out and "balancers" in out and "min" in out
+    assert main(["list", "reproductions"]) == 0
+    assert "mmoe-synthetic" in capsys.readouterr().out
+    assert main(["reproduce"]) == 2
+    assert "name a reproduction (mtlkit reproduce --list shows them)" in capsys.readouterr().err
+    assert main(["reproduce", "mmoe-synth"]) == 2
+    assert "Unknown reproduction 'mmoe-synth'. Did you mean 'mmoe-synthetic'?" in capsys.readouterr().err
+    assert main(["reproduce", "balancers", "--out", str(tmp_path), "trainer.epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.epoch: unknown key. Did you mean 'epochs'?" in err
+    assert not list(tmp_path.iterdir())  # nothing trained or written before validation passed
+    assert main(["reproduce", "balancers", "--seeds", "0"]) == 2
+    assert "--seeds: must be >= 1; got 0." in capsys.readouterr().err
+
+
+def test_missing_data_fails_before_training_and_leaves_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MTLKIT_DATA", raising=False)
+    assert main(["reproduce", "mmoe-census", "--seeds", "1", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "set the MTLKIT_DATA environment variable" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
