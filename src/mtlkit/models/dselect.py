@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, stacked_tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -58,8 +58,18 @@ def selector_outputs(z: Tensor, codes: Tensor, gamma: float) -> Tensor:
     or 1, ``r`` is one-hot (it selects one expert); while ``2^m > n`` the weights of the ``n``
     reachable experts may sum to less than one.
     """
-    s = smooth_step(z, gamma).unsqueeze(-2)  # (..., 1, m)
-    return torch.where(codes, s, 1 - s).prod(-1)  # (..., n)
+    s = smooth_step(z, gamma)
+    if s.shape[-1] == 0:  # one expert: the empty product
+        return s.new_ones(*s.shape[:-1], codes.shape[0])
+    # the product over the m bits as m - 1 multiplications (a prod() would check its input for
+    # zeros in the backward pass, a host synchronisation, and saturated smooth-steps are exact zeros)
+    out: Tensor | None = None
+    for bit, s_j in zip(codes.unbind(-1), s.unbind(-1)):
+        s_j = s_j.unsqueeze(-1)  # (..., 1)
+        factor = torch.where(bit, s_j, 1 - s_j)  # (..., n)
+        out = factor if out is None else out * factor
+    assert out is not None
+    return out
 
 
 class DSelectKGate(nn.Module):
@@ -252,8 +262,16 @@ class DSelectK(MultiTaskModel):
         return stack_experts(self.experts, self._features(x))  # (N, n, D)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        # each task from its own gate, so that a task's backward pass touches only its gate
+        return self._decode(rep, self._features(x))
+
+    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        # the input layer once: its output feeds the experts (rep) and the gates
         h = self._features(x)
+        rep = stack_experts(self.experts, h)
+        return rep, self._decode(rep, h)
+
+    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
+        # each task from its own gate, so that a task's backward pass touches only its gate
         out: dict[str, Tensor] = {}
         for t in self.task_names:
             w, sel = self.task_gates[t](h)
@@ -268,7 +286,7 @@ class DSelectK(MultiTaskModel):
         pairs = self._all_gates(h)
         w = torch.stack([g.expand(experts.shape[0], -1) for g, _ in pairs], dim=1)  # (N, T, n)
         mixed = torch.bmm(w, experts)  # (N, T, D): every task's mixture in one product
-        out = tower_outputs(self.towers, {t: mixed[:, i] for i, t in enumerate(self.task_names)})
+        out = stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1))
         if self.training:
             for t, (_, sel) in zip(self.task_names, pairs):
                 out.update(self._aux(t, sel))
