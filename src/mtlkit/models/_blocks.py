@@ -425,7 +425,12 @@ def grouped_mlp_stacked(mlps: Sequence[MLP], h: Tensor) -> Tensor:
     """
     if not can_group_mlps(mlps):
         raise ValueError("grouped_mlp_stacked needs MLPs of one shape (widths, activation, dropout).")
-    if not isinstance(h, Tensor) or h.ndim != 3 or h.shape[0] != len(mlps) or h.shape[2] != mlps[0].in_features:
+    if (
+        not isinstance(h, Tensor)
+        or h.ndim != 3
+        or h.shape[0] != len(mlps)
+        or h.shape[2] != mlps[0].in_features
+    ):
         got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
         raise ShapeError(
             f"grouped_mlp_stacked needs ({len(mlps)}, N, {mlps[0].in_features}) inputs (one row per MLP); got {got}."
@@ -533,7 +538,9 @@ def stacked_tower_outputs(
         batched: batch compatible towers (default: :func:`batch_towers` of ``h``).
     """
     if h.ndim < 2 or h.shape[0] != len(names):
-        raise ShapeError(f"stacked_tower_outputs needs one row of h per task ({len(names)}); got {tuple(h.shape)}.")
+        raise ShapeError(
+            f"stacked_tower_outputs needs one row of h per task ({len(names)}); got {tuple(h.shape)}."
+        )
     mods = [towers[t] for t in names]
     if batched is None:
         batched = batch_towers(h)

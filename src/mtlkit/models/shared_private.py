@@ -108,7 +108,9 @@ class SharedPrivate(MultiTaskModel):
         private = tower_outputs(self.private, dict.fromkeys(self.task_names, e))  # type: ignore[arg-type]
         out = tower_outputs(self.heads, {t: torch.cat([s, p], dim=-1) for t, p in private.items()})
         if self.orthogonality > 0:
-            terms = [orthogonality_penalty(s, p, normalize=self.normalize_orthogonality) for p in private.values()]
+            terms = [
+                orthogonality_penalty(s, p, normalize=self.normalize_orthogonality) for p in private.values()
+            ]
             out[AUX_KEY] = self.orthogonality * sum(terms[1:], terms[0])
         return out
 
