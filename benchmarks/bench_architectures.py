@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from _timing import time_interleaved_samples
 from mtlkit import Task
@@ -210,20 +212,77 @@ def summarise(samples: Mapping[str, list[float]], base: str) -> dict[str, tuple[
     return out
 
 
+# ops that only make views or allocate: no kernel of their own on an accelerator
+_NO_KERNEL = {
+    "aten::view",
+    "aten::_unsafe_view",
+    "aten::reshape",
+    "aten::t",
+    "aten::transpose",
+    "aten::expand",
+    "aten::as_strided",
+    "aten::select",
+    "aten::slice",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::permute",
+    "aten::alias",
+    "aten::unbind",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::narrow",
+    "aten::detach",
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::lift_fresh",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::is_nonzero",
+    "aten::result_type",
+    "aten::to",
+    "aten::_reshape_alias",
+}
+
+
+def cost(fn: Callable[[], None]) -> tuple[float, int]:
+    """``(FLOPs, compute ops)`` of one call: matrix-product / convolution FLOPs (forward and
+    backward, ``torch.utils.flop_counter``) and the number of innermost aten ops that are not
+    views or allocations (each is at least one kernel launch on an accelerator)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and e.name not in _NO_KERNEL
+        and not any(c.name.startswith("aten::") for c in e.cpu_children)
+    )
+    return float(counter.get_total_flops()), ops
+
+
 def print_table(
     title: str,
     rows: Mapping[str, tuple[float, float, float, float]],
     params: Mapping[str, int],
     sizes: Mapping[str, str],
+    costs: Mapping[str, tuple[float, int]],
     batch: int,
 ) -> None:
+    base = next(iter(rows))
     print(f"\n{title}\n")
-    print("| architecture | sizes | params | ms/step | samples/s | throughput vs shared-bottom (IQR) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| architecture | sizes | params | MFLOP/step (vs first) | ops/step | ms/step | samples/s "
+        "| throughput vs first row (IQR) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, (t, r, lo, hi) in rows.items():
+        flops, ops = costs[name]
         print(
-            f"| {name} | {sizes.get(name, '')} | {params[name]:,} | {1e3 * t:.2f} | {batch / t:,.0f} "
-            f"| {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
+            f"| {name} | {sizes.get(name, '')} | {params[name]:,} | {flops / 1e6:,.0f} ({flops / costs[base][0]:.1f}x) "
+            f"| {ops} | {1e3 * t:.2f} | {batch / t:,.0f} | {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
         )
 
 
@@ -263,6 +322,7 @@ def run_flat_or_tabular(kind: str, num_tasks: int, args: argparse.Namespace) -> 
         summarise(samples, "shared_bottom"),
         params,
         SIZES,
+        {k: cost(fn) for k, fn in fns.items()},
         BATCH,
     )
     if skipped:
@@ -324,6 +384,7 @@ def run_images(num_tasks: int, args: argparse.Namespace) -> None:
         summarise(samples, base),
         params,
         sizes,
+        {k: cost(fn) for k, fn in fns.items()},
         IMAGE_BATCH,
     )
 
@@ -534,8 +595,10 @@ def run_fixes(args: argparse.Namespace) -> None:
     """Every fix against the code it replaced, each pair interleaved in its own run."""
     gen = torch.Generator().manual_seed(0)
     print("\n### fixes: each change against the code it replaced (or the alternative), interleaved\n")
-    print("| change | inputs | tasks | before ms/step | after ms/step | speed-up (IQR) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| change | inputs | tasks | ops/step before -> after | before ms/step | after ms/step | speed-up (IQR) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for num_tasks in args.tasks:
         for change, kind, arch, before, after, kw in FIXES:
             tasks = tasks_for(arch, num_tasks)
@@ -555,8 +618,10 @@ def run_fixes(args: argparse.Namespace) -> None:
             )
             t0, t1 = statistics.median(samples["before"]), statistics.median(samples["after"])
             _, r, lo, hi = summarise(samples, "before")["after"]
+            ops = f"{cost(fns['before'])[1]} -> {cost(fns['after'])[1]}"
             print(
-                f"| {change} | {kind} | {num_tasks} | {1e3 * t0:.2f} | {1e3 * t1:.2f} | {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
+                f"| {change} | {kind} | {num_tasks} | {ops} | {1e3 * t0:.2f} | {1e3 * t1:.2f} "
+                f"| {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
             )
 
 
