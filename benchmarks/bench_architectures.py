@@ -246,21 +246,26 @@ _NO_KERNEL = {
 
 
 def cost(fn: Callable[[], None]) -> tuple[float, int]:
-    """``(FLOPs, compute ops)`` of one call: matrix-product / convolution FLOPs (forward and
-    backward, ``torch.utils.flop_counter``) and the number of innermost aten ops that are not
-    views or allocations (each is at least one kernel launch on an accelerator)."""
+    """``(FLOPs, compute ops)`` of one training step: matrix-product / convolution FLOPs (forward
+    and backward, ``torch.utils.flop_counter``) and the number of outermost aten ops (forward, loss and
+    backward; not views or allocations, not the optimizer, whose count depends on its foreach /
+    fused mode): a proxy for the kernel launches of a step on an accelerator."""
     with FlopCounterMode(display=False) as counter:
         fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    ops = sum(
-        1
-        for e in prof.events()
-        if e.name.startswith("aten::")
-        and e.name not in _NO_KERNEL
-        and not any(c.name.startswith("aten::") for c in e.cpu_children)
-    )
-    return float(counter.get_total_flops()), ops
+
+    def counted(e: Any) -> bool:  # an outermost aten op, outside the optimizer
+        if not e.name.startswith("aten::") or e.name in _NO_KERNEL:
+            return False
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith(("aten::", "Optimizer.")):
+                return False
+            p = p.cpu_parent
+        return True
+
+    return float(counter.get_total_flops()), sum(1 for e in prof.events() if counted(e))
 
 
 def print_table(

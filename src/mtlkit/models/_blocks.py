@@ -391,10 +391,14 @@ def _stacked_layer_weights(layers: Sequence[nn.Linear]) -> tuple[Tensor, Tensor 
     """``(K, in, width)`` weights and ``(K, 1, width)`` biases of ``K`` linear layers, zero-padded
     to the widest output (only the final layers of grouped MLPs may differ in width)."""
     width = max(lin.out_features for lin in layers)
-    w = torch.stack([F.pad(lin.weight, (0, 0, 0, width - lin.out_features)) for lin in layers])
+
+    def padded(t: Tensor, n: int) -> Tensor:  # no pad op where the width is already the widest
+        return t if n == width else F.pad(t, (0, 0, 0, width - n) if t.ndim == 2 else (0, width - n))
+
+    w = torch.stack([padded(lin.weight, lin.out_features) for lin in layers])
     if layers[0].bias is None:
         return w.transpose(1, 2), None
-    b = torch.stack([F.pad(lin.bias, (0, width - lin.out_features)) for lin in layers])
+    b = torch.stack([padded(lin.bias, lin.out_features) for lin in layers])  # type: ignore[arg-type]
     return w.transpose(1, 2), b.unsqueeze(1)
 
 
