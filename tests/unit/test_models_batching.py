@@ -225,6 +225,23 @@ def test_encode_decode_runs_the_input_layer_once(name: str) -> None:
     assert layer.calls == 3  # encode and decode each run it
 
 
+def test_esmm_over_a_gated_base_runs_the_input_layer_twice_not_three_times() -> None:
+    layer = Counting(EmbeddingFrontEnd(SCHEMA, 3))
+    tasks = (
+        Task(name="ctr", kind="binary"),
+        Task(name="ctcvr", kind="binary", logits=False),
+        Task(name="cvr", kind="binary", logits=False, train=False),
+    )
+    base = {"name": "mmoe", "num_experts": 2, "expert_dims": [4], "tower_dims": [3]}
+    model = MODELS.build("esmm", input_dim=None, tasks=tasks, base=base, input_layer=layer).double()
+    x = tabular(5)
+    _, out = model.encode_decode(x)
+    assert layer.calls == 2  # the base's encode_decode inside encode, its decode inside decode
+    want = model(x)
+    for k in want:
+        torch.testing.assert_close(out[k], want[k])
+
+
 def targets(n: int, seed: int = 1) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {
