@@ -470,12 +470,33 @@ class DSelectKGateBefore(DSelectKGate):
 
 
 class DSelectKBefore(DSelectK):
-    """DSelect-k forward as it was: towers on ``mixed[:, i]``, selectors through ``prod()``."""
+    """DSelect-k forward as it was: per-task slices of the batched gates, per-task regularisers,
+    towers on ``mixed[:, i]``, selectors through ``prod()`` (with DSelectKGateBefore gates)."""
+
+    def _pairs(self, h: Tensor) -> list[tuple[Tensor, Tensor]]:
+        gates: list[DSelectKGate] = [self.task_gates[t] for t in self.task_names]  # type: ignore[misc]
+        first = gates[0]
+        T, k, m = len(gates), first.k, first.num_bits
+        zw = torch.cat([g.z.weight for g in gates])  # type: ignore[union-attr]
+        zb = torch.cat([g.z.bias for g in gates])  # type: ignore[union-attr]
+        aw = torch.cat([g.alpha.weight for g in gates])  # type: ignore[union-attr]
+        ab = torch.cat([g.alpha.bias for g in gates])  # type: ignore[union-attr]
+        z = F.linear(h, zw, zb).reshape(h.shape[0], T, k, m)
+        alpha = F.linear(h, aw, ab).reshape(h.shape[0], T, k)
+        w, sel = first.combine(z, alpha)
+        return [(w[:, i], sel[:, i]) for i in range(T)]
+
+    def _aux(self, task: str, selectors: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if self.entropy_reg > 0:
+            entropy = -(selectors * torch.log(selectors + 1e-6)).sum((-2, -1))
+            out[f"aux/dselect_entropy/{task}"] = self.entropy_reg * entropy.mean()
+        return out  # 8 experts, a power of two: no unreachable-code term
 
     def forward(self, x: Any) -> dict[str, Tensor]:
         h = self._features(x)
         experts = stack_experts(self.experts, h)
-        pairs = self._all_gates(h)
+        pairs = self._pairs(h)
         w = torch.stack([g.expand(experts.shape[0], -1) for g, _ in pairs], dim=1)
         mixed = torch.bmm(w, experts)
         out = {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
