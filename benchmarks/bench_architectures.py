@@ -649,6 +649,33 @@ def run_fixes(args: argparse.Namespace) -> None:
                 f"| {change} | {kind} | {num_tasks} | {ops} | {1e3 * t0:.2f} | {1e3 * t1:.2f} "
                 f"| {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
             )
+        towers_alone(num_tasks, args)
+
+
+def towers_alone(num_tasks: int, args: argparse.Namespace) -> None:
+    """The shared-bottom's towers alone (forward and backward, no loss, no optimizer): loop vs
+    batched, the measurement behind ``batch_towers``."""
+    torch.manual_seed(0)
+    towers = {f"t{i}": MLP(64, (32,), 1).to(args.device) for i in range(num_tasks)}
+    rep = torch.randn(BATCH, 64, device=args.device, requires_grad=True)
+
+    def run(batched: bool) -> Callable[[], None]:
+        def fn() -> None:
+            out = list(tower_outputs(towers, dict.fromkeys(towers, rep), batched=batched).values())
+            torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+
+        return fn
+
+    fns = {"before": run(False), "after": run(True)}
+    samples = time_interleaved_samples(
+        fns, steps=5 * args.steps, repeats=args.repeats, warmup=args.warmup, device=args.device
+    )
+    t0, t1 = statistics.median(samples["before"]), statistics.median(samples["after"])
+    _, r, lo, hi = summarise(samples, "before")["after"]
+    print(
+        f"| towers [32] on 64 features alone, forward + backward: loop -> batched | - | {num_tasks} | - "
+        f"| {1e3 * t0:.2f} | {1e3 * t1:.2f} | {r:.2f}x ({lo:.2f}-{hi:.2f}) |"
+    )
 
 
 if __name__ == "__main__":
