@@ -489,10 +489,11 @@ def batch_towers(x: Tensor) -> bool:
     :func:`tower_outputs` and :func:`stacked_tower_outputs`).
 
     True on accelerators, where every layer of every tower is otherwise its own small kernel
-    launch. False on the CPU, where a loop over the towers is faster: the batched products and
-    their backward passes on strided ``(K, N, h)`` layouts cost more than the few saved calls
-    (measured: 0.77x at 2 towers, 0.9x at 8 towers of ``[32]`` on 64 features, batch 1024; see
-    ``benchmarks/RESULTS.md``, "Architectures").
+    launch (8 towers: 234 -> 162 ops per shared-bottom training step). False on the CPU, where
+    the loop is as fast or faster: the batched products and their backward passes on strided
+    ``(K, N, h)`` layouts cost about what the saved calls do (towers ``[32]`` on 64 features,
+    batch 1024, forward + backward: 0.87x with 2 towers, 1.01x with 8; whole shared-bottom step
+    0.96x / 0.97x; ``benchmarks/RESULTS.md``, "Architectures").
     """
     return x.device.type != "cpu"
 
