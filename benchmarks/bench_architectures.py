@@ -280,7 +280,7 @@ def print_table(
     print(f"\n{title}\n")
     print(
         "| architecture | sizes | params | MFLOP/step (vs first) | ops/step | ms/step | samples/s "
-        "| throughput vs first row (IQR) |"
+        f"| throughput vs {base} (IQR) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, (t, r, lo, hi) in rows.items():
@@ -319,7 +319,7 @@ def run_flat_or_tabular(kind: str, num_tasks: int, args: argparse.Namespace) -> 
     what = (
         f"{FLAT_INPUT} flat features"
         if kind == "flat"
-        else f"tabular: {NUM_CATEGORICAL} categorical columns (vocabulary {VOCAB}, embedding {EMB_DIM}) "
+        else f"{NUM_CATEGORICAL} categorical columns (vocabulary {VOCAB}, embedding {EMB_DIM}) "
         f"+ {NUM_NUMERIC} numeric, embedding front end"
     )
     print_table(
