@@ -19,6 +19,16 @@ def time_interleaved(
 ) -> dict[str, float]:
     """Median seconds per call of each function. Variants run round-robin so that machine drift
     (other load, frequency scaling) hits them alike."""
+    samples = time_interleaved_samples(fns, steps=steps, repeats=repeats, warmup=warmup, device=device)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def time_interleaved_samples(
+    fns: dict[str, Callable[[], None]], *, steps: int, repeats: int, warmup: int, device: str = "cpu"
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in every round (``repeats`` values each), the variants
+    run round-robin; sample ``i`` of every variant comes from the same round, so per-round ratios
+    between variants cancel most of the machine's drift."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -32,4 +42,4 @@ def time_interleaved(
                 fn()
             sync(device)
             samples[name].append((time.perf_counter() - t0) / steps)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples

@@ -32,6 +32,16 @@ class MultiTaskModel(nn.Module):
         """Task outputs from the shared representation ``rep`` (and the inputs, for gates)."""
         raise NotImplementedError(f"{type(self).__name__} has no single shared representation.")
 
+    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(rep, outputs)`` with ``rep = encode(x)`` and ``outputs = decode(rep, x)``.
+
+        What representation-level gradient methods run (the Trainer takes the per-task gradients
+        with respect to ``rep``). Models whose :meth:`decode` reads the inputs again (e.g. gates on
+        the input layer's features) override it to evaluate the input layer once.
+        """
+        rep = self.encode(x)
+        return rep, self.decode(rep, x)
+
     @property
     def has_representation(self) -> bool:
         """True when :meth:`encode` / :meth:`decode` are implemented (a wrapper such as ESMM

@@ -351,7 +351,14 @@ def grouped_expert_outputs(banks: Sequence[ExpertMLPs], inputs: Tensor | Sequenc
     return h.transpose(0, 1).reshape(*lead, E, first.out_features)
 
 
-__all__ += ["can_group_mlps", "grouped_mlp_outputs", "tower_outputs"]
+__all__ += [
+    "batch_towers",
+    "can_group_mlps",
+    "grouped_mlp_outputs",
+    "grouped_mlp_stacked",
+    "stacked_tower_outputs",
+    "tower_outputs",
+]
 
 
 def can_group_mlps(mlps: Sequence[nn.Module]) -> bool:
@@ -380,21 +387,93 @@ def can_group_mlps(mlps: Sequence[nn.Module]) -> bool:
     return True
 
 
-def grouped_mlp_outputs(mlps: Sequence[MLP], inputs: Sequence[Tensor]) -> list[Tensor]:
-    """Several :class:`MLP` s (e.g. one tower per task), each on its own input, evaluated together.
+def _stacked_layer_weights(layers: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """``(K, in, width)`` weights and ``(K, 1, width)`` biases of ``K`` linear layers, zero-padded
+    to the widest output (only the final layers of grouped MLPs may differ in width)."""
+    width = max(lin.out_features for lin in layers)
+
+    def padded(t: Tensor, n: int) -> Tensor:  # no pad op where the width is already the widest
+        return t if n == width else F.pad(t, (0, 0, 0, width - n) if t.ndim == 2 else (0, width - n))
+
+    w = torch.stack([padded(lin.weight, lin.out_features) for lin in layers])
+    if layers[0].bias is None:
+        return w.transpose(1, 2), None
+    b = torch.stack([padded(lin.bias, lin.out_features) for lin in layers])  # type: ignore[arg-type]
+    return w.transpose(1, 2), b.unsqueeze(1)
+
+
+def _grouped_layers(seqs: Sequence[Sequence[nn.Module]], start: int, h: Tensor) -> Tensor:
+    """Layers ``start..`` of grouped MLPs (``seqs``: their ``net`` modules) on ``(K, N, d)``: every
+    linear layer is one batched product, every activation / dropout one call."""
+    for i in range(start, len(seqs[0])):
+        mod = seqs[0][i]
+        if not isinstance(mod, nn.Linear):
+            h = mod(h)  # the activation / dropout, the same for every MLP
+            continue
+        w, b = _stacked_layer_weights([s[i] for s in seqs])  # type: ignore[misc]
+        h = torch.bmm(h, w) if b is None else torch.baddbmm(b, h, w)
+    return h
+
+
+def _split_outputs(h: Tensor, widths: Sequence[int]) -> list[Tensor]:
+    """``(K, N, max width)`` -> ``K`` tensors ``(N, widths[k])``; one unbind, so that the backward
+    pass stacks the gradients once instead of filling a zero tensor per output."""
+    return [o if n == o.shape[-1] else o[:, :n] for o, n in zip(h.unbind(0), widths)]
+
+
+def grouped_mlp_stacked(mlps: Sequence[MLP], h: Tensor) -> Tensor:
+    """Grouped :class:`MLP` s on stacked inputs: ``(K, N, in)`` -> ``(K, N, max out)``.
+
+    Row ``k`` of the result is ``mlps[k](h[k])``, zero-padded to the widest output. ``h`` may be a
+    strided view (e.g. ``(N, K, D).transpose(0, 1)``); it is not copied.
+    """
+    if not can_group_mlps(mlps):
+        raise ValueError("grouped_mlp_stacked needs MLPs of one shape (widths, activation, dropout).")
+    if (
+        not isinstance(h, Tensor)
+        or h.ndim != 3
+        or h.shape[0] != len(mlps)
+        or h.shape[2] != mlps[0].in_features
+    ):
+        got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+        raise ShapeError(
+            f"grouped_mlp_stacked needs ({len(mlps)}, N, {mlps[0].in_features}) inputs (one row per MLP); got {got}."
+        )
+    return _grouped_layers([list(m.net) for m in mlps], 0, h)
+
+
+def grouped_mlp_outputs(mlps: Sequence[MLP], inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """Several :class:`MLP` s (e.g. one tower per task) evaluated together.
 
     Each MLP keeps its own parameters; their weights are stacked for the call (the final layers
-    zero-padded to the widest output) and every layer is one batched product over the MLPs.
+    zero-padded to the widest output) and every layer is one matrix product over the MLPs. When
+    every MLP reads the same input, the first layer is one ``(N, in) x (in, K*h)`` product over
+    the concatenated weights (the input is not repeated), as in :class:`ExpertMLPs`.
 
     Args:
         mlps: compatible MLPs (:func:`can_group_mlps`).
-        inputs: one ``(N, in)`` tensor per MLP, all of one shape.
+        inputs: one ``(N, in)`` tensor read by every MLP, or one ``(N, in)`` tensor per MLP, all of
+            one shape.
 
     Returns:
-        ``mlps[i](inputs[i])`` for every ``i``.
+        ``mlps[i](x_i)`` for every ``i``.
     """
     if not can_group_mlps(mlps):
         raise ValueError("grouped_mlp_outputs needs MLPs of one shape (widths, activation, dropout).")
+    widths = [m.out_features for m in mlps]
+    seqs = [list(m.net) for m in mlps]
+    if isinstance(inputs, Tensor):
+        x = _check_input(inputs, mlps[0].in_features, "MLP")
+        if x.ndim != 2:
+            raise ShapeError(f"grouped_mlp_outputs needs (N, in) inputs; got {tuple(x.shape)}.")
+        first: list[nn.Linear] = [s[0] for s in seqs]  # type: ignore[misc]
+        w = torch.cat([lin.weight for lin in first])
+        b = torch.cat([lin.bias for lin in first]) if first[0].bias is not None else None
+        out = F.linear(x, w, b)  # (N, sum of first widths)
+        if len(seqs[0]) == 1:  # a single (output) layer: widths may differ
+            return list(out.split([lin.out_features for lin in first], dim=-1))
+        h = out.reshape(x.shape[0], len(mlps), -1).transpose(0, 1)  # (K, N, h): a view
+        return _split_outputs(_grouped_layers(seqs, 1, h), widths)
     if len(inputs) != len(mlps):
         raise ValueError(f"grouped_mlp_outputs needs one input per MLP ({len(mlps)}); got {len(inputs)}.")
     xs = [_check_input(x, mlps[0].in_features, "MLP") for x in inputs]
@@ -402,33 +481,78 @@ def grouped_mlp_outputs(mlps: Sequence[MLP], inputs: Sequence[Tensor]) -> list[T
         raise ShapeError(
             f"grouped_mlp_outputs needs (N, in) inputs of one shape; got {[tuple(x.shape) for x in xs]}."
         )
-    seqs = [list(m.net) for m in mlps]
-    h = torch.stack(xs)  # (K, N, in)
-    widths = [m.out_features for m in mlps]
-    for i, mod in enumerate(seqs[0]):
-        if not isinstance(mod, nn.Linear):
-            h = mod(h)  # the activation / dropout, the same for every MLP
-            continue
-        layers: list[nn.Linear] = [s[i] for s in seqs]  # type: ignore[misc]
-        width = max(lin.out_features for lin in layers)
-        w = torch.stack([F.pad(lin.weight, (0, 0, 0, width - lin.out_features)) for lin in layers])
-        if layers[0].bias is None:
-            h = torch.bmm(h, w.transpose(1, 2))
-        else:
-            b = torch.stack([F.pad(lin.bias, (0, width - lin.out_features)) for lin in layers])
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-    return [h[k, :, :n] for k, n in enumerate(widths)]
+    return _split_outputs(_grouped_layers(seqs, 0, torch.stack(xs)), widths)
 
 
-def tower_outputs(towers: Mapping[str, nn.Module], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``{task: towers[task](inputs[task])}``, as one batched evaluation when the towers are MLPs of
-    one shape (:func:`grouped_mlp_outputs`), else tower by tower."""
+def batch_towers(x: Tensor) -> bool:
+    """Whether towers of one shape on ``x`` are evaluated as one batched call (the default of
+    :func:`tower_outputs` and :func:`stacked_tower_outputs`).
+
+    True on accelerators, where every layer of every tower is otherwise its own small kernel
+    launch (8 towers: 234 -> 162 ops per shared-bottom training step). False on the CPU, where
+    the loop is as fast or faster: the batched products and their backward passes on strided
+    ``(K, N, h)`` layouts cost about what the saved calls do (towers ``[32]`` on 64 features,
+    batch 1024, forward + backward: 0.87x with 2 towers, 1.01x with 8; whole shared-bottom step
+    0.96x / 0.97x; ``benchmarks/RESULTS.md``, "Architectures").
+    """
+    return x.device.type != "cpu"
+
+
+def tower_outputs(
+    towers: Mapping[str, nn.Module], inputs: Mapping[str, Tensor], *, batched: bool | None = None
+) -> dict[str, Tensor]:
+    """``{task: towers[task](inputs[task])}``: one batched evaluation for MLP towers of one shape
+    (:func:`grouped_mlp_outputs`; towers that all read the same tensor share one first product),
+    else tower by tower.
+
+    Args:
+        towers: ``{task: module}``.
+        inputs: ``{task: (N, d) input}``; the towers are evaluated in this order.
+        batched: batch compatible towers (default: :func:`batch_towers` of the first input).
+    """
     names = list(inputs)
     mods = [towers[t] for t in names]
     xs = [inputs[t] for t in names]
-    if len(mods) > 1 and can_group_mlps(mods) and all(x.ndim == 2 and x.shape == xs[0].shape for x in xs):
-        return dict(zip(names, grouped_mlp_outputs(mods, xs)))  # type: ignore[arg-type]
+    if batched is None:
+        batched = bool(xs) and isinstance(xs[0], Tensor) and batch_towers(xs[0])
+    if (
+        batched
+        and len(mods) > 1
+        and all(isinstance(x, Tensor) and x.ndim == 2 for x in xs)
+        and can_group_mlps(mods)
+    ):
+        if all(x is xs[0] for x in xs):
+            return dict(zip(names, grouped_mlp_outputs(mods, xs[0])))  # type: ignore[arg-type]
+        if all(x.shape == xs[0].shape for x in xs):
+            return dict(zip(names, grouped_mlp_outputs(mods, xs)))  # type: ignore[arg-type]
     return {t: towers[t](x) for t, x in zip(names, xs)}
+
+
+def stacked_tower_outputs(
+    towers: Mapping[str, nn.Module], names: Sequence[str], h: Tensor, *, batched: bool | None = None
+) -> dict[str, Tensor]:
+    """``{names[k]: towers[names[k]](h[k])}`` for stacked inputs ``h`` ``(K, N, d)`` (e.g. every
+    task's mixture, possibly a strided view): one batched evaluation for MLP towers of one shape
+    (without copying ``h``), else tower by tower on ``h.unbind(0)`` (one unbind, so that the
+    backward pass stacks the inputs' gradients once instead of zero-filling ``(K, N, d)`` per task).
+
+    Args:
+        towers: ``{task: module}``.
+        names: the task of each row of ``h``.
+        h: ``(K, N, d)``.
+        batched: batch compatible towers (default: :func:`batch_towers` of ``h``).
+    """
+    if h.ndim < 2 or h.shape[0] != len(names):
+        raise ShapeError(
+            f"stacked_tower_outputs needs one row of h per task ({len(names)}); got {tuple(h.shape)}."
+        )
+    mods = [towers[t] for t in names]
+    if batched is None:
+        batched = batch_towers(h)
+    if batched and len(mods) > 1 and h.ndim == 3 and can_group_mlps(mods):
+        out = grouped_mlp_stacked(mods, h)  # type: ignore[arg-type]
+        return dict(zip(names, _split_outputs(out, [m.out_features for m in mods])))
+    return {t: towers[t](x) for t, x in zip(names, h.unbind(0))}
 
 
 __all__ += ["gate_outputs"]

@@ -29,7 +29,7 @@ from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP
+from mtlkit.models._blocks import MLP, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, TaskKind, task_names
@@ -130,11 +130,26 @@ class AITM(MultiTaskModel):
             )
         return h
 
-    def _step(self, t: str, z_prev: Tensor | None, h: Tensor) -> tuple[Tensor, Tensor | None]:
-        q = self.towers[t](h)
+    def _step(self, t: str, z_prev: Tensor | None, q: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(z_t, AIT weights or None)`` from ``z_{t-1}`` and the task's tower output ``q_t``."""
         if z_prev is None:
             return q, None
         return self.ait[t](self.transfers[t](z_prev), q)
+
+    def _towers(self, h: Tensor, names: Sequence[str]) -> list[Tensor]:
+        """``q_t = tower_t(h)`` of the tasks ``names`` (batched where that pays, see tower_outputs)."""
+        return list(tower_outputs(self.towers, dict.fromkeys(names, h)).values())
+
+    def _chain(self, h: Tensor, names: Sequence[str]) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """``z_t`` of the first tasks ``names`` of the funnel, and their AIT weights."""
+        zs: list[Tensor] = []
+        weights: dict[str, Tensor] = {}
+        for t, q in zip(names, self._towers(h, names)):
+            z, w = self._step(t, zs[-1] if zs else None, q)
+            zs.append(z)
+            if w is not None:
+                weights[t] = w
+        return zs, weights
 
     def _outputs(self, zs: Sequence[Tensor]) -> dict[str, Tensor]:
         logits = {t: self.heads[t](z) for t, z in zip(self.task_names, zs)}
@@ -146,17 +161,11 @@ class AITM(MultiTaskModel):
         return out
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
-        h = self._features(x)
-        zs: list[Tensor] = []
-        for t in self.task_names:
-            zs.append(self._step(t, zs[-1] if zs else None, h)[0])
-        return self._outputs(zs)
+        return self._outputs(self._chain(self._features(x), self.task_names)[0])
 
     def encode(self, x: Inputs) -> Tensor:
         h = self._features(x)
-        zs: list[Tensor] = []
-        for t in self.task_names[:-1]:
-            zs.append(self._step(t, zs[-1] if zs else None, h)[0])
+        zs = self._chain(h, self.task_names[:-1])[0]
         self._widths = [h.shape[1], *(z.shape[1] for z in zs)]
         return torch.cat([h, *zs], dim=1)
 
@@ -164,19 +173,13 @@ class AITM(MultiTaskModel):
         if self._widths is None or sum(self._widths) != rep.shape[1]:
             raise ShapeError("AITM.decode takes the representation returned by AITM.encode; call encode first.")
         h, *zs = rep.split(self._widths, dim=1)
-        zs.append(self._step(self.task_names[-1], zs[-1], h)[0])
+        last = self.task_names[-1]
+        zs.append(self._step(last, zs[-1], self.towers[last](h))[0])
         return self._outputs(zs)
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """Attention weights ``(N, 2)`` of every task after the first: ``[transferred p_t, own q_t]``."""
-        h = self._features(x)
-        out: dict[str, Tensor] = {}
-        z: Tensor | None = None
-        for t in self.task_names:
-            z, w = self._step(t, z, h)
-            if w is not None:
-                out[t] = w
-        return out
+        return self._chain(self._features(x), self.task_names)[1]
 
     # ------------------------------------------------------------------ ownership
     def task_parameters(self, task: str) -> list[nn.Parameter]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs
+from mtlkit.models._blocks import MLP, ExpertMLPs, stacked_tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -179,18 +179,27 @@ class CrossStitch(MultiTaskModel):
             return torch.stack([cols[t][0](h) for t in self.task_names])
         return torch.stack([cols[t][index](h[k]) for k, t in enumerate(self.task_names)])
 
-    def encode(self, x: Inputs) -> Tensor:
-        """The columns' last activations before the final mix, ``(N, T, *features)``."""
+    def _columns(self, x: Inputs) -> Tensor:
+        """The columns' last activations before the final mix, column-major ``(T, N, *features)``."""
         h = self.input_layer(x) if self.input_layer is not None else x
         h = self._layer(0, h)  # type: ignore[arg-type]
         for index in range(1, self.num_layers):
             h = self._layer(index, self.stitches[index - 1](h))
-        return h.transpose(0, 1)
+        return h
+
+    def encode(self, x: Inputs) -> Tensor:
+        """The columns' last activations before the final mix, ``(N, T, *features)``."""
+        return self._columns(x).transpose(0, 1)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        # each task from its own row of the last unit, so that its backward pass touches only that row
         h = rep.transpose(0, 1)
         last = self.stitches[-1]
         return {t: self.heads[t](last.mix_row(t, h)) for t in self.task_names}
+
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
+        mixed = self.stitches[-1](self._columns(x))  # every task's mix in one product: (T, N, *features)
+        return stacked_tower_outputs(self.heads, self.task_names, mixed)
 
     def stitch_matrices(self) -> list[Tensor]:
         """Every unit's mixing matrix, ``(T, T)`` or ``(T, T, C)``, in layer order."""

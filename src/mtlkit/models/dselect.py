@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, stacked_tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -58,8 +58,18 @@ def selector_outputs(z: Tensor, codes: Tensor, gamma: float) -> Tensor:
     or 1, ``r`` is one-hot (it selects one expert); while ``2^m > n`` the weights of the ``n``
     reachable experts may sum to less than one.
     """
-    s = smooth_step(z, gamma).unsqueeze(-2)  # (..., 1, m)
-    return torch.where(codes, s, 1 - s).prod(-1)  # (..., n)
+    s = smooth_step(z, gamma)
+    if s.shape[-1] == 0:  # one expert: the empty product
+        return s.new_ones(*s.shape[:-1], codes.shape[0])
+    # the product over the m bits as m - 1 multiplications (a prod() would check its input for
+    # zeros in the backward pass, a host synchronisation, and saturated smooth-steps are exact zeros)
+    out: Tensor | None = None
+    for bit, s_j in zip(codes.unbind(-1), s.unbind(-1)):
+        s_j = s_j.unsqueeze(-1)  # (..., 1)
+        factor = torch.where(bit, s_j, 1 - s_j)  # (..., n)
+        out = factor if out is None else out * factor
+    assert out is not None
+    return out
 
 
 class DSelectKGate(nn.Module):
@@ -211,9 +221,9 @@ class DSelectK(MultiTaskModel):
     def _features(self, x: Inputs) -> Tensor:
         return self.input_layer(x) if self.input_layer is not None else x  # type: ignore[return-value]
 
-    def _all_gates(self, h: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Every task's ``(weights (N', n), selectors (N', k, n))`` (``N' = 1`` for static gates);
-        all per-example gates of one shape are one matrix product."""
+    def _all_gates(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Every task's weights and selectors, stacked: ``(N', T, n)`` and ``(N', T, k, n)`` (``N' = 1``
+        when every gate is static); all per-example gates of one shape are one matrix product."""
         gates: list[DSelectKGate] = [self.task_gates[t] for t in self.task_names]  # type: ignore[misc]
         first = gates[0]
         uniform = all(
@@ -221,7 +231,10 @@ class DSelectK(MultiTaskModel):
             for g in gates
         )
         if not uniform or len(gates) == 1:
-            return [g(h) for g in gates]
+            pairs = [g(h) for g in gates]
+            n = max(w.shape[0] for w, _ in pairs)
+            w = torch.stack([w.expand(n, -1) for w, _ in pairs], dim=1)
+            return w, torch.stack([sel.expand(n, *sel.shape[1:]) for _, sel in pairs], dim=1)
         T, k, m = len(gates), first.k, first.num_bits
         if first.gating == "static":
             z = torch.stack([g.z for g in gates]).unsqueeze(0)  # type: ignore[misc]
@@ -234,26 +247,47 @@ class DSelectK(MultiTaskModel):
             ab = torch.cat([g.alpha.bias for g in gates])  # type: ignore[union-attr]
             z = F.linear(h, zw, zb).reshape(h.shape[0], T, k, m)
             alpha = F.linear(h, aw, ab).reshape(h.shape[0], T, k)
-        w, sel = first.combine(z, alpha)  # (N', T, n), (N', T, k, n)
-        return [(w[:, i], sel[:, i]) for i in range(T)]
+        return first.combine(z, alpha)  # (N', T, n), (N', T, k, n)
+
+    def _regularizers(self, selectors: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``(entropy term, unreachable-code term)`` of selectors ``(N', ..., k, n)``, averaged over
+        ``N'``: scalars for one task's selectors, ``(T,)`` for every task's; None where a term is off."""
+        entropy = reach = None
+        if self.entropy_reg > 0:
+            h = -(selectors * torch.log(selectors + _ENTROPY_EPS)).sum((-2, -1))
+            entropy = self.entropy_reg * h.mean(0)
+        if self.num_experts & (self.num_experts - 1):  # not a power of two: some codes reach no expert
+            reach = (1.0 / selectors.sum(-1) - 1.0).sum(-1).mean(0)
+        return entropy, reach
 
     def _aux(self, task: str, selectors: Tensor) -> dict[str, Tensor]:
         """The regularizers of one task's ``(N, k, n)`` selectors (training only)."""
+        return self._aux_outputs([task], selectors.unsqueeze(1))
+
+    def _aux_outputs(self, tasks: Sequence[str], selectors: Tensor) -> dict[str, Tensor]:
+        """The regularizers of the tasks' stacked selectors ``(N', T, k, n)``, each task's its own output."""
+        entropy, reach = self._regularizers(selectors)
         out: dict[str, Tensor] = {}
-        if self.entropy_reg > 0:
-            entropy = -(selectors * torch.log(selectors + _ENTROPY_EPS)).sum((-2, -1))
-            out[f"{AUX_PREFIX}dselect_entropy/{task}"] = self.entropy_reg * entropy.mean()
-        if self.num_experts & (self.num_experts - 1):  # not a power of two: some codes reach no expert
-            reach = (1.0 / selectors.sum(-1) - 1.0).sum(-1)
-            out[f"{AUX_PREFIX}dselect_unreachable/{task}"] = reach.mean()
+        if entropy is not None:
+            out.update(zip((f"{AUX_PREFIX}dselect_entropy/{t}" for t in tasks), entropy.unbind(0)))
+        if reach is not None:
+            out.update(zip((f"{AUX_PREFIX}dselect_unreachable/{t}" for t in tasks), reach.unbind(0)))
         return out
 
     def encode(self, x: Inputs) -> Tensor:
         return stack_experts(self.experts, self._features(x))  # (N, n, D)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        # each task from its own gate, so that a task's backward pass touches only its gate
+        return self._decode(rep, self._features(x))
+
+    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        # the input layer once: its output feeds the experts (rep) and the gates
         h = self._features(x)
+        rep = stack_experts(self.experts, h)
+        return rep, self._decode(rep, h)
+
+    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
+        # each task from its own gate, so that a task's backward pass touches only its gate
         out: dict[str, Tensor] = {}
         for t in self.task_names:
             w, sel = self.task_gates[t](h)
@@ -265,13 +299,11 @@ class DSelectK(MultiTaskModel):
     def forward(self, x: Inputs) -> dict[str, Tensor]:
         h = self._features(x)
         experts = stack_experts(self.experts, h)  # (N, n, D)
-        pairs = self._all_gates(h)
-        w = torch.stack([g.expand(experts.shape[0], -1) for g, _ in pairs], dim=1)  # (N, T, n)
-        mixed = torch.bmm(w, experts)  # (N, T, D): every task's mixture in one product
-        out = tower_outputs(self.towers, {t: mixed[:, i] for i, t in enumerate(self.task_names)})
+        w, selectors = self._all_gates(h)  # (N', T, n), (N', T, k, n)
+        mixed = torch.bmm(w.expand(experts.shape[0], -1, -1), experts)  # (N, T, D): every mixture at once
+        out = stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1))
         if self.training:
-            for t, (_, sel) in zip(self.task_names, pairs):
-                out.update(self._aux(t, sel))
+            out.update(self._aux_outputs(self.task_names, selectors))
         return out
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:

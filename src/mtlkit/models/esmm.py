@@ -162,11 +162,13 @@ class ESMM(MultiTaskModel):
         return bool(getattr(self.base, "has_representation", False))
 
     def encode(self, x: Inputs) -> Tensor:
-        rep = self.base.encode(x)
-        self._rep_shape = tuple(rep.shape[1:])
         if not self._rep_parts:
+            rep = self.base.encode(x)
+            self._rep_shape = tuple(rep.shape[1:])
             return rep
-        preds, _ = split_aux(self.base.decode(rep, x))
+        rep, outputs = self.base.encode_decode(x)  # the base's input layer once for both
+        self._rep_shape = tuple(rep.shape[1:])
+        preds, _ = split_aux(outputs)
         n = rep.shape[0]
         return torch.cat([rep.reshape(n, -1), *(preds[p].reshape(n, 1) for p in self._rep_parts)], dim=1)
 

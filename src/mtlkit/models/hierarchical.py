@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import did_you_mean
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, _dims
+from mtlkit.models._blocks import MLP, _dims, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -87,8 +87,8 @@ class Hierarchical(MultiTaskModel):
         out: dict[str, Tensor] = {}
         for d, layer in enumerate(self.layers, start=1):
             h = layer(h)
-            for t in by_depth.get(d, ()):
-                out[t] = self.heads[t](h)
+            if d in by_depth:  # the heads attached here read the same h: batched where that pays
+                out.update(tower_outputs(self.heads, dict.fromkeys(by_depth[d], h)))
         return {t: out[t] for t in self.task_names}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:

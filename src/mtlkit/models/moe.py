@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates, stacked_tower_outputs, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -90,12 +90,20 @@ class MMoE(_MoEBase):
         return stack_experts(self.experts, self._features(x))  # (N, E, D)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        return self._decode(rep, self._features(x))
+
+    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        # the input layer once: its output feeds the experts (rep) and the gates
+        h = self._features(x)
+        rep = stack_experts(self.experts, h)
+        return rep, self._decode(rep, h)
+
+    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
         # One gate and one mixture per task, so that each task's backward pass (gradient-level
         # methods take one per task) touches only its own gate; forward() does all tasks at once.
-        h = self._features(x)
         if not isinstance(self.gate, SoftmaxGates):
             mixed = torch.bmm(self.gate(h), rep)  # (N, T, D)
-            return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+            return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1), batched=False)
         out = {}
         for t in self.task_names:
             g = torch.softmax(self.gate.gates[t](h), dim=-1)  # (N, E)
@@ -104,8 +112,8 @@ class MMoE(_MoEBase):
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
         h = self._features(x)
-        mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))  # all gates in one product
-        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))  # all gates in one product: (N, T, D)
+        return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1))
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         g = self.gate(self._features(x))
@@ -147,7 +155,12 @@ class OMoE(_MoEBase):
         return torch.bmm(self._gate(h).unsqueeze(1), stack_experts(self.experts, h)).squeeze(1)  # (N, D)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        # tower by tower: each task's backward pass (gradient-level methods) touches only its tower
         return {t: self.towers[t](rep) for t in self.task_names}
+
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
+        rep = self.encode(x)
+        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep))
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         return {"shared": self._gate(self._features(x))}

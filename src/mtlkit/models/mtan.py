@@ -97,8 +97,10 @@ class MTAN(MultiTaskModel):
         heads: ``{task: module}`` mapping the last attended features ``(N, C, H, W)`` to the output.
         input_shape: ``(C, H, W)`` of one image, checked on every batch.
 
-    ``gates(x)`` returns each task's masks averaged over channels, ``"<task>/block<j>"``:
-    ``(N, H_j, W_j)``. There is no single shared representation (the shared ``f`` blocks sit on
+    ``gates(x)`` returns each task's mean attention per channel, ``"<task>/block<j>"``: ``(N, C_j)``,
+    the mask of block ``j`` averaged over its positions (the channels play the experts' part in
+    :func:`mtlkit.analysis.gate_statistics`: which features of the shared pool the task selects).
+    There is no single shared representation (the shared ``f`` blocks sit on
     the task paths), so representation-level gradient methods are refused; parameter-level ones work.
     """
 
@@ -184,7 +186,7 @@ class MTAN(MultiTaskModel):
         out: dict[str, Tensor] = {}
         for t in self.task_names:
             for j, mask in enumerate(self._task_path(t, feats)[1]):
-                out[f"{t}/block{j}"] = mask.mean(dim=1)
+                out[f"{t}/block{j}"] = mask.mean(dim=(2, 3))  # (N, C_j): mean attention per channel
         return out
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:

@@ -377,18 +377,29 @@ class CGC(PLE):
         return self.levels[0]  # type: ignore[return-value]
 
     def encode(self, x: Inputs) -> Tensor:
+        return self._encode_features(self._features(x))
+
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        return self._decode(rep, self._features(x))
+
+    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        # the input layer once: its output feeds the shared experts (rep), the task experts and gates
+        h = self._features(x)
+        rep = self._encode_features(h)
+        return rep, self._decode(rep, h)
+
+    def _encode_features(self, h: Tensor) -> Tensor:
         level = self.level
         if level.shared_experts is None:
             raise IncompatibleComponentsError(
                 "This CGC has no shared experts, so it has no shared representation to take gradients with "
                 "respect to. Use gradient_target='parameters'."
             )
-        return stack_experts(level.shared_experts, self._features(x))  # (N, m_s, D)
+        return stack_experts(level.shared_experts, h)  # (N, m_s, D)
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
         # Each task from its own experts and gate, so that a task's backward pass touches only them.
         level = self.level
-        h = self._features(x)
         m_s = rep.shape[-2]
         out: dict[str, Tensor] = {}
         for t in self.task_names:

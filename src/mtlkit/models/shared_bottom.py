@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP
+from mtlkit.models._blocks import MLP, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -40,7 +40,12 @@ class SharedBottom(MultiTaskModel):
         return self.bottom(self.input_layer(x) if self.input_layer is not None else x)
 
     def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+        # tower by tower: each task's backward pass (gradient-level methods) touches only its tower
         return {t: self.towers[t](rep) for t in self.task_names}
+
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
+        rep = self.encode(x)
+        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep))
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

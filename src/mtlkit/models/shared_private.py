@@ -19,7 +19,7 @@ from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP
+from mtlkit.models._blocks import MLP, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, input_width, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -104,16 +104,14 @@ class SharedPrivate(MultiTaskModel):
         self._input_width = input_width(input_layer) if input_layer is not None else 0
 
     def _outputs(self, s: Tensor, e: Inputs) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        penalty: Tensor | None = None
-        for t in self.task_names:
-            p = self.private[t](e)
-            out[t] = self.heads[t](torch.cat([s, p], dim=-1))
-            if self.orthogonality > 0:
-                term = orthogonality_penalty(s, p, normalize=self.normalize_orthogonality)
-                penalty = term if penalty is None else penalty + term
-        if penalty is not None:
-            out[AUX_KEY] = self.orthogonality * penalty
+        # private encoders (one input) and heads (inputs of one shape) batched where that pays
+        private = tower_outputs(self.private, dict.fromkeys(self.task_names, e))  # type: ignore[arg-type]
+        out = tower_outputs(self.heads, {t: torch.cat([s, p], dim=-1) for t, p in private.items()})
+        if self.orthogonality > 0:
+            terms = [
+                orthogonality_penalty(s, p, normalize=self.normalize_orthogonality) for p in private.values()
+            ]
+            out[AUX_KEY] = self.orthogonality * sum(terms[1:], terms[0])
         return out
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:

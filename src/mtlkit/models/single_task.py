@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP
+from mtlkit.models._blocks import MLP, tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -31,7 +31,8 @@ class SingleTask(MultiTaskModel):
         self.networks = nn.ModuleDict(dict(networks))
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
-        return {t: self.networks[t](x) for t in self.task_names}
+        # networks that read x directly (MLPs of one shape) are batched where that pays
+        return tower_outputs(self.networks, dict.fromkeys(self.task_names, x))  # type: ignore[arg-type]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate, gate_outputs, tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate, gate_outputs, stacked_tower_outputs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
@@ -98,19 +98,18 @@ class StackedMMoE(MultiTaskModel):
     def _features(self, x: Inputs) -> Tensor:
         return self.input_layer(x) if self.input_layer is not None else x  # type: ignore[return-value]
 
-    def _levels(self, h: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """The last level's per-task mixtures ``(N, D)`` and every gate's weights."""
+    def _levels(self, h: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The last level's per-task mixtures, stacked ``(T, N, D)``, and every gate's weights."""
         T = len(self.task_names)
-        reps: list[Tensor] | None = None  # None: every task reads h
+        z: Tensor | None = None  # every task's level input, (T, N, d); None: every task reads h
         gates: dict[str, Tensor] = {}
         for j, (experts, level_gates) in enumerate(zip(self.experts, self.level_gates), 1):
-            if reps is None:
+            if z is None:
                 inputs = [h] * T
                 out = stack_experts(experts, h)  # (N, E, D), read by every task
             else:
-                inputs = reps
-                stacked = torch.stack(reps)  # (T, N, d): all tasks' inputs in one expert call
-                out = stack_experts(experts, stacked.reshape(-1, stacked.shape[-1]))  # (T*N, E, D)
+                inputs = list(z.unbind(0))
+                out = stack_experts(experts, z.reshape(-1, z.shape[-1]))  # all tasks in one call: (T*N, E, D)
             prefix = "" if j == self.num_levels else f"level{j}/"
             ws = gate_outputs([level_gates[t] for t in self.task_names], inputs)
             for t, w in zip(self.task_names, ws):
@@ -120,17 +119,17 @@ class StackedMMoE(MultiTaskModel):
                         f"{out.shape[-2]} experts."
                     )
                 gates[prefix + t] = w
-            if reps is None:  # one product for all tasks: (N, T, E) x (N, E, D)
-                reps = list(torch.bmm(torch.stack(ws, dim=1), out).unbind(1))
+            if z is None:  # one product for all tasks: (N, T, E) x (N, E, D), viewed as (T, N, D)
+                z = torch.bmm(torch.stack(ws, dim=1), out).transpose(0, 1)
             else:  # each task's weights with its own expert outputs: (T*N, 1, E) x (T*N, E, D)
                 mixed = torch.bmm(torch.stack(ws).reshape(-1, 1, out.shape[-2]), out)
-                reps = list(mixed.reshape(T, -1, out.shape[-1]).unbind(0))
-        assert reps is not None
-        return reps, gates
+                z = mixed.reshape(T, -1, out.shape[-1])
+        assert z is not None
+        return z, gates
 
     def forward(self, x: Inputs) -> dict[str, Tensor]:
-        reps, _ = self._levels(self._features(x))
-        return tower_outputs(self.towers, dict(zip(self.task_names, reps)))
+        stacked, _ = self._levels(self._features(x))
+        return stacked_tower_outputs(self.towers, self.task_names, stacked)
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """``{task: (N, E_L)}`` for the last level, ``{"level{l}/{task}": (N, E_l)}`` for earlier ones."""

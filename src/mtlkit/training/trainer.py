@@ -507,11 +507,10 @@ class Trainer:
         )
         rep = None
         if self.gradient_target == "representation":
-            rep = self._core.encode(batch.inputs)
-            outputs = self._core.decode(rep, batch.inputs)
+            rep, outputs = self._encode_decode(batch.inputs)
         elif self.uses_gradients and self._has_encoder:
             # same outputs; decode keeps the tasks' graphs apart, so per-task backward passes are cheaper
-            outputs = self._core.decode(self._core.encode(batch.inputs), batch.inputs)
+            outputs = self._encode_decode(batch.inputs)[1]
         elif self.uses_gradients:
             # bypass a DDP wrapper: its hooks expect one plain backward; gradients are averaged below
             outputs = self._core(batch.inputs)
@@ -552,6 +551,15 @@ class Trainer:
         self._after_step(batch, tl.present, state)
         self.step += 1
         return StepOutput(result, tl, aux)
+
+    def _encode_decode(self, inputs: Inputs) -> tuple[Tensor, Any]:
+        """``(encode(x), decode(encode(x), x))``, through the model's ``encode_decode`` when it has
+        one (MultiTaskModel: the input layer is evaluated once)."""
+        both = getattr(self._core, "encode_decode", None)
+        if callable(both):
+            return both(inputs)
+        rep = self._core.encode(inputs)
+        return rep, self._core.decode(rep, inputs)
 
     def _trained_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...] | None:
         """The step's task subset (None: every task), checked."""
