@@ -32,7 +32,7 @@ from mtlkit.state import TrainState
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
-__all__ = ["BackwardResult", "GradientTarget", "backward"]
+__all__ = ["BackwardResult", "GradientTarget", "GradientWorkspace", "backward"]
 
 GradientTarget = Literal["parameters", "representation"]
 _LOG_EPS = 1e-8
@@ -51,6 +51,38 @@ class BackwardResult(NamedTuple):
     total: Tensor
     weights: Tensor
     losses: Tensor
+
+
+class GradientWorkspace:
+    """Memory that :func:`backward` reuses from one step to the next.
+
+    A training loop calls :func:`backward` with the same shapes every step. With a workspace,
+    the ``[T, P]`` Jacobian of gradient-level methods is written into the same memory each
+    step instead of a fresh tensor: on a CPU, the first touch of a fresh multi-megabyte tensor
+    (page faults) costs about as much as the copy into it. The :class:`~mtlkit.Trainer` keeps
+    one; a hand-written loop can create one and pass it on every call. The buffer grows to the
+    largest Jacobian seen and is then kept (``T x P`` numbers): call :meth:`clear` to free it.
+
+    The Jacobian handed to an aggregator or a weighting is then a view of this buffer, valid
+    during the call only: a method must not keep it (or a view of it) for later steps, but copy
+    what it keeps (every method in mtlkit does).
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def jacobian(self, rows: int, cols: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised ``[rows, cols]`` tensor in the reused buffer."""
+        n = rows * cols
+        buf = self._buffer
+        if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < n:
+            buf = self._buffer = None  # free the old buffer before allocating the new one
+            buf = self._buffer = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(rows, cols)
+
+    def clear(self) -> None:
+        """Free the buffer."""
+        self._buffer = None
 
 
 def _as_vector(
@@ -97,6 +129,7 @@ def backward(
     aux: Mapping[str, Tensor] | Tensor | None = None,
     present: Tensor | None = None,
     state: TrainState | None = None,
+    workspace: GradientWorkspace | None = None,
 ) -> BackwardResult:
     """Differentiate the balanced multi-task objective and accumulate ``.grad``.
 
@@ -119,6 +152,8 @@ def backward(
         present: ``[T]`` bool, False for tasks without a label in the batch (taken from
             ``TaskLosses`` when given one).
         state: training progress for methods that depend on it.
+        workspace: a :class:`GradientWorkspace` whose memory gradient-level methods reuse for
+            the Jacobian (pass the same one every step; default: a fresh tensor per call).
 
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
@@ -156,6 +191,7 @@ def backward(
         aux_total,
         present,
         state,
+        workspace,
     )
 
 
@@ -194,6 +230,34 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
+def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int]) -> None:
+    """Write the flattened ``grads`` (``None``: zeros) side by side into ``dest`` (one copy)."""
+    if len(grads) > 1 and all(g is not None for g in grads):
+        torch.cat([g.reshape(-1) for g in grads], out=dest)  # type: ignore[union-attr]
+        return
+    for g, part in zip(grads, dest.split(list(sizes))):
+        if g is None:
+            part.zero_()
+        else:
+            part.copy_(g.reshape(-1))
+
+
+def _accumulate_flat(params: Sequence[Tensor], vector: Tensor, sizes: Sequence[int]) -> None:
+    """Add the consecutive slices of ``vector`` to the parameters' ``.grad``.
+
+    When no parameter has a gradient yet (the usual case after ``zero_grad(set_to_none=True)``)
+    and all share ``vector``'s dtype, ``vector`` is copied once and each ``.grad`` becomes a view
+    of that copy, instead of one copy per parameter.
+    """
+    if all(p.grad is None and p.dtype == vector.dtype for p in params):
+        flat = vector.detach().clone()
+        for p, g in zip(params, flat.split(list(sizes))):
+            p.grad = g.view_as(p)
+        return
+    for p, g in zip(params, vector.split(list(sizes))):
+        _accumulate(p, g.reshape_as(p).to(p.dtype))
+
+
 def _gradient_backward(
     vec: Tensor,
     items: tuple[Tensor, ...] | None,
@@ -206,6 +270,7 @@ def _gradient_backward(
     aux_total: Tensor | None,
     present: Tensor | None,
     state: TrainState | None,
+    workspace: GradientWorkspace | None,
 ) -> BackwardResult:
     names = weighting.task_names
     T = vec.shape[0]
@@ -230,7 +295,10 @@ def _gradient_backward(
         coef = coef * out.weights.detach().to(coef.dtype)
     # one retained backward pass per labelled task, from the task's own scalar (never vec[k]:
     # that would walk every task's graph), into a [K, P] Jacobian of the kept rows only
-    jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+    if workspace is not None:
+        jac = workspace.jacobian(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+    else:
+        jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
     own_grads: list[list[Tensor | None]] = []
     for row, i in enumerate(keep):
         loss_i = items[i] if items is not None else vec[i]
@@ -241,14 +309,7 @@ def _gradient_backward(
             retain_graph=True,
             allow_unused=True,
         )
-        offset = 0
-        for g, n in zip(grads[: len(targets)], sizes):
-            dest = jac[row, offset : offset + n]
-            if g is None:
-                dest.zero_()
-            else:
-                dest.copy_(g.reshape(-1))
-            offset += n
+        _write_row(jac[row], grads[: len(targets)], sizes)
         own_grads.append(list(grads[len(targets) :]))
     if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
         full = jac
@@ -286,8 +347,7 @@ def _gradient_backward(
         if representation is not None:
             representation.backward(vector.reshape_as(representation).to(representation.dtype))
         else:
-            for p, g in zip(shared, vector.split(sizes)):
-                _accumulate(p, g.reshape_as(p).to(p.dtype))
+            _accumulate_flat(shared, vector, sizes)
     elif aux_total is not None:
         aux_total.backward()
     return BackwardResult(out.total.detach(), effective, vec.detach())

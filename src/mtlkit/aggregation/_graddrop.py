@@ -51,16 +51,32 @@ class GradDrop(Aggregator):
         return f"leak={self.leak}"
 
     def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        # Keeping the positive entries of a coordinate sums to `pos`, the negative ones to `neg`
-        # (two clamp-and-sum passes: faster on the CPU than a strided L1 norm over the rows).
-        pos = jacobian.clamp(min=0).sum(0)
-        neg = jacobian.clamp(max=0).sum(0)
+        pos, neg = _signed_sums(jacobian)  # keeping the positive (negative) entries sums to pos (neg)
         total, mass = pos + neg, pos - neg
-        purity = 0.5 * (1.0 + torch.where(mass > 0, total / torch.where(mass > 0, mass, 1.0), 0.0))
+        # mass = sum_i |g_i| is 0 only where every g_i is 0 (so is total): 0 / 0 -> P = 1/2
+        purity = (total / mass).nan_to_num_(nan=0.0).add_(1.0).mul_(0.5)
         gen = device_generator(state.generator, jacobian.device)
         U = torch.rand(jacobian.shape[1], generator=gen, device=jacobian.device, dtype=jacobian.dtype)
         U = U.clamp_min(torch.finfo(U.dtype).tiny)  # U in (0, 1): a lone negative entry is always kept
-        kept = torch.where(purity > U, pos, torch.where(purity < U, neg, torch.zeros_like(neg)))
+        # sign(P - U): +1 keeps the positive entries, -1 the negative ones, 0 (P = U) neither;
+        # arithmetic selection instead of torch.where (several times faster on the CPU)
+        side = torch.sign(purity - U)
+        kept = pos * side.clamp(min=0) - neg * side.clamp(max=0)
         if self.leak == 0.0:
             return Aggregation(kept, None)
         return Aggregation(self.leak * total + (1.0 - self.leak) * kept, None)
+
+
+def _signed_sums(jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    """Per coordinate, the sums of the positive and of the negative entries of the rows.
+
+    Row by row into two ``[P]`` accumulators: no ``[T, P]`` temporary, so the Jacobian is read
+    from memory once and everything else stays in cache.
+    """
+    pos, neg = jacobian[0].clamp(min=0), jacobian[0].clamp(max=0)
+    if jacobian.shape[0] > 1:
+        tmp = torch.empty_like(pos)
+        for row in jacobian[1:]:
+            pos.add_(torch.clamp(row, min=0, out=tmp))
+            neg.add_(torch.clamp(row, max=0, out=tmp))
+    return pos, neg

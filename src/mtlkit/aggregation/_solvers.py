@@ -45,6 +45,8 @@ __all__ = [
 
 # relative tolerance of the active-set solvers on a Gramian scaled to max(diag) == 1
 _TOL = 1e-14
+# a norm computed from the Gramian (scaled to max(diag) == 1) below this is zero to round-off
+_ZERO_NORM = 1e-7
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -166,7 +168,9 @@ def _affine_minimizer(gram: np.ndarray) -> np.ndarray:
     return _solve(K, rhs)[:k]
 
 
-def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
+def min_norm_simplex(
+    gram: np.ndarray, *, max_iter: int | None = None, start: np.ndarray | None = None
+) -> np.ndarray:
     """Exact ``argmin_{w in simplex} w^T G w`` by Wolfe's min-norm-point algorithm.
 
     P. Wolfe, "Finding the nearest point in a polytope", Math. Programming 11, 1976. Written on
@@ -176,6 +180,9 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
 
     Args:
         gram: the Gramian ``G``, ``[T, T]`` symmetric positive semi-definite float64.
+        start: optional simplex weights to start from (a warm start: their support must be
+            affinely independent rows, e.g. the solution of a nearby problem, whose support is a
+            corral); by default the algorithm starts from the shortest row.
 
     Returns:
         ``[T]`` simplex weights. When every row is zero the uniform weights are returned.
@@ -186,9 +193,14 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
         return np.ones(1)
     if scale == 0.0:
         return np.full(n, 1.0 / n)
-    diag = np.diag(Gn)
-    support = [int(np.argmin(diag))]
-    lam = np.ones(1)
+    if start is None:
+        support = [int(np.argmin(np.diag(Gn)))]
+        lam = np.ones(1)
+    else:
+        support = [int(i) for i in np.flatnonzero(start > 0.0)]
+        lam = start[support] / start[support].sum()
+        if len(support) > 1:  # the affine minimizer of the old corral for this Gramian
+            support, lam = _minor_cycle(Gn, support, lam)
     for _ in range(max_iter or 50 * n + 50):
         Gx = Gn[:, support] @ lam
         xx = float(lam @ Gx[support])
@@ -196,31 +208,34 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
         if Gx[j] >= xx - _TOL or j in support:
             break
         support.append(j)
-        lam = np.append(lam, 0.0)
-        while True:  # minor cycle: at most len(support) removals
-            mu = _affine_minimizer(Gn[np.ix_(support, support)])
-            if np.all(mu > 0.0):
-                lam = mu
-                break
-            out = mu <= 0.0
-            gap = lam - mu
-            ratios = np.full(len(lam), np.inf)
-            ratios[out] = np.where(gap[out] > 0.0, lam[out] / np.where(gap[out] > 0.0, gap[out], 1.0), 0.0)
-            drop = int(np.argmin(ratios))
-            theta = float(ratios[drop])
-            lam = (1.0 - theta) * lam + theta * mu
-            lam[drop] = 0.0
-            keep = lam > 0.0
-            support = [s for s, k in zip(support, keep) if k]
-            lam = lam[keep] / lam[keep].sum()
-            if len(support) == 1:
-                lam = np.ones(1)
-                break
+        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0))
         if j not in support:  # round-off: the entering point was dropped at once, no progress left
             break
     w = np.zeros(n)
     w[support] = lam
     return w
+
+
+def _minor_cycle(gram: np.ndarray, support: list[int], lam: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Wolfe's minor cycle: move from ``lam`` toward the support's affine minimizer, dropping the
+    points whose weight reaches 0 (at most ``len(support)`` removals)."""
+    while True:
+        mu = _affine_minimizer(gram[np.ix_(support, support)])
+        if np.all(mu > 0.0):
+            return support, mu
+        out = mu <= 0.0
+        gap = lam - mu
+        ratios = np.full(len(lam), np.inf)
+        ratios[out] = np.where(gap[out] > 0.0, lam[out] / np.where(gap[out] > 0.0, gap[out], 1.0), 0.0)
+        drop = int(np.argmin(ratios))
+        theta = float(ratios[drop])
+        lam = (1.0 - theta) * lam + theta * mu
+        lam[drop] = 0.0
+        keep = lam > 0.0
+        support = [s for s, k in zip(support, keep) if k]
+        lam = lam[keep] / lam[keep].sum()
+        if len(support) == 1:
+            return support, np.ones(1)
 
 
 # --------------------------------------------------------------------------- lower-bounded QP
@@ -389,10 +404,13 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     if kappa <= 1e-12:
         return b, 0.0
     ones = np.ones(n)
+    cross = np.outer(a, ones) + np.outer(ones, a)  # shifted Gramian: Gn + beta cross + beta^2 g0g0 11^T
+    last: list[np.ndarray | None] = [None]  # the previous solution: its support (a corral) warm-starts the next
 
     def solve(beta: float) -> tuple[np.ndarray, float]:
-        shifted = Gn + beta * (np.outer(a, ones) + np.outer(ones, a)) + beta**2 * g0g0 * np.outer(ones, ones)
-        w = min_norm_simplex(shifted)
+        shifted = Gn + beta * cross + (beta**2 * g0g0)
+        w = min_norm_simplex(shifted, start=last[0])
+        last[0] = w
         return w, math.sqrt(max(float(w @ Gn @ w), 0.0))
 
     def q(beta: float) -> tuple[float, np.ndarray, float]:
@@ -433,8 +451,10 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     if hi <= 1e-13 / kappa:  # the root is beta = 0: the optimum is g_w = 0 (0 is in the hull)
         best = (0.0, min_norm_simplex(Gn), 0.0)
     _, w, norm = best
-    # g_w = 0 (to round-off): CAGrad's g_w / ||g_w|| is undefined there; the update is g_0
-    lam = kappa / norm if norm > 1e-10 else 0.0
+    # g_w = 0 (to round-off): CAGrad's g_w / ||g_w|| is undefined there; the update is g_0. The
+    # norm comes from the quadratic form w^T G w, whose round-off (~T eps, G scaled to max diag 1)
+    # puts the norm of a zero point near 1e-8: below 1e-7 the direction is noise
+    lam = kappa / norm if norm > _ZERO_NORM else 0.0
     return w, lam
 
 
