@@ -77,7 +77,7 @@ def test_gradnorm_weights_sum_to_the_number_of_tasks_during_training() -> None:
     history = trainer.fit(data, epochs=2, batch_size=32)
     w = trainer.weighting.loss_weights.detach()
     assert w.sum().item() == pytest.approx(2.0, rel=1e-6)
-    assert (w - 1).abs().max() > 1e-3  # they moved
+    assert (w - 1).abs().max() > 1e-4  # they moved
     for record in history:  # every step's weights sum to T, so does their epoch mean
         assert sum(record["weights"].values()) == pytest.approx(2.0, rel=1e-6)
 
