@@ -40,6 +40,7 @@ __all__ = [
     "task_slots",
     "to_device",
     "to_host",
+    "upgrad_weights",
     "work_dtype",
 ]
 
@@ -136,9 +137,15 @@ def task_slots(rows: Tensor, device: torch.device) -> tuple[slice | Tensor, int]
 
 def _solve(mat: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``mat x = b``; the minimum-norm least-squares solution when ``mat`` is singular."""
+    if mat.shape[0] == 1:  # the common 1 x 1 case without LAPACK's call overhead (same quotient)
+        if mat[0, 0] != 0.0:
+            x = b / mat[0, 0]
+            if np.isfinite(x).all():
+                return x
+        return np.linalg.lstsq(mat, b, rcond=None)[0]
     try:
         x = np.linalg.solve(mat, b)
-        if np.all(np.isfinite(x)):
+        if np.isfinite(x).all():
             return x
     except np.linalg.LinAlgError:
         pass
@@ -262,27 +269,46 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
     Gn, scale = _scaled(gram)
     if scale == 0.0:
         return u.astype(np.float64).copy()
-    Gu = Gn @ u
+    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10)
+
+
+def upgrad_weights(gram: np.ndarray) -> np.ndarray:
+    """UPGrad's weights ``(1/T) sum_i v_i`` with ``v_i = argmin_{v >= e_i} v^T G v`` (one
+    :func:`nnls_lower_bound` per row, sharing the scaling of ``G``)."""
+    n = gram.shape[0]
+    Gn, scale = _scaled(gram)
+    if scale == 0.0:
+        return np.full(n, 1.0 / n)
+    total = np.eye(n).sum(0)  # sum_i e_i
+    for i in range(n):
+        total += _nnls_scaled(Gn, Gn[:, i].copy(), 10 * n + 10)  # G e_i = column i
+    return total / n
+
+
+def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  # noqa: N803
+    """The Lawson-Hanson loop of :func:`nnls_lower_bound`: ``y >= 0`` minimising
+    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``."""
+    n = Gu.shape[0]
     y = np.zeros(n)
     free = np.zeros(n, dtype=bool)
-    for _ in range(max_iter or 10 * n + 10):
+    for _ in range(max_iter):
         dual = -(Gu + Gn @ y)
         dual[free] = -np.inf
-        j = int(np.argmax(dual))
+        j = int(dual.argmax())
         if dual[j] <= _TOL:
             break
         free[j] = True
         while True:
-            idx = np.flatnonzero(free)
+            idx = free.nonzero()[0]
             z = np.zeros(n)
-            z[idx] = _solve(Gn[np.ix_(idx, idx)], -Gu[idx])
-            if np.all(z[idx] > 0.0):
+            z[idx] = _solve(Gn[idx[:, None], idx], -Gu[idx])
+            if (z[idx] > 0.0).all():
                 y = z
                 break
             out = free & (z <= 0.0)
             ratios = np.full(n, np.inf)
             ratios[out] = y[out] / (y[out] - z[out])
-            drop = int(np.argmin(ratios))
+            drop = int(ratios.argmin())
             alpha = float(ratios[drop])
             y = y + alpha * (z - y)
             y[drop] = 0.0
@@ -290,10 +316,10 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
             y[~free] = 0.0
             if not free.any():
                 break
-        if not free.any() and np.all(y == 0.0):
+        if not free.any() and not y.any():
             # the entering variable was pushed straight back out: nothing more to gain
             break
-    return u + y
+    return y
 
 
 # --------------------------------------------------------------------------- Nash bargaining
