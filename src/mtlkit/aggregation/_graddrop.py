@@ -30,8 +30,9 @@ class GradDrop(Aggregator):
     Args:
         leak: the paper's leak ``l`` in ``[0, 1]`` (default 0: full sign dropout; 1 gives the sum).
 
-    Cost: a few elementwise passes over the ``[T, P]`` Jacobian and ``P`` random numbers; no
-    Gramian, no host synchronisation.
+    Cost: one pass over the ``[T, P]`` Jacobian (row by row into two ``[P]`` sums, no ``[T, P]``
+    temporary), ``P`` random numbers and about ten elementwise passes over ``P``; no Gramian,
+    no host synchronisation.
 
     Departures from the paper and LibMTL: (1) the purity is computed per coordinate of the
     rows (parameters, or the flattened representation): the aggregator sees neither the
