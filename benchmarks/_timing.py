@@ -43,13 +43,16 @@ def sample_interleaved(
     warmup: int,
     device: str = "cpu",
     seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, one sample per round (``repeats`` rounds).
 
     Every round runs each function ``steps`` times, in a fresh random order (seeded), so that
     neither drift nor a fixed neighbour (caches, allocator state) favours one variant. Compare
     variants by the per-round ratios (:func:`paired_ratios`): both samples of a pair come from
-    the same round, so slow phases of a shared machine cancel out.
+    the same round, so slow phases of a shared machine cancel out. ``clock`` is wall time by
+    default; ``time.process_time`` (CPU time of the process) ignores the time the process waits
+    for a core on a machine busy with other work (use it with one thread).
     """
     import random
 
@@ -65,11 +68,11 @@ def sample_interleaved(
         for name in names:
             fn = fns[name]
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(steps):
                 fn()
             sync(device)
-            samples[name].append((time.perf_counter() - t0) / steps)
+            samples[name].append((clock() - t0) / steps)
     return samples
 
 

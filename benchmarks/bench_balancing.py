@@ -26,6 +26,7 @@ import argparse
 import fnmatch
 import platform
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -103,6 +104,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="rounds (one sample of every variant per round)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="3 steps x 5 rounds: a smoke run, not a measurement")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or the process's CPU time (ignores waiting for a core on a busy machine; use with "
+        "--threads 1)",
+    )
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--input", type=int, default=128)
     ap.add_argument("--models", default="mmoe,shared_bottom")
@@ -120,7 +128,7 @@ def main() -> None:
 
     print(
         f"# torch {torch.__version__}, {platform.machine()}, device={dev}, threads={torch.get_num_threads()}, "
-        f"batch={args.batch}, input={args.input}, {args.steps} steps x {args.repeats} rounds"
+        f"batch={args.batch}, input={args.input}, {args.steps} steps x {args.repeats} rounds, {args.clock} clock"
     )
     print(
         "# ratios: median over rounds of (method time / baseline time in the same round), "
@@ -160,7 +168,12 @@ def main() -> None:
                         build(kind, tasks, args.input, dev), tasks, x, targets, aggregator=a, target=target
                     )
             samples = sample_interleaved(
-                fns, steps=args.steps, repeats=args.repeats, warmup=args.warmup, device=dev
+                fns,
+                steps=args.steps,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                device=dev,
+                clock=time.process_time if args.clock == "cpu" else time.perf_counter,
             )
             by_equal, by_floor = paired_ratios(samples, "equal"), paired_ratios(samples, "floor")
             eq, fl = statistics.median(samples["equal"]), statistics.median(samples["floor"])
