@@ -412,8 +412,12 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     problem for a fixed ``t = c ||g_0|| beta`` is the min-norm point of the shifted rows
     ``g_i + beta g_0`` (solved exactly by :func:`min_norm_simplex` on the shifted Gramian), and
     the optimal ``beta`` is the root of ``||g_w(beta)|| = c ||g_0|| beta``; this ratio crosses 1
-    once (``h(t)`` is convex), so a bracketing Illinois (regula falsi) search finds it to
-    machine precision.
+    once (``h(t)`` is convex), so a bracketing search finds it to machine precision. While the
+    support of the min-norm point stays the same, its weights are affine in ``beta`` (the shift
+    only moves the right-hand side of the affine minimizer's linear system), so
+    ``||g_w(beta)||^2`` is a quadratic and the root on that face has a closed form: each step
+    tries it (verified by the next solve; usually the answer after two solves) and falls back
+    to an Illinois (regula falsi) or bisection step when it leaves the bracket.
 
     Returns:
         ``(w*, lam)`` with ``lam = c ||g_0|| / ||g_w*||`` (0 when ``g_w* = 0`` or ``c ||g_0|| = 0``),
@@ -445,21 +449,54 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
         ratio = norm / (kappa * beta)
         return (math.log(ratio) if ratio > 0.0 else -math.inf), w, norm
 
+    def face_root(w: np.ndarray, near: float, lo: float, hi: float) -> float | None:
+        # on the face of w's support S the weights are mu0 + beta mu1 (the affine minimizer's
+        # system [G_SS 1; 1^T 0] [mu; l] = [-beta a_S; 1]), so ||g_w||^2 = q0 + 2 q1 beta + q2 beta^2
+        S = np.flatnonzero(w > 0.0)
+        k = len(S)
+        G_S = Gn[np.ix_(S, S)]
+        K = np.zeros((k + 1, k + 1))
+        K[:k, :k] = G_S
+        K[:k, k] = K[k, :k] = 1.0
+        rhs = np.zeros((k + 1, 2))
+        rhs[k, 0] = 1.0
+        rhs[:k, 1] = -a[S]
+        m = _solve(K, rhs)[:k]
+        Gm = G_S @ m
+        q0, q1, q2 = float(m[:, 0] @ Gm[:, 0]), float(m[:, 0] @ Gm[:, 1]), float(m[:, 1] @ Gm[:, 1])
+        A, B, C = q2 - kappa * kappa, 2.0 * q1, q0  # ||g_w||^2 = kappa^2 beta^2
+        if A == 0.0:
+            roots = [-C / B] if B != 0.0 else []
+        else:
+            disc = B * B - 4.0 * A * C
+            if not disc >= 0.0:
+                return None
+            half = -0.5 * (B + math.copysign(math.sqrt(disc), B))  # stable quadratic roots
+            roots = [half / A] + ([C / half] if half != 0.0 else [])
+        inside = [r for r in roots if lo < r < hi]
+        return min(inside, key=lambda r: abs(r - near)) if inside else None
+
     lo, hi = 0.0, 1.0 / kappa  # ||g_w|| <= max row norm = 1, so q(hi) <= 0 < q(0+)
     q_lo = math.inf
     q_hi, w_hi, n_hi = q(hi)
     best = (abs(q_hi), w_hi, n_hi)
     side = 0
-    for _ in range(max_iter):
+    at, w_at = hi, w_hi  # the last solve: its face gives the next guess
+    for it in range(max_iter):
         if best[0] <= 1e-13 or hi - lo <= 1e-13 * hi or hi <= 1e-13 / kappa:
             break
-        if math.isfinite(q_lo) and math.isfinite(q_hi):
-            mid = (lo * q_hi - hi * q_lo) / (q_hi - q_lo)  # regula falsi (Illinois)
-            if not lo < mid < hi:
+        # closed-form guesses while they are inside the bracket (at most 8: the bracket then
+        # shrinks by the guaranteed Illinois / bisection steps alone)
+        mid = face_root(w_at, at, lo, hi) if it < 8 else None
+        if mid is None:
+            if math.isfinite(q_lo) and math.isfinite(q_hi):
+                mid = (lo * q_hi - hi * q_lo) / (q_hi - q_lo)  # regula falsi (Illinois)
+                if not lo < mid < hi:
+                    mid = 0.5 * (lo + hi)
+            else:
                 mid = 0.5 * (lo + hi)
-        else:
-            mid = 0.5 * (lo + hi)
         q_mid, w_mid, n_mid = q(mid)
+        at, w_at = mid, w_mid
         if abs(q_mid) < best[0]:
             best = (abs(q_mid), w_mid, n_mid)
         if q_mid > 0.0:
