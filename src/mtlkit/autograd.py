@@ -230,6 +230,28 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
+def _accumulate_all(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
+    """:func:`_accumulate` every ``(param, grad)``; the parameters without a gradient yet get views
+    of one copy of all their gradients (one copy instead of one per parameter)."""
+    fresh: list[tuple[Tensor, Tensor]] = []
+    rest: list[tuple[Tensor, Tensor]] = []
+    seen: set[int] = set()
+    for p, g in pairs:
+        if p.grad is None and id(p) not in seen and g.dtype == p.dtype and g.device == pairs[0][1].device:
+            fresh.append((p, g))
+            seen.add(id(p))
+        else:  # already has a gradient, listed twice (owned by two tasks), or another dtype/device
+            rest.append((p, g))
+    if len(fresh) > 1:
+        flat = torch.cat([g.detach().reshape(-1) for _, g in fresh])
+        for (p, _), part in zip(fresh, flat.split([g.numel() for _, g in fresh])):
+            p.grad = part.view_as(p)
+    elif fresh:
+        rest.insert(0, fresh[0])
+    for p, g in rest:
+        _accumulate(p, g)
+
+
 def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int]) -> None:
     """Write the flattened ``grads`` (``None``: zeros) side by side into ``dest`` (one copy)."""
     if len(grads) > 1 and all(g is not None for g in grads):
@@ -300,12 +322,13 @@ def _gradient_backward(
     else:
         jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
     own_grads: list[list[Tensor | None]] = []
+    coefs = coef.to(vec.dtype).unbind(0)
     for row, i in enumerate(keep):
         loss_i = items[i] if items is not None else vec[i]
         grads = torch.autograd.grad(
             loss_i,
             [*targets, *own[i]],
-            grad_outputs=coef[i].to(loss_i.dtype),
+            grad_outputs=coefs[i].to(loss_i.dtype),
             retain_graph=True,
             allow_unused=True,
         )
@@ -337,11 +360,14 @@ def _gradient_backward(
         else:
             vector = jac.sum(0)
             row_weights = torch.ones(len(keep), dtype=w.dtype, device=w.device)
-        effective[keep] = w[keep] * row_weights.to(w.device)
-        for i, grads in zip(keep, own_grads):  # each task's own parameters: its weighted loss gradient
-            for p, g in zip(own[i], grads):
-                if g is not None:
-                    _accumulate(p, g)
+        if len(keep) == T:
+            effective = w * row_weights.to(w.device)
+        else:
+            effective[keep] = w[keep] * row_weights.to(w.device)
+        # each task's own parameters: the gradient of its weighted loss
+        _accumulate_all(
+            [(p, g) for i, grads in zip(keep, own_grads) for p, g in zip(own[i], grads) if g is not None]
+        )
         if aux_total is not None:
             aux_total.backward(retain_graph=True)
         if representation is not None:

@@ -209,3 +209,29 @@ def test_shared_gradients_add_to_existing_grads_and_are_independent_tensors() ->
     mtlkit.backward(mtlkit.task_losses(TASKS, model(x), targets), aggregator=Sum(), model=model)
     for p, w in zip(model.parameters(), want):
         torch.testing.assert_close(p.grad, w + 1)
+
+
+def test_a_parameter_owned_by_two_tasks_gets_both_gradients() -> None:
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(4, 3).double()
+    head_a, head_b = torch.nn.Linear(3, 1).double(), torch.nn.Linear(3, 1).double()
+    both = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))  # used by both heads
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+
+    def losses() -> list[torch.Tensor]:
+        h = shared(x)
+        return [((head_a(h).squeeze(1) * both - y) ** 2).mean(), ((head_b(h).squeeze(1) + both - y) ** 2).mean()]
+
+    params = [*shared.parameters(), *head_a.parameters(), *head_b.parameters(), both]
+    torch.stack(losses()).sum().backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    mtlkit.backward(
+        losses(),
+        aggregator=Sum(),
+        shared_params=list(shared.parameters()),
+        task_params=[[*head_a.parameters(), both], [*head_b.parameters(), both]],
+    )
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w)
