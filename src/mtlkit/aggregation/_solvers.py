@@ -493,6 +493,10 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
                 mid = (lo * q_hi - hi * q_lo) / (q_hi - q_lo)  # regula falsi (Illinois)
                 if not lo < mid < hi:
                     mid = 0.5 * (lo + hi)
+            elif lo == 0.0:
+                # probe the smallest beta that counts: q <= 0 there puts the root at 0 (0 in the
+                # hull, so g_w* = 0), otherwise it gives a finite lower end for the bracket
+                mid = min(0.5 * hi, 1e-13 / kappa)
             else:
                 mid = 0.5 * (lo + hi)
         q_mid, w_mid, n_mid = q(mid)
