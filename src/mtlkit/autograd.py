@@ -230,30 +230,11 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
-def _accumulate_all(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
-    """:func:`_accumulate` every ``(param, grad)``; the parameters without a gradient yet get views
-    of one copy of all their gradients (one copy instead of one per parameter)."""
-    fresh: list[tuple[Tensor, Tensor]] = []
-    rest: list[tuple[Tensor, Tensor]] = []
-    seen: set[int] = set()
-    for p, g in pairs:
-        if p.grad is None and id(p) not in seen and g.dtype == p.dtype and g.device == pairs[0][1].device:
-            fresh.append((p, g))
-            seen.add(id(p))
-        else:  # already has a gradient, listed twice (owned by two tasks), or another dtype/device
-            rest.append((p, g))
-    if len(fresh) > 1:
-        flat = torch.cat([g.detach().reshape(-1) for _, g in fresh])
-        for (p, _), part in zip(fresh, flat.split([g.numel() for _, g in fresh])):
-            p.grad = part.view_as(p)
-    elif fresh:
-        rest.insert(0, fresh[0])
-    for p, g in rest:
-        _accumulate(p, g)
-
-
 def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int]) -> None:
     """Write the flattened ``grads`` (``None``: zeros) side by side into ``dest`` (one copy)."""
+    if len(grads) == 1 and grads[0] is not None:  # e.g. the representation
+        dest.copy_(grads[0].reshape(-1))
+        return
     if len(grads) > 1 and all(g is not None for g in grads):
         torch.cat([g.reshape(-1) for g in grads], out=dest)  # type: ignore[union-attr]
         return
@@ -364,10 +345,10 @@ def _gradient_backward(
             effective = w * row_weights.to(w.device)
         else:
             effective[keep] = w[keep] * row_weights.to(w.device)
-        # each task's own parameters: the gradient of its weighted loss
-        _accumulate_all(
-            [(p, g) for i, grads in zip(keep, own_grads) for p, g in zip(own[i], grads) if g is not None]
-        )
+        for i, grads in zip(keep, own_grads):  # each task's own parameters: its weighted loss gradient
+            for p, g in zip(own[i], grads):
+                if g is not None:
+                    _accumulate(p, g)
         if aux_total is not None:
             aux_total.backward(retain_graph=True)
         if representation is not None:
