@@ -15,9 +15,13 @@ representation-level <= 1.6x equal at T = 8.
 
 Timing: every round runs each variant ``--steps`` steps in a random order; a ratio is the
 median over rounds of (variant / baseline) within the same round, shown with its 25th-75th
-percentile range, so load changes on a shared machine cancel out.
+percentile range, so load changes on a shared machine cancel out. On a CPU shared with other
+work, use one thread and the CPU clock (``--threads 1 --clock cpu``): with two threads on two
+busy cores every parallel operation waits for its descheduled thread, which measures the
+scheduler, not the code (benchmarks/RESULTS.md).
 
     python benchmarks/bench_balancing.py [--device cuda] [--threads 2] [--steps 10] [--repeats 15]
+    python benchmarks/bench_balancing.py --threads 1 --clock cpu --steps 5 --repeats 31   # the recorded table
     python benchmarks/bench_balancing.py --quick --models mmoe --tasks 2 --methods 'mgda,pcgrad'
 """
 
