@@ -35,12 +35,15 @@ class FAMO(LossWeighting):
     ``min_losses`` m = 0. ``update``: ``"same_batch"`` (the authors' code) recomputes the losses
     on the same batch after the step, costing one extra forward pass (no backward);
     ``"next_batch"`` uses the next step's losses (another batch, so a noisier δ) as "after" and
-    costs nothing extra. Cost: O(T) per step (+ the extra forward for ``same_batch``).
+    costs nothing extra. Cost: O(T) per step, on host floats (the ``T`` losses are read once per
+    step; the extra forward of ``same_batch`` is one training-step forward without backward,
+    about 1.3-1.5x the step time of equal weighting in ``benchmarks/bench_balancing.py``).
     Departures from the authors' code: (1) their ``backward`` also clips the
     shared gradients to norm 1 (``max_norm``); here gradient clipping is the trainer's
     ``grad_clip_norm`` (set it to 1.0 to match); (2) the Adam update of the logits is written out
     in buffers (same formulas as ``torch.optim.Adam``) so it is saved in checkpoints; (3) tasks
-    without labels in the batch are left out of the softmax and of the logit update.
+    without labels in the batch are left out of the softmax and of the logit update (a batch
+    without any label gives the objective 0).
     """
 
     requires_post_step_losses = True
