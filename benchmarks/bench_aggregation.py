@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import time
 
 import torch
 
-from _timing import time_interleaved
+from _timing import sample_interleaved
 from mtlkit import Task
 from mtlkit.aggregation import AGGREGATORS
 from mtlkit.state import TrainState
@@ -29,6 +31,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="wall time or process CPU time (busy machines)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -40,10 +45,15 @@ def main() -> None:
     state = TrainState(generator=torch.Generator().manual_seed(0))
     aggs = {name: AGGREGATORS.build(name, tasks=tasks).to(args.device) for name in AGGREGATORS.names()}
     fns = {name: (lambda a=a: a.aggregate(J, state=state)) for name, a in aggs.items()}
-    times = time_interleaved(fns, steps=args.steps, repeats=args.repeats, warmup=2, device=args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    samples = sample_interleaved(
+        fns, steps=args.steps, repeats=args.repeats, warmup=2, device=args.device, clock=clock
+    )
+    times = {k: statistics.median(v) for k, v in samples.items()}
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(
-        f"T={args.tasks} P={args.params:,} {args.dtype} on {args.device} ({where}), {torch.get_num_threads()} threads"
+        f"T={args.tasks} P={args.params:,} {args.dtype} on {args.device} ({where}), {torch.get_num_threads()} threads, "
+        f"{args.clock} clock"
     )
     base = times["mean"]
     print(f"{'aggregator':<12} {'ms/step':>9} {'x mean':>8}")

@@ -32,7 +32,7 @@ from mtlkit.state import TrainState
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
-__all__ = ["BackwardResult", "GradientTarget", "backward"]
+__all__ = ["BackwardResult", "GradientTarget", "GradientWorkspace", "backward"]
 
 GradientTarget = Literal["parameters", "representation"]
 _LOG_EPS = 1e-8
@@ -54,6 +54,38 @@ class BackwardResult(NamedTuple):
     weights: Tensor
     losses: Tensor
     aggregator_weights: Tensor | None = None
+
+
+class GradientWorkspace:
+    """Memory that :func:`backward` reuses from one step to the next.
+
+    A training loop calls :func:`backward` with the same shapes every step. With a workspace,
+    the ``[T, P]`` Jacobian of gradient-level methods is written into the same memory each
+    step instead of a fresh tensor: on a CPU, the first touch of a fresh multi-megabyte tensor
+    (page faults) costs about as much as the copy into it. The :class:`~mtlkit.Trainer` keeps
+    one; a hand-written loop can create one and pass it on every call. The buffer grows to the
+    largest Jacobian seen and is then kept (``T x P`` numbers): call :meth:`clear` to free it.
+
+    The Jacobian handed to an aggregator or a weighting is then a view of this buffer, valid
+    during the call only: a method must not keep it (or a view of it) for later steps, but copy
+    what it keeps (every method in mtlkit does).
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def jacobian(self, rows: int, cols: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised ``[rows, cols]`` tensor in the reused buffer."""
+        n = rows * cols
+        buf = self._buffer
+        if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < n:
+            buf = self._buffer = None  # free the old buffer before allocating the new one
+            buf = self._buffer = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(rows, cols)
+
+    def clear(self) -> None:
+        """Free the buffer."""
+        self._buffer = None
 
 
 def _as_vector(
@@ -100,6 +132,7 @@ def backward(
     aux: Mapping[str, Tensor] | Tensor | None = None,
     present: Tensor | None = None,
     state: TrainState | None = None,
+    workspace: GradientWorkspace | None = None,
 ) -> BackwardResult:
     """Differentiate the balanced multi-task objective and accumulate ``.grad``.
 
@@ -122,6 +155,8 @@ def backward(
         present: ``[T]`` bool, False for tasks without a label in the batch (taken from
             ``TaskLosses`` when given one).
         state: training progress for methods that depend on it.
+        workspace: a :class:`GradientWorkspace` whose memory gradient-level methods reuse for
+            the Jacobian (pass the same one every step; default: a fresh tensor per call).
 
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
@@ -159,6 +194,7 @@ def backward(
         aux_total,
         present,
         state,
+        workspace,
     )
 
 
@@ -197,6 +233,37 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
+def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int]) -> None:
+    """Write the flattened ``grads`` (``None``: zeros) side by side into ``dest`` (one copy)."""
+    if len(grads) == 1 and grads[0] is not None:  # e.g. the representation
+        dest.copy_(grads[0].reshape(-1))
+        return
+    if len(grads) > 1 and all(g is not None for g in grads):
+        torch.cat([g.reshape(-1) for g in grads], out=dest)  # type: ignore[union-attr]
+        return
+    for g, part in zip(grads, dest.split(list(sizes))):
+        if g is None:
+            part.zero_()
+        else:
+            part.copy_(g.reshape(-1))
+
+
+def _accumulate_flat(params: Sequence[Tensor], vector: Tensor, sizes: Sequence[int]) -> None:
+    """Add the consecutive slices of ``vector`` to the parameters' ``.grad``.
+
+    When no parameter has a gradient yet (the usual case after ``zero_grad(set_to_none=True)``)
+    and all share ``vector``'s dtype, ``vector`` is copied once and each ``.grad`` becomes a view
+    of that copy, instead of one copy per parameter.
+    """
+    if all(p.grad is None and p.dtype == vector.dtype for p in params):
+        flat = vector.detach().clone()
+        for p, g in zip(params, flat.split(list(sizes))):
+            p.grad = g.view_as(p)
+        return
+    for p, g in zip(params, vector.split(list(sizes))):
+        _accumulate(p, g.reshape_as(p).to(p.dtype))
+
+
 def _gradient_backward(
     vec: Tensor,
     items: tuple[Tensor, ...] | None,
@@ -209,6 +276,7 @@ def _gradient_backward(
     aux_total: Tensor | None,
     present: Tensor | None,
     state: TrainState | None,
+    workspace: GradientWorkspace | None,
 ) -> BackwardResult:
     names = weighting.task_names
     T = vec.shape[0]
@@ -233,25 +301,22 @@ def _gradient_backward(
         coef = coef * out.weights.detach().to(coef.dtype)
     # one retained backward pass per labelled task, from the task's own scalar (never vec[k]:
     # that would walk every task's graph), into a [K, P] Jacobian of the kept rows only
-    jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+    if workspace is not None:
+        jac = workspace.jacobian(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+    else:
+        jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
     own_grads: list[list[Tensor | None]] = []
+    coefs = coef.to(vec.dtype).unbind(0)
     for row, i in enumerate(keep):
         loss_i = items[i] if items is not None else vec[i]
         grads = torch.autograd.grad(
             loss_i,
             [*targets, *own[i]],
-            grad_outputs=coef[i].to(loss_i.dtype),
+            grad_outputs=coefs[i].to(loss_i.dtype),
             retain_graph=True,
             allow_unused=True,
         )
-        offset = 0
-        for g, n in zip(grads[: len(targets)], sizes):
-            dest = jac[row, offset : offset + n]
-            if g is None:
-                dest.zero_()
-            else:
-                dest.copy_(g.reshape(-1))
-            offset += n
+        _write_row(jac[row], grads[: len(targets)], sizes)
         own_grads.append(list(grads[len(targets) :]))
     if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
         full = jac
@@ -283,7 +348,10 @@ def _gradient_backward(
         else:
             vector = jac.sum(0)
             row_weights = torch.ones(len(keep), dtype=w.dtype, device=w.device)
-        effective[keep] = w[keep] * row_weights.to(w.device)
+        if len(keep) == T:
+            effective = w * row_weights.to(w.device)
+        else:
+            effective[keep] = w[keep] * row_weights.to(w.device)
         for i, grads in zip(keep, own_grads):  # each task's own parameters: its weighted loss gradient
             for p, g in zip(own[i], grads):
                 if g is not None:
@@ -293,8 +361,7 @@ def _gradient_backward(
         if representation is not None:
             representation.backward(vector.reshape_as(representation).to(representation.dtype))
         else:
-            for p, g in zip(shared, vector.split(sizes)):
-                _accumulate(p, g.reshape_as(p).to(p.dtype))
+            _accumulate_flat(shared, vector, sizes)
     elif aux_total is not None:
         aux_total.backward()
     return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights)

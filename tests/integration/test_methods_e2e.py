@@ -7,11 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
+import mtlkit
 from mtlkit.config import apply_overrides, load_preset, resolve
 from mtlkit.experiment import run_experiment
-from mtlkit.registries import AGGREGATORS, WEIGHTINGS
+from mtlkit.registries import AGGREGATORS, MODELS, WEIGHTINGS
 
 EXTRA = {"static": ["weighting.weights={y1: 1.0, y2: 0.5}"]}
 SMALL = [
@@ -53,3 +55,55 @@ def test_every_aggregator_trains_the_default_preset(name: str, target: str, tmp_
 
 def test_gradnorm_on_the_representation(tmp_path: Path) -> None:
     assert_finite(run(tmp_path, ["weighting.name=gradnorm", "trainer.gradient_target=representation"]))
+
+
+def test_famo_next_batch_trains_the_default_preset(tmp_path: Path) -> None:
+    assert_finite(run(tmp_path, ["weighting.name=famo", "weighting.update=next_batch"]))
+
+
+# ------------------------------------------------------------------ the trainer drives the weightings as their papers say
+
+
+def _trainer(weighting_name: str, **params: object) -> tuple[mtlkit.data.MultiTaskDataset, mtlkit.Trainer]:
+    data = mtlkit.data.synthetic_correlation(128, 0.5, dim=8, seed=0)
+    torch.manual_seed(0)
+    model = MODELS.build("shared_bottom", input_dim=8, tasks=data.tasks)
+    weighting = WEIGHTINGS.build(weighting_name, tasks=data.tasks, **params)
+    return data, mtlkit.Trainer(model, data.tasks, weighting=weighting, progress=False)
+
+
+def test_gradnorm_weights_sum_to_the_number_of_tasks_during_training() -> None:
+    data, trainer = _trainer("gradnorm", alpha=1.5)
+    history = trainer.fit(data, epochs=2, batch_size=32)
+    w = trainer.weighting.loss_weights.detach()
+    assert w.sum().item() == pytest.approx(2.0, rel=1e-6)
+    assert (w - 1).abs().max() > 1e-4  # they moved
+    for record in history:  # every step's weights sum to T, so does their epoch mean
+        assert sum(record["weights"].values()) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_dwa_is_uniform_for_two_epochs_then_follows_the_loss_ratios() -> None:
+    data, trainer = _trainer("dwa", temperature=2.0)
+    history = trainer.fit(data, epochs=3, batch_size=32)
+    assert history[0]["weights"] == {"y1": 1.0, "y2": 1.0}
+    assert history[1]["weights"] == {"y1": 1.0, "y2": 1.0}
+    l1, l2 = history[0]["train"], history[1]["train"]
+    r = [l2[t] / l1[t] / 2.0 for t in ("y1", "y2")]
+    expected = [2 * math.exp(v) / sum(math.exp(u) for u in r) for v in r]
+    assert list(history[2]["weights"].values()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_famo_same_batch_updates_its_logits_from_the_losses_after_the_step() -> None:
+    """One trainer step against the update written out: log D before the step, log D of the
+    same batch after it, one Adam step of the logits on softmax's Jacobian times the drop."""
+    data, trainer = _trainer("famo", gamma=0.01, w_lr=0.025)
+    batch = next(iter(mtlkit.data.TensorBatchLoader(data, 64, shuffle=False)))
+    before = trainer.train_step(batch).losses.losses.detach()
+    with torch.no_grad():
+        after = mtlkit.task_losses(data.tasks, trainer.model(batch.inputs), batch.targets).losses
+    delta = torch.log(before + 1e-8) - torch.log(after + 1e-8)
+    z = torch.softmax(torch.zeros(2), 0)
+    grad = z * (delta - (z * delta).sum())  # + gamma * logits (= 0 at the first step)
+    m, v = 0.1 * grad, 0.001 * grad**2
+    expected = -0.025 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8)
+    torch.testing.assert_close(trainer.weighting.logits, expected, rtol=1e-5, atol=1e-7)

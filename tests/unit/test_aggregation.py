@@ -459,6 +459,20 @@ def test_cagrad_solves_its_primal_and_dual(c: float, k: int) -> None:
         np.testing.assert_allclose((Jn @ d).min(), f_star, rtol=1e-7)  # strong duality
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_cagrad_at_a_pareto_stationary_point_with_c_above_one_returns_the_mean(seed: int) -> None:
+    """When 0 is in the convex hull of the rows and c > 1, the dual's minimum is at g_w = 0
+    (F(w) >= ||g_w|| ||g0|| (c - 1)), where CAGrad's update is g0: the round-off of a zero
+    min-norm point must not be taken for a direction (it gave updates of size ~c ||g0||)."""
+    g = torch.Generator().manual_seed(seed)
+    k = 5 + seed % 3
+    J = torch.randn(k, 3, generator=g, dtype=torch.float64)
+    J[-1] = -(torch.rand(k - 1, generator=g, dtype=torch.float64) + 0.1) @ J[:-1]  # 0 in the hull
+    J[-1] /= J[-1].norm() / 2  # a non-negative combination still vanishes
+    out = CAGrad(c=5.0, rescale=0).aggregate(J)
+    torch.testing.assert_close(out.vector, J.mean(0), rtol=1e-9, atol=1e-12)
+
+
 def test_cagrad_rescale_options_divide_as_the_authors_code() -> None:
     J = randj(3, 5)
     d = CAGrad(c=0.7, rescale=0).aggregate(J).vector

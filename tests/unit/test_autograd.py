@@ -161,3 +161,77 @@ def test_trainer_with_an_aggregator_trains(target: str) -> None:
     hist = t.fit(data, epochs=3, batch_size=64)
     assert t.evaluate(data)["y1"]["mse"] < before
     assert hist[-1]["weights"] == pytest.approx({"y1": 0.5, "y2": 0.5})
+
+
+def test_a_workspace_reuses_the_jacobian_memory_and_changes_no_gradient() -> None:
+    model, x, targets = setup("mmoe")
+    weighting = StaticWeighting(TASKS, [2.0, 0.5, 1.0])
+    ws = mtlkit.autograd.GradientWorkspace()
+    seen = []
+
+    class Spy(Aggregator):
+        def combine(self, jacobian, state, rows):
+            seen.append(jacobian.data_ptr())
+            return Aggregation(jacobian.sum(0), torch.ones(jacobian.shape[0], dtype=jacobian.dtype))
+
+    for tgts in (targets, targets, {**targets, "b": torch.full((16,), float("nan"), dtype=torch.float64)}):
+        want = reference(model, x, {k: v for k, v in tgts.items() if not v.isnan().any()}, (2.0, 0.5, 1.0))
+        for workspace in (None, ws):
+            model.zero_grad(set_to_none=True)
+            tl = mtlkit.task_losses(TASKS, model(x), tgts)
+            mtlkit.backward(tl, weighting=weighting, aggregator=Spy(), model=model, workspace=workspace)
+            for g, w in zip(grads(model), want):
+                torch.testing.assert_close(g, w)
+    # the three calls with the workspace (3, 3 and 2 rows) used the same memory
+    assert seen[1] == seen[3] == seen[5]
+    ws.clear()
+    assert ws._buffer is None
+
+
+def test_shared_gradients_add_to_existing_grads_and_are_independent_tensors() -> None:
+    model, x, targets = setup()
+    want = reference(model, x, targets)
+    shared = model.shared_parameters()
+    model.zero_grad(set_to_none=True)
+    mtlkit.backward(mtlkit.task_losses(TASKS, model(x), targets), aggregator=Sum(), model=model)
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w)
+    # in-place work on one gradient (clipping, an optimizer) leaves the others alone
+    before = [p.grad.clone() for p in shared]
+    shared[0].grad.mul_(0.0)
+    for p, b in zip(shared[1:], before[1:]):
+        torch.testing.assert_close(p.grad, b)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+    # a second backward without zero_grad accumulates, as autograd does
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    mtlkit.backward(mtlkit.task_losses(TASKS, model(x), targets), aggregator=Sum(), model=model)
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w + 1)
+
+
+def test_a_parameter_owned_by_two_tasks_gets_both_gradients() -> None:
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(4, 3).double()
+    head_a, head_b = torch.nn.Linear(3, 1).double(), torch.nn.Linear(3, 1).double()
+    both = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))  # used by both heads
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+
+    def losses() -> list[torch.Tensor]:
+        h = shared(x)
+        return [((head_a(h).squeeze(1) * both - y) ** 2).mean(), ((head_b(h).squeeze(1) + both - y) ** 2).mean()]
+
+    params = [*shared.parameters(), *head_a.parameters(), *head_b.parameters(), both]
+    torch.stack(losses()).sum().backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    mtlkit.backward(
+        losses(),
+        aggregator=Sum(),
+        shared_params=list(shared.parameters()),
+        task_params=[[*head_a.parameters(), both], [*head_b.parameters(), both]],
+    )
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w)

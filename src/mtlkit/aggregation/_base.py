@@ -37,6 +37,10 @@ class Aggregator(nn.Module, ABC):
     smaller than the number of tasks: ``rows`` (a CPU long tensor) then says which task each
     row belongs to, for methods that keep per-task state (``None`` means rows ``0..K-1``).
 
+    The Jacobian is valid during the call only: the Trainer writes every step's Jacobian into
+    the same memory (:class:`mtlkit.autograd.GradientWorkspace`), so a method copies what it
+    keeps for later steps (as DB-MTL's EMA does) and never stores the tensor or a view of it.
+
     Class attributes:
         loss_transform: ``"log"`` when the method differentiates ``log L_k`` instead of ``L_k``
             (DB-MTL); :func:`mtlkit.backward` applies it by scaling row ``k`` by ``1 / L_k``.

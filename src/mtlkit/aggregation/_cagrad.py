@@ -45,11 +45,13 @@ class CAGrad(Aggregator):
             2 ``d / (1 + c)``.
 
     Cost: one ``T x T`` Gramian, one device-to-host copy, and about 10 exact min-norm solves
-    on shifted ``T x T`` Gramians.
+    on shifted ``T x T`` Gramians (each warm-started from the previous one's support).
 
     Departures from the authors' code: (1) ``scipy.optimize.minimize`` (SLSQP from the uniform
     start, with ``+1e-8`` inside the square root and in ``lambda``'s denominator) is replaced by
-    the exact solve above; when ``g_w* = 0`` (to round-off) the update is ``g_0``; (2) the result
+    the exact solve above; when ``g_w* = 0`` (``||g_w*|| < 1e-7`` times the largest gradient
+    norm: below that, the norm computed from the Gramian is round-off) the update is ``g_0``;
+    that is the case whenever ``c > 1`` and 0 is in the gradients' convex hull (tested); (2) the result
     is on the scale of the **mean** gradient, as in the paper: the authors' training scripts
     multiply it by ``T`` ("to match the sum loss"), so use a ``T`` times larger learning rate
     to reproduce their runs.

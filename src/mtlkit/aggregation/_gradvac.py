@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,7 +15,7 @@ from mtlkit.aggregation._solvers import (
     gramian_of,
     grow_square,
     random_orders,
-    task_slots,
+    to_device,
     work_dtype,
 )
 from mtlkit.state import TrainState
@@ -48,8 +49,8 @@ class GradVac(Aggregator):
         beta: the paper's EMA rate ``beta`` in ``[0, 1]`` (default 0.01, the paper's value).
         num_tasks: number of tasks (the buffer grows on demand if omitted).
 
-    Cost: one ``T x T`` Gramian plus ``T - 1`` vectorised ``O(T^2)`` steps, all on the device
-    in float64 (no host synchronisation).
+    Cost: one ``T x T`` Gramian on the device, one device-to-host copy of it (and of the
+    targets), then ``T - 1`` vectorised ``O(T^2)`` steps in float64 on the host.
 
     Departures: the authors released no code. (1) One similarity target per task pair for the
     whole shared gradient: the paper's per-layer granularity is not offered (the aggregator
@@ -87,41 +88,34 @@ class GradVac(Aggregator):
         T = jacobian.shape[0]
         device = jacobian.device
         dt = work_dtype(device)
-        slots, needed = task_slots(rows, device)
-        self.phi_hat = grow_square(self.phi_hat, needed, device=device, dtype=dt)
+        idx = np.asarray([int(r) for r in rows.tolist()], dtype=np.int64)  # the task of each row
+        self.phi_hat = grow_square(self.phi_hat, int(idx.max()) + 1, device=device, dtype=dt)
         if T == 1:
             return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=device))
-        if isinstance(slots, slice):
-            target = self.phi_hat[slots, slots].to(dt)
-        else:
-            target = self.phi_hat[slots[:, None], slots[None, :]].to(dt)
-        G = gramian_of(jacobian).to(dt)
-        norm = G.diagonal().clamp_min(0).sqrt()
-        orders = random_orders(T, state.generator).to(device, non_blocking=True)
-        C = torch.eye(T, dtype=dt, device=device)
-        ar = torch.arange(T, device=device)
-        zero = torch.zeros(T, dtype=dt, device=device)
+        # the whole T x T problem runs on the host in float64: the Gramian and the targets go
+        # there once, the weights and the updated targets come back
+        phi_hat = self.phi_hat.detach().to("cpu", torch.float64).numpy().copy()
+        target = phi_hat[np.ix_(idx, idx)]
+        G = gramian_of(jacobian).detach().to("cpu", torch.float64).numpy()
+        norm = np.sqrt(np.maximum(np.diag(G), 0.0))
+        orders = random_orders(T, state.generator).numpy()
+        C = np.eye(T)  # g_i' = sum_k C[i, k] g_k
+        ar = np.arange(T)
         for s in range(T - 1):
             j = orders[:, s]
             inner = (C * G[j]).sum(1)  # g_i' . g_j
-            norm_i = ((C @ G) * C).sum(1).clamp_min(0).sqrt()  # ||g_i'||
+            norm_i = np.sqrt(np.maximum(((C @ G) * C).sum(1), 0.0))  # ||g_i'||
             norm_j = norm[j]
             valid = (norm_i > 0) & (norm_j > 0)
-            denom = torch.where(valid, norm_i * norm_j, torch.ones_like(inner))
-            phi = torch.where(valid, inner / denom, zero).clamp(-1.0, 1.0)
+            denom = np.where(valid, norm_i * norm_j, 1.0)
+            phi = np.clip(np.where(valid, inner / denom, 0.0), -1.0, 1.0)
             goal = target[ar, j]
-            g = goal.clamp(-1.0 + _EDGE, 1.0 - _EDGE)
-            root_g = (1 - g * g).sqrt()
-            step = (
-                norm_i
-                * (g * (1 - phi * phi).sqrt() - phi * root_g)
-                / (torch.where(valid, norm_j, 1.0) * root_g)
-            )
-            C[ar, j] += torch.where(valid & (phi < goal), step, zero)
-            target[ar, j] = torch.where(valid, (1 - self.beta) * goal + self.beta * phi, goal)
-        if isinstance(slots, slice):
-            self.phi_hat[slots, slots] = target.to(self.phi_hat.dtype)
-        else:
-            self.phi_hat[slots[:, None], slots[None, :]] = target.to(self.phi_hat.dtype)
-        w = C.sum(0).to(jacobian.dtype)
+            g = np.clip(goal, -1.0 + _EDGE, 1.0 - _EDGE)
+            root_g = np.sqrt(1 - g * g)
+            step = norm_i * (g * np.sqrt(1 - phi * phi) - phi * root_g) / (np.where(valid, norm_j, 1.0) * root_g)
+            C[ar, j] += np.where(valid & (phi < goal), step, 0.0)
+            target[ar, j] = np.where(valid, (1 - self.beta) * goal + self.beta * phi, goal)
+        phi_hat[np.ix_(idx, idx)] = target
+        self.phi_hat.copy_(torch.from_numpy(phi_hat))
+        w = to_device(C.sum(0), jacobian)
         return Aggregation(w @ jacobian, w)

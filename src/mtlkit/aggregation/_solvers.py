@@ -40,11 +40,14 @@ __all__ = [
     "task_slots",
     "to_device",
     "to_host",
+    "upgrad_weights",
     "work_dtype",
 ]
 
 # relative tolerance of the active-set solvers on a Gramian scaled to max(diag) == 1
 _TOL = 1e-14
+# a norm computed from the Gramian (scaled to max(diag) == 1) below this is zero to round-off
+_ZERO_NORM = 1e-7
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -134,9 +137,15 @@ def task_slots(rows: Tensor, device: torch.device) -> tuple[slice | Tensor, int]
 
 def _solve(mat: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``mat x = b``; the minimum-norm least-squares solution when ``mat`` is singular."""
+    if mat.shape[0] == 1:  # the common 1 x 1 case without LAPACK's call overhead (same quotient)
+        if mat[0, 0] != 0.0:
+            x = b / mat[0, 0]
+            if np.isfinite(x).all():
+                return x
+        return np.linalg.lstsq(mat, b, rcond=None)[0]
     try:
         x = np.linalg.solve(mat, b)
-        if np.all(np.isfinite(x)):
+        if np.isfinite(x).all():
             return x
     except np.linalg.LinAlgError:
         pass
@@ -166,7 +175,9 @@ def _affine_minimizer(gram: np.ndarray) -> np.ndarray:
     return _solve(K, rhs)[:k]
 
 
-def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
+def min_norm_simplex(
+    gram: np.ndarray, *, max_iter: int | None = None, start: np.ndarray | None = None
+) -> np.ndarray:
     """Exact ``argmin_{w in simplex} w^T G w`` by Wolfe's min-norm-point algorithm.
 
     P. Wolfe, "Finding the nearest point in a polytope", Math. Programming 11, 1976. Written on
@@ -176,6 +187,9 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
 
     Args:
         gram: the Gramian ``G``, ``[T, T]`` symmetric positive semi-definite float64.
+        start: optional simplex weights to start from (a warm start: their support must be
+            affinely independent rows, e.g. the solution of a nearby problem, whose support is a
+            corral); by default the algorithm starts from the shortest row.
 
     Returns:
         ``[T]`` simplex weights. When every row is zero the uniform weights are returned.
@@ -186,9 +200,14 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
         return np.ones(1)
     if scale == 0.0:
         return np.full(n, 1.0 / n)
-    diag = np.diag(Gn)
-    support = [int(np.argmin(diag))]
-    lam = np.ones(1)
+    if start is None:
+        support = [int(np.argmin(np.diag(Gn)))]
+        lam = np.ones(1)
+    else:
+        support = [int(i) for i in np.flatnonzero(start > 0.0)]
+        lam = start[support] / start[support].sum()
+        if len(support) > 1:  # the affine minimizer of the old corral for this Gramian
+            support, lam = _minor_cycle(Gn, support, lam)
     for _ in range(max_iter or 50 * n + 50):
         Gx = Gn[:, support] @ lam
         xx = float(lam @ Gx[support])
@@ -196,31 +215,34 @@ def min_norm_simplex(gram: np.ndarray, *, max_iter: int | None = None) -> np.nda
         if Gx[j] >= xx - _TOL or j in support:
             break
         support.append(j)
-        lam = np.append(lam, 0.0)
-        while True:  # minor cycle: at most len(support) removals
-            mu = _affine_minimizer(Gn[np.ix_(support, support)])
-            if np.all(mu > 0.0):
-                lam = mu
-                break
-            out = mu <= 0.0
-            gap = lam - mu
-            ratios = np.full(len(lam), np.inf)
-            ratios[out] = np.where(gap[out] > 0.0, lam[out] / np.where(gap[out] > 0.0, gap[out], 1.0), 0.0)
-            drop = int(np.argmin(ratios))
-            theta = float(ratios[drop])
-            lam = (1.0 - theta) * lam + theta * mu
-            lam[drop] = 0.0
-            keep = lam > 0.0
-            support = [s for s, k in zip(support, keep) if k]
-            lam = lam[keep] / lam[keep].sum()
-            if len(support) == 1:
-                lam = np.ones(1)
-                break
+        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0))
         if j not in support:  # round-off: the entering point was dropped at once, no progress left
             break
     w = np.zeros(n)
     w[support] = lam
     return w
+
+
+def _minor_cycle(gram: np.ndarray, support: list[int], lam: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Wolfe's minor cycle: move from ``lam`` toward the support's affine minimizer, dropping the
+    points whose weight reaches 0 (at most ``len(support)`` removals)."""
+    while True:
+        mu = _affine_minimizer(gram[np.ix_(support, support)])
+        if np.all(mu > 0.0):
+            return support, mu
+        out = mu <= 0.0
+        gap = lam - mu
+        ratios = np.full(len(lam), np.inf)
+        ratios[out] = np.where(gap[out] > 0.0, lam[out] / np.where(gap[out] > 0.0, gap[out], 1.0), 0.0)
+        drop = int(np.argmin(ratios))
+        theta = float(ratios[drop])
+        lam = (1.0 - theta) * lam + theta * mu
+        lam[drop] = 0.0
+        keep = lam > 0.0
+        support = [s for s, k in zip(support, keep) if k]
+        lam = lam[keep] / lam[keep].sum()
+        if len(support) == 1:
+            return support, np.ones(1)
 
 
 # --------------------------------------------------------------------------- lower-bounded QP
@@ -247,27 +269,46 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
     Gn, scale = _scaled(gram)
     if scale == 0.0:
         return u.astype(np.float64).copy()
-    Gu = Gn @ u
+    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10)
+
+
+def upgrad_weights(gram: np.ndarray) -> np.ndarray:
+    """UPGrad's weights ``(1/T) sum_i v_i`` with ``v_i = argmin_{v >= e_i} v^T G v`` (one
+    :func:`nnls_lower_bound` per row, sharing the scaling of ``G``)."""
+    n = gram.shape[0]
+    Gn, scale = _scaled(gram)
+    if scale == 0.0:
+        return np.full(n, 1.0 / n)
+    total = np.eye(n).sum(0)  # sum_i e_i
+    for i in range(n):
+        total += _nnls_scaled(Gn, Gn[:, i].copy(), 10 * n + 10)  # G e_i = column i
+    return total / n
+
+
+def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  # noqa: N803
+    """The Lawson-Hanson loop of :func:`nnls_lower_bound`: ``y >= 0`` minimising
+    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``."""
+    n = Gu.shape[0]
     y = np.zeros(n)
     free = np.zeros(n, dtype=bool)
-    for _ in range(max_iter or 10 * n + 10):
+    for _ in range(max_iter):
         dual = -(Gu + Gn @ y)
         dual[free] = -np.inf
-        j = int(np.argmax(dual))
+        j = int(dual.argmax())
         if dual[j] <= _TOL:
             break
         free[j] = True
         while True:
-            idx = np.flatnonzero(free)
+            idx = free.nonzero()[0]
             z = np.zeros(n)
-            z[idx] = _solve(Gn[np.ix_(idx, idx)], -Gu[idx])
-            if np.all(z[idx] > 0.0):
+            z[idx] = _solve(Gn[idx[:, None], idx], -Gu[idx])
+            if (z[idx] > 0.0).all():
                 y = z
                 break
             out = free & (z <= 0.0)
             ratios = np.full(n, np.inf)
             ratios[out] = y[out] / (y[out] - z[out])
-            drop = int(np.argmin(ratios))
+            drop = int(ratios.argmin())
             alpha = float(ratios[drop])
             y = y + alpha * (z - y)
             y[drop] = 0.0
@@ -275,10 +316,10 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
             y[~free] = 0.0
             if not free.any():
                 break
-        if not free.any() and np.all(y == 0.0):
+        if not free.any() and not y.any():
             # the entering variable was pushed straight back out: nothing more to gain
             break
-    return u + y
+    return y
 
 
 # --------------------------------------------------------------------------- Nash bargaining
@@ -371,8 +412,12 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     problem for a fixed ``t = c ||g_0|| beta`` is the min-norm point of the shifted rows
     ``g_i + beta g_0`` (solved exactly by :func:`min_norm_simplex` on the shifted Gramian), and
     the optimal ``beta`` is the root of ``||g_w(beta)|| = c ||g_0|| beta``; this ratio crosses 1
-    once (``h(t)`` is convex), so a bracketing Illinois (regula falsi) search finds it to
-    machine precision.
+    once (``h(t)`` is convex), so a bracketing search finds it to machine precision. While the
+    support of the min-norm point stays the same, its weights are affine in ``beta`` (the shift
+    only moves the right-hand side of the affine minimizer's linear system), so
+    ``||g_w(beta)||^2`` is a quadratic and the root on that face has a closed form: each step
+    tries it (verified by the next solve; usually the answer after two solves) and falls back
+    to an Illinois (regula falsi) or bisection step when it leaves the bracket.
 
     Returns:
         ``(w*, lam)`` with ``lam = c ||g_0|| / ||g_w*||`` (0 when ``g_w* = 0`` or ``c ||g_0|| = 0``),
@@ -389,10 +434,13 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     if kappa <= 1e-12:
         return b, 0.0
     ones = np.ones(n)
+    cross = np.outer(a, ones) + np.outer(ones, a)  # shifted Gramian: Gn + beta cross + beta^2 g0g0 11^T
+    last: list[np.ndarray | None] = [None]  # the previous solution: its support (a corral) warm-starts the next
 
     def solve(beta: float) -> tuple[np.ndarray, float]:
-        shifted = Gn + beta * (np.outer(a, ones) + np.outer(ones, a)) + beta**2 * g0g0 * np.outer(ones, ones)
-        w = min_norm_simplex(shifted)
+        shifted = Gn + beta * cross + (beta**2 * g0g0)
+        w = min_norm_simplex(shifted, start=last[0])
+        last[0] = w
         return w, math.sqrt(max(float(w @ Gn @ w), 0.0))
 
     def q(beta: float) -> tuple[float, np.ndarray, float]:
@@ -401,21 +449,58 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
         ratio = norm / (kappa * beta)
         return (math.log(ratio) if ratio > 0.0 else -math.inf), w, norm
 
+    def face_root(w: np.ndarray, near: float, lo: float, hi: float) -> float | None:
+        # on the face of w's support S the weights are mu0 + beta mu1 (the affine minimizer's
+        # system [G_SS 1; 1^T 0] [mu; l] = [-beta a_S; 1]), so ||g_w||^2 = q0 + 2 q1 beta + q2 beta^2
+        S = np.flatnonzero(w > 0.0)
+        k = len(S)
+        G_S = Gn[np.ix_(S, S)]
+        K = np.zeros((k + 1, k + 1))
+        K[:k, :k] = G_S
+        K[:k, k] = K[k, :k] = 1.0
+        rhs = np.zeros((k + 1, 2))
+        rhs[k, 0] = 1.0
+        rhs[:k, 1] = -a[S]
+        m = _solve(K, rhs)[:k]
+        Gm = G_S @ m
+        q0, q1, q2 = float(m[:, 0] @ Gm[:, 0]), float(m[:, 0] @ Gm[:, 1]), float(m[:, 1] @ Gm[:, 1])
+        A, B, C = q2 - kappa * kappa, 2.0 * q1, q0  # ||g_w||^2 = kappa^2 beta^2
+        if A == 0.0:
+            roots = [-C / B] if B != 0.0 else []
+        else:
+            disc = B * B - 4.0 * A * C
+            if not disc >= 0.0:
+                return None
+            half = -0.5 * (B + math.copysign(math.sqrt(disc), B))  # stable quadratic roots
+            roots = [half / A] + ([C / half] if half != 0.0 else [])
+        inside = [r for r in roots if lo < r < hi]
+        return min(inside, key=lambda r: abs(r - near)) if inside else None
+
     lo, hi = 0.0, 1.0 / kappa  # ||g_w|| <= max row norm = 1, so q(hi) <= 0 < q(0+)
     q_lo = math.inf
     q_hi, w_hi, n_hi = q(hi)
     best = (abs(q_hi), w_hi, n_hi)
     side = 0
-    for _ in range(max_iter):
+    at, w_at = hi, w_hi  # the last solve: its face gives the next guess
+    for it in range(max_iter):
         if best[0] <= 1e-13 or hi - lo <= 1e-13 * hi or hi <= 1e-13 / kappa:
             break
-        if math.isfinite(q_lo) and math.isfinite(q_hi):
-            mid = (lo * q_hi - hi * q_lo) / (q_hi - q_lo)  # regula falsi (Illinois)
-            if not lo < mid < hi:
+        # closed-form guesses while they are inside the bracket (at most 8: the bracket then
+        # shrinks by the guaranteed Illinois / bisection steps alone)
+        mid = face_root(w_at, at, lo, hi) if it < 8 else None
+        if mid is None:
+            if math.isfinite(q_lo) and math.isfinite(q_hi):
+                mid = (lo * q_hi - hi * q_lo) / (q_hi - q_lo)  # regula falsi (Illinois)
+                if not lo < mid < hi:
+                    mid = 0.5 * (lo + hi)
+            elif lo == 0.0:
+                # probe the smallest beta that counts: q <= 0 there puts the root at 0 (0 in the
+                # hull, so g_w* = 0), otherwise it gives a finite lower end for the bracket
+                mid = min(0.5 * hi, 1e-13 / kappa)
+            else:
                 mid = 0.5 * (lo + hi)
-        else:
-            mid = 0.5 * (lo + hi)
         q_mid, w_mid, n_mid = q(mid)
+        at, w_at = mid, w_mid
         if abs(q_mid) < best[0]:
             best = (abs(q_mid), w_mid, n_mid)
         if q_mid > 0.0:
@@ -433,8 +518,10 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     if hi <= 1e-13 / kappa:  # the root is beta = 0: the optimum is g_w = 0 (0 is in the hull)
         best = (0.0, min_norm_simplex(Gn), 0.0)
     _, w, norm = best
-    # g_w = 0 (to round-off): CAGrad's g_w / ||g_w|| is undefined there; the update is g_0
-    lam = kappa / norm if norm > 1e-10 else 0.0
+    # g_w = 0 (to round-off): CAGrad's g_w / ||g_w|| is undefined there; the update is g_0. The
+    # norm comes from the quadratic form w^T G w, whose round-off (~T eps, G scaled to max diag 1)
+    # puts the norm of a zero point near 1e-8: below 1e-7 the direction is noise
+    lam = kappa / norm if norm > _ZERO_NORM else 0.0
     return w, lam
 
 

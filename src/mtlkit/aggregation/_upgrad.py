@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import gramian_of, nnls_lower_bound, to_device, to_host
+from mtlkit.aggregation._solvers import gramian_of, to_device, to_host, upgrad_weights
 from mtlkit.state import TrainState
 
 __all__ = ["UPGrad"]
@@ -44,8 +43,5 @@ class UPGrad(Aggregator):
         T = jacobian.shape[0]
         if T == 1:
             return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
-        G = to_host(gramian_of(jacobian))
-        eye = np.eye(T)
-        w = sum(nnls_lower_bound(G, eye[i]) for i in range(T)) / T
-        weights = to_device(np.asarray(w), jacobian)
+        weights = to_device(upgrad_weights(to_host(gramian_of(jacobian))), jacobian)
         return Aggregation(weights @ jacobian, weights)

@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from mtlkit.aggregation._base import Aggregator
-from mtlkit.autograd import BackwardResult, GradientTarget, backward
+from mtlkit.autograd import BackwardResult, GradientTarget, GradientWorkspace, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
 from mtlkit.errors import (
@@ -198,6 +198,10 @@ class Trainer:
         self._best: dict[str, Any] | None = None  # early-stopping state
         self._last_aux: dict[str, float] = {}
         self._last_steps: dict[str, int] = {}
+        # gradient-level methods: the Jacobian's memory, reused every step, and the model's
+        # shared / per-task parameter lists, resolved once (``requires_grad`` is still read per step)
+        self._workspace = GradientWorkspace()
+        self._param_groups: tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]] | None = None
 
     # ------------------------------------------------------------------ setup helpers
     @property
@@ -525,14 +529,18 @@ class Trainer:
         for opt in self._optimizers():
             opt.zero_grad(set_to_none=True)
         self.weighting.zero_grad(set_to_none=True)
+        shared, own = self._gradient_params() if self.uses_gradients else (None, None)
         result = backward(
             tl,
             weighting=self.weighting,
             aggregator=self.aggregator,
             model=self.model if self.uses_gradients else None,
+            shared_params=shared,
+            task_params=own,
             representation=rep,
             aux=aux or None,
             state=state,
+            workspace=self._workspace if self.uses_gradients else None,
         )
         self._sync_gradients()
         if self.grad_clip_norm is not None:
@@ -577,6 +585,13 @@ class Trainer:
                 )
             return trained
         return None if set(trained) == set(self.task_names) else trained
+    def _gradient_params(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        """The model's shared parameters and each task's own ones, resolved on first use."""
+        if self._param_groups is None:
+            core = self._core
+            own = {t: list(core.task_parameters(t)) for t in self.task_names}
+            self._param_groups = (list(core.shared_parameters()), own)
+        return self._param_groups
 
     def _sync_gradients(self) -> None:
         """Under torch.distributed, average the gradients DDP does not: the loss weighting's own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,12 +35,15 @@ class FAMO(LossWeighting):
     ``min_losses`` m = 0. ``update``: ``"same_batch"`` (the authors' code) recomputes the losses
     on the same batch after the step, costing one extra forward pass (no backward);
     ``"next_batch"`` uses the next step's losses (another batch, so a noisier δ) as "after" and
-    costs nothing extra. Cost: O(T) per step (+ the extra forward for ``same_batch``).
+    costs nothing extra. Cost: O(T) per step, on host floats (the ``T`` losses are read once per
+    step; the extra forward of ``same_batch`` is one training-step forward without backward,
+    about 1.3-1.5x the step time of equal weighting in ``benchmarks/bench_balancing.py``).
     Departures from the authors' code: (1) their ``backward`` also clips the
     shared gradients to norm 1 (``max_norm``); here gradient clipping is the trainer's
     ``grad_clip_norm`` (set it to 1.0 to match); (2) the Adam update of the logits is written out
     in buffers (same formulas as ``torch.optim.Adam``) so it is saved in checkpoints; (3) tasks
-    without labels in the batch are left out of the softmax and of the logit update.
+    without labels in the batch are left out of the softmax and of the logit update (a batch
+    without any label gives the objective 0).
     """
 
     requires_post_step_losses = True
@@ -80,25 +84,28 @@ class FAMO(LossWeighting):
         self.register_buffer("prev_present", torch.zeros(T, dtype=torch.bool))
         self.register_buffer("has_prev", torch.zeros((), dtype=torch.bool))
 
-    def _z(self, present: Tensor) -> Tensor:
-        return torch.softmax(self.logits.masked_fill(~present, float("-inf")), dim=0).nan_to_num()
-
     def combine(
         self, losses: Tensor, present: Tensor, state: TrainState, jacobian: Tensor | None = None
     ) -> WeightedLoss:
+        # The O(T) bookkeeping runs on T host floats (float64): a few microseconds, where each of
+        # the ~40 torch operations it takes on T-element tensors costs a dispatch. Only the
+        # differentiable objective is built from torch operations.
+        L, P = losses.detach().tolist(), present.tolist()
         if self.update == "next_batch" and bool(self.has_prev):
-            self._update_logits(losses.detach(), present)
-        d = torch.where(
-            present, losses - self.min_losses.to(losses.dtype) + self.eps, torch.ones_like(losses)
-        )
-        z = self._z(present).to(losses.dtype)
-        c = (z / d.detach()).sum()
-        total = (torch.where(present, torch.log(d), torch.zeros_like(d)) * z / c).sum()
+            self._update_logits(L, P)
+        mins = self.min_losses.tolist()
+        d = [(lk - mk + self.eps) if pk else 1.0 for lk, mk, pk in zip(L, mins, P)]
+        z = _softmax(self.logits.tolist(), P)
+        c = sum(zk / dk for zk, dk in zip(z, d))
+        coef = [zk / c if c > 0.0 else 0.0 for zk in z]  # d total / d log D_k = z_k / c
+        weights = [ck / dk for ck, dk in zip(coef, d)]  # z_k / (c D_k)
+        D = torch.where(present, losses - self.min_losses.to(losses.dtype) + self.eps, torch.ones_like(losses))
+        total = (losses.new_tensor(coef) * torch.log(D)).sum()
         with torch.no_grad():
-            self.prev_log_d.copy_(torch.log(d.detach()).to(self.prev_log_d.dtype))
+            self.prev_log_d.copy_(torch.tensor([math.log(dk) for dk in d]))
             self.prev_present.copy_(present)
             self.has_prev.fill_(True)
-        return WeightedLoss(total, (z / (c * d)).detach())
+        return WeightedLoss(total, losses.new_tensor(weights))
 
     @torch.no_grad()
     def after_step(
@@ -106,31 +113,48 @@ class FAMO(LossWeighting):
     ) -> None:
         if losses is None or self.update != "same_batch":
             return
-        self._update_logits(losses, self.prev_present)
+        self._update_logits(losses.detach().tolist(), self.prev_present.tolist())
 
     @torch.no_grad()
-    def _update_logits(self, losses: Tensor, present: Tensor) -> None:
+    def _update_logits(self, losses: list[float], present: list[bool]) -> None:
         """One Adam step of the logits on ``(∂z/∂w)ᵀ δ``, δ = log D(before) - log D(after)."""
-        mask = self.prev_present & present
-        log_d = torch.log((losses - self.min_losses.to(losses.dtype) + self.eps).clamp_min(self.eps))
-        delta = torch.where(
-            mask, self.prev_log_d - log_d.to(self.prev_log_d.dtype), torch.zeros_like(self.prev_log_d)
-        )
-        z = self._z(mask)
-        grad = z * (delta - (z * delta).sum())  # (∂ softmax / ∂ w)ᵀ δ
-        grad = torch.where(mask, grad + self.gamma * self.logits, torch.zeros_like(grad))
+        mask = [bool(a and b) for a, b in zip(self.prev_present.tolist(), present)]
+        mins, prev = self.min_losses.tolist(), self.prev_log_d.tolist()
+        logits = self.logits.tolist()
+        delta = [
+            (pl - math.log(max(lk - mk + self.eps, self.eps))) if mk_ else 0.0
+            for pl, lk, mk, mk_ in zip(prev, losses, mins, mask)
+        ]
+        z = _softmax(logits, mask)
+        zd = sum(zk * dk for zk, dk in zip(z, delta))
+        grad = [(zk * (dk - zd) + self.gamma * wk) if m else 0.0 for zk, dk, wk, m in zip(z, delta, logits, mask)]
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
         self.adam_step += 1
-        t = float(self.adam_step)
-        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.exp_avg / (1 - b1**t)
-        v_hat = self.exp_avg_sq / (1 - b2**t)
-        update = self.w_lr * m_hat / (v_hat.sqrt() + adam_eps)
-        self.logits.sub_(torch.where(mask, update, torch.zeros_like(update)))
+        t = int(self.adam_step)
+        m1 = [b1 * a + (1 - b1) * g for a, g in zip(self.exp_avg.tolist(), grad)]
+        m2 = [b2 * a + (1 - b2) * g * g for a, g in zip(self.exp_avg_sq.tolist(), grad)]
+        self.exp_avg.copy_(torch.tensor(m1))
+        self.exp_avg_sq.copy_(torch.tensor(m2))
+        # bias-corrected from the stored (float32) moments, as torch.optim.Adam's formulas
+        m1, m2 = self.exp_avg.tolist(), self.exp_avg_sq.tolist()
+        step = [
+            self.w_lr * (a / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + adam_eps) if m else 0.0
+            for a, v, m in zip(m1, m2, mask)
+        ]
+        self.logits.copy_(torch.tensor([w - s for w, s in zip(logits, step)]))
 
     def extra_repr(self) -> str:
         return f"tasks={list(self.task_names)}, gamma={self.gamma}, w_lr={self.w_lr}"
+
+
+def _softmax(logits: list[float], mask: list[bool]) -> list[float]:
+    """Softmax over the ``mask``-ed entries (0 elsewhere; all 0 when nothing is masked in)."""
+    top = max((w for w, m in zip(logits, mask) if m), default=None)
+    if top is None:
+        return [0.0] * len(logits)
+    e = [math.exp(w - top) if m else 0.0 for w, m in zip(logits, mask)]
+    total = sum(e)
+    return [v / total for v in e]
 
 
 @WEIGHTINGS.register("famo")
