@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.aggregation._base import Aggregator
+from mtlkit.distributed import GradientSync
 from mtlkit.errors import IncompatibleComponentsError
 from mtlkit.losses import TaskLosses
 from mtlkit.state import TrainState
@@ -48,12 +49,15 @@ class BackwardResult(NamedTuple):
         losses: ``[T]`` task losses.
         aggregator_weights: ``[T]`` the aggregator's row weights (0 for tasks without labels in
             the batch) when it has them (MGDA, IMTL-G, Nash-MTL...), else ``None``.
+        counts: ``[T]`` labelled elements per task over all ranks, when a ``sync`` reduced the
+            losses (``losses`` are then the global batch's), else ``None``.
     """
 
     total: Tensor
     weights: Tensor
     losses: Tensor
     aggregator_weights: Tensor | None = None
+    counts: Tensor | None = None
 
 
 class GradientWorkspace:
@@ -133,6 +137,7 @@ def backward(
     present: Tensor | None = None,
     state: TrainState | None = None,
     workspace: GradientWorkspace | None = None,
+    sync: GradientSync | None = None,
 ) -> BackwardResult:
     """Differentiate the balanced multi-task objective and accumulate ``.grad``.
 
@@ -157,6 +162,13 @@ def backward(
         state: training progress for methods that depend on it.
         workspace: a :class:`GradientWorkspace` whose memory gradient-level methods reuse for
             the Jacobian (pass the same one every step; default: a fresh tensor per call).
+        sync: under torch.distributed, a :class:`~mtlkit.distributed.GradientSync`: the losses
+            and the per-task gradients are reduced across ranks before weighting and
+            aggregation, so the step equals a single-process step on the global batch. The
+            model's gradients then come out ready to be averaged over the ranks (DDP's
+            all-reduce does it; with ``target="parameters"`` the shared and task parameters'
+            gradients are already the global ones, and averaging leaves them unchanged).
+            Pass :class:`~mtlkit.TaskLosses` so that the ranks' label counts weigh their losses.
 
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
@@ -171,6 +183,15 @@ def backward(
         weighting = EqualWeighting(order or [f"task{i}" for i in range(T)])
     if present is None:
         present = given_present
+    counts = None
+    if sync is not None:
+        local = losses.counts if isinstance(losses, TaskLosses) else None
+        if local is None:
+            local = present.to(vec.dtype) if present is not None else torch.ones_like(vec.detach())
+        vec, counts, share = sync.global_losses(vec, local)
+        present = counts > 0
+        if items is not None:
+            items = tuple(item * s for item, s in zip(items, share.unbind(0)))
     aux_total = _aux_total(aux)
     if aggregator is None and not weighting.requires_gradients:
         out = weighting(vec, present=present, state=state)
@@ -181,7 +202,7 @@ def backward(
             objective = objective + aux_total
         if objective.requires_grad:
             objective.backward()
-        return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach())
+        return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach(), None, counts)
     return _gradient_backward(
         vec,
         items,
@@ -195,6 +216,8 @@ def backward(
         present,
         state,
         workspace,
+        sync,
+        counts,
     )
 
 
@@ -277,6 +300,8 @@ def _gradient_backward(
     present: Tensor | None,
     state: TrainState | None,
     workspace: GradientWorkspace | None,
+    sync: GradientSync | None,
+    counts: Tensor | None,
 ) -> BackwardResult:
     names = weighting.task_names
     T = vec.shape[0]
@@ -318,6 +343,9 @@ def _gradient_backward(
         )
         _write_row(jac[row], grads[: len(targets)], sizes)
         own_grads.append(list(grads[len(targets) :]))
+    span = None  # this rank's columns of a representation Jacobian gathered over the ranks
+    if sync is not None:
+        jac, own_grads, span = _reduce_over_ranks(sync, jac, own_grads, [own[i] for i in keep], representation)
     if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
         full = jac
         if len(keep) != T:
@@ -359,9 +387,42 @@ def _gradient_backward(
         if aux_total is not None:
             aux_total.backward(retain_graph=True)
         if representation is not None:
+            if span is not None:  # this rank's samples; times N, as the ranks' gradients get averaged
+                assert sync is not None
+                vector = vector[span[0] : span[1]] * sync.world_size
             representation.backward(vector.reshape_as(representation).to(representation.dtype))
         else:
             _accumulate_flat(shared, vector, sizes)
     elif aux_total is not None:
         aux_total.backward()
-    return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights)
+    return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights, counts)
+
+
+def _reduce_over_ranks(
+    sync: GradientSync,
+    jac: Tensor,
+    own_grads: list[list[Tensor | None]],
+    own: list[list[nn.Parameter]],
+    representation: Tensor | None,
+) -> tuple[Tensor, list[list[Tensor | None]], tuple[int, int] | None]:
+    """Average the ranks' per-task gradients (their losses were scaled by the ranks' label shares,
+    so the average is the global batch's gradient) in one collective; a representation Jacobian
+    (per sample) is gathered along its columns instead."""
+    flat_own = [
+        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jac.dtype)
+        for gs, ps in zip(own_grads, own)
+        for g, p in zip(gs, ps)
+    ]
+    span = None
+    if representation is None:
+        buf = torch.cat([jac.reshape(-1), *flat_own])
+        sync.average_(buf)
+        jac.copy_(buf[: jac.numel()].view_as(jac))
+        rest = buf[jac.numel() :]
+    else:
+        rest = sync.average_(torch.cat(flat_own)) if flat_own else jac.new_zeros(0)
+        gathered, start, stop = sync.gather_columns(jac)
+        jac, span = gathered.div_(sync.world_size), (start, stop)
+    parts = iter(rest.split([p.numel() for ps in own for p in ps]))
+    reduced = [[next(parts).view_as(p).to(p.dtype) for p in ps] for ps in own]
+    return jac, reduced, span

@@ -192,7 +192,10 @@ class TensorBatchLoader:
     The shuffle order of epoch ``e`` depends only on ``(seed, e)``; call :meth:`set_epoch`
     (the trainer does) so that resuming a run reproduces the same batches. For
     DistributedDataParallel pass ``num_replicas``/``rank``: each rank reads an equal-length
-    shard (padded by wrapping, as torch's DistributedSampler does).
+    shard (padded by wrapping, as torch's DistributedSampler does; ``pad=False``, as for
+    evaluation, leaves the shards unpadded so that no sample counts twice). Rank ``r``'s
+    ``i``-th batch holds positions ``r, r + N, r + 2N, ...`` of the single-process loader's
+    ``i``-th batch of ``N x batch_size`` samples, so ``N`` ranks together see exactly its batches.
 
     A dataset with an ``augment`` transform has it applied to every batch when ``augment`` is
     True (default: when shuffling, i.e. for the trainer's training loader and never for
@@ -211,6 +214,7 @@ class TensorBatchLoader:
         num_replicas: int = 1,
         rank: int = 0,
         augment: bool | None = None,
+        pad: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
@@ -221,7 +225,7 @@ class TensorBatchLoader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
         self.apply_augment = shuffle if augment is None else augment
         self.epoch = 0
 
@@ -235,6 +239,8 @@ class TensorBatchLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        if self.num_replicas > 1 and not self.pad:
+            return order[self.rank :: self.num_replicas]
         if self.num_replicas > 1:
             per_rank = -(-n // self.num_replicas)
             total = per_rank * self.num_replicas
@@ -260,5 +266,5 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         n = len(self.dataset)
         if self.num_replicas > 1:
-            n = -(-n // self.num_replicas)
+            n = -(-n // self.num_replicas) if self.pad else len(range(self.rank, n, self.num_replicas))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

@@ -120,12 +120,13 @@ class MultiTaskMetrics:
         """``{task: {metric: value}}``; NaN for a metric of a task that had no labels."""
         out: dict[str, dict[str, float]] = {}
         sums = self._synced_sums()
+        synced = sums is not self._sums  # every rank must join each metric's reduction
         for task in self.tasks:
             s = sums.get(task.name)
             n = 0.0 if s is None else float(s[1].item())
             res: dict[str, float] = {"loss": float((s[0] / s[1]).item()) if n > 0 else math.nan}
             for name, m in self.metrics[task.name].items():
-                res[name] = _to_float(m.compute()) if n > 0 and m.update_count > 0 else math.nan
+                res[name] = _to_float(m.compute()) if n > 0 and (synced or m.update_count > 0) else math.nan
             out[task.name] = res
         return out
 

@@ -93,11 +93,17 @@ def batch_loader(
     *,
     shuffle: bool,
     seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+    pad: bool = True,
 ) -> Iterable[Any]:
-    """A loader over one dataset (validated against ``tasks``), or a user's iterable of batches as it is."""
+    """A loader over one dataset (validated against ``tasks``; this rank's shard under
+    torch.distributed, padded to equal lengths when ``pad``), or a user's iterable of batches as it is."""
     if isinstance(data, MultiTaskDataset):
         data.validate(_tasks_with_targets(data, tasks))
-        return TensorBatchLoader(data, batch_size, shuffle=shuffle, seed=seed)
+        return TensorBatchLoader(
+            data, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank, pad=pad
+        )
     if isinstance(data, TensorBatchLoader):
         data.dataset.validate(_tasks_with_targets(data.dataset, tasks))
         return data

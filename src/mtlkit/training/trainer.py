@@ -17,6 +17,7 @@ from mtlkit.aggregation._base import Aggregator
 from mtlkit.autograd import BackwardResult, GradientTarget, GradientWorkspace, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
+from mtlkit.distributed import GradientSync
 from mtlkit.errors import (
     CheckpointError,
     DataError,
@@ -289,10 +290,22 @@ class Trainer:
         return [s for s in found if s is not None]
 
     # ------------------------------------------------------------------ data helpers
-    def _loader(self, data: DataLike, batch_size: int, shuffle: bool) -> Iterable[Any]:
+    def _loader(self, data: DataLike, batch_size: int, shuffle: bool, shard: bool = True) -> Iterable[Any]:
+        """An evaluation loader: under torch.distributed (and ``shard``) each rank reads its
+        unpadded shard of a dataset (metrics are reduced over the ranks)."""
         if is_per_task(data):  # each task's labelled rows with only its targets, in order
             return PerTaskLoader(data, self.tasks, batch_size)  # type: ignore[arg-type]
-        return batch_loader(data, self.tasks, batch_size, shuffle=shuffle, seed=self.seed)  # type: ignore[arg-type]
+        num_replicas, rank = _distributed() if shard else (1, 0)
+        return batch_loader(
+            data,  # type: ignore[arg-type]
+            self.tasks,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad=False,
+        )
 
     def tasks_with_targets(self, data: MultiTaskDataset) -> list[Task]:
         """The trainer's tasks that ``data`` has labels for (all of them, unless it holds only some tasks)."""
@@ -390,7 +403,7 @@ class Trainer:
                 stop = self._after_epoch(record, early_stopping)
                 self.history.append(record)
                 self._log_epoch(record, epochs)
-                if checkpoint is not None:
+                if checkpoint is not None and rank == 0:  # under torch.distributed, rank 0 writes
                     self.save_checkpoint(checkpoint, extra=extra_state)
                 if stop:
                     break
@@ -443,14 +456,14 @@ class Trainer:
         for item in plan.epoch(epoch):
             batch = self._prepare(item.batch, validate=plan.validate)
             step = self.train_step(batch, epoch=epoch, tasks=item.tasks)
-            guard.update(step.losses.losses, self.step - 1)  # no host sync; read back with the means
+            guard.update(step.result.losses, self.step - 1)  # no host sync; read back with the means
             for name in item.tasks or ():
                 steps_per_task[name] += 1
             for k, v in step.aux.items():
                 aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().double()
             result, tl = step.result, step.losses
             n_batches += 1
-            counts = tl.counts.detach().double()
+            counts = (tl.counts if result.counts is None else result.counts).detach().double()
             sums[0] += result.losses.double() * counts
             sums[1] += counts
             present = (counts > 0).double()
@@ -474,12 +487,13 @@ class Trainer:
         weights = torch.where(weight_sum[1] > 0, weight_sum[0] / weight_sum[1].clamp_min(1), math.nan)
         return means, weights.tolist()
 
-    def _after_step(self, batch: Batch, present: Tensor, state: TrainState) -> None:
+    def _after_step(self, batch: Batch, present: Tensor, state: TrainState, sync: GradientSync | None) -> None:
         new_losses = None
         if self.weighting.requires_post_step_losses:  # e.g. FAMO: the losses after the update, same batch
             with torch.no_grad():
-                preds, _ = split_aux(self.model(batch.inputs))
-                new_losses = task_losses(self.tasks, preds, batch.targets, batch.masks).losses
+                preds, _ = split_aux(self._core(batch.inputs))
+                after = task_losses(self.tasks, preds, batch.targets, batch.masks)
+                new_losses = after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
         self.weighting.after_step(new_losses, present=present, state=state)
 
     def train_step(
@@ -530,6 +544,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.weighting.zero_grad(set_to_none=True)
         shared, own = self._gradient_params() if self.uses_gradients else (None, None)
+        sync = GradientSync.active()
         result = backward(
             tl,
             weighting=self.weighting,
@@ -541,8 +556,10 @@ class Trainer:
             aux=aux or None,
             state=state,
             workspace=self._workspace if self.uses_gradients else None,
+            sync=sync,
         )
-        self._sync_gradients()
+        if sync is not None:
+            self._sync_gradients(sync, model_done=self._model_gradients_reduced(bool(aux)))
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         if self.task_optimizers is not None and self.task_schedulers is not None:
@@ -556,7 +573,7 @@ class Trainer:
             optimizer.step()
         if scheduler is not None and self.scheduler_interval == "step":
             scheduler.step()
-        self._after_step(batch, tl.present, state)
+        self._after_step(batch, tl.present if result.counts is None else result.counts > 0, state, sync)
         self.step += 1
         return StepOutput(result, tl, aux)
 
@@ -593,23 +610,25 @@ class Trainer:
             self._param_groups = (list(core.shared_parameters()), own)
         return self._param_groups
 
-    def _sync_gradients(self) -> None:
-        """Under torch.distributed, average the gradients DDP does not: the loss weighting's own
-        parameters always, and the model's when a gradient-level method wrote them (each rank
-        aggregates its own batch's per-task gradients; the results are averaged, as DDP would)."""
-        import torch.distributed as dist
+    def _model_gradients_reduced(self, has_aux: bool) -> bool:
+        """True when the model's gradients are already the same on every rank after ``backward``:
+        DDP averaged them (loss level), or the per-task gradients were reduced before aggregation
+        (gradient level on the parameters, with no auxiliary loss adding a rank's own gradient)."""
+        if self.uses_gradients:
+            return self.gradient_target == "parameters" and not has_aux
+        return self._core is not self.model
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    def _sync_gradients(self, sync: GradientSync, *, model_done: bool) -> None:
+        """Average over the ranks the model gradients that are not global yet (see
+        :meth:`_model_gradients_reduced`). The loss weighting's gradients need nothing: every
+        rank computed them from the same global losses."""
+        if model_done:
             return
-        params = [p for p in self.weighting.parameters() if p.requires_grad]
-        if self.uses_gradients or self._core is self.model:  # DDP did not average the model's gradients
-            params += [p for p in self._core.parameters() if p.requires_grad]
+        params = [p for p in self._core.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
+        flat = sync.average_(torch.cat([g.reshape(-1) for g in grads]))
         for p, g in zip(params, flat.split([g.numel() for g in grads])):
             p.grad = g.view_as(p).clone()
 
@@ -735,7 +754,7 @@ class Trainer:
                 for i in range(0, n, batch_size)
             )
         else:
-            chunks = (as_batch(b).inputs for b in self._loader(data, batch_size, shuffle=False))
+            chunks = (as_batch(b).inputs for b in self._loader(data, batch_size, shuffle=False, shard=False))
         by_output = {t.output_key: t for t in self.tasks}
         parts: dict[str, list[Tensor]] = {}
         for inputs in chunks:
