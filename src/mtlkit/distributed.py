@@ -18,6 +18,8 @@ so one step on ``N`` ranks equals one single-process step on the union of their 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,6 +30,9 @@ __all__ = [
     "DistributedContext",
     "GlobalLosses",
     "GradientSync",
+    "broadcast_object",
+    "current_context",
+    "distributed_session",
     "init_from_env",
     "is_main_process",
     "world",
@@ -201,3 +206,39 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
     return DistributedContext(
         dist.get_rank(), local_rank, dist.get_world_size(), dev, str(dist.get_backend())
     )
+
+
+def current_context() -> DistributedContext | None:
+    """This process's :class:`DistributedContext` when a process group with more than one rank
+    runs, else None (NCCL: the GPU of ``LOCAL_RANK``; gloo: the CPU)."""
+    dist = _dist()
+    if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = str(dist.get_backend())
+    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
+
+
+@contextmanager
+def distributed_session(device: str | None = None) -> Iterator[DistributedContext | None]:
+    """:func:`init_from_env` for the duration of a ``with`` block; a process group it started is
+    destroyed at the end (one started by the caller is left running)."""
+    dist = _dist()
+    started = dist is not None and not dist.is_initialized()
+    ctx = init_from_env(device=device)
+    try:
+        yield ctx
+    finally:
+        if started and ctx is not None and dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` has it, on every rank (itself outside torch.distributed)."""
+    dist = _dist()
+    if dist is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

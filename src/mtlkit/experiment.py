@@ -32,12 +32,20 @@ from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
+from mtlkit.distributed import (
+    DistributedContext,
+    broadcast_object,
+    current_context,
+    distributed_session,
+    is_main_process,
+)
 from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
 from mtlkit.predict import save_run_signature
 from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
 from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint
+from mtlkit.training.schedules import TaskSchedule
 from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
@@ -177,18 +185,22 @@ def _train_one(
     resume: bool = False,
 ) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = current_context()
+    main = ctx is None or ctx.is_main  # under torchrun, rank 0 writes the run's files
     single = cfg.model_copy(
         update={"seed": seed, "seeds": None, "compare": None, "baseline": None, "name": cfg.name}
     )
     config_dict = single.model_dump(mode="json")
     state = _resume_state(run_dir, config_dict) if resume else None
-    _dump_yaml(config_dict, run_dir / "config.yaml")
-    save_run_signature(run_dir, splits)
+    if main:
+        _dump_yaml(config_dict, run_dir / "config.yaml")
+        save_run_signature(run_dir, splits)
     seed_everything(seed)
     model = build_model(cfg.model, splits, cfg.backbone)
     weighting = build_weighting(cfg.weighting, splits.tasks)
+    schedule = build_schedule(cfg.schedule)
     trainer = Trainer(
-        model,
+        _distributed_model(model, ctx, schedule, splits) if ctx is not None else model,
         splits.tasks,
         optimizer=optimizer_factory(cfg.optimizer),
         scheduler=scheduler_factory(cfg.scheduler),
@@ -196,12 +208,12 @@ def _train_one(
         weighting=weighting,
         aggregator=build_aggregator(cfg.aggregator, splits.tasks),
         gradient_target=cfg.trainer.gradient_target,
-        schedule=build_schedule(cfg.schedule),
+        schedule=schedule,
         per_task_optimizers=cfg.trainer.per_task_optimizers,
-        device=_device(cfg),
+        device=str(ctx.device) if ctx is not None else _device(cfg),
         seed=seed,
         grad_clip_norm=cfg.trainer.grad_clip_norm,
-        progress=cfg.trainer.progress if cfg.trainer.progress is not None else progress,
+        progress=(cfg.trainer.progress if cfg.trainer.progress is not None else progress) if main else False,
         log_epochs=cfg.trainer.log_epochs,
         log_dir=run_dir / "tensorboard" if cfg.trainer.tensorboard else None,
         console=console,
@@ -241,11 +253,27 @@ def _train_one(
         MultiTaskMetrics(splits.tasks).directions(),
         history,
     )
-    if cfg.plots:
-        _write_run_plots(trainer.model, data, run_dir, f"{label} seed {seed}")
-    _dump_json(history, run_dir / "history.json")
-    _dump_json(_run_record(result, splits), run_dir / "metrics.json")  # last: marks the run finished
+    if main:
+        if cfg.plots:
+            _write_run_plots(model, data, run_dir, f"{label} seed {seed}")
+        _dump_json(history, run_dir / "history.json")
+        _dump_json(_run_record(result, splits), run_dir / "metrics.json")  # last: marks the run finished
     return result
+
+
+def _distributed_model(
+    model: torch.nn.Module, ctx: DistributedContext, schedule: TaskSchedule, splits: DataSplits
+) -> torch.nn.Module:
+    """The model in DistributedDataParallel on this rank's device. Steps that leave some task
+    heads out of the loss (per-task schedules, evaluation-only tasks) need DDP to look for
+    unused parameters."""
+    model.to(ctx.device)
+    partial = schedule.name != "joint" or any(not t.train for t in splits.tasks)
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=partial,
+    )
 
 
 def _extra_state(config: dict[str, Any], label: str, splits: DataSplits, run_dir: Path) -> dict[str, Any]:
@@ -407,9 +435,13 @@ def run_experiment(
     """Train every variant at every seed; write run directories and the comparison; print tables."""
     if not isinstance(experiment, ResolvedExperiment):
         experiment = resolve(experiment)
-    root = _new_run_dir(Path(output_dir or experiment.config.output_dir), experiment.config.name)
-    _dump_yaml(experiment.to_dict(), root / "config.yaml")
-    return _run_all(experiment, root, console or Console(), progress, resume=False)
+    with distributed_session(experiment.config.trainer.device) as ctx:
+        root = None
+        if ctx is None or ctx.is_main:
+            root = _new_run_dir(Path(output_dir or experiment.config.output_dir), experiment.config.name)
+            _dump_yaml(experiment.to_dict(), root / "config.yaml")
+        root = Path(broadcast_object(str(root)))  # every rank works in rank 0's run directory
+        return _run_all(experiment, root, console or Console(), progress, resume=False)
 
 
 def resume_experiment(
@@ -444,7 +476,8 @@ def resume_experiment(
             f"mtlkit run --resume {top}"
         )
     experiment = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
-    return _run_all(experiment, root, console or Console(), progress, resume=True)
+    with distributed_session(experiment.config.trainer.device):
+        return _run_all(experiment, root, console or Console(), progress, resume=True)
 
 
 def _run_all(
@@ -452,6 +485,9 @@ def _run_all(
 ) -> ExperimentResult:
     cfg = experiment.config
     labels = list(experiment.variants)
+    main = is_main_process()
+    if not main:  # under torchrun only rank 0 prints and writes
+        console = Console(quiet=True)
     if cfg.plots:
         require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
@@ -485,8 +521,9 @@ def _run_all(
     comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
     first_data = data_cache[_data_key(next(iter(experiment.variants.values())).data)]
     comparison["data"] = dict(first_data.info.items())
-    write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
-    if cfg.plots:
+    if main:
+        write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
+    if cfg.plots and main:
         histories: dict[str, list[list[dict[str, Any]]]] = {}
         for r in runs:
             histories.setdefault(r.label, []).append(r.history)

@@ -181,8 +181,18 @@ def _per_task_streams(
     }
 
 
-def _joint_plan(data: TrainData, tasks: Sequence[Task], batch_size: int, seed: int) -> EpochPlan:
-    loader = batch_loader(data, tasks, batch_size, shuffle=True, seed=seed)  # type: ignore[arg-type]
+def _joint_plan(
+    data: TrainData, tasks: Sequence[Task], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0
+) -> EpochPlan:
+    loader = batch_loader(
+        data,  # type: ignore[arg-type]
+        tasks,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
 
     def epoch(e: int) -> Iterator[ScheduledStep]:
         if hasattr(loader, "set_epoch"):
@@ -222,7 +232,7 @@ class Joint(TaskSchedule):
                 f"per-task datasets for {list(data)}. Use schedule 'mixed' (each batch pools samples of "  # type: ignore[arg-type]
                 "every task, flagged by task), 'alternating' or 'sampling' (one task's batch per step)."
             )
-        return _joint_plan(data, tasks, batch_size, seed)
+        return _joint_plan(data, tasks, batch_size, seed, num_replicas, rank)
 
 
 class Mixed(TaskSchedule):
@@ -250,7 +260,7 @@ class Mixed(TaskSchedule):
         rank: int = 0,
     ) -> EpochPlan:
         if not is_per_task(data):
-            return _joint_plan(data, tasks, batch_size, seed)
+            return _joint_plan(data, tasks, batch_size, seed, num_replicas, rank)
         per_task_sources(data, tasks)  # type: ignore[arg-type]  # every task needs data
         pool = mixed_dataset(data, tasks)  # type: ignore[arg-type]
         loader = TensorBatchLoader(
