@@ -33,6 +33,7 @@ METHODS = [
     ("mgda", "equal", "mgda", "parameters"),
     ("mgda-representation", "equal", "mgda", "representation"),
     ("gradnorm", "gradnorm", None, "parameters"),
+    ("uncertainty-unwrapped", "uncertainty", None, "parameters"),  # no DDP wrapper: the Trainer averages
 ]
 
 
@@ -94,7 +95,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        results = {m[0]: _train(m, WORLD, rank, wrap=True) for m in METHODS}
+        results = {m[0]: _train(m, WORLD, rank, wrap=not m[0].endswith("-unwrapped")) for m in METHODS}
         torch.save(results, Path(out) / f"r{rank}.pt")
     finally:
         dist.destroy_process_group()
