@@ -64,10 +64,15 @@ def default_device() -> torch.device:
 class Trainer:
     """Trains a multi-task model: a weighted sum of task losses, under any training schedule.
 
+    Under torch.distributed (e.g. ``torchrun``) every step equals a single-process step on the
+    global batch: datasets are sharded by rank, the task losses and per-task gradients are
+    reduced across ranks before weighting and aggregation (:class:`mtlkit.distributed.GradientSync`),
+    metrics are reduced over the ranks' shards, and rank 0 writes the checkpoints.
+
     Args:
         model: a :class:`~mtlkit.models.MultiTaskModel` (any ``nn.Module`` returning
             ``{task: output}`` works; models without ``shared_parameters`` cannot use
-            gradient-level methods).
+            gradient-level methods), optionally wrapped in DistributedDataParallel.
         tasks: the tasks, in the order of the loss vector.
         optimizer: a torch optimizer over ``model.parameters()``, or a factory
             ``params -> optimizer`` (default: Adam, lr 1e-3). Learnable parameters of the loss
@@ -530,7 +535,7 @@ class Trainer:
             # same outputs; decode keeps the tasks' graphs apart, so per-task backward passes are cheaper
             outputs = self._encode_decode(batch.inputs)[1]
         elif self.uses_gradients:
-            # bypass a DDP wrapper: its hooks expect one plain backward; gradients are averaged below
+            # bypass a DDP wrapper: its hooks expect one plain backward; backward(sync=) reduces instead
             outputs = self._core(batch.inputs)
         else:
             outputs = self.model(batch.inputs)
