@@ -166,7 +166,7 @@ def backward(
             and the per-task gradients are reduced across ranks before weighting and
             aggregation, so the step equals a single-process step on the global batch. The
             model's gradients then come out ready to be averaged over the ranks (DDP's
-            all-reduce does it; with ``target="parameters"`` the shared and task parameters'
+            all-reduce does it; without ``representation`` the shared and task parameters'
             gradients are already the global ones, and averaging leaves them unchanged).
             Pass :class:`~mtlkit.TaskLosses` so that the ranks' label counts weigh their losses.
 

@@ -50,7 +50,7 @@ class MultiTaskModel(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters used only by ``task``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement task_parameters(task).")
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters not owned by any single task, in registration order."""
