@@ -133,6 +133,8 @@ def optimizer_factory(spec: dict[str, Any]) -> Callable[[Iterable[nn.Parameter]]
     params = {k: v for k, v in spec.items() if k != "name"}
     if isinstance(params.get("betas"), list):
         params["betas"] = tuple(params["betas"])
+    if cls in (torch.optim.Adam, torch.optim.AdamW) and "foreach" not in params:
+        params["foreach"] = True  # multi-tensor kernels: same numbers, faster on CPU too (torch's default on GPU)
     return partial(cls, **params)
 
 
