@@ -83,7 +83,7 @@ def floor_step(model, tasks, x, targets, *, decode: bool = False) -> Callable[[]
     """The floor, hand-written: one forward (``model(x)``, or with ``decode`` the
     ``decode(encode(x))`` forward the Trainer's gradient path uses), ``T`` retained backward
     passes accumulating into ``.grad``, the Adam step."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer's default
 
     def step() -> None:
         out = model.decode(model.encode(x), x) if decode else model(x)
