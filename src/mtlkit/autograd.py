@@ -183,15 +183,18 @@ def backward(
         weighting = EqualWeighting(order or [f"task{i}" for i in range(T)])
     if present is None:
         present = given_present
-    counts = None
+    counts = local = None
     if sync is not None:
         local = losses.counts if isinstance(losses, TaskLosses) else None
         if local is None:
             local = present.to(vec.dtype) if present is not None else torch.ones_like(vec.detach())
-        vec, counts, share = sync.global_losses(vec, local)
-        present = counts > 0
-        if items is not None:
-            items = tuple(item * s for item, s in zip(items, share.unbind(0)))
+        gradient_level = aggregator is not None or weighting.requires_gradients
+        if not (gradient_level and representation is None):  # else: one fused reduction, below
+            vec, counts, share = sync.global_losses(vec, local)
+            present = counts > 0
+            local = None
+            if items is not None:
+                items = tuple(item * s for item, s in zip(items, share.unbind(0)))
     aux_total = _aux_total(aux)
     if aggregator is None and not weighting.requires_gradients:
         out = weighting(vec, present=present, state=state)
@@ -218,6 +221,7 @@ def backward(
         workspace,
         sync,
         counts,
+        local,
     )
 
 
@@ -302,6 +306,7 @@ def _gradient_backward(
     workspace: GradientWorkspace | None,
     sync: GradientSync | None,
     counts: Tensor | None,
+    local_counts: Tensor | None,
 ) -> BackwardResult:
     names = weighting.task_names
     T = vec.shape[0]
@@ -317,22 +322,34 @@ def _gradient_backward(
     sizes = [t.numel() for t in targets]
     ref = targets[0]
     log_transform = aggregator is not None and aggregator.loss_transform == "log"
-    losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
-    # d log L_k = dL_k / L_k: a per-row factor, folded into each backward pass like the weights
-    coef = (1.0 / vec.detach().clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec.detach())
+    fused = sync is not None and local_counts is not None
     out = None
-    if not weighting.requires_gradients:  # weights first, so every row comes out already weighted
-        out = weighting(losses_for_weights, present=present, state=state)
-        coef = coef * out.weights.detach().to(coef.dtype)
+    if fused:
+        # distributed: the rows are Σ_r n_r ∇L_r after one all-reduce that also carries the losses
+        # and label counts; the global weights are applied once the global losses are known
+        rows, labelled = list(range(T)), [n > 0 for n in local_counts.tolist()]
+        coef = local_counts.detach().to(vec.dtype)
+    else:
+        rows, labelled = keep, [True] * T
+        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
+        # d log L_k = dL_k / L_k: a per-row factor, folded into each backward pass like the weights
+        coef = (1.0 / vec.detach().clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec.detach())
+        if not weighting.requires_gradients:  # weights first, so every row comes out already weighted
+            out = weighting(losses_for_weights, present=present, state=state)
+            coef = coef * out.weights.detach().to(coef.dtype)
     # one retained backward pass per labelled task, from the task's own scalar (never vec[k]:
     # that would walk every task's graph), into a [K, P] Jacobian of the kept rows only
     if workspace is not None:
-        jac = workspace.jacobian(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+        jac = workspace.jacobian(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
     else:
-        jac = torch.empty(len(keep), sum(sizes), dtype=ref.dtype, device=ref.device)
+        jac = torch.empty(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
     own_grads: list[list[Tensor | None]] = []
     coefs = coef.to(vec.dtype).unbind(0)
-    for row, i in enumerate(keep):
+    for row, i in enumerate(rows):
+        if not labelled[i]:  # no label on this rank (others may have some)
+            jac[row].zero_()
+            own_grads.append([None] * len(own[i]))
+            continue
         loss_i = items[i] if items is not None else vec[i]
         grads = torch.autograd.grad(
             loss_i,
@@ -344,7 +361,21 @@ def _gradient_backward(
         _write_row(jac[row], grads[: len(targets)], sizes)
         own_grads.append(list(grads[len(targets) :]))
     span = None  # this rank's columns of a representation Jacobian gathered over the ranks
-    if sync is not None:
+    if fused:
+        assert sync is not None
+        assert local_counts is not None
+        jac, own_grads, vec, counts, keep = _reduce_fused(sync, jac, own_grads, own, vec, local_counts)
+        present = counts > 0
+        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
+        coef = (1.0 / vec.clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec)
+        if not weighting.requires_gradients:
+            out = weighting(losses_for_weights, present=present, state=state)
+            coef = coef * out.weights.detach().to(coef.dtype)
+        if log_transform or out is not None:
+            scale = coef.to(jac.dtype)[keep]
+            jac.mul_(scale[:, None])
+            own_grads = [[g * scale[r] if g is not None else None for g in gs] for r, gs in enumerate(own_grads)]
+    elif sync is not None:
         jac, own_grads, span = _reduce_over_ranks(sync, jac, own_grads, [own[i] for i in keep], representation)
     if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
         full = jac
@@ -396,6 +427,40 @@ def _gradient_backward(
     elif aux_total is not None:
         aux_total.backward()
     return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights, counts)
+
+
+def _reduce_fused(
+    sync: GradientSync,
+    jac: Tensor,
+    own_grads: list[list[Tensor | None]],
+    own: list[list[nn.Parameter]],
+    vec: Tensor,
+    local_counts: Tensor,
+) -> tuple[Tensor, list[list[Tensor | None]], Tensor, Tensor, list[int]]:
+    """One all-reduce of ``[n_r-weighted Jacobian rows | task parameters' gradients | loss sums |
+    label counts]`` (every task's row, zero where this rank has no label). Returns the global
+    per-task gradients of the labelled tasks (unweighted), their task parameters' gradients, the
+    global mean losses and counts, and the indices of the tasks labelled anywhere."""
+    T = jac.shape[0]
+    n = local_counts.detach().to(jac.dtype)
+    flat_own = [
+        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jac.dtype)
+        for gs, ps in zip(own_grads, own)
+        for g, p in zip(gs, ps)
+    ]
+    buf = torch.cat([jac.reshape(-1), *flat_own, vec.detach().to(jac.dtype) * n, n])
+    sync.sum_(buf)
+    total = buf[-T:]
+    inv = 1.0 / total.clamp_min(1)
+    mean = (buf[-2 * T : -T] * inv).to(vec.dtype)
+    jac.copy_(buf[: jac.numel()].view_as(jac)).mul_(inv[:, None])
+    parts = iter(buf[jac.numel() : buf.numel() - 2 * T].split([p.numel() for ps in own for p in ps]))
+    grads = [[next(parts).view_as(p).mul(inv[i]).to(p.dtype) for p in ps] for i, ps in enumerate(own)]
+    keep = (total > 0).nonzero().flatten().tolist()
+    if len(keep) < T:  # a task without a label on any rank: no row
+        jac = jac[keep]
+        grads = [grads[i] for i in keep]
+    return jac, list(grads), mean, total.to(local_counts.dtype), keep
 
 
 def _reduce_over_ranks(

@@ -46,6 +46,13 @@ def _data() -> Any:
     y[torch.arange(96) % 5 == 0] = math.nan
     y[:12:2] = math.nan  # rank 0 loses more in the first batch
     data.targets["y2"] = y
+    # epoch 0: rank 0 has no y2 label in the first global batch (rank 1 has some), and the second
+    # global batch has no y1 label on any rank
+    from mtlkit.data import TensorBatchLoader
+
+    order = TensorBatchLoader(data, 32, shuffle=True, seed=1)._indices()
+    # data.targets["y2"][order[0:32:2]] = math.nan
+    data.targets["y1"][order[32:64]] = math.nan
     return data
 
 

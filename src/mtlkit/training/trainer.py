@@ -630,12 +630,17 @@ class Trainer:
         if model_done:
             return
         params = [p for p in self._core.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        if not grads:
+        if not params:
             return
-        flat = sync.average_(torch.cat([g.reshape(-1) for g in grads]))
-        for p, g in zip(params, flat.split([g.numel() for g in grads])):
-            p.grad = g.view_as(p).clone()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        # one flag per parameter: a gradient that no rank has stays None, as in a single process
+        # (an optimizer skips those; with zeros Adam would still move them by its momentum)
+        has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+        flat = sync.sum_(torch.cat([*(g.reshape(-1) for g in grads), has]))
+        anywhere = flat[-len(params) :].tolist()
+        flat = flat[: -len(params)].div_(sync.world_size)
+        for p, g, n in zip(params, flat.split([g.numel() for g in grads]), anywhere):
+            p.grad = g.view_as(p).clone() if n > 0 else None
 
     def _check_finite(self, sums: Tensor, epoch: int) -> list[float]:
         means = (sums[0] / sums[1].clamp_min(1)).tolist()
