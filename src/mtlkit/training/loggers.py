@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mtlkit.analysis.gates import collect_gates, gate_statistics_from_weights
 from mtlkit.autograd import BackwardResult
 from mtlkit.data.batch import Inputs, as_batch
+from mtlkit.distributed import is_main_process
 from mtlkit.errors import IncompatibleComponentsError
 
 __all__ = ["EpochLogger", "TensorBoardLogger"]
@@ -36,12 +37,6 @@ class EpochLogger(Protocol):
     def log_epoch(self, record: Mapping[str, Any], model: nn.Module) -> None: ...
 
     def flush(self) -> None: ...
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _rows(x: Inputs) -> int:
@@ -136,14 +131,14 @@ class TensorBoardLogger:
             w = w.detach().double()
             self._agg_sum = w if self._agg_sum is None else self._agg_sum + w
             self._agg_steps += 1
-        if step % self.step_interval == 0 and _is_main_process():
+        if step % self.step_interval == 0 and is_main_process():
             self.writer.add_scalar("train/total_loss", float(result.total), step)
 
     def log_epoch(self, record: Mapping[str, Any], model: nn.Module) -> None:
         """Write one epoch's record (a :meth:`~mtlkit.Trainer.fit` history entry) and the gates."""
         agg, steps = self._agg_sum, self._agg_steps
         self._agg_sum, self._agg_steps = None, 0
-        if not _is_main_process():
+        if not is_main_process():
             return
         w, e = self.writer, int(record["epoch"])
         for t, v in record["train"].items():

@@ -17,7 +17,7 @@ from mtlkit.aggregation._base import Aggregator
 from mtlkit.autograd import BackwardResult, GradientTarget, GradientWorkspace, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
-from mtlkit.distributed import GradientSync
+from mtlkit.distributed import GradientSync, world
 from mtlkit.errors import (
     CheckpointError,
     DataError,
@@ -222,7 +222,8 @@ class Trainer:
 
     @property
     def _has_encoder(self) -> bool:
-        flag = getattr(self._core, "has_representation", None)  # MultiTaskModel (wrappers answer for their base)
+        # MultiTaskModel (wrappers answer for their base)
+        flag = getattr(self._core, "has_representation", None)
         if isinstance(flag, bool):
             return flag
         return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
@@ -266,7 +267,8 @@ class Trainer:
 
     def _make_optimizer(self, optimizer: OptimizerLike | None) -> torch.optim.Optimizer:
         if optimizer is None:
-            opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=True)  # multi-tensor: faster on CPU too
+            # multi-tensor kernels: the same numbers, faster on CPU too
+            opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=True)
         elif isinstance(optimizer, torch.optim.Optimizer):
             opt = optimizer
         elif callable(optimizer):
@@ -300,7 +302,7 @@ class Trainer:
         unpadded shard of a dataset (metrics are reduced over the ranks)."""
         if is_per_task(data):  # each task's labelled rows with only its targets, in order
             return PerTaskLoader(data, self.tasks, batch_size)  # type: ignore[arg-type]
-        num_replicas, rank = _distributed() if shard else (1, 0)
+        num_replicas, rank = world() if shard else (1, 0)
         return batch_loader(
             data,  # type: ignore[arg-type]
             self.tasks,
@@ -373,7 +375,7 @@ class Trainer:
             self._check_monitor(early_stopping.monitor, has_val=val is not None)
         if resume is not None:
             self.load_checkpoint(resume)
-        num_replicas, rank = _distributed()
+        num_replicas, rank = world()
         # evaluation-only tasks (Task(train=False)) never get a step or a batch of their own
         trained = [t for t in self.tasks if t.train] or list(self.tasks)
         if is_per_task(train) and len(trained) < len(self.tasks):  # their datasets serve evaluation only
@@ -492,13 +494,17 @@ class Trainer:
         weights = torch.where(weight_sum[1] > 0, weight_sum[0] / weight_sum[1].clamp_min(1), math.nan)
         return means, weights.tolist()
 
-    def _after_step(self, batch: Batch, present: Tensor, state: TrainState, sync: GradientSync | None) -> None:
+    def _after_step(
+        self, batch: Batch, present: Tensor, state: TrainState, sync: GradientSync | None
+    ) -> None:
         new_losses = None
         if self.weighting.requires_post_step_losses:  # e.g. FAMO: the losses after the update, same batch
             with torch.no_grad():
                 preds, _ = split_aux(self._core(batch.inputs))
                 after = task_losses(self.tasks, preds, batch.targets, batch.masks)
-                new_losses = after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
+                new_losses = (
+                    after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
+                )
         self.weighting.after_step(new_losses, present=present, state=state)
 
     def train_step(
@@ -607,6 +613,7 @@ class Trainer:
                 )
             return trained
         return None if set(trained) == set(self.task_names) else trained
+
     def _gradient_params(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
         """The model's shared parameters and each task's own ones, resolved on first use."""
         if self._param_groups is None:
@@ -924,15 +931,6 @@ class Trainer:
 
 def _make_scheduler(scheduler: SchedulerLike | None, optimizer: torch.optim.Optimizer) -> Any:
     return scheduler(optimizer) if callable(scheduler) and not _is_scheduler(scheduler) else scheduler
-
-
-def _distributed() -> tuple[int, int]:
-    """``(world size, rank)`` under torch.distributed, else ``(1, 0)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
