@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from mtlkit.errors import DistributedError
+
 __all__ = [
     "DistributedContext",
     "GlobalLosses",
@@ -77,7 +79,7 @@ class GradientSync:
     def __init__(self, group: object | None = None) -> None:
         dist = _dist()
         if dist is None or not dist.is_initialized():
-            raise RuntimeError(
+            raise DistributedError(
                 "GradientSync needs an initialised process group: call torch.distributed.init_process_group "
                 "(torchrun sets up the environment for it) or mtlkit.distributed.init_from_env() first."
             )
@@ -170,8 +172,8 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
     ``LOCAL_RANK``.
 
     Raises:
-        RuntimeError: the environment names a world but not the rank, or CUDA was asked for and
-            there are fewer GPUs than local ranks.
+        DistributedError: the environment names a world but not the rank, CUDA was asked for
+            without a CUDA device, or there are fewer GPUs than local ranks.
     """
     dist = _dist()
     if dist is None:
@@ -183,17 +185,22 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
         if "RANK" not in os.environ:
-            raise RuntimeError(
+            raise DistributedError(
                 "WORLD_SIZE is set but RANK is not: start distributed runs with "
                 "`torchrun --nproc_per_node=N -m mtlkit run ...`."
             )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistributedError(
+            f"trainer.device is {device!r} but this machine has no CUDA device: set trainer.device: cpu "
+            "(or auto) to train the processes on the CPU with gloo."
+        )
     use_cuda = torch.cuda.is_available() and (
         device is None or device in ("auto", "cuda") or device.startswith("cuda")
     )
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
+            raise DistributedError(
                 f"Local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): start at most "
                 f"{torch.cuda.device_count()} processes per node, or set trainer.device: cpu."
             )

@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DistributedError",
     "IncompatibleComponentsError",
     "MtlkitError",
     "ShapeError",
@@ -77,3 +78,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class DistributedError(MtlkitError, RuntimeError):
+    """Multi-process training cannot start as asked (environment, devices, process group)."""

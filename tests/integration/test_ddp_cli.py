@@ -58,8 +58,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
 
 def test_world_size_without_rank_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from mtlkit.distributed import init_from_env
+    from mtlkit.errors import DistributedError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node"):
+    with pytest.raises(DistributedError, match="torchrun --nproc_per_node"):
         init_from_env(device="cpu")
+
+
+def test_cuda_asked_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mtlkit.distributed import init_from_env
+    from mtlkit.errors import DistributedError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DistributedError, match="no CUDA device"):
+        init_from_env(device="cuda")
