@@ -429,6 +429,18 @@ def _gradient_backward(
     return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights, counts)
 
 
+def _flat_task_grads(
+    own_grads: list[list[Tensor | None]], own: list[list[nn.Parameter]], dtype: torch.dtype
+) -> list[Tensor]:
+    """Every task parameter's gradient, flattened, zeros where there is none: the same layout on
+    every rank, for one collective."""
+    return [
+        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+        for gs, ps in zip(own_grads, own)
+        for g, p in zip(gs, ps)
+    ]
+
+
 def _reduce_fused(
     sync: GradientSync,
     jac: Tensor,
@@ -443,11 +455,7 @@ def _reduce_fused(
     global mean losses and counts, and the indices of the tasks labelled anywhere."""
     T = jac.shape[0]
     n = local_counts.detach().to(jac.dtype)
-    flat_own = [
-        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jac.dtype)
-        for gs, ps in zip(own_grads, own)
-        for g, p in zip(gs, ps)
-    ]
+    flat_own = _flat_task_grads(own_grads, own, jac.dtype)
     buf = torch.cat([jac.reshape(-1), *flat_own, vec.detach().to(jac.dtype) * n, n])
     sync.sum_(buf)
     total = buf[-T:]
@@ -473,11 +481,7 @@ def _reduce_over_ranks(
     """Average the ranks' per-task gradients (their losses were scaled by the ranks' label shares,
     so the average is the global batch's gradient) in one collective; a representation Jacobian
     (per sample) is gathered along its columns instead."""
-    flat_own = [
-        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jac.dtype)
-        for gs, ps in zip(own_grads, own)
-        for g, p in zip(gs, ps)
-    ]
+    flat_own = _flat_task_grads(own_grads, own, jac.dtype)
     span = None
     if representation is None:
         buf = torch.cat([jac.reshape(-1), *flat_own])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from mtlkit.distributed import GradientSync
 from mtlkit.errors import ShapeError
 from mtlkit.tasks import Task, TaskKind
 
@@ -95,20 +96,14 @@ class MultiTaskMetrics:
                 m.update(p, t)
 
     def _synced_sums(self) -> dict[str, Tensor]:
-        """Loss sums over all processes when torch.distributed is running (torchmetrics syncs the rest)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        """Loss sums over all processes when torch.distributed is running (torchmetrics syncs the
+        rest): every task's ``[sum, count]`` in one all-reduce."""
+        sync = GradientSync.active()
+        if sync is None:
             return self._sums
-        out = {}
-        for task in self.tasks:
-            s = self._sums.get(task.name)
-            if s is None:
-                s = torch.zeros(2, dtype=torch.float64, device=self._device or "cpu")
-            s = s.clone()
-            dist.all_reduce(s)
-            out[task.name] = s
-        return out
+        zeros = torch.zeros(2, dtype=torch.float64, device=self._device or "cpu")
+        stacked = sync.sum_(torch.stack([self._sums.get(t.name, zeros) for t in self.tasks]))
+        return {t.name: row for t, row in zip(self.tasks, stacked.unbind(0))}
 
     def counts(self) -> dict[str, int]:
         """Number of labelled elements seen per task."""
