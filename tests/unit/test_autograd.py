@@ -184,8 +184,9 @@ def test_a_workspace_reuses_the_jacobian_memory_and_changes_no_gradient() -> Non
                 torch.testing.assert_close(g, w)
     # the three calls with the workspace (3, 3 and 2 rows) used the same memory
     assert seen[1] == seen[3] == seen[5]
+    assert ws.numel == 3 * sum(p.numel() for p in model.shared_parameters())
     ws.clear()
-    assert ws._buffer is None
+    assert ws.numel == 0
 
 
 def test_shared_gradients_add_to_existing_grads_and_are_independent_tensors() -> None:
