@@ -91,7 +91,7 @@ def shard(order: Tensor, num_replicas: int, rank: int, *, pad: bool = True) -> T
     """Rank ``rank``'s part of ``order`` (indices in batch order): positions ``rank, rank + N, ...``.
 
     ``pad`` (training) wraps around so that every rank gets ``ceil(n / N)`` indices, as torch's
-    ``DistributedSampler`` does; without it (evaluation) no index is read twice.
+    ``DistributedSampler`` does (also when ``n < N``); without it (evaluation) no index is read twice.
     """
     if num_replicas <= 1:
         return order
@@ -99,8 +99,8 @@ def shard(order: Tensor, num_replicas: int, rank: int, *, pad: bool = True) -> T
         return order[rank::num_replicas]
     n = order.numel()
     total = -(-n // num_replicas) * num_replicas
-    if total > n:
-        order = torch.cat([order, order[: total - n]])
+    if total > n:  # wrap around (more than once when there are fewer indices than ranks)
+        order = order.repeat(-(-total // n))[:total] if n else order
     return order[rank:total:num_replicas]
 
 

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["EarlyStopper", "EarlyStopping", "resolve_monitor"]
+from mtlkit.metrics.collection import MultiTaskMetrics
+from mtlkit.tasks import Task
+
+__all__ = ["EarlyStopper", "EarlyStopping", "check_monitor", "monitored", "resolve_monitor"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -64,6 +67,35 @@ def resolve_monitor(
         value, t0 = metrics[task][metric], task
     higher = directions[t0][metric] if directions and t0 in directions and metric in directions[t0] else False
     return value, higher
+
+
+def check_monitor(monitor: str, tasks: Sequence[Task], *, has_val: bool) -> None:
+    """Raise ``ValueError`` (with the choices) before training when ``monitor`` will not exist."""
+    directions = MultiTaskMetrics(tasks).directions()
+    if not has_val:  # only the training losses exist
+        directions = {t: {"loss": False} for t in directions}
+    try:
+        resolve_monitor(monitor, {t: dict.fromkeys(ms, 0.0) for t, ms in directions.items()}, directions)
+    except KeyError as exc:
+        hint = "" if has_val else " (without validation data only training losses can be monitored)"
+        raise ValueError(f"EarlyStopping: {exc.args[0]}{hint}") from None
+
+
+def monitored(
+    record: Mapping[str, Any], tasks: Sequence[Task], rule: EarlyStopping | None
+) -> tuple[str, float, bool]:
+    """``(name, value, higher is better)`` of the monitored metric in an epoch's record: the rule's
+    monitor (default ``mean/loss``), from the validation metrics, else the training losses."""
+    metrics = record.get("val") or {t: {"loss": v} for t, v in record["train"].items()}
+    directions = MultiTaskMetrics(tasks).directions() if "val" in record else None
+    monitor = rule.monitor if rule is not None else "mean/loss"
+    try:
+        value, higher = resolve_monitor(monitor, metrics, directions)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    if rule is not None and rule.mode != "auto":
+        higher = rule.mode == "max"
+    return monitor, value, higher
 
 
 def _unknown(monitor: str, metrics: dict[str, dict[str, Any]]) -> str:

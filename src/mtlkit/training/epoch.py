@@ -12,7 +12,7 @@ from torch import Tensor
 from mtlkit.training.divergence import DivergenceGuard
 from mtlkit.training.step import StepStats
 
-__all__ = ["EpochStats"]
+__all__ = ["EpochStats", "epoch_line"]
 
 
 class EpochStats:
@@ -78,3 +78,15 @@ class EpochStats:
         if steps_per_task:
             record["steps"] = dict(self._per_task)
         return record
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The one-line summary of an epoch's record (``Trainer(log_epochs=True)``)."""
+    train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
+    if "steps" in record:
+        train += " (steps " + " ".join(f"{t}={n}" for t, n in record["steps"].items()) + ")"
+    mon = record["monitor"]
+    return (
+        f"epoch {record['epoch']}/{epochs}  train loss {train}  |  {mon['name']}={mon['value']:.4f}"
+        f"  ({record['seconds']:.1f}s)"
+    )

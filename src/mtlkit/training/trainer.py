@@ -26,14 +26,13 @@ from mtlkit.data.batch import Batch, Inputs
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.distributed import world
 from mtlkit.errors import CheckpointError, DataError, UnknownComponentError
-from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training import evaluation
 from mtlkit.training.checkpoint import component_mismatch, load_checkpoint, save_checkpoint, state_mismatch
 from mtlkit.training.divergence import TrainingDivergedError
-from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, resolve_monitor
-from mtlkit.training.epoch import EpochStats
+from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_monitor, monitored
+from mtlkit.training.epoch import EpochStats, epoch_line
 from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.optimizers import OptimizerLike, OptimizerSet, SchedulerLike
 from mtlkit.training.progress import ProgressDisplay
@@ -229,7 +228,7 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
         if early_stopping is not None:
-            self._check_monitor(early_stopping.monitor, has_val=val is not None)
+            check_monitor(early_stopping.monitor, self.tasks, has_val=val is not None)
         if resume is not None:
             self.load_checkpoint(resume)
         self.stopper.start(early_stopping)
@@ -275,16 +274,6 @@ class Trainer:
             "state": _cpu_state(unwrap(self.model)) if with_model else None,
             "weighting": _cpu_state(self.weighting),
         }
-
-    def _check_monitor(self, monitor: str, *, has_val: bool) -> None:
-        directions = MultiTaskMetrics(self.tasks).directions()
-        if not has_val:  # only the training losses exist
-            directions = {t: {"loss": False} for t in directions}
-        try:
-            resolve_monitor(monitor, {t: dict.fromkeys(ms, 0.0) for t, ms in directions.items()}, directions)
-        except KeyError as exc:
-            hint = "" if has_val else " (without validation data only training losses can be monitored)"
-            raise ValueError(f"EarlyStopping: {exc.args[0]}{hint}") from None
 
     def _train_epoch(self, plan: EpochPlan, epochs: int, display: ProgressDisplay) -> dict[str, Any]:
         """One epoch of ``plan``: the record's ``train``, ``weights``, ``lr`` (and ``aux``, ``steps``)."""
@@ -338,17 +327,9 @@ class Trainer:
         return out
 
     def _after_epoch(self, record: dict[str, Any], early_stopping: EarlyStopping | None) -> bool:
-        """Resolve the monitored value, step the epoch schedulers; True when early stopping stops."""
-        metrics = record.get("val") or {t: {"loss": v} for t, v in record["train"].items()}
-        directions = MultiTaskMetrics(self.tasks).directions() if "val" in record else None
-        monitor = early_stopping.monitor if early_stopping is not None else "mean/loss"
-        try:
-            value, higher = resolve_monitor(monitor, metrics, directions)
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        if early_stopping is not None and early_stopping.mode != "auto":
-            higher = early_stopping.mode == "max"
-        record["monitor"] = {"name": monitor, "value": value}
+        """Record the monitored value, step the epoch schedulers; True when early stopping stops."""
+        name, value, higher = monitored(record, self.tasks, early_stopping)
+        record["monitor"] = {"name": name, "value": value}
         self.optimizers.end_epoch(value)
         return self.stopper.update(value, higher=higher, epoch=record["epoch"])
 
@@ -356,14 +337,7 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_epoch(record, unwrap(self.model))
         if self.log_epochs:
-            train = " ".join(f"{t}={v:.4f}" for t, v in record["train"].items())
-            if "steps" in record:
-                train += " (steps " + " ".join(f"{t}={n}" for t, n in record["steps"].items()) + ")"
-            mon = record["monitor"]
-            self.console.print(
-                f"epoch {record['epoch']}/{epochs}  train loss {train}  |  {mon['name']}={mon['value']:.4f}"
-                f"  ({record['seconds']:.1f}s)"
-            )
+            self.console.print(epoch_line(record, epochs))
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, loader: Iterable[Any]) -> dict[str, dict[str, float]]:
