@@ -402,6 +402,30 @@ def _scale_rows(reduced: Reduced, factors: Tensor) -> None:
         grads[:] = [g * factors[r] if g is not None else None for g in grads]
 
 
+def _weigh(
+    reduced: Reduced,
+    early: LossWeights | None,
+    weighting: LossWeighting,
+    aggregator: Aggregator | None,
+    state: TrainState | None,
+) -> WeightedLoss:
+    """The weighting's output, with every row (and its task gradients) scaled by its weight."""
+    lw, keep = early, reduced.rows
+    if lw is None:  # the reduction came first: weigh the global rows now
+        lw = loss_weights(reduced.losses, reduced.present, weighting, aggregator, state)
+        if lw.log or lw.weighted is not None:
+            _scale_rows(reduced, lw.scale.to(reduced.jacobian.dtype)[keep])
+    if lw.weighted is not None:
+        return lw.weighted
+    full = reduced.jacobian  # the weighting needs the (unweighted) gradients: GradNorm
+    if len(keep) != lw.losses.shape[0]:
+        full = full.new_zeros(lw.losses.shape[0], full.shape[1])
+        full[keep] = reduced.jacobian
+    out = weighting(lw.losses, present=reduced.present, state=state, jacobian=full)
+    _scale_rows(reduced, out.weights.detach().to(full.dtype)[keep])
+    return out
+
+
 def combine(
     reduced: Reduced,
     early: LossWeights | None,
@@ -414,19 +438,7 @@ def combine(
     ``early``: the weights already folded into the rows (by :func:`task_gradients`); ``None``
     when the reduction came first, and they are computed from the global losses here.
     """
-    lw, keep = early, reduced.rows
-    if lw is None:
-        lw = loss_weights(reduced.losses, reduced.present, weighting, aggregator, state)
-        if lw.log or lw.weighted is not None:
-            _scale_rows(reduced, lw.scale.to(reduced.jacobian.dtype)[keep])
-    out = lw.weighted
-    if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
-        full = reduced.jacobian
-        if len(keep) != full.shape[0] or len(keep) != lw.losses.shape[0]:
-            full = full.new_zeros(lw.losses.shape[0], full.shape[1])
-            full[keep] = reduced.jacobian
-        out = weighting(lw.losses, present=reduced.present, state=state, jacobian=full)
-        _scale_rows(reduced, out.weights.detach().to(full.dtype)[keep])
+    out, keep = _weigh(reduced, early, weighting, aggregator, state), reduced.rows
     w = out.weights.detach()
     if not keep:
         return Combined(None, out, torch.zeros_like(w), None)
