@@ -12,18 +12,7 @@ from torch import Tensor
 from mtlkit.errors import ShapeError
 from mtlkit.tasks import Task
 
-__all__ = ["AUX_PREFIX", "TaskLosses", "split_aux", "task_losses"]
-
-AUX_PREFIX = "aux/"
-"""Model outputs whose key starts with this are scalar auxiliary losses (e.g. ``aux/soft_sharing``):
-added to the objective as they are, never weighted or aggregated, never treated as predictions."""
-
-
-def split_aux(outputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``(predictions, auxiliary losses)`` of a model's output dict."""
-    preds = {k: v for k, v in outputs.items() if not k.startswith(AUX_PREFIX)}
-    aux = {k[len(AUX_PREFIX) :]: v for k, v in outputs.items() if k.startswith(AUX_PREFIX)}
-    return preds, aux
+__all__ = ["TaskLosses", "task_losses"]
 
 
 class TaskLosses(NamedTuple):

@@ -19,7 +19,6 @@ import mtlkit
 from mtlkit import Task
 from mtlkit.data import Batch
 from mtlkit.errors import IncompatibleComponentsError, UnknownComponentError
-from mtlkit.losses import split_aux
 from mtlkit.registries import MODELS
 
 TASKS = (
@@ -116,7 +115,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Case]:
 
 
 def predictions(model: nn.Module, x: Any) -> dict[str, torch.Tensor]:
-    return split_aux(model(x))[0]
+    return model(x)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -205,7 +204,7 @@ def test_trains_with_missing_labels_and_any_balancing(name: str, setup: str) -> 
         kwargs["aggregator"] = mtlkit.aggregation.AGGREGATORS.build(method, tasks=case.tasks)
         kwargs["gradient_target"] = target or "parameters"
     shares = any(p.requires_grad for p in model.shared_parameters())
-    has_rep = getattr(model, "has_representation", type(model).encode is not mtlkit.models.MultiTaskModel.encode)
+    has_rep = model.has_representation
     if method != "uncertainty" and (not shares or (target == "representation" and not has_rep)):
         # refused at construction, saying why and what to use instead
         with pytest.raises(IncompatibleComponentsError, match="Use"):

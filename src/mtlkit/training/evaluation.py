@@ -12,7 +12,6 @@ from mtlkit.data.batch import Inputs, as_batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
 from mtlkit.distributed import world
 from mtlkit.errors import UnknownComponentError
-from mtlkit.losses import split_aux
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.tasks import Task
 from mtlkit.training.step import prepare_batch
@@ -43,7 +42,7 @@ def evaluate(
     validate = not isinstance(batches, (TensorBatchLoader, PerTaskLoader))
     for raw in batches:
         batch = prepare_batch(raw, tasks, device, validate=validate)
-        metrics.update(split_aux(model(batch.inputs))[0], batch.targets, batch.masks)
+        metrics.update(model(batch.inputs), batch.targets, batch.masks)
     result = metrics.compute()
     if isinstance(batches, PerTaskLoader):  # only the tasks that have a dataset
         result = {t: m for t, m in result.items() if t in batches.task_names}
@@ -89,7 +88,7 @@ def predict(
         inputs = (
             inputs.to(device) if isinstance(inputs, Tensor) else {k: v.to(device) for k, v in inputs.items()}
         )
-        preds, _ = split_aux(model(inputs))
+        preds = model(inputs)
         for key, value in preds.items():
             task = by_output.get(key)
             value = task.activate(value.float()) if (activate and task is not None) else value

@@ -19,9 +19,9 @@ from mtlkit.aggregation._base import Aggregator
 from mtlkit.autograd import BackwardResult, GradientTarget, GradientWorkspace, backward
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.distributed import GradientSync
-from mtlkit.errors import IncompatibleComponentsError, ShapeError, UnknownComponentError
-from mtlkit.losses import TaskLosses, split_aux, task_losses
-from mtlkit.models._base import MultiTaskModel
+from mtlkit.errors import IncompatibleComponentsError, UnknownComponentError
+from mtlkit.losses import TaskLosses, task_losses
+from mtlkit.models._base import ForwardParts, forward_parts
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task
 from mtlkit.training.optimizers import OptimizerSet
@@ -43,13 +43,6 @@ class StepStats(NamedTuple):
 def unwrap(model: nn.Module) -> nn.Module:
     """The model without a DistributedDataParallel wrapper."""
     return getattr(model, "module", model)
-
-
-def _has_representation(core: nn.Module) -> bool:
-    flag = getattr(core, "has_representation", None)  # MultiTaskModel (wrappers answer for their base)
-    if isinstance(flag, bool):
-        return flag
-    return getattr(type(core), "encode", None) is not MultiTaskModel.encode and hasattr(core, "decode")
 
 
 @dataclass(eq=False)
@@ -95,10 +88,10 @@ class Balancer:
                 "mtlkit.models.MultiTaskModel, or use a loss weighting."
             )
         if self.gradient_target == "representation":
-            if not _has_representation(core):
+            if getattr(core, "has_representation", False) is not True:
                 raise IncompatibleComponentsError(
-                    f"{name} has no single shared representation (no encode()/decode()), so {method} cannot "
-                    "take gradients with respect to it. Use gradient_target='parameters'."
+                    f"{name} has no single shared representation (has_representation is False), so {method} "
+                    "cannot take gradients with respect to it. Use gradient_target='parameters'."
                 )
         elif not any(p.requires_grad for p in core.shared_parameters()):
             raise IncompatibleComponentsError(
@@ -162,7 +155,7 @@ class Balancer:
         new_losses = None
         if self.weighting.requires_post_step_losses:
             with torch.no_grad():
-                preds, _ = split_aux(unwrap(model)(batch.inputs))
+                preds = unwrap(model)(batch.inputs)
                 after = task_losses(tasks, preds, batch.targets, batch.masks)
                 new_losses = (
                     after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
@@ -170,24 +163,17 @@ class Balancer:
         self.weighting.after_step(new_losses, present=present, state=state)
 
 
-def forward(model: nn.Module, inputs: Inputs, balancer: Balancer) -> tuple[Tensor | None, Mapping[str, Any]]:
-    """``(shared representation or None, outputs)``: the one place where a step calls the model.
+def forward(model: nn.Module, inputs: Inputs, balancer: Balancer) -> ForwardParts:
+    """The model's outputs, auxiliary losses and (``gradient_target="representation"``) shared
+    representation: the one place where a step calls the model.
 
     Gradient-level methods bypass a DDP wrapper (its hooks expect one plain backward; the
-    reduction of :func:`mtlkit.backward` replaces them) and, where the model has a shared
-    representation, compute the heads from it (the tasks' graphs stay apart, so the per-task
-    backward passes are cheaper); ``gradient_target="representation"`` returns it.
+    reduction of :func:`mtlkit.backward` replaces them) and take the representation path, whose
+    tasks' graphs are apart, so the per-task backward passes are cheaper (same outputs).
     """
-    core = unwrap(model)
-    if balancer.uses_gradients and _has_representation(core):
-        both = getattr(core, "encode_decode", None)
-        if callable(both):
-            rep, outputs = both(inputs)
-        else:
-            rep = core.encode(inputs)
-            outputs = core.decode(rep, inputs)
-        return (rep if balancer.gradient_target == "representation" else None), outputs
-    return None, (core if balancer.uses_gradients else model)(inputs)
+    gradient_level = balancer.uses_gradients
+    parts = forward_parts(unwrap(model) if gradient_level else model, inputs, representation=gradient_level)
+    return parts if balancer.gradient_target == "representation" else parts._replace(representation=None)
 
 
 def trained_subset(
@@ -243,10 +229,7 @@ def train_step(
     """
     if trained is not None:
         batch = restrict(batch, [t for t in tasks if t.name in trained])
-    representation, outputs = forward(model, batch.inputs, balancer)
-    if not isinstance(outputs, Mapping):
-        raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
-    preds, aux = split_aux(outputs)
+    preds, aux, representation = forward(model, batch.inputs, balancer)
     tl = task_losses(tasks, preds, batch.targets, batch.masks)
     if trained is not None:
         tl = detach_untrained(tl, [t.name in trained for t in tasks])
