@@ -16,11 +16,12 @@ from mtlkit.errors import DataError
 from mtlkit.registries import MODELS
 from mtlkit.state import TrainState
 from mtlkit.training import TrainingDivergedError
+from mtlkit.training.balancer import Balancer
 from mtlkit.training.early_stopping import EarlyStopper
 from mtlkit.training.epoch import EpochStats
 from mtlkit.training.optimizers import OptimizerSet
 from mtlkit.training.source import as_source
-from mtlkit.training.step import Balancer, StepStats, train_step, trained_subset
+from mtlkit.training.step import StepStats, train_step, trained_subset
 from mtlkit.weighting import StaticWeighting
 
 TASKS = (Task(name="a", kind="regression"), Task(name="b", kind="regression"))

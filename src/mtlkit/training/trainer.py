@@ -29,6 +29,7 @@ from mtlkit.errors import CheckpointError, DataError, UnknownComponentError
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training import evaluation
+from mtlkit.training.balancer import Balancer, unwrap
 from mtlkit.training.checkpoint import component_mismatch, load_checkpoint, save_checkpoint, state_mismatch
 from mtlkit.training.divergence import TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_monitor, monitored
@@ -38,7 +39,7 @@ from mtlkit.training.optimizers import OptimizerLike, OptimizerSet, SchedulerLik
 from mtlkit.training.progress import ProgressDisplay
 from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible, resolve_schedule
 from mtlkit.training.source import TrainSource, as_source
-from mtlkit.training.step import Balancer, StepStats, prepare_batch, train_step, trained_subset, unwrap
+from mtlkit.training.step import StepStats, prepare_batch, train_step, trained_subset
 from mtlkit.training.task_data import PerTaskData
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
