@@ -198,7 +198,9 @@ def backward(
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
     """
-    vec, items, order, given_present = _as_vector(losses, weighting.task_names if weighting else None)
+    vec, items, order, given_present = _as_vector(
+        losses, weighting.task_names if weighting is not None else None
+    )
     weighting = weighting if weighting is not None else _equal_weighting(model, order, vec.shape[0])
     gradient_level = aggregator is not None or weighting.requires_gradients
     reduction = gradient_reduction(
