@@ -47,7 +47,6 @@ from mtlkit.weighting.basic import EqualWeighting
 __all__ = ["Trainer", "TrainingDivergedError"]
 
 DataLike = MultiTaskDataset | PerTaskData | Iterable[Any]
-StepOutput = StepStats  # the name before train_step became a function
 
 
 def default_device() -> torch.device:
@@ -79,7 +78,8 @@ class Trainer:
             of the weighted losses (MGDA, PCGrad...); ``None`` backpropagates the weighted sum.
         gradient_target: where gradient-level methods take the per-task gradients: the model's
             ``"parameters"`` (shared parameters, default) or its shared ``"representation"``
-            (``model.encode``: the shared-bottom output, the expert outputs of MoE models).
+            (``forward_parts(x, representation=True)``: the shared-bottom output, the expert
+            outputs of MoE models).
         device: where to train; default CUDA when available, otherwise CPU.
         seed: seeds the shuffling of datasets passed to :meth:`fit`, the schedule's task draws and
             the generator handed to stochastic balancing methods. Seed model initialisation
