@@ -160,11 +160,17 @@ def test_shards_partition_the_order_and_match_the_batch_loader(n: int) -> None:
     assert sorted(torch.cat(exact).tolist()) == sorted(order.tolist())
     if n < 3:
         return
-    ds = MultiTaskDataset(torch.randn(n, 4), {"a": torch.randn(n), "b": torch.randn(n)}, tasks=TASKS)
+    x = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], torch.randn(n, 3)], 1)  # column 0: row id
+    ds = MultiTaskDataset(x, {"a": torch.randn(n), "b": torch.randn(n)}, tasks=TASKS)
+
+    def ids(loader: TensorBatchLoader) -> torch.Tensor:
+        return torch.cat([b.inputs[:, 0] for b in loader]).long()
+
+    full = ids(TensorBatchLoader(ds, n, shuffle=True, seed=5))
     for r in range(3):  # the dataset loader's shard, computed on its own
-        loader = TensorBatchLoader(ds, 4, shuffle=True, seed=5, num_replicas=3, rank=r)
-        full = TensorBatchLoader(ds, 4, shuffle=True, seed=5)._indices()
-        assert torch.equal(loader._indices(), shard(full, 3, r))
+        assert torch.equal(
+            ids(TensorBatchLoader(ds, n, shuffle=True, seed=5, num_replicas=3, rank=r)), shard(full, 3, r)
+        )
 
 
 def test_one_seed_mixer() -> None:
