@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +131,7 @@ class Balancer:
         tasks: Sequence[Task],
         present: Tensor,
         state: TrainState,
-        sync: Any,
+        sync: GradientSync | None,
     ) -> None:
         """The weighting's post-step hook (FAMO: the losses on the same batch after the update)."""
         new_losses = None
