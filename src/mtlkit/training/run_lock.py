@@ -51,7 +51,9 @@ def os_error_message(exc: OSError, path: str | os.PathLike[str], what: str = "wr
             f"Cannot {what} {where}: a file is in the way of a folder or a folder in the way of a file "
             f"({reason}). Pass a folder path that is not an existing file with --out."
         )
-    return f"Cannot {what} {where} ({reason}). Check the path and the disk, or pass another folder with --out."
+    return (
+        f"Cannot {what} {where} ({reason}). Check the path and the disk, or pass another folder with --out."
+    )
 
 
 class RunLock:
@@ -80,7 +82,9 @@ class RunLock:
             self.directory.mkdir(parents=True, exist_ok=True)
             key = self.directory.resolve()
         except OSError as exc:
-            raise RunDirectoryError(os_error_message(exc, self.directory, "create the run directory")) from None
+            raise RunDirectoryError(
+                os_error_message(exc, self.directory, "create the run directory")
+            ) from None
         if key in _HELD:  # already locked by this process: share it
             fd, depth = _HELD[key]
             _HELD[key] = (fd, depth + 1)
@@ -96,7 +100,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise RunDirectoryError(os_error_message(exc, self.directory, "write to the run directory")) from None
+                raise RunDirectoryError(
+                    os_error_message(exc, self.directory, "write to the run directory")
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
