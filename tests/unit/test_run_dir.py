@@ -112,7 +112,9 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path: Path
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ckpt_module.torch, "save", full)
-    with pytest.raises(RunDirectoryError, match=r"checkpoint\.pt': the disk is full .*free some space") as info:
+    with pytest.raises(
+        RunDirectoryError, match=r"checkpoint\.pt': the disk is full .*free some space"
+    ) as info:
         save_checkpoint({"tag": 2}, path)
     assert info.value.errno == errno.ENOSPC and "Errno" not in str(info.value)
     monkeypatch.undo()
@@ -179,7 +181,9 @@ def test_the_fingerprint_sees_row_value_and_shape_changes_and_nothing_else() -> 
     assert fingerprint_changes(fp, data_fingerprint(same)) == []
 
     fewer = synthetic_correlation(199, 0.5, dim=6, seed=0)
-    assert fingerprint_changes(fp, data_fingerprint(fewer)) == ["the training split had 200 rows then, 199 now"]
+    assert fingerprint_changes(fp, data_fingerprint(fewer)) == [
+        "the training split had 200 rows then, 199 now"
+    ]
     edited = MultiTaskDataset(data.inputs.clone(), dict(data.targets))
     edited.inputs[123, 4] += 1e-6  # one value, slightly
     assert fingerprint_changes(fp, data_fingerprint(edited)) == [
