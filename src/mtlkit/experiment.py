@@ -544,7 +544,7 @@ def _run_all(
         raise RunInterrupted(root) from None
     except MtlkitError as exc:
         if not (isinstance(exc, RunDirectoryError) and "is in use by" in str(exc)):
-            exc.run_dir = root  # type: ignore[attr-defined]  # the CLI prints how to resume
+            exc.run_dir = root  # type: ignore[attr-defined]  # the CLI says the run is incomplete
         raise
 
 

@@ -92,6 +92,7 @@ def test_resume_refuses_changed_data_and_continues_with_the_override(
     assert "The data changed since checkpoint" in err and "checkpoint.pt' was written" in err
     assert "the training split had 60 rows then, 63 now" in err
     assert "--allow-data-change" in err and "Traceback" not in err
+    assert f"run directory {str(root)!r} is incomplete" in err and "continue it with" not in err
     assert load_checkpoint(root)["epoch"] == 1  # nothing was trained or written
 
     write_csv(tmp_path / "train.csv", 80, seed=1)  # same size, other values
@@ -197,6 +198,7 @@ def test_a_second_resume_of_the_same_directory_is_refused(interrupted: Path, tmp
         assert main(["run", "--resume", str(interrupted), "--no-progress"]) == 1
         err = capsys.readouterr().err
         assert f"Run directory {str(interrupted)!r} is in use by pid {proc.pid}" in err
+        assert "incomplete" not in err  # the other process is working on it
         assert "Traceback" not in err
         assert load_checkpoint(interrupted)["epoch"] == 1
     finally:

@@ -133,7 +133,7 @@ def test_a_read_only_folder_names_the_folder_and_the_fix(tmp_path: Path, monkeyp
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(RunDirectoryError, match=r"ck\.pt': it is not writable \(Read-only file system\)"):
         save_checkpoint({"tag": 1}, tmp_path / "ck.pt")
-    with pytest.raises(RunDirectoryError, match="run directory .*it is not writable.*--out"):
+    with pytest.raises(RunDirectoryError, match="run directory .*it is not writable.*copy it to a writable place and resume the copy"):
         RunLock(tmp_path / "run").acquire()
 
 

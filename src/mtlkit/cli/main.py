@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtlkit import __version__
-from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
+from mtlkit.errors import ConfigError, MtlkitError, RunDirectoryError, UnknownComponentError
 
 __all__ = ["main"]
 
@@ -358,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MTLKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        _print_resume_hint(getattr(exc, "run_dir", None), "is incomplete")
+        _print_resume_hint(
+            getattr(exc, "run_dir", None), "is incomplete", command=isinstance(exc, RunDirectoryError)
+        )
         return 1
     except ImportError as exc:  # an optional dependency (e.g. onnx for export)
         if os.environ.get("MTLKIT_DEBUG"):
@@ -379,9 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _print_resume_hint(run_dir: object, what: str) -> None:
-    """After an interrupted or failed ``mtlkit run``: the run directory and how to continue it."""
+def _print_resume_hint(run_dir: object, what: str, *, command: bool = True) -> None:
+    """After an interrupted or failed ``mtlkit run``: the run directory and (``command``: a full
+    disk, an unwritable folder, Ctrl-C) how to continue it once the cause is fixed."""
     if run_dir is None:
+        return
+    if not command:
+        print(f"run directory {str(run_dir)!r} {what} (no metrics.json for the failed run).", file=sys.stderr)
         return
     print(f"run directory {str(run_dir)!r} {what}; continue it with:", file=sys.stderr)
     print(f"  mtlkit run --resume {shlex.quote(str(run_dir))}", file=sys.stderr)

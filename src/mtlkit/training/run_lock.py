@@ -32,8 +32,11 @@ LOCK_FILE = ".mtlkit.lock"
 _HELD: dict[Path, tuple[int, int]] = {}  # directory -> (fd, depth) of this process's locks
 
 
-def os_error_message(exc: OSError, path: str | os.PathLike[str], what: str = "write") -> str:
-    """A sentence naming ``path``, what went wrong and the fix, for an ``OSError`` raised by a write."""
+def os_error_message(
+    exc: OSError, path: str | os.PathLike[str], what: str = "write", *, fix: str | None = None
+) -> str:
+    """A sentence naming ``path``, what went wrong and the fix, for an ``OSError`` raised by a write
+    (``fix`` replaces the advice for a folder that is not writable)."""
     where = repr(str(path))
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -43,8 +46,8 @@ def os_error_message(exc: OSError, path: str | os.PathLike[str], what: str = "wr
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (
-            f"Cannot {what} {where}: it is not writable ({reason}). Fix its permissions, or pass a "
-            "writable folder with --out."
+            f"Cannot {what} {where}: it is not writable ({reason}). "
+            + (fix or "Fix its permissions, or pass a writable folder with --out.")
         )
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         return (
@@ -101,7 +104,12 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise RunDirectoryError(
-                    os_error_message(exc, self.directory, "write to the run directory")
+                    os_error_message(
+                        exc,
+                        self.directory,
+                        "write to the run directory",
+                        fix="Make it writable, or copy it to a writable place and resume the copy.",
+                    )
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
