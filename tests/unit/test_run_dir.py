@@ -122,6 +122,24 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path: Path
     assert sorted(tmp_path.glob(".*.tmp")) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_real_enospc_from_the_kernel_is_reported_the_same_way(tmp_path: Path, monkeypatch) -> None:
+    """The temporary file is /dev/full, whose writes fail with ENOSPC: torch.save's own error path."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"tag": 1}, path)
+    real_open_temp = ckpt_module._open_temp
+
+    def dev_full(target: Path) -> tuple[int, str]:
+        fd, tmp = real_open_temp(target)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp
+
+    monkeypatch.setattr(ckpt_module, "_open_temp", dev_full)
+    with pytest.raises(RunDirectoryError, match=r"checkpoint\.pt': the disk is full \(No space left on device\)"):
+        save_checkpoint({"tag": 2, "values": torch.zeros(100_000)}, path)
+    assert load_checkpoint(path)["tag"] == 1 and sorted(tmp_path.glob(".*.tmp")) == []
+
+
 def test_a_read_only_folder_names_the_folder_and_the_fix(tmp_path: Path, monkeypatch) -> None:
     real_open = os.open
 
