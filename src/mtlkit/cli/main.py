@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtlkit import __version__
-from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
+from mtlkit.errors import ConfigError, MtlkitError, RunDirectoryError, UnknownComponentError
 
 __all__ = ["main"]
 
@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run directory: finished runs are kept, an interrupted one continues "
         "from its last checkpoint, the others are trained (its config.yaml is used; no config or overrides)",
+    )
+    run.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: continue even though the data differs from the fingerprint the run recorded",
     )
     run.add_argument("--data", metavar="PATH", help="the data folder (same as data.path=PATH)")
     run.add_argument(
@@ -168,8 +173,10 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
                     "--download or overrides."
                 ]
             )
-        resume_experiment(ns.resume, console=console, progress=progress)
+        resume_experiment(ns.resume, console=console, progress=progress, allow_data_change=ns.allow_data_change)
         return 0
+    if ns.allow_data_change:
+        raise ConfigError(["--allow-data-change applies to --resume RUN_DIR only."])
     path, overrides = _split_args(ns.args)
     if ns.data:
         overrides.insert(0, f"data.path={ns.data}")
@@ -351,15 +358,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MTLKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        _print_resume_hint(
+            getattr(exc, "run_dir", None), "is incomplete", command=isinstance(exc, RunDirectoryError)
+        )
         return 1
     except ImportError as exc:  # an optional dependency (e.g. onnx for export)
         if os.environ.get("MTLKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
+        _print_resume_hint(getattr(exc, "run_dir", None), "was interrupted")
         return 130
+    except OSError as exc:  # a file or folder that cannot be read or written
+        if os.environ.get("MTLKIT_DEBUG"):
+            raise
+        from mtlkit.training.run_lock import os_error_message
+
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"error: {os_error_message(exc, where, 'read or write')}", file=sys.stderr)
+        return 1
+
+
+def _print_resume_hint(run_dir: object, what: str, *, command: bool = True) -> None:
+    """After an interrupted or failed ``mtlkit run``: the run directory and (``command``: a full
+    disk, an unwritable folder, Ctrl-C) how to continue it once the cause is fixed."""
+    if run_dir is None:
+        return
+    if not command:
+        print(f"run directory {str(run_dir)!r} {what} (no metrics.json for the failed run).", file=sys.stderr)
+        return
+    print(f"run directory {str(run_dir)!r} {what}; continue it with:", file=sys.stderr)
+    print(f"  mtlkit run --resume {shlex.quote(str(run_dir))}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

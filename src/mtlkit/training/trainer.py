@@ -30,7 +30,7 @@ from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
-from mtlkit.training.checkpoint import component_mismatch, load_checkpoint, save_checkpoint, state_mismatch
+from mtlkit.training.checkpoint import Checkpointer, as_checkpointer, component_mismatch, state_mismatch
 from mtlkit.training.divergence import DivergenceGuard, TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopping, resolve_monitor
 from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
@@ -914,18 +914,19 @@ class Trainer:
         }
 
     def save_checkpoint(
-        self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
+        self, path: str | os.PathLike[str] | Checkpointer, *, extra: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write :meth:`state_dict` (plus ``extra``) to ``path`` atomically."""
+        """Write :meth:`state_dict` (plus ``extra``) atomically, to a file or a :class:`Checkpointer`."""
         payload = self.state_dict()
         if extra is not None:
             payload["extra"] = dict(extra)
-        return save_checkpoint(payload, path)
+        return as_checkpointer(path).save(payload)
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | os.PathLike[str] | Checkpointer) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save_checkpoint`; returns its raw contents."""
-        data = load_checkpoint(path)
-        self.load_state_dict(data, source=f"checkpoint {str(path)!r}")
+        checkpointer = as_checkpointer(path)
+        data = checkpointer.load()
+        self.load_state_dict(data, source=f"checkpoint {str(checkpointer.path)!r}")
         return data
 
 
