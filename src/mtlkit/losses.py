@@ -19,6 +19,7 @@ __all__ = [
     "UnlabelledTaskWarning",
     "check_epoch_labels",
     "check_keys",
+    "check_outputs",
     "split_aux",
     "task_losses",
 ]
@@ -67,15 +68,16 @@ def task_losses(
     weightings and aggregators treat it as absent from the batch. No host synchronisation
     happens here.
 
-    The keys are checked on every call (a few list look-ups, under 1 % of this function's time;
-    see :func:`check_keys`): a model output that is no task, a label mask of no task, and targets of
-    no task while a trained task has none are refused rather than silently ignored.
+    Target and mask keys are checked on every call (a few list look-ups, under 1 % of this
+    function's time; see :func:`check_keys`): a label mask of no task, and targets of no task
+    while a trained task has none, are refused rather than silently ignored. Model outputs that
+    are no task are checked by :func:`check_outputs` (with the model, which may declare them).
 
     Raises:
-        ShapeError: a model output is missing, is no task, or has the wrong shape for its task.
+        ShapeError: a model output is missing or has the wrong shape for its task.
         DataError: a target or mask key names no task (see :func:`check_keys`).
     """
-    check_keys(tasks, outputs, targets, masks)
+    check_keys(tasks, targets, masks)
     losses, counts = [], []
     ref: Tensor | None = None
     for task in tasks:
@@ -114,29 +116,27 @@ def _hints(unknown: Sequence[str], known: Sequence[str]) -> str:
     return "".join(out)
 
 
-def check_keys(
-    tasks: Sequence[Task],
-    outputs: Mapping[str, Tensor],
-    targets: Mapping[str, Tensor],
-    masks: Mapping[str, Tensor] | None = None,
-) -> None:
-    """Refuse keys of one batch that no task reads, where ignoring them would hide a mistake.
+def check_outputs(tasks: Sequence[Task], outputs: Mapping[str, Tensor], model: object | None = None) -> None:
+    """Refuse a model output that is a task of the model but of none of ``tasks``: never trained.
 
-    - a model output that is no task's output (``Task(output=...)``, default its name) and has no
-      ``aux/`` prefix (auxiliary losses): it would never be trained. An output that is evaluated
-      but not trained is declared as ``Task(..., train=False)``;
-    - a label mask whose key is no task name;
-    - a target key that is no task's target key (``Task(target=...)``, default its name) while a
-      trained task has no targets in the batch: that task would never be trained. When every
-      trained task has its targets, other target keys are extra columns (e.g. the ground truth
-      of synthetic data) and are ignored.
+    An output belongs to a task when it is the task's ``Task(output=...)`` (default its name).
+    Outputs with the ``aux/`` prefix are auxiliary losses. A model that declares its tasks
+    (``model.task_names``, as every :class:`~mtlkit.models.MultiTaskModel` does) may return
+    other outputs besides them, e.g. an ESMM-shaped model's pCVR, learnt through pCTCVR; those
+    are kept. For a model without ``task_names`` every other output is refused. An output that
+    is evaluated but not trained is declared as ``Task(..., train=False)``.
+    The :class:`~mtlkit.Trainer` calls this on every step (a few list look-ups).
 
     Raises:
-        ShapeError: an unknown model output.
-        DataError: an unknown mask key, or unknown target keys while a trained task lacks targets.
+        ShapeError: naming the outputs, the tasks' outputs and the close match.
     """
+    declared = getattr(model, "task_names", None) if model is not None else None
     out_keys = [t.output_key for t in tasks]
-    extra = [k for k in outputs if k not in out_keys and not str(k).startswith(AUX_PREFIX)]
+    extra = [
+        k
+        for k in outputs
+        if k not in out_keys and not str(k).startswith(AUX_PREFIX) and (declared is None or k in declared)
+    ]
     if extra:
         raise ShapeError(
             f"The model returns output(s) {_listing(extra)} that belong to no task, so they would never be "
@@ -144,6 +144,25 @@ def check_keys(
             "model output (Task(name=..., train=False) for one that is only evaluated), set "
             f"Task(output=...), or prefix auxiliary losses with {AUX_PREFIX!r}."
         )
+
+
+def check_keys(
+    tasks: Sequence[Task],
+    targets: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Refuse target and mask keys of one batch that no task reads, where ignoring them would
+    hide a mistake:
+
+    - a label mask whose key is no task name;
+    - a target key that is no task's target key (``Task(target=...)``, default its name) while a
+      trained task has no targets in the batch: that task would never be trained. When every
+      trained task has its targets, other target keys are extra columns (e.g. the ground truth
+      of synthetic data) and are ignored.
+
+    Raises:
+        DataError: an unknown mask key, or unknown target keys while a trained task lacks targets.
+    """
     if masks:
         names = [t.name for t in tasks]
         bad = [k for k in masks if k not in names]

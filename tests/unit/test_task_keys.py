@@ -15,7 +15,7 @@ import mtlkit
 from mtlkit import Task, task_losses
 from mtlkit.data import MultiTaskDataset
 from mtlkit.errors import DataError, ShapeError
-from mtlkit.losses import UnlabelledTaskWarning, check_epoch_labels, check_keys
+from mtlkit.losses import UnlabelledTaskWarning, check_epoch_labels, check_keys, check_outputs
 from mtlkit.training.schedules import Sampling
 
 TASKS = (Task(name="ctr", kind="binary"), Task(name="value", kind="regression"))
@@ -34,20 +34,39 @@ def targets(n: int = 4) -> dict[str, Tensor]:
 def test_a_model_output_of_no_task_is_refused_with_the_close_match() -> None:
     out = {**outputs(), "valeu": torch.zeros(4, 1)}
     with pytest.raises(ShapeError) as err:
-        task_losses(TASKS, out, targets())
+        check_outputs(TASKS, out)  # a model that does not declare its tasks: every output must be one
     msg = str(err.value)
     assert "output(s) 'valeu' that belong to no task" in msg
     assert "Did you mean 'value' for 'valeu'?" in msg
     assert "Task outputs: 'ctr', 'value'" in msg and "train=False" in msg and "'aux/'" in msg
 
 
+class Declared(nn.Module):
+    """A model that declares its tasks (as MultiTaskModel does)."""
+
+    def __init__(self, task_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.task_names = task_names
+
+
+def test_outputs_a_model_declares_as_its_tasks_must_be_tasks_and_others_may_be_extra() -> None:
+    out = {**outputs(), "cvr": torch.rand(4)}  # e.g. an ESMM-shaped model's pCVR, not a task
+    check_outputs(TASKS, out, Declared(("ctr", "value")))
+    with pytest.raises(ShapeError, match=r"output\(s\) 'cvr' that belong to no task"):
+        check_outputs(TASKS, out, Declared(("ctr", "value", "cvr")))  # built for a third task
+    with pytest.raises(ShapeError, match=r"output\(s\) 'cvr'"):
+        check_outputs(TASKS, out)
+
+
 def test_auxiliary_outputs_and_evaluation_only_outputs_are_allowed() -> None:
     out = {**outputs(), "aux/balance": torch.tensor(0.5)}
+    check_outputs(TASKS, out)
     with_aux = task_losses(TASKS, out, targets())
     torch.testing.assert_close(with_aux.losses, task_losses(TASKS, outputs(), targets()).losses)
     tasks = (*TASKS, Task(name="cvr", kind="regression", train=False))  # an evaluated-only output
-    tl = task_losses(tasks, {**outputs(), "cvr": torch.zeros(4, 1)}, targets())
-    assert tl.counts.tolist() == [4.0, 4.0, 0.0]
+    out = {**outputs(), "cvr": torch.zeros(4, 1)}
+    check_outputs(tasks, out)
+    assert task_losses(tasks, out, targets()).counts.tolist() == [4.0, 4.0, 0.0]
 
 
 def test_targets_of_no_task_are_refused_when_a_trained_task_has_none() -> None:
@@ -73,7 +92,7 @@ def test_extra_target_columns_are_ignored_when_every_trained_task_has_its_target
     assert task_losses(TASKS, outputs(), {"ctr": targets()["ctr"]}).counts.tolist() == [4.0, 0.0]
     # an evaluation-only task needs no targets
     tasks = (TASKS[0], Task(name="value", kind="regression", train=False))
-    check_keys(tasks, outputs(), {"ctr": targets()["ctr"], "other": torch.zeros(4)})
+    check_keys(tasks, {"ctr": targets()["ctr"], "other": torch.zeros(4)})
 
 
 def test_a_mask_of_no_task_is_refused() -> None:
@@ -96,7 +115,7 @@ def test_the_key_check_costs_little_next_to_the_losses() -> None:
             times.append(time.perf_counter() - start)
         return min(times) / reps
 
-    check = best(lambda: check_keys(TASKS, out, tgt))
+    check = best(lambda: (check_outputs(TASKS, out), check_keys(TASKS, tgt)))
     full = best(lambda: task_losses(TASKS, out, tgt))
     assert check < 0.25 * full, (check, full)
 
@@ -141,6 +160,10 @@ def test_training_refuses_a_model_output_of_no_task() -> None:
     torch.manual_seed(0)
     with pytest.raises(ShapeError, match=r"output\(s\) 'buy' that belong to no task"):
         trainer(TwoHeads(extra="buy")).fit(dataset(), epochs=1, batch_size=16)
+    declared = TwoHeads(extra="side")
+    declared.task_names = ("ctr", "value")  # "side" is an output the model says is not a task
+    history = trainer(declared).fit(dataset(), epochs=1, batch_size=16)
+    assert all(math.isfinite(v) for v in history[0]["train"].values())
 
 
 def test_a_trained_task_without_any_label_is_an_error_not_a_nan_loss() -> None:

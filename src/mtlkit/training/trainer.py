@@ -25,7 +25,7 @@ from mtlkit.errors import (
     ShapeError,
     UnknownComponentError,
 )
-from mtlkit.losses import TaskLosses, check_epoch_labels, split_aux, task_losses
+from mtlkit.losses import TaskLosses, check_epoch_labels, check_outputs, split_aux, task_losses
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
@@ -549,6 +549,7 @@ class Trainer:
         if not isinstance(outputs, Mapping):
             raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
         preds, aux = split_aux(outputs)
+        check_outputs(self.tasks, preds, self._core)
         tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
         if trained is not None:
             tl = detach_untrained(tl, [name in trained for name in self.task_names])
