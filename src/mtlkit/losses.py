@@ -117,15 +117,16 @@ def _hints(unknown: Sequence[str], known: Sequence[str]) -> str:
 
 
 def check_outputs(tasks: Sequence[Task], outputs: Mapping[str, Tensor], model: object | None = None) -> None:
-    """Refuse a model output that is a task of the model but of none of ``tasks``: never trained.
+    """Refuse model outputs that belong to none of ``tasks`` (they would never be trained).
 
     An output belongs to a task when it is the task's ``Task(output=...)`` (default its name).
-    Outputs with the ``aux/`` prefix are auxiliary losses. A model that declares its tasks
-    (``model.task_names``, as every :class:`~mtlkit.models.MultiTaskModel` does) may return
-    other outputs besides them, e.g. an ESMM-shaped model's pCVR, learnt through pCTCVR; those
-    are kept. For a model without ``task_names`` every other output is refused. An output that
-    is evaluated but not trained is declared as ``Task(..., train=False)``.
-    The :class:`~mtlkit.Trainer` calls this on every step (a few list look-ups).
+    Outputs with the ``aux/`` prefix are auxiliary losses and always allowed. A model that
+    declares its tasks (``model.task_names``, as every :class:`~mtlkit.models.MultiTaskModel`
+    does) may return outputs besides them, e.g. an ESMM-shaped model's pCVR, learnt through
+    pCTCVR: only its declared tasks must be among ``tasks``. For a model without ``task_names``
+    (or ``model=None``) every output must belong to a task. An output that is evaluated but not
+    trained is declared as ``Task(..., train=False)``. The :class:`~mtlkit.Trainer` calls this on
+    every step (a few list look-ups).
 
     Raises:
         ShapeError: naming the outputs, the tasks' outputs and the close match.
