@@ -25,7 +25,7 @@ from mtlkit.errors import (
     ShapeError,
     UnknownComponentError,
 )
-from mtlkit.losses import TaskLosses, split_aux, task_losses
+from mtlkit.losses import TaskLosses, check_epoch_labels, check_outputs, split_aux, task_losses
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.models._base import MultiTaskModel
 from mtlkit.state import TrainState
@@ -486,6 +486,7 @@ class Trainer:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         guard.check(epoch=epoch, epoch_start=epoch_start)
         means = self._check_finite(sums, epoch)
+        check_epoch_labels(self.tasks, sums[1].tolist(), epoch=epoch, steps=steps_per_task)
         display.update(n_batches % refresh, self.task_names, means)
         self._epoch_losses.append(tuple(means))
         self._last_aux = {k: float(v / n_batches) for k, v in aux_sums.items()}
@@ -548,6 +549,7 @@ class Trainer:
         if not isinstance(outputs, Mapping):
             raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
         preds, aux = split_aux(outputs)
+        check_outputs(self.tasks, preds, self._core)
         tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
         if trained is not None:
             tl = detach_untrained(tl, [name in trained for name in self.task_names])
