@@ -17,6 +17,7 @@ __all__ = [
     "DistributedError",
     "IncompatibleComponentsError",
     "MtlkitError",
+    "RunDirectoryError",
     "ShapeError",
     "UnknownComponentError",
     "did_you_mean",
@@ -72,6 +73,14 @@ class DataError(MtlkitError, ValueError):
 
 class CheckpointError(MtlkitError, RuntimeError):
     """A checkpoint cannot be read or does not match the model / trainer it is loaded into."""
+
+
+class RunDirectoryError(MtlkitError, OSError):
+    """A run directory cannot be written: in use by another process, not writable, a file where a
+    folder is expected, or the disk is full. The message names the path and the fix."""
+
+    def __str__(self) -> str:  # the message, also when errno/filename are set
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

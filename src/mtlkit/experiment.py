@@ -8,6 +8,7 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +29,9 @@ from mtlkit.config.build import (
     optimizer_factory,
     scheduler_factory,
 )
-from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
+from mtlkit.data.fingerprint import data_fingerprint
 from mtlkit.data.splits import DataSplits
 from mtlkit.distributed import (
     DistributedContext,
@@ -39,18 +40,27 @@ from mtlkit.distributed import (
     distributed_session,
     is_main_process,
 )
-from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
+from mtlkit.errors import (
+    CheckpointError,
+    DataError,
+    IncompatibleComponentsError,
+    MtlkitError,
+    RunDirectoryError,
+)
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
 from mtlkit.predict import save_run_signature
 from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
-from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint
+from mtlkit.runs import find_runs, load_run, read_config, with_saved_preprocessor
+from mtlkit.training.checkpoint import Checkpointer, atomic_write_bytes
+from mtlkit.training.run_lock import RunLock, os_error_message
 from mtlkit.training.schedules import TaskSchedule
 from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
 __all__ = [
     "ExperimentResult",
+    "RunInterrupted",
     "RunResult",
     "aggregate",
     "evaluate_run_dir",
@@ -87,14 +97,34 @@ class ExperimentResult:
     comparison: dict[str, Any]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_experiment` or :func:`resume_experiment`; ``run_dir`` is the run
+    directory to pass to ``mtlkit run --resume``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def _new_run_dir(root: Path, name: str) -> Path:
+    for parent in (root, *root.parents):  # the nearest existing part of --out must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirectoryError(
+                    f"The output folder {str(root)!r} cannot be created: {str(parent)!r} is a file, not a "
+                    "folder. Pass a folder with --out (or output_dir=...); it is created if missing."
+                )
+            break
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / f"{name}-{stamp}"
     path, k = base, 1
     while path.exists():
         k += 1
         path = base.with_name(f"{base.name}-{k}")
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise RunDirectoryError(os_error_message(exc, root, "create the run directory in")) from None
     return path
 
 
@@ -155,12 +185,13 @@ def _normalised(config: Mapping[str, Any]) -> dict[str, Any]:
     return next(iter(resolve(config).variants.values())).model_dump(mode="json")
 
 
-def _resume_state(run_dir: Path, config_dict: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint of an interrupted run, checked against the run's config; None if there is none."""
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
+def _resume_state(checkpointer: Checkpointer, config_dict: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of an interrupted run, checked against the run's config and data; None if
+    there is none."""
+    path = checkpointer.path
+    state = checkpointer.resume()
+    if state is None:
         return None
-    state = load_checkpoint(path)
     saved = (state.get("extra") or {}).get("config")
     if saved is not None:
         # compare resolved forms: resolving fills in defaults (e.g. Adam's betas) that a config
@@ -183,6 +214,8 @@ def _train_one(
     console: Console,
     progress: bool | None,
     resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+    allow_data_change: bool = False,
 ) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = current_context()
@@ -191,7 +224,10 @@ def _train_one(
         update={"seed": seed, "seeds": None, "compare": None, "baseline": None, "name": cfg.name}
     )
     config_dict = single.model_dump(mode="json")
-    state = _resume_state(run_dir, config_dict) if resume else None
+    checkpointer = Checkpointer(
+        run_dir / "checkpoint.pt", fingerprint=fingerprint, allow_data_change=allow_data_change
+    )
+    state = _resume_state(checkpointer, config_dict) if resume else None
     if main:
         _dump_yaml(config_dict, run_dir / "config.yaml")
         save_run_signature(run_dir, splits)
@@ -223,6 +259,12 @@ def _train_one(
         trainer.load_state_dict(state, source=f"checkpoint {str(run_dir / 'checkpoint.pt')!r}")
         restored = sum(float(h.get("seconds", 0.0)) for h in trainer.history)
         console.print(f"  {label:<16} seed {seed:<3} resuming after epoch {trainer.epoch}")
+        if checkpointer.data_changes:
+            console.print(
+                f"  {label:<16} seed {seed:<3} [bold]continuing on changed data[/bold] (--allow-data-change): "
+                + "; ".join(checkpointer.data_changes),
+                highlight=False,
+            )
     started = time.perf_counter()
     history = trainer.fit(
         splits.train,
@@ -230,7 +272,7 @@ def _train_one(
         epochs=cfg.trainer.epochs,
         batch_size=cfg.trainer.batch_size,
         early_stopping=early_stopping(cfg),
-        checkpoint=run_dir / "checkpoint.pt",
+        checkpoint=checkpointer,
         extra_state=_extra_state(config_dict, label, splits, run_dir),
     )
     seconds = time.perf_counter() - started + restored
@@ -257,7 +299,8 @@ def _train_one(
         if cfg.plots:
             _write_run_plots(model, data, run_dir, f"{label} seed {seed}")
         _dump_json(history, run_dir / "history.json")
-        _dump_json(_run_record(result, splits), run_dir / "metrics.json")  # last: marks the run finished
+        record = {**_run_record(result, splits), "data_fingerprint": fingerprint}
+        _dump_json(record, run_dir / "metrics.json")  # last: marks the run finished
     return result
 
 
@@ -285,17 +328,6 @@ def _extra_state(config: dict[str, Any], label: str, splits: DataSplits, run_dir
     if callable(state_dict):
         extra["preprocessor"] = state_dict()
     return extra
-
-
-def _with_saved_preprocessor(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``spec`` with ``preprocessor=<run_dir>/preprocessor.json`` when the run saved one and the
-    dataset builder can reuse it (instead of fitting it again)."""
-    saved = run_dir / "preprocessor.json"
-    if not saved.is_file() or spec.get("preprocessor") is not None:
-        return spec
-    if "preprocessor" not in allowed_params(FAMILIES["data"], spec["name"]):
-        return spec
-    return {**spec, "preprocessor": str(saved)}
 
 
 def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: str) -> None:
@@ -445,7 +477,11 @@ def run_experiment(
 
 
 def resume_experiment(
-    run_dir: str | Path, *, console: Console | None = None, progress: bool | None = None
+    run_dir: str | Path,
+    *,
+    console: Console | None = None,
+    progress: bool | None = None,
+    allow_data_change: bool = False,
 ) -> ExperimentResult:
     """Continue an experiment that was interrupted (crash, ``kill -9``, power loss).
 
@@ -456,9 +492,15 @@ def resume_experiment(
     not started yet are trained. Then the comparison is written as :func:`run_experiment` does.
     With the same seed, the resumed experiment ends with the same metrics as an uninterrupted one.
 
+    The run directory is locked while it is written (a second process gets a clear error), and
+    the data is compared with the fingerprint stored in each checkpoint and ``metrics.json``:
+    a run whose data changed is refused unless ``allow_data_change`` (then it continues on the
+    new data and says so).
+
     Raises:
-        CheckpointError: ``run_dir`` is not the top directory of a run, or a checkpoint is
-            damaged or was written with another config.
+        CheckpointError: ``run_dir`` is not the top directory of a run, a checkpoint is damaged
+            or was written with another config, or the data changed.
+        RunDirectoryError: another process is writing ``run_dir``, or it cannot be written.
     """
     root = Path(run_dir)
     cfg_path = root / "config.yaml"
@@ -477,11 +519,54 @@ def resume_experiment(
         )
     experiment = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
     with distributed_session(experiment.config.trainer.device):
-        return _run_all(experiment, root, console or Console(), progress, resume=True)
+        return _run_all(
+            experiment, root, console or Console(), progress, resume=True, allow_data_change=allow_data_change
+        )
 
 
 def _run_all(
-    experiment: ResolvedExperiment, root: Path, console: Console, progress: bool | None, *, resume: bool
+    experiment: ResolvedExperiment,
+    root: Path,
+    console: Console,
+    progress: bool | None,
+    *,
+    resume: bool,
+    allow_data_change: bool = False,
+) -> ExperimentResult:
+    """:func:`_run_variants` with the run directory locked (rank 0 writes it); Ctrl-C raises
+    :class:`RunInterrupted`, and an error notes the run directory it left unfinished."""
+    try:
+        with RunLock(root) if is_main_process() else nullcontext():
+            return _run_variants(
+                experiment, root, console, progress, resume=resume, allow_data_change=allow_data_change
+            )
+    except KeyboardInterrupt:
+        raise RunInterrupted(root) from None
+    except MtlkitError as exc:
+        if not (isinstance(exc, RunDirectoryError) and "is in use by" in str(exc)):
+            exc.run_dir = root  # type: ignore[attr-defined]  # the CLI says the run is incomplete
+        raise
+
+
+def _check_finished_data(run_dir: Path, fingerprint: dict[str, Any] | None, allow_data_change: bool) -> None:
+    """A finished run kept by a resume must have been trained on the same data."""
+    try:
+        saved = json.loads((run_dir / "metrics.json").read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # _finished reported a damaged file already
+    Checkpointer(run_dir, fingerprint=fingerprint, allow_data_change=allow_data_change).check_data(
+        saved, what=f"the run in {str(run_dir)!r} finished"
+    )
+
+
+def _run_variants(
+    experiment: ResolvedExperiment,
+    root: Path,
+    console: Console,
+    progress: bool | None,
+    *,
+    resume: bool,
+    allow_data_change: bool,
 ) -> ExperimentResult:
     cfg = experiment.config
     labels = list(experiment.variants)
@@ -492,6 +577,7 @@ def _run_all(
         require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
     data_cache: dict[str, DataSplits] = {}
+    fingerprints: dict[str, dict[str, Any]] = {}
     runs: list[RunResult] = []
     baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
     if baseline is not None and len(labels) > 1:  # a bad Δm metric selection fails before any training
@@ -506,10 +592,16 @@ def _run_all(
         if key not in data_cache:
             data_cache[key] = build_data(vcfg.data)
         splits = data_cache[key]
+        if key not in fingerprints:
+            fingerprints[key] = data_fingerprint(splits)
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
             done = _finished(run_dir, splits) if resume else None
-            r = done or _train_one(vcfg, splits, seed, run_dir, label, console, progress, resume)
+            if done is not None:
+                _check_finished_data(run_dir, fingerprints[key], allow_data_change)
+            r = done or _train_one(
+                vcfg, splits, seed, run_dir, label, console, progress, resume, fingerprints[key], allow_data_change
+            )
             runs.append(r)
             console.print(
                 f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
@@ -547,25 +639,11 @@ def evaluate_run_dir(
     console = console or Console()
     if not root.exists():
         raise CheckpointError(f"Run directory {str(root)!r} does not exist.")
-    ckpts = (
-        [root / "checkpoint.pt"] if (root / "checkpoint.pt").exists() else sorted(root.rglob("checkpoint.pt"))
-    )
-    if not ckpts:
-        raise CheckpointError(
-            f"No checkpoint.pt under {str(root)!r}; is it a run directory written by `mtlkit run`?"
-        )
     results: dict[str, dict[str, dict[str, float]]] = {}
     data_cache: dict[str, DataSplits] = {}
-    for ckpt in ckpts:
-        rd = ckpt.parent
-        cfg_path = rd / "config.yaml"
-        if not cfg_path.exists():
-            raise CheckpointError(
-                f"{str(rd)!r} has a checkpoint but no config.yaml; cannot rebuild the model."
-            )
-        resolved = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
-        cfg = next(iter(resolved.variants.values()))
-        data_spec = _with_saved_preprocessor(cfg.data, rd)
+    for rd in find_runs(root):
+        cfg = read_config(rd)
+        data_spec = with_saved_preprocessor(cfg.data, rd)
         key = _data_key(data_spec)
         if key not in data_cache:
             data_cache[key] = build_data(data_spec)
@@ -575,24 +653,8 @@ def evaluate_run_dir(
             raise CheckpointError(
                 f"The data of {str(rd)!r} has no {split!r} split; choose another with --split."
             )
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model, splits, cfg.backbone)
-        trainer = Trainer(
-            model,
-            splits.tasks,
-            weighting=build_weighting(cfg.weighting, splits.tasks),
-            optimizer=optimizer_factory(cfg.optimizer),
-            scheduler=scheduler_factory(cfg.scheduler),
-            schedule=build_schedule(cfg.schedule),
-            per_task_optimizers=cfg.trainer.per_task_optimizers,
-            device=_device(cfg),
-            progress=False,
-        )
-        ckpt_data = load_checkpoint(ckpt)
-        trainer.load_state_dict(ckpt_data, source=f"checkpoint {str(ckpt)!r}")
-        best = ckpt_data.get("best") or {}
-        if best.get("state") is not None:  # the run restored its best epoch at the end
-            trainer.model.load_state_dict(best["state"])
+        run = load_run(rd, splits=splits)  # the best weights, else the last
+        trainer = Trainer(run.model, splits.tasks, device=_device(cfg), progress=False)
         name = str(rd.relative_to(root)) if rd != root else rd.name
         results[name] = trainer.evaluate(data, batch_size=max(cfg.trainer.batch_size, 1024))
         console.print(metrics_table(results[name], title=f"{name}: {split} metrics"))

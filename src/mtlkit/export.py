@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +60,8 @@ from mtlkit.predict import PREPROCESSOR_FILE, Predictor, load_predictor
 from mtlkit.tasks import Task, TaskKind
 
 __all__ = [
+    "RTOL",
+    "ExportCheck",
     "ExportFormat",
     "ExportWrapper",
     "Exporter",
@@ -66,6 +70,8 @@ __all__ = [
     "export_model",
     "export_run",
     "onnx_inputs",
+    "raw_example_columns",
+    "relative_error",
     "verify_export",
 ]
 
@@ -266,12 +272,21 @@ def export_model(
         warnings.filterwarnings(
             "ignore", message=".*(legacy TorchScript-based ONNX|torch.jit)", category=DeprecationWarning
         )
-        if format == "torchscript":
-            torch.jit.trace(wrapper, args, strict=False).save(str(path))
-        else:
-            _export_onnx(
-                wrapper, args, path, input_names, keys, exporter=exporter, opset=opset or _OPSETS[exporter]
-            )
+        try:
+            if format == "torchscript":
+                torch.jit.trace(wrapper, args, strict=False).save(str(path))
+            else:
+                _export_onnx(
+                    wrapper,
+                    args,
+                    path,
+                    input_names,
+                    keys,
+                    exporter=exporter,
+                    opset=opset or _OPSETS[exporter],
+                )
+        except Exception as exc:  # the exporters raise many types; one clear message names the way out
+            raise _export_failed(predictor.model, format, exporter, exc) from exc
     manifest: dict[str, Any] = {
         "format": format,
         "file": path.name,
@@ -298,6 +313,24 @@ def export_model(
         )
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return folder
+
+
+def _export_failed(
+    model: nn.Module, format: str, exporter: str, exc: Exception
+) -> IncompatibleComponentsError:
+    how = "torch.jit.trace" if format == "torchscript" else f"torch.onnx.export ({exporter} exporter)"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if format == "torchscript":
+        other = "try --format onnx"
+    elif exporter == "dynamo":
+        other = "try --exporter trace (the default), which exports code that branches on tensor values"
+    else:
+        other = "try --exporter dynamo or --format torchscript"
+    return IncompatibleComponentsError(
+        f"{type(model).__name__} cannot be exported to {format} with {how}: {type(exc).__name__}: {first}. "
+        f"Either {other}, or make the model's forward traceable (tensor operations only, no Python "
+        "values computed from tensors); MTLKIT_DEBUG=1 shows the exporter's traceback."
+    )
 
 
 def _version() -> str:
@@ -472,39 +505,152 @@ def export_run(
     )
 
 
-def verify_export(
-    folder: str | os.PathLike[str], predictor: Predictor, *, n: int = 7, seed: int = 1
-) -> float:
-    """Largest absolute difference between the exported model and ``predictor``'s eager model.
+RTOL: dict[str, float] = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 5e-2}
+"""Relative tolerance of :func:`verify_export` by output dtype (a few dozen units in the last place)."""
 
-    Runs both on ``n`` random model-ready rows (a batch size other than the export's, so the
-    dynamic batch axis is exercised) with ONNX Runtime or ``torch.jit.load``.
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """``(max |got - want|, max relative error)`` of one output, the relative error of an element
+    being ``|got - want| / max(|got|, |want|, s)`` with ``s`` the largest finite ``|want|`` of the
+    output (its scale, so elements near 0 are not held to their own tiny magnitude).
+
+    Equal non-finite values (the same infinity, NaN in both) count as equal; any other
+    difference in a non-finite element is an infinite error.
+    """
+    a = np.asarray(got, dtype=np.float64)
+    b = np.asarray(want, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf, math.inf
+    if a.size == 0:
+        return 0.0, 0.0
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.all(same | finite):
+        return math.inf, math.inf
+    diff = np.abs(np.subtract(a, b, out=np.zeros_like(a), where=finite & ~same))
+    fin_b = np.abs(b[np.isfinite(b)])
+    scale = float(fin_b.max()) if fin_b.size else 0.0
+    denom = np.maximum(np.maximum(np.abs(np.where(finite, a, 0.0)), np.abs(np.where(finite, b, 0.0))), scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / denom)
+    return float(diff.max()), float(np.max(rel))
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """What :func:`verify_export` measured: the largest absolute and relative differences over
+    all outputs, each output's relative error and tolerance, and whether every output passed."""
+
+    max_abs: float
+    max_rel: float
+    outputs: dict[str, tuple[float, float]]
+    """``{output: (max relative error, rtol)}``."""
+    rows: int
+    raw_inputs: bool
+    """The export was fed raw columns (embedded preprocessing), the eager model their preprocessing."""
+
+    @property
+    def passed(self) -> bool:
+        return all(rel <= rtol for rel, rtol in self.outputs.values())
+
+    @property
+    def rtol(self) -> float:
+        """The tolerance of the output closest to failing (largest error / tolerance)."""
+        return max(self.outputs.values(), key=lambda v: v[0] / v[1])[1] if self.outputs else 0.0
+
+    def summary(self) -> str:
+        what = "random raw rows through the embedded preprocessing" if self.raw_inputs else "random rows"
+        return (
+            f"max |export - eager| on {self.rows} {what}: {self.max_abs:.3g}; max relative error "
+            f"{self.max_rel:.3g} (tolerance {self.rtol:.0e})"
+        )
+
+
+def raw_example_columns(pre: TabularPreprocessor, n: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random raw columns for ``pre``: known categories, an unseen one and missing ones (``""``,
+    ``"?"``) for categorical columns; normal numbers around the training mean with NaN and inf
+    for numeric ones. Strings are stripped, as the exported graph expects."""
+    rng = np.random.default_rng(seed)
+    vocabularies, stats = pre.vocabularies or {}, pre.stats or {}
+    out: dict[str, np.ndarray] = {}
+    for name in pre.categorical:
+        vocab = list(vocabularies[name])
+        unseen = "mtlkit-unseen"
+        while unseen in vocab:
+            unseen += "_"
+        specials = [unseen, "", "?"]
+        values = [str(v) for v in rng.choice(vocab or specials, n)]
+        for i, special in enumerate(specials[: min(n, 3)]):
+            values[-1 - i] = special  # the last rows: unseen, then missing values
+        out[name] = np.asarray(values, dtype=str)
+    for name in pre.numeric:
+        mean, std = stats[name]
+        x = rng.normal(mean, std if std > 0 else 1.0, n)
+        if n >= 2:
+            x[-1], x[-2] = np.nan, np.inf
+        out[name] = x.astype(np.float64)
+    return out
+
+
+def verify_export(
+    folder: str | os.PathLike[str],
+    predictor: Predictor,
+    *,
+    n: int = 7,
+    seed: int = 1,
+    rtol: float | None = None,
+) -> ExportCheck:
+    """Compare the exported model with ``predictor``'s eager model on ``n`` random rows.
+
+    Runs both (a batch size other than the export's, so the dynamic batch axis is exercised)
+    with ONNX Runtime or ``torch.jit.load``. An export with embedded preprocessing is fed raw
+    columns (:func:`raw_example_columns`) and the eager model their preprocessing by
+    :class:`~mtlkit.data.preprocessing.TabularPreprocessor`. Each output passes when
+    ``|export - eager| <= rtol * max(|export|, |eager|, s)`` element-wise, with ``s`` the output's
+    largest ``|eager|`` value (:func:`relative_error`) and ``rtol`` from :data:`RTOL` by the
+    output's dtype (1e-5 for float32) unless given.
     """
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    if manifest["preprocessing"] and manifest["preprocessing"]["embedded"]:
-        raise DataError("verify_export compares model-ready inputs; this export reads raw columns.")
-    args = example_inputs(predictor, n, seed=seed)
+    embedded = bool(manifest["preprocessing"] and manifest["preprocessing"]["embedded"])
+    layout = [i["name"] for i in _input_layout(predictor)]
+    if embedded:
+        pre = predictor.preprocessor
+        if pre is None:
+            raise DataError(
+                f"The export in {folder} reads raw columns (embedded preprocessing), but the model given "
+                "to check it against has no fitted preprocessor; load it with load_predictor(run_dir)."
+            )
+        raw = raw_example_columns(pre, n, seed=seed)
+        ready = pre.transform(raw)
+        args = tuple(ready[name] for name in layout)
+        feeds = {i["name"]: raw[i["name"]] for i in manifest["inputs"]}
+    else:
+        args = example_inputs(predictor, n, seed=seed)
+        feeds = onnx_inputs(manifest, args)
     activate = all(o["applied"] for o in manifest["outputs"])
+    names = [o["name"] for o in manifest["outputs"]]
     wrapper = ExportWrapper(
-        _inference_copy(predictor.model),
-        [i["name"] for i in manifest["inputs"]],
-        [o["name"] for o in manifest["outputs"]],
-        predictor.tasks,
-        activate=activate,
-        as_dict=False,
+        _inference_copy(predictor.model), layout, names, predictor.tasks, activate=activate, as_dict=False
     )
     with torch.no_grad():
-        eager = [t.numpy() for t in wrapper(*args)]
+        eager = list(wrapper(*args))
     if manifest["format"] == "onnx":
         ort = _require("onnxruntime", "Checking an ONNX export")
         session = ort.InferenceSession(str(folder / manifest["file"]), providers=["CPUExecutionProvider"])
-        got = session.run([o["name"] for o in manifest["outputs"]], onnx_inputs(manifest, args))
+        got = session.run(names, feeds)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(folder / manifest["file"]))
         with torch.no_grad():
             res = module(*args)
-        got = [res[o["name"]].numpy() for o in manifest["outputs"]]
-    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b))) for a, b in zip(got, eager))
+        got = [res[name].numpy() for name in names]
+    per: dict[str, tuple[float, float]] = {}
+    max_abs = max_rel = 0.0
+    for name, a, e in zip(names, got, eager):
+        tol = rtol if rtol is not None else RTOL.get(str(e.dtype).removeprefix("torch."), RTOL["float32"])
+        abs_err, rel_err = relative_error(np.asarray(a), e.double().numpy())
+        per[name] = (rel_err, tol)
+        max_abs, max_rel = max(max_abs, abs_err), max(max_rel, rel_err)
+    return ExportCheck(max_abs=max_abs, max_rel=max_rel, outputs=per, rows=n, raw_inputs=embedded)

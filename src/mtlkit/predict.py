@@ -39,16 +39,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.schema import FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import CheckpointError, DataError
+from mtlkit.errors import DataError
+from mtlkit.runs import find_run
 from mtlkit.tasks import Task, TaskKind
-from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint, state_mismatch
+from mtlkit.training.checkpoint import atomic_write_bytes
 
 __all__ = [
     "PREPROCESSOR_FILE",
@@ -306,36 +306,6 @@ class Predictor:
         return out
 
 
-def find_run(run_dir: str | os.PathLike[str]) -> Path:
-    """The one run (folder with ``checkpoint.pt``) in ``run_dir``; refuses ambiguous experiment folders."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise CheckpointError(f"Run directory {str(root)!r} does not exist.")
-    if (root / "checkpoint.pt").is_file():
-        return root
-    found = sorted(p.parent for p in root.rglob("checkpoint.pt"))
-    if not found:
-        raise CheckpointError(
-            f"No checkpoint.pt under {str(root)!r}; is it a run directory written by `mtlkit run`?"
-        )
-    if len(found) > 1:
-        runs = ", ".join(str(p.relative_to(root)) for p in found)
-        raise CheckpointError(
-            f"{str(root)!r} holds {len(found)} trained models ({runs}); pass one of them, e.g. "
-            f"{str(found[-1])!r}."
-        )
-    return found[0]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{str(path)!r} could not be read ({exc}); the run directory is damaged."
-        ) from None
-
-
 def load_predictor(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Predictor:
     """Rebuild the trained model of a run directory, with its preprocessing, for prediction.
 
@@ -351,52 +321,16 @@ def load_predictor(run_dir: str | os.PathLike[str], *, device: torch.device | st
         CheckpointError: the directory, its config or its checkpoint is missing, damaged or does
             not fit the model the config describes.
     """
-    from mtlkit.config.build import build_data, build_model
-    from mtlkit.config.load import resolve
+    from mtlkit.runs import load_run
 
-    rd = find_run(run_dir)
-    cfg_path = rd / "config.yaml"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{str(rd)!r} has a checkpoint but no config.yaml; cannot rebuild the model.")
-    cfg = next(iter(resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path)).variants.values()))
-    sig_path, pre_path = rd / SIGNATURE_FILE, rd / PREPROCESSOR_FILE
-    preprocessor: TabularPreprocessor | None = None
-    if sig_path.is_file():  # no need to read the training data
-        sig = _read_json(sig_path)
-        tasks = tuple(_task_from_dict(t) for t in sig["tasks"])
-        input_spec, names = _input_from_dict(sig["input"])
-        if pre_path.is_file():
-            preprocessor = TabularPreprocessor.from_state_dict(_read_json(pre_path))
-        splits = DataSplits(None, None, None, tasks, input_spec)  # type: ignore[arg-type]
-    else:  # a run directory from before signature.json: rebuild the data
-        splits = build_data(cfg.data)
-        names = feature_columns(splits.info, splits.input_dim) if splits.input_dim is not None else None
-        preprocessor = splits.preprocessor if isinstance(splits.preprocessor, TabularPreprocessor) else None
-    model = build_model(cfg.model, splits, cfg.backbone)
-    ckpt = rd / "checkpoint.pt"
-    state = load_checkpoint(ckpt)
-    best = state.get("best") or {}
-    weights = best.get("state") if best.get("state") is not None else state.get("model")
-    if not isinstance(weights, Mapping):
-        raise CheckpointError(
-            f"Checkpoint {str(ckpt)!r} holds no model weights; it was not written by mtlkit run."
-        )
-    mismatch = state_mismatch(weights, model.state_dict())
-    if mismatch:
-        raise CheckpointError(
-            f"Checkpoint {str(ckpt)!r} does not fit the model described by {str(cfg_path)!r}: {mismatch}. "
-            "Was config.yaml edited after training?"
-        )
-    model.load_state_dict(weights)
-    device = torch.device(device)
-    model.to(device).eval()
+    run = load_run(run_dir, device=device)
     return Predictor(
-        model=model,
-        tasks=tuple(splits.tasks),
-        input_spec=splits.input_spec,
-        preprocessor=preprocessor,
-        feature_names=tuple(names) if names else None,
-        run_dir=rd,
-        checkpoint=ckpt,
-        device=device,
+        model=run.model,
+        tasks=run.tasks,
+        input_spec=run.input_spec,
+        preprocessor=run.preprocessor,
+        feature_names=run.feature_names,
+        run_dir=run.run_dir,
+        checkpoint=run.checkpoint,
+        device=torch.device(device),
     )

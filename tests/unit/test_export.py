@@ -4,7 +4,9 @@ embedded in the ONNX graph; the manifest describes inputs and outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from torch import Tensor, nn
 
 from mtlkit import Task
 from mtlkit.data import FeatureSchema, TabularPreprocessor
-from mtlkit.errors import IncompatibleComponentsError
-from mtlkit.export import export_model, verify_export
+from mtlkit.errors import DataError, IncompatibleComponentsError
+from mtlkit.export import example_inputs, export_model, raw_example_columns, relative_error, verify_export
 from mtlkit.models import MultiTaskModel
 from mtlkit.models.backbones import embedding
 from mtlkit.predict import Predictor
@@ -26,7 +28,20 @@ from mtlkit.registries import MODELS
 
 ATOL = 1e-5
 NOT_TRACEABLE: dict[str, str] = {}
-"""Registered models that cannot be exported, with the reason (none so far)."""
+"""Registered models that cannot be exported, with the reason (none so far; docs/deploy.md lists them)."""
+SLOW_TORCHSCRIPT = {"mtan"}
+"""Models whose TorchScript check takes more than a few seconds (marked slow; ONNX stays in the default run)."""
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+
+
+def export_cases() -> list[Any]:
+    """Every registered model with ONNX (default run) and TorchScript (slow for the slowest ones)."""
+    out = []
+    for name in MODELS.names():
+        out.append(pytest.param(name, "onnx", id=f"{name}-onnx"))
+        marks = [pytest.mark.slow] if name in SLOW_TORCHSCRIPT else []
+        out.append(pytest.param(name, "torchscript", marks=marks, id=f"{name}-torchscript"))
+    return out
 
 
 def expected(
@@ -103,8 +118,7 @@ def predictor_for(name: str) -> tuple[Predictor, Any]:
     return Predictor(model=model, tasks=case.tasks, input_spec=spec, feature_names=names), case
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize(("name", "fmt"), export_cases())
 def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str, tmp_path: Path) -> None:
     needs(fmt)
     predictor, case = predictor_for(name)
@@ -114,6 +128,26 @@ def test_every_registered_model_exports_to_its_eager_outputs(name: str, fmt: str
     for n in (7, 1):  # the batch axis is dynamic
         x = case.inputs(n, gen)
         assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks))
+    check = verify_export(folder, predictor)
+    assert check.passed and check.max_rel <= 1e-5, check.summary()
+
+
+def test_the_tested_model_list_in_the_docs_is_the_registry() -> None:
+    """docs/deploy.md names every registered model the export tests run on, and those that cannot export."""
+    text = DOCS.read_text()
+    start, end = "<!-- tested-models:start -->", "<!-- tested-models:end -->"
+    assert start in text and end in text, f"{DOCS} lost its tested-model markers"
+    listed = text.split(start)[1].split(end)[0]
+    want = documented_models()
+    assert listed.strip() == want.strip(), f"Update {DOCS} between the markers to:\n{want}"
+
+
+def documented_models() -> str:
+    """The text docs/deploy.md holds between its tested-model markers (generated from the registry)."""
+    ok = [n for n in MODELS.names() if n not in NOT_TRACEABLE]
+    lines = [", ".join(f"`{n}`" for n in ok) + f" ({len(ok)} of {len(MODELS.names())} registered models)"]
+    lines += [f"- `{n}` cannot be exported: {why}" for n, why in sorted(NOT_TRACEABLE.items())]
+    return "\n".join(lines)
 
 
 def test_dynamo_exporter_matches_the_eager_model(tmp_path: Path) -> None:
@@ -157,7 +191,9 @@ def test_raw_outputs_and_the_manifest(tmp_path: Path) -> None:
     assert manifest["preprocessing"] is None and manifest["exporter"] == "torch.onnx.export (trace)"
     x = case.inputs(5, torch.Generator().manual_seed(1))
     assert_matches(run_export(folder, x), expected(predictor.model, x, case.tasks, activate=False))
-    assert verify_export(folder, predictor) <= ATOL
+    check = verify_export(folder, predictor)
+    assert check.passed and check.max_abs <= ATOL and not check.raw_inputs
+    assert set(check.outputs) == {"ctr", "topic", "value"}
 
 
 class MiniESMM(MultiTaskModel):
@@ -297,3 +333,176 @@ def test_export_option_errors(tabular: Predictor, tmp_path: Path, monkeypatch) -
         ImportError, match=r"ONNX export needs the onnx package: pip install 'mtlkit\[onnx\]'"
     ):
         export_model(flat, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- --check
+def test_relative_error_against_a_direct_computation() -> None:
+    want = np.array([[300.0, -2.0], [0.0, 150.0]])
+    got = want + np.array([[3e-3, 0.0], [-1.5e-3, 0.0]])
+    abs_err, rel = relative_error(got, want)
+    assert abs_err == pytest.approx(3e-3, rel=1e-9)
+    # the output's scale is 300: 3e-3 / max(300.003, 300, 300) and 1.5e-3 / max(1.5e-3, 0, 300)
+    assert rel == pytest.approx(3e-3 / 300.003, rel=1e-9)
+    assert relative_error(want, want.copy()) == (0.0, 0.0)
+    special = np.array([np.inf, np.nan, 1.0])
+    assert relative_error(special, special.copy()) == (0.0, 0.0)  # equal non-finite values agree
+    assert relative_error(np.array([np.inf, 1.0]), np.array([1.0, 1.0]))[1] == math.inf
+    assert relative_error(np.array([np.nan]), np.array([1.0]))[1] == math.inf
+    assert relative_error(np.zeros(2), np.zeros(3))[1] == math.inf  # shapes differ
+
+
+class Scaled(nn.Module):
+    """Outputs of about ``scale`` in size (a two-output regression) next to a probability."""
+
+    task_names = ("big", "p")
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.body = nn.Linear(6, 16)
+        self.big = nn.Linear(16, 2)
+        self.p = nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = torch.tanh(self.body(x))
+        return {"big": self.scale * (1.5 + torch.tanh(self.big(h))), "p": self.p(h)}
+
+
+SCALED_TASKS = (Task(name="big", kind="regression", num_outputs=2), Task(name="p", kind="binary"))
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0, 1e6])
+def test_check_tolerance_is_relative_to_the_outputs_scale(scale: float, tmp_path: Path) -> None:
+    needs("onnx")
+    torch.manual_seed(0)
+    predictor = Predictor(model=Scaled(scale), tasks=SCALED_TASKS, input_spec=6, feature_names=None)
+    folder = export_model(predictor, tmp_path)
+    check = verify_export(folder, predictor)
+    assert check.passed, check.summary()
+    assert check.outputs["big"][1] == 1e-5 and check.rtol == 1e-5  # float32 outputs
+    # independently: the same rows through ONNX Runtime and the eager model
+    x = example_inputs(predictor, 7, seed=1)[0]
+    got, want = run_export(folder, x)["big"], expected(predictor.model, x, SCALED_TASKS)["big"].numpy()
+    diff = np.abs(got.astype(np.float64) - want)
+    assert check.outputs["big"][0] <= diff.max() / np.abs(want).max() + 1e-12
+    assert check.max_abs >= diff.max()
+    assert check.max_abs <= 1e-5 * 2.5 * scale  # the outputs lie in [0.5, 2.5] * scale
+
+    # a real difference is caught at every scale: shift the eager model by 1e-3 of its scale
+    with torch.no_grad():
+        predictor.model.big.bias += 2e-3  # tanh' <= 1: moves "big" by up to 2e-3 * scale
+    bad = verify_export(folder, predictor)
+    assert not bad.passed and bad.max_rel > 1e-5 * 10
+    assert bad.outputs["p"][0] <= 1e-5  # the other output still agrees
+
+
+@pytest.fixture
+def scaled_run(tmp_path: Path, monkeypatch) -> Predictor:
+    """`mtlkit export` on a model built here (load_predictor replaced: no training needed)."""
+    torch.manual_seed(0)
+    predictor = Predictor(
+        model=Scaled(300.0), tasks=SCALED_TASKS, input_spec=6, feature_names=None, run_dir=tmp_path
+    )
+    monkeypatch.setattr("mtlkit.predict.load_predictor", lambda run_dir: predictor)
+    return predictor
+
+
+def test_cli_check_prints_the_relative_error_and_fails_on_a_real_difference(
+    scaled_run: Predictor, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    needs("onnx")
+    from mtlkit.cli.main import main
+
+    assert main(["export", str(tmp_path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "max |export - eager| on 7 random rows:" in out
+    assert "max relative error" in out and "(tolerance 1e-05)" in out
+
+    def faulty_export(predictor: Predictor, out: Any, **kw: Any) -> Path:  # an exporter that is off by 1e-3
+        folder = export_model(predictor, out, **kw)
+        with torch.no_grad():
+            predictor.model.big.bias += 1e-3
+        return folder
+
+    monkeypatch.setattr("mtlkit.export.export_model", faulty_export)
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "faulty"), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the export differs from the eager model: max |export - eager|")
+    assert "Traceback" not in err
+
+
+def test_check_feeds_raw_columns_through_the_embedded_preprocessing(
+    tabular: Predictor, tmp_path: Path
+) -> None:
+    needs("onnx")
+    assert tabular.preprocessor is not None
+    folder = export_model(tabular, tmp_path, embed_preprocessing=True)
+    check = verify_export(folder, tabular, n=9)
+    assert check.raw_inputs and check.rows == 9 and check.passed, check.summary()
+    assert "raw rows through the embedded preprocessing" in check.summary()
+    raw = raw_example_columns(tabular.preprocessor, 9, seed=1)
+    vocab = set(tabular.preprocessor.vocabularies["color"])
+    assert {"", "?"} <= set(raw["color"]) and set(raw["color"]) - vocab - {"", "?"}  # unseen value
+    assert np.isnan(raw["age"]).any() and np.isinf(raw["age"]).any()
+    # the check really goes through the graph's preprocessing: another preprocessor fails it
+    state = tabular.preprocessor.state_dict()
+    mean, std = state["stats"]["income"]
+    state["stats"]["income"] = [mean + std, std]
+    shifted = dataclasses.replace(tabular, preprocessor=TabularPreprocessor.from_state_dict(state))
+    assert not verify_export(folder, shifted, n=9).passed
+    with pytest.raises(DataError, match="reads raw columns"):
+        verify_export(folder, dataclasses.replace(tabular, preprocessor=None))
+
+
+def test_cli_check_with_embedded_preprocessing(
+    tabular: Predictor, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    needs("onnx")
+    from mtlkit.cli.main import main
+
+    monkeypatch.setattr(
+        "mtlkit.predict.load_predictor", lambda run_dir: dataclasses.replace(tabular, run_dir=tmp_path)
+    )
+    assert main(["export", str(tmp_path), "--embed-preprocessing", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "on 7 random raw rows through the embedded preprocessing" in out and "max relative error" in out
+
+
+class PythonCall(torch.autograd.Function):
+    """A Python function in forward: TorchScript cannot save it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x * x
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        return g
+
+
+class Untraceable(nn.Module):
+    task_names = ("y",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"y": PythonCall.apply(self.lin(x))}
+
+
+def test_a_model_that_cannot_be_exported_gets_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    predictor = Predictor(
+        model=Untraceable(), tasks=(Task(name="y", kind="regression"),), input_spec=3, run_dir=tmp_path
+    )
+    with pytest.raises(IncompatibleComponentsError) as err:
+        export_model(predictor, tmp_path / "ts", format="torchscript")
+    msg = str(err.value)
+    assert msg.startswith("Untraceable cannot be exported to torchscript with torch.jit.trace: RuntimeError:")
+    assert "'PythonCall'" in msg and "try --format onnx" in msg
+    from mtlkit.cli.main import main
+
+    monkeypatch.setattr("mtlkit.predict.load_predictor", lambda run_dir: predictor)
+    assert main(["export", str(tmp_path), "--format", "torchscript"]) == 1
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("error: Untraceable cannot be exported") and "Traceback" not in err_text

@@ -1,6 +1,6 @@
 """Training: the Trainer, training schedules, early stopping and checkpoints."""
 
-from mtlkit.training.checkpoint import load_checkpoint, save_checkpoint
+from mtlkit.training.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
 from mtlkit.training.early_stopping import EarlyStopping
 from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.schedules import (
@@ -18,6 +18,7 @@ from mtlkit.training.trainer import Trainer, TrainingDivergedError, default_devi
 
 __all__ = [
     "Alternating",
+    "Checkpointer",
     "EarlyStopping",
     "EpochLogger",
     "EpochPlan",

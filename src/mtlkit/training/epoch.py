@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit.losses import check_epoch_labels
+from mtlkit.tasks import Task
 from mtlkit.training.divergence import DivergenceGuard
 from mtlkit.training.step import StepStats
 
@@ -62,6 +64,10 @@ class EpochStats:
         self.guard.check(epoch=self.epoch, epoch_start=self.first_step)
         means = (self._losses[0] / self._losses[1].clamp_min(1)).tolist()
         return [m if n > 0 else math.nan for m, n in zip(means, self._losses[1].tolist())]
+
+    def check_labels(self, tasks: Sequence[Task]) -> None:
+        """Every trained task received a label this epoch (:func:`~mtlkit.losses.check_epoch_labels`)."""
+        check_epoch_labels(tasks, self._losses[1].tolist(), epoch=self.epoch, steps=self._per_task)
 
     def summary(self, means: list[float], *, steps_per_task: bool) -> dict[str, Any]:
         """The epoch's record entries: ``train`` (``means``), ``weights`` (mean over the steps where

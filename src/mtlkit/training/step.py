@@ -18,7 +18,7 @@ from mtlkit.autograd import BackwardResult
 from mtlkit.data.batch import Batch, Inputs, as_batch
 from mtlkit.distributed import GradientSync
 from mtlkit.errors import UnknownComponentError
-from mtlkit.losses import TaskLosses, task_losses
+from mtlkit.losses import TaskLosses, check_outputs, task_losses
 from mtlkit.models._base import ForwardParts, forward_parts
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task
@@ -105,6 +105,7 @@ def train_step(
     if trained is not None:
         batch = restrict(batch, [t for t in tasks if t.name in trained])
     preds, aux, representation = forward(model, batch.inputs, balancer)
+    check_outputs(tasks, preds, unwrap(model))
     tl = task_losses(tasks, preds, batch.targets, batch.masks)
     if trained is not None:
         tl = detach_untrained(tl, [t.name in trained for t in tasks])

@@ -30,7 +30,7 @@ from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training import evaluation
 from mtlkit.training.balancer import Balancer, unwrap
-from mtlkit.training.checkpoint import component_mismatch, load_checkpoint, save_checkpoint, state_mismatch
+from mtlkit.training.checkpoint import Checkpointer, as_checkpointer, component_mismatch, state_mismatch
 from mtlkit.training.divergence import TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_monitor, monitored
 from mtlkit.training.epoch import EpochStats, epoch_line
@@ -294,6 +294,7 @@ class Trainer:
         if stats.steps == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         means = stats.means()
+        stats.check_labels(self.tasks)
         display.update(stats.steps % refresh, self.task_names, means)
         self.epoch_losses.append(tuple(means))
         summary = stats.summary(means, steps_per_task=self.schedule.one_task_per_step)
@@ -462,18 +463,19 @@ class Trainer:
         }
 
     def save_checkpoint(
-        self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
+        self, path: str | os.PathLike[str] | Checkpointer, *, extra: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write :meth:`state_dict` (plus ``extra``) to ``path`` atomically."""
+        """Write :meth:`state_dict` (plus ``extra``) atomically, to a file or a :class:`Checkpointer`."""
         payload = self.state_dict()
         if extra is not None:
             payload["extra"] = dict(extra)
-        return save_checkpoint(payload, path)
+        return as_checkpointer(path).save(payload)
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | os.PathLike[str] | Checkpointer) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save_checkpoint`; returns its raw contents."""
-        data = load_checkpoint(path)
-        self.load_state_dict(data, source=f"checkpoint {str(path)!r}")
+        checkpointer = as_checkpointer(path)
+        data = checkpointer.load()
+        self.load_state_dict(data, source=f"checkpoint {str(checkpointer.path)!r}")
         return data
 
 
