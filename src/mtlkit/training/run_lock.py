@@ -45,8 +45,9 @@ def os_error_message(
             "(every write is atomic); free some space, or write the run elsewhere with --out."
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"Cannot {what} {where}: it is not writable ({reason}). " + (
-            fix or "Fix its permissions, or pass a writable folder with --out."
+        return (
+            f"Cannot {what} {where}: it is not writable ({reason}). "
+            + (fix or "Fix its permissions, or pass a writable folder with --out.")
         )
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         return (
