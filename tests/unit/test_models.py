@@ -10,7 +10,8 @@ from torch import nn
 
 from mtlkit import Task
 from mtlkit.errors import ShapeError
-from mtlkit.models import MLP, ExpertMLPs, MMoE, OMoE, SoftmaxGates
+from mtlkit.models import ACTIVATIONS, MLP, ExpertMLPs, MMoE, OMoE, SoftmaxGates, make_activation
+from mtlkit.models._kernels import can_group_mlps
 from mtlkit.registries import MODELS
 
 TASKS = (
@@ -146,3 +147,38 @@ def test_invalid_model_arguments() -> None:
         MLP(4, (3,), activation="relux")
     with pytest.raises(ValueError, match=r"hidden_dims must be a list of positive ints"):
         MLP(4, (3, -1))
+
+
+def test_one_activation_table_gives_the_same_function_in_every_form() -> None:
+    """Every activation name works as an MLP layer, an expert bank's function and (where it exists)
+    in place, with the same values; the table covers every activation ExpertMLPs is tested with."""
+    assert set(ACT) < set(ACTIVATIONS)
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    for name, act in ACTIVATIONS.items():
+        want = ACT[name](x) if name in ACT else x
+        torch.testing.assert_close(make_activation(name)(x), want)
+        torch.testing.assert_close(act.function(x), want)
+        if act.inplace is not None:
+            torch.testing.assert_close(act.inplace(x.clone()), want)
+    with pytest.raises(ValueError, match="activation must be one of 'relu'.*got 'relux'"):
+        ExpertMLPs(2, 3, (4,), activation="relux")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLP(4, (), 1, activation="relux")  # checked even without hidden layers
+
+
+def test_can_group_mlps_compares_structure_not_reprs() -> None:
+    def mlp(**kw: object) -> MLP:
+        return MLP(5, (4, 3), kw.pop("out", 2), **kw)  # type: ignore[arg-type]
+
+    assert can_group_mlps([mlp(), mlp(), mlp(out=6)])  # final widths may differ
+    assert not can_group_mlps([mlp(), mlp(activation="tanh")])
+    assert not can_group_mlps([mlp(dropout=0.1), mlp(dropout=0.2)])
+    assert can_group_mlps([mlp(dropout=0.1), mlp(dropout=0.1)])
+    assert not can_group_mlps([mlp(), MLP(5, (4, 4), 2)])
+    assert not can_group_mlps([mlp(), nn.Sequential(nn.Linear(5, 2))])
+    replaced = mlp()
+    replaced.net[1] = nn.Tanh()  # a module swapped after construction
+    assert not can_group_mlps([mlp(), replaced])
+    wider = mlp()
+    wider.net[0] = nn.Linear(5, 7)
+    assert not can_group_mlps([mlp(), wider])

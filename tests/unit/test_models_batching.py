@@ -18,8 +18,8 @@ from mtlkit import Task
 from mtlkit.aggregation import Sum
 from mtlkit.analysis import gate_statistics
 from mtlkit.data.schema import FeatureSchema
-from mtlkit.models import MLP, EmbeddingFrontEnd, _blocks
-from mtlkit.models._blocks import (
+from mtlkit.models import MLP, EmbeddingFrontEnd, _kernels
+from mtlkit.models._kernels import (
     batch_towers,
     grouped_mlp_outputs,
     grouped_mlp_stacked,
@@ -84,13 +84,13 @@ def spy_grouped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the calls of the grouped-MLP functions (still computing their results)."""
     calls: list[str] = []
     for fn in ("grouped_mlp_outputs", "grouped_mlp_stacked"):
-        real = getattr(_blocks, fn)
+        real = getattr(_kernels, fn)
 
         def wrapped(*args: Any, _real: Any = real, _fn: str = fn) -> Any:
             calls.append(_fn)
             return _real(*args)
 
-        monkeypatch.setattr(_blocks, fn, wrapped)
+        monkeypatch.setattr(_kernels, fn, wrapped)
     return calls
 
 
@@ -128,7 +128,7 @@ def test_every_model_gives_the_same_outputs_and_gradients_with_batched_towers(
         results = []
         for batched in (False, True):
             model, case = build(name)
-            monkeypatch.setattr(_blocks, "batch_towers", lambda _x, b=batched: b)
+            monkeypatch.setattr(_kernels, "batch_towers", lambda _x, b=batched: b)
             calls = spy_grouped(monkeypatch)
             out = model(case.inputs(N, torch.Generator().manual_seed(1)))
             params = [p for p in model.parameters() if p.requires_grad]
@@ -153,7 +153,7 @@ def test_hierarchical_batches_the_heads_attached_at_one_depth(monkeypatch: pytes
     x = torch.randn(5, 10)
     want = model(x)
     calls = spy_grouped(monkeypatch)
-    monkeypatch.setattr(_blocks, "batch_towers", lambda _x: True)
+    monkeypatch.setattr(_kernels, "batch_towers", lambda _x: True)
     got = model(x)
     assert calls == ["grouped_mlp_outputs"]  # b and c at depth 2: one batched call; a alone at depth 1
     for t in want:
