@@ -6,7 +6,7 @@ channel). Each task's head reads its own row of the last mix.
 
 Ownership: after the first stitch every column feeds every task, so the column layers and all
 but the last stitch unit are shared. Row ``k`` of the last unit only forms task ``k``'s head
-input, so it belongs to task ``k`` with the head. The shared representation (``encode``) is the
+input, so it belongs to task ``k`` with the head. The shared representation is the
 columns' last activations before that final mix, ``(N, T, *features)``.
 """
 
