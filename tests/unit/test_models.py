@@ -10,7 +10,18 @@ from torch import nn
 
 from mtlkit import Task
 from mtlkit.errors import ShapeError
-from mtlkit.models import ACTIVATIONS, MLP, ExpertMLPs, MMoE, OMoE, SoftmaxGates, make_activation
+from mtlkit.models import (
+    ACTIVATIONS,
+    MLP,
+    ExpertMLPs,
+    ForwardParts,
+    MMoE,
+    MultiTaskModel,
+    OMoE,
+    SoftmaxGates,
+    forward_parts,
+    make_activation,
+)
 from mtlkit.models._kernels import can_group_mlps
 from mtlkit.registries import MODELS
 
@@ -182,3 +193,53 @@ def test_can_group_mlps_compares_structure_not_reprs() -> None:
     wider = mlp()
     wider.net[0] = nn.Linear(5, 7)
     assert not can_group_mlps([mlp(), wider])
+
+
+class _OwnForward(MultiTaskModel):
+    """A model written against the plain contract: it overrides forward(x) -> {task: output}."""
+
+    task_names = ("a", "b")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        y = self.lin(x)
+        return {"a": y[:, 0], "b": y[:, 1]}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return []
+
+
+class _Plain(nn.Module):
+    def __init__(self, out: object) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.out
+
+
+def test_forward_parts_of_models_without_the_hooks() -> None:
+    x = torch.randn(4, 3)
+    own = _OwnForward()
+    assert not own.has_representation
+    for parts in (own.forward_parts(x), own.forward_parts(x, representation=True), forward_parts(own, x)):
+        assert parts.aux == {} and parts.representation is None
+        assert set(parts.outputs) == {"a", "b"}
+        for k, v in own(x).items():
+            torch.testing.assert_close(parts.outputs[k], v)
+    plain = forward_parts(_Plain({"a": x[:, 0]}), x, representation=True)
+    assert isinstance(plain, ForwardParts) and plain.aux == {} and plain.representation is None
+    assert set(plain.outputs) == {"a"} and torch.equal(plain.outputs["a"], x[:, 0])
+    with pytest.raises(ShapeError, match="returns 'aux/penalty' among its outputs.*subclass mtlkit.models.MultiTaskModel"):
+        forward_parts(_Plain({"a": x[:, 0], "aux/penalty": x.sum()}), x)
+    with pytest.raises(ShapeError, match="must return a dict \\{task: output\\}; got Tensor"):
+        forward_parts(_Plain(x), x)
+
+    class NoHooks(MultiTaskModel):
+        task_names = ("a",)
+
+    with pytest.raises(NotImplementedError, match="NoHooks must implement _forward\\(x\\) or _encode/_decode"):
+        NoHooks()(x)
