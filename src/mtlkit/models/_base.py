@@ -59,8 +59,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, x: Inputs, *, parts: bool = False) -> dict[str, Tensor] | ForwardParts:
         """The predictions ``{task: output}``; ``parts=True`` gives the whole :class:`ForwardParts`
         (for wrappers such as DistributedDataParallel that only call ``forward``)."""
-        p = self.forward_parts(x)
-        return p if parts else p.outputs
+        return self.forward_parts(x) if parts else self._forward(x)[0]
 
     def forward_parts(self, x: Inputs, *, representation: bool = False) -> ForwardParts:
         """Outputs, auxiliary losses and (with ``representation=True``) the shared representation.
