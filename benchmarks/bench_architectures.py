@@ -52,12 +52,10 @@ from mtlkit.models import (
     DSelectKGate,
     EmbeddingFrontEnd,
     MMoE,
-    MultiTaskModel,
     SharedBottom,
 )
-from mtlkit.models._blocks import tower_outputs
+from mtlkit.models._kernels import stack_experts, tower_outputs
 from mtlkit.models.dselect import smooth_step
-from mtlkit.models.moe import stack_experts
 from mtlkit.registries import BACKBONES, MODELS
 from mtlkit.training import Trainer
 
@@ -432,16 +430,21 @@ class MMoEBefore(MMoE):
     """MMoE.forward as it was: each tower reads ``mixed[:, i]`` (a select per task, whose backward
     fills a zero ``(N, T, D)`` tensor per task)."""
 
-    def forward(self, x: Any) -> dict[str, Tensor]:
+    def _forward(self, x: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         h = self._features(x)
         mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))
-        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}, {}
 
 
 class TwoPassMixin:
-    """``encode_decode`` as encode, then decode (the input layer evaluated twice), as the Trainer did."""
+    """The representation path with the input layer evaluated again for decoding (twice in all), as
+    the Trainer did."""
 
-    encode_decode = MultiTaskModel.encode_decode
+    def _encode(self, x: Any) -> tuple[Tensor, Any]:
+        return super()._encode(x)[0], x  # type: ignore[misc]
+
+    def _decode(self, rep: Tensor, x: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return super()._decode(rep, self._features(x))  # type: ignore[misc]
 
 
 class MMoETwoPass(TwoPassMixin, MMoE):
@@ -486,39 +489,40 @@ class DSelectKBefore(DSelectK):
         w, sel = first.combine(z, alpha)
         return [(w[:, i], sel[:, i]) for i in range(T)]
 
-    def _aux(self, task: str, selectors: Tensor) -> dict[str, Tensor]:
+    def _aux_before(self, task: str, selectors: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if self.entropy_reg > 0:
             entropy = -(selectors * torch.log(selectors + 1e-6)).sum((-2, -1))
-            out[f"aux/dselect_entropy/{task}"] = self.entropy_reg * entropy.mean()
+            out[f"dselect_entropy/{task}"] = self.entropy_reg * entropy.mean()
         return out  # 8 experts, a power of two: no unreachable-code term
 
-    def forward(self, x: Any) -> dict[str, Tensor]:
+    def _forward(self, x: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         h = self._features(x)
         experts = stack_experts(self.experts, h)
         pairs = self._pairs(h)
         w = torch.stack([g.expand(experts.shape[0], -1) for g, _ in pairs], dim=1)
         mixed = torch.bmm(w, experts)
         out = {t: self.towers[t](mixed[:, i]) for i, t in enumerate(self.task_names)}
+        aux: dict[str, Tensor] = {}
         if self.training:
             for t, (_, sel) in zip(self.task_names, pairs):
-                out.update(self._aux(t, sel))
-        return out
+                aux.update(self._aux_before(t, sel))
+        return out, aux
 
 
 class CrossStitchBefore(CrossStitch):
-    """Cross-stitch forward as it was: ``decode(encode(x))``, one row mix per task."""
+    """Cross-stitch forward as it was: the representation path, one row mix per task."""
 
-    def forward(self, x: Any) -> dict[str, Tensor]:
-        return self.decode(self.encode(x), x)
+    def _forward(self, x: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return self._decode(*self._encode(x))
 
 
 class SharedBottomBatched(SharedBottom):
     """Shared-bottom with its towers batched (the accelerator default) on any device."""
 
-    def forward(self, x: Any) -> dict[str, Tensor]:
-        rep = self.encode(x)
-        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep), batched=True)
+    def _forward(self, x: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        rep = self._encode(x)[0]
+        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep), batched=True), {}
 
 
 def as_class(model: nn.Module, cls: type) -> nn.Module:

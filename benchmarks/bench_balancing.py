@@ -80,13 +80,13 @@ def trainer_step(
 
 
 def floor_step(model, tasks, x, targets, *, decode: bool = False) -> Callable[[], None]:
-    """The floor, hand-written: one forward (``model(x)``, or with ``decode`` the
-    ``decode(encode(x))`` forward the Trainer's gradient path uses), ``T`` retained backward
+    """The floor, hand-written: one forward (``model(x)``, or with ``decode`` the representation
+    path the Trainer's gradient path uses), ``T`` retained backward
     passes accumulating into ``.grad``, the Adam step."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer's default
 
     def step() -> None:
-        out = model.decode(model.encode(x), x) if decode else model(x)
+        out = model.forward_parts(x, representation=decode).outputs
         tl = mtlkit.task_losses(tasks, out, targets)
         opt.zero_grad(set_to_none=True)
         for loss in tl.items:  # each task's own scalar loss

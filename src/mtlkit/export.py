@@ -56,7 +56,6 @@ from torch import Tensor, nn
 from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema
 from mtlkit.errors import DataError, IncompatibleComponentsError, ShapeError
-from mtlkit.losses import split_aux
 from mtlkit.predict import PREPROCESSOR_FILE, Predictor, load_predictor
 from mtlkit.tasks import Task, TaskKind
 
@@ -123,7 +122,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, *args: Tensor) -> Any:
         inputs: Any = args[0] if self.input_names == ("x",) else dict(zip(self.input_names, args))
-        preds, _ = split_aux(self.model(inputs))
+        preds = self.model(inputs)
         outs = []
         for key in self.output_keys:
             value = preds[key]
@@ -240,7 +239,7 @@ def export_model(
     input_names = [i["name"] for i in layout]
     args = example_inputs(predictor, 3)
     with torch.no_grad():
-        preds, _ = split_aux(model(args[0] if input_names == ["x"] else dict(zip(input_names, args))))
+        preds = model(args[0] if input_names == ["x"] else dict(zip(input_names, args)))
     keys = list(preds)
     wrapper = ExportWrapper(
         model, input_names, keys, predictor.tasks, activate=activate, as_dict=format == "torchscript"

@@ -46,7 +46,6 @@ from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.schema import FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError
-from mtlkit.losses import split_aux
 from mtlkit.runs import find_run
 from mtlkit.tasks import Task, TaskKind
 from mtlkit.training.checkpoint import atomic_write_bytes
@@ -236,7 +235,7 @@ class Predictor:
                 if isinstance(inputs, Tensor)
                 else {k: v[i : i + batch_size].to(self.device) for k, v in inputs.items()}
             )
-            preds, _ = split_aux(self.model(chunk))
+            preds = self.model(chunk)
             for key, out in preds.items():
                 task = by_output.get(key)
                 value = task.activate(out.float()) if task is not None else out

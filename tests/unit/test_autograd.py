@@ -48,8 +48,7 @@ def test_sum_aggregator_equals_backprop_of_the_sum(name: str, target: str) -> No
     want = reference(model, x, targets, (2.0, 0.5, 1.0))
     weighting = StaticWeighting(TASKS, [2.0, 0.5, 1.0])
     if target == "representation":
-        rep = model.encode(x)
-        out = model.decode(rep, x)
+        out, _, rep = model.forward_parts(x, representation=True)
     else:
         rep, out = None, model(x)
     tl = mtlkit.task_losses(TASKS, out, targets)

@@ -125,14 +125,13 @@ def test_esmm_ownership_follows_the_trained_outputs() -> None:
 
 
 def check_representation(model: MultiTaskModel, x: torch.Tensor, tasks, targets) -> None:
-    """Every shared parameter lies before encode(x), every task-owned one after it: the gradient of
+    """Every shared parameter lies before the representation, every task-owned one after it: the gradient of
     each trained loss w.r.t. the shared parameters, taken through the representation (chain rule),
     equals the direct gradient, and the owned parameters get none through it."""
     shared = [p for p in model.shared_parameters() if p.requires_grad]
-    rep = model.encode(x)
-    out = model.decode(rep, x)
+    out, _, rep = model.forward_parts(x, representation=True)
     direct_out = model(x)
-    for key in direct_out:  # decode(encode(x)) == forward(x)
+    for key in direct_out:  # the representation path's outputs == forward(x)
         torch.testing.assert_close(out[key], direct_out[key], rtol=1e-5, atol=1e-6)
     for task in tasks:
         if not task.train:
@@ -278,8 +277,8 @@ def test_aitm_forward_matches_a_reference_and_the_calibrator() -> None:
         torch.testing.assert_close(out[t], a)
     probs = [torch.sigmoid(a).reshape(-1).detach() for a in logits]
     calib = sum(torch.clamp(probs[t] - probs[t - 1], min=0).mean().item() for t in (1, 2))
-    assert out["aux/calibrator"].item() == pytest.approx(0.6 * calib, rel=1e-12)
-    assert "aux/calibrator" not in aitm(6, FUNNEL, tower_dims=(4,), alpha=0.0)(x.float())
+    assert model.forward_parts(x).aux["calibrator"].item() == pytest.approx(0.6 * calib, rel=1e-12)
+    assert "calibrator" not in aitm(6, FUNNEL, tower_dims=(4,), alpha=0.0).forward_parts(x.float()).aux
 
 
 def test_aitm_calibrator_hand_worked() -> None:
@@ -288,11 +287,11 @@ def test_aitm_calibrator_hand_worked() -> None:
         for t, b in (("click", 0.0), ("cart", math.log(3.0))):
             model.heads[t].weight.zero_()
             model.heads[t].bias.fill_(b)
-    out = model(torch.randn(5, 3))
-    assert out["aux/calibrator"].item() == pytest.approx(0.5 * (0.75 - 0.5))
+    aux = model.forward_parts(torch.randn(5, 3)).aux
+    assert aux["calibrator"].item() == pytest.approx(0.5 * (0.75 - 0.5))
     with torch.no_grad():
         model.heads["cart"].bias.fill_(-1.0)  # later step less likely: no penalty
-    assert model(torch.randn(5, 3))["aux/calibrator"].item() == 0.0
+    assert model.forward_parts(torch.randn(5, 3)).aux["calibrator"].item() == 0.0
 
 
 def test_aitm_information_flows_forward_only_and_ownership() -> None:
@@ -321,9 +320,9 @@ def test_aitm_trains_with_its_calibrator_added_to_the_objective() -> None:
     trainer = mtlkit.Trainer(model, FUNNEL[:2], progress=False, device="cpu", optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     step = trainer.train_step(Batch(x, y))
     got = [p.grad.clone() for p in model.parameters()]
-    out = model(x)
+    out, aux, _ = model.forward_parts(x)
     total = sum(F.binary_cross_entropy_with_logits(out[t].reshape(-1), y[t]) for t in ("click", "cart"))
-    total = total + out["aux/calibrator"]
+    total = total + aux["calibrator"]
     want = torch.autograd.grad(total, list(model.parameters()))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)

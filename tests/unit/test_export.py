@@ -21,7 +21,6 @@ from mtlkit import Task
 from mtlkit.data import FeatureSchema, TabularPreprocessor
 from mtlkit.errors import DataError, IncompatibleComponentsError
 from mtlkit.export import example_inputs, export_model, raw_example_columns, relative_error, verify_export
-from mtlkit.losses import split_aux
 from mtlkit.models import MultiTaskModel
 from mtlkit.models.backbones import embedding
 from mtlkit.predict import Predictor
@@ -51,7 +50,7 @@ def expected(
     """Eager outputs, with each task's activation written out here (not Task.activate)."""
     model.eval()
     with torch.no_grad():
-        out, _ = split_aux(model(inputs))
+        out = model(inputs)
     if not activate:
         return out
     kinds = {t.output_key: t for t in tasks}

@@ -1,6 +1,6 @@
 """Performance restructurings of the architectures (issue 4, section 5), each checked against the
-computation it replaces: batched towers against tower-by-tower evaluation, ``encode_decode``
-against ``encode`` then ``decode``, the selector product against ``prod``, MTAN's per-channel gates
+computation it replaces: batched towers against tower-by-tower evaluation, the
+representation path (input layer once) against the input layer evaluated again for decoding, the selector product against ``prod``, MTAN's per-channel gates
 against the masks."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from mtlkit import Task
 from mtlkit.aggregation import Sum
 from mtlkit.analysis import gate_statistics
 from mtlkit.data.schema import FeatureSchema
-from mtlkit.losses import split_aux
-from mtlkit.models import MLP, EmbeddingFrontEnd, _blocks
-from mtlkit.models._blocks import (
+from mtlkit.models import MLP, EmbeddingFrontEnd, _kernels
+from mtlkit.models._kernels import (
     batch_towers,
+    can_group_mlps,
     grouped_mlp_outputs,
     grouped_mlp_stacked,
     stacked_tower_outputs,
@@ -85,13 +85,13 @@ def spy_grouped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the calls of the grouped-MLP functions (still computing their results)."""
     calls: list[str] = []
     for fn in ("grouped_mlp_outputs", "grouped_mlp_stacked"):
-        real = getattr(_blocks, fn)
+        real = getattr(_kernels, fn)
 
         def wrapped(*args: Any, _real: Any = real, _fn: str = fn) -> Any:
             calls.append(_fn)
             return _real(*args)
 
-        monkeypatch.setattr(_blocks, fn, wrapped)
+        monkeypatch.setattr(_kernels, fn, wrapped)
     return calls
 
 
@@ -129,7 +129,7 @@ def test_every_model_gives_the_same_outputs_and_gradients_with_batched_towers(
         results = []
         for batched in (False, True):
             model, case = build(name)
-            monkeypatch.setattr(_blocks, "batch_towers", lambda _x, b=batched: b)
+            monkeypatch.setattr(_kernels, "batch_towers", lambda _x, b=batched: b)
             calls = spy_grouped(monkeypatch)
             out = model(case.inputs(N, torch.Generator().manual_seed(1)))
             params = [p for p in model.parameters() if p.requires_grad]
@@ -143,10 +143,16 @@ def test_every_model_gives_the_same_outputs_and_gradients_with_batched_towers(
         for k in loop_out:
             torch.testing.assert_close(bat_out[k], loop_out[k], msg=f"{name}: output {k}")
         assert_all_close(bat_grads, loop_grads)
-    # every architecture with MLP towers of one shape batches them (hierarchical's test case has one
-    # head per depth; soft sharing's networks and MTAN's heads are not plain MLPs)
-    want = {n for n in MODELS.names() if n not in {"hierarchical", "soft_sharing", "mtan"}}
+    # every architecture with MLP towers of one shape (a module dict of groupable MLPs) batches them
+    want = {n for n in MODELS.names() if has_groupable_towers(build(n)[0])}
     assert batched_somewhere == want
+    assert len(want) >= len(MODELS.names()) // 2  # the structural rule is not vacuous
+
+
+def has_groupable_towers(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.ModuleDict) and len(m) > 1 and can_group_mlps(list(m.values())) for m in model.modules()
+    )
 
 
 def test_hierarchical_batches_the_heads_attached_at_one_depth(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,14 +160,14 @@ def test_hierarchical_batches_the_heads_attached_at_one_depth(monkeypatch: pytes
     x = torch.randn(5, 10)
     want = model(x)
     calls = spy_grouped(monkeypatch)
-    monkeypatch.setattr(_blocks, "batch_towers", lambda _x: True)
+    monkeypatch.setattr(_kernels, "batch_towers", lambda _x: True)
     got = model(x)
     assert calls == ["grouped_mlp_outputs"]  # b and c at depth 2: one batched call; a alone at depth 1
     for t in want:
         torch.testing.assert_close(got[t], want[t])
 
 
-# ------------------------------------------------------------------------------- encode_decode
+# ------------------------------------------------------------------------------- representation path
 
 
 def _with_representation() -> list[str]:
@@ -169,16 +175,19 @@ def _with_representation() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _with_representation())
-def test_encode_decode_equals_encode_then_decode(name: str) -> None:
+def test_representation_path_is_deterministic_and_matches_the_plain_path(name: str) -> None:
     model, case = build(name)
     x = case.inputs(N, torch.Generator().manual_seed(1))
-    rep, out = model.encode_decode(x)
-    rep2 = model.encode(x)
-    out2 = model.decode(rep2, x)
+    out, aux, rep = model.forward_parts(x, representation=True)
+    out2, aux2, rep2 = model.forward_parts(x, representation=True)
+    plain = model.forward_parts(x)
+    assert rep is not None and plain.representation is None
     torch.testing.assert_close(rep, rep2)
-    assert out.keys() == out2.keys()
+    assert out.keys() == out2.keys() == plain.outputs.keys()
+    assert aux.keys() == aux2.keys() == plain.aux.keys()
     for k in out:
         torch.testing.assert_close(out[k], out2[k])
+        torch.testing.assert_close(out[k], plain.outputs[k])
 
 
 class Counting(nn.Module):
@@ -215,17 +224,17 @@ def gated(name: str, seed: int = 0) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", list(GATED))
-def test_encode_decode_runs_the_input_layer_once(name: str) -> None:
+def test_both_paths_run_the_input_layer_once(name: str) -> None:
     model = gated(name)
     layer = model.input_layer
     x = tabular(6)
-    model.encode_decode(x)
+    model.forward_parts(x, representation=True)
     assert layer.calls == 1
-    model.decode(model.encode(x), x)
-    assert layer.calls == 3  # encode and decode each run it
+    model(x)
+    assert layer.calls == 2
 
 
-def test_esmm_over_a_gated_base_runs_the_input_layer_twice_not_three_times() -> None:
+def test_esmm_over_a_gated_base_runs_the_input_layer_once() -> None:
     layer = Counting(EmbeddingFrontEnd(SCHEMA, 3))
     tasks = (
         Task(name="ctr", kind="binary"),
@@ -235,8 +244,8 @@ def test_esmm_over_a_gated_base_runs_the_input_layer_twice_not_three_times() -> 
     base = {"name": "mmoe", "num_experts": 2, "expert_dims": [4], "tower_dims": [3]}
     model = MODELS.build("esmm", input_dim=None, tasks=tasks, base=base, input_layer=layer).double()
     x = tabular(5)
-    _, out = model.encode_decode(x)
-    assert layer.calls == 2  # the base's encode_decode inside encode, its decode inside decode
+    out = model.forward_parts(x, representation=True).outputs
+    assert layer.calls == 1  # the base's features pass from its _encode to both of its _decode calls
     want = model(x)
     for k in want:
         torch.testing.assert_close(out[k], want[k])
@@ -252,15 +261,14 @@ def targets(n: int, seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def step_grads(model: nn.Module, x: Any, target: str, *, one_pass: bool) -> list[torch.Tensor]:
-    """Gradients of one gradient-level backward (Sum aggregator) through encode_decode or through
-    encode then decode (the former Trainer path)."""
+    """Gradients of one gradient-level backward (Sum aggregator) through the representation path
+    or with the input layer evaluated again for the decoding (the former Trainer path)."""
     model.zero_grad()
     if one_pass:
-        rep, out = model.encode_decode(x)
+        preds, aux, rep = model.forward_parts(x, representation=True)
     else:
-        rep = model.encode(x)
-        out = model.decode(rep, x)
-    preds, aux = split_aux(out)
+        rep, _ = model._encode(x)
+        preds, aux = model._decode(rep, model._features(x))
     tl = mtlkit.task_losses(TASKS, preds, targets(6))
     mtlkit.backward(
         tl.losses,
@@ -295,9 +303,8 @@ def test_representation_gradient_reaches_the_input_layer_through_the_shared_expe
     got = step_grads(model, x, "representation", one_pass=True)
     table = model.input_layer.inner.table.weight
     model.zero_grad()
-    h = model.input_layer(x)
-    rep = model._encode_features(h) if name == "cgc" else model.experts(h)
-    out = model._decode(rep, h.detach())  # gates (and task experts) see the features as constants
+    rep, h = model._encode(x)  # h: the input layer's output, which the representation is computed from
+    out, _ = model._decode(rep, h.detach())  # gates (and task experts) see the features as constants
     tl = mtlkit.task_losses(TASKS, out, targets(6))
     tl.losses.sum().backward()
     torch.testing.assert_close(dict(zip(map(id, model.parameters()), got))[id(table)], table.grad)
@@ -306,11 +313,11 @@ def test_representation_gradient_reaches_the_input_layer_through_the_shared_expe
 def test_trainer_takes_the_one_pass_path(monkeypatch: pytest.MonkeyPatch) -> None:
     model = gated("mmoe")
     calls: list[int] = []
-    real = model.encode_decode
-    monkeypatch.setattr(model, "encode_decode", lambda x: calls.append(1) or real(x))
+    real = model.forward_parts
+    monkeypatch.setattr(model, "forward_parts", lambda x, **kw: calls.append(kw) or real(x, **kw))
     trainer = mtlkit.Trainer(model, TASKS, aggregator=Sum(), gradient_target="representation", progress=False)
     trainer.train_step(mtlkit.data.Batch(tabular(6), targets(6)))
-    assert calls == [1] and model.input_layer.calls == 1
+    assert calls == [{"representation": True}] and model.input_layer.calls == 1
 
 
 # ------------------------------------------------------------------------------- DSelect-k selectors

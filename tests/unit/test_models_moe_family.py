@@ -15,7 +15,6 @@ import mtlkit
 from mtlkit import Task
 from mtlkit.data import Batch
 from mtlkit.errors import IncompatibleComponentsError, ShapeError
-from mtlkit.losses import split_aux
 from mtlkit.models import (
     CGC,
     MLP,
@@ -28,8 +27,8 @@ from mtlkit.models import (
     SoftmaxGates,
     StackedMMoE,
 )
-from mtlkit.models._blocks import (
-    SoftmaxGate,
+from mtlkit.models._blocks import SoftmaxGate
+from mtlkit.models._kernels import (
     can_group_mlps,
     gate_outputs,
     grouped_expert_outputs,
@@ -104,7 +103,7 @@ def ref_ple(model: PLE, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[
 
 def dependencies(model: nn.Module, x: Any) -> dict[int, set[str]]:
     """For every parameter, the tasks whose output has a non-zero gradient on it."""
-    preds, _ = split_aux(model(x))
+    preds = model(x)
     params = list(model.parameters())
     deps: dict[int, set[str]] = {id(p): set() for p in params}
     for t in model.task_names:
@@ -213,9 +212,9 @@ def test_cgc_equals_loop_reference_and_decode_of_encode() -> None:
     for t in NAMES:
         assert gates[t].shape == (9, 5)
         torch.testing.assert_close(gates[t], want_gates[t])
-    rep = model.encode(x)
+    dec, _, rep = model.forward_parts(x, representation=True)
     assert rep.shape == (9, 3, 6)
-    for t, o in model.decode(rep, x).items():
+    for t, o in dec.items():
         torch.testing.assert_close(o, want[t])
 
 
@@ -416,8 +415,11 @@ def test_cgc_and_ple_errors() -> None:
         ShapeError, match=r"gate of task 'a' gives 3 weights, but the task mixes 2 own and 0 shared"
     ):
         wrong(torch.randn(2, 4))
-    with pytest.raises(IncompatibleComponentsError, match="no shared experts.*gradient_target='parameters'"):
-        wrong.encode(torch.randn(2, 4))
+    assert not wrong.has_representation  # no shared experts: no shared representation
+    one = [Task(name="a", kind="regression")]
+    pcgrad = mtlkit.aggregation.AGGREGATORS.build("pcgrad", tasks=one)
+    with pytest.raises(IncompatibleComponentsError, match="no single shared representation.*'parameters'"):
+        mtlkit.Trainer(wrong, one, aggregator=pcgrad, gradient_target="representation", progress=False)
 
 
 # ---------------------------------------------------------------------- stacked MMoE
@@ -564,12 +566,15 @@ def test_dselect_k_equals_reference_and_decode_of_encode(gating: str) -> None:
     x = torch.randn(9, 7, dtype=F64)
     experts = ref_experts(model.experts, x)
     out, gates = model(x), model.gates(x)
-    assert set(out) == set(NAMES)  # no auxiliary losses outside training
+    assert set(out) == set(NAMES)
+    assert not model.forward_parts(x).aux  # no auxiliary losses outside training
     for t in NAMES:
         w = ref_dselect_weights(model.task_gates[t], x)
         torch.testing.assert_close(gates[t], w)
         torch.testing.assert_close(out[t], model.towers[t](ref_mix(w, experts)))
-    for t, o in model.decode(model.encode(x), x).items():
+    dec, dec_aux, _ = model.forward_parts(x, representation=True)
+    assert not dec_aux
+    for t, o in dec.items():
         torch.testing.assert_close(o, out[t])
 
 
@@ -579,18 +584,22 @@ def test_dselect_k_regularizers_by_hand() -> None:
     for p in model.task_gates.parameters():
         p.data.uniform_(-0.4, 0.4)
     x = torch.randn(5, 4, dtype=F64)
-    out = model(x)  # training mode: regularizers included
+    out, aux, _ = model.forward_parts(x)  # training mode: regularizers included
+    dec, dec_aux, _ = model.forward_parts(x, representation=True)
+    assert set(dec_aux) == set(aux)
     sel = model.selectors(x)
     for t in NAMES:
         r = sel[t]  # (N, k, n)
         entropy = -(r * torch.log(r + 1e-6)).sum((1, 2)).mean()
-        torch.testing.assert_close(out[f"aux/dselect_entropy/{t}"], lam * entropy)
+        torch.testing.assert_close(aux[f"dselect_entropy/{t}"], lam * entropy)
+        torch.testing.assert_close(dec_aux[f"dselect_entropy/{t}"], lam * entropy)
         unreachable = (1 / r.sum(-1) - 1).sum(-1).mean()
-        torch.testing.assert_close(out[f"aux/dselect_unreachable/{t}"], unreachable)
-    for t, o in model.decode(model.encode(x), x).items():
+        torch.testing.assert_close(aux[f"dselect_unreachable/{t}"], unreachable)
+        torch.testing.assert_close(dec_aux[f"dselect_unreachable/{t}"], unreachable)
+    for t, o in dec.items():
         torch.testing.assert_close(o, out[t])
     eight = MODELS.build("dselect_k", input_dim=4, tasks=TASKS, num_experts=8, entropy_reg=0.0)
-    assert not split_aux(eight(torch.randn(2, 4)))[1]  # power of two and no entropy term: no aux
+    assert not eight.forward_parts(torch.randn(2, 4)).aux  # power of two and no entropy term: no aux
 
 
 def test_dselect_k_saturated_selectors_use_exactly_k_experts() -> None:
@@ -638,7 +647,7 @@ def test_dselect_k_static_gates_train_to_exactly_k_experts() -> None:
     y = {"p": 0.6 * x[:, 2] + 0.4 * x[:, 5], "q": 0.5 * x[:, 1] + 0.5 * x[:, 6]}
     opt = torch.optim.Adam(model.parameters(), lr=0.04)
     for _ in range(150):
-        preds, aux = split_aux(model(x))
+        preds, aux, _ = model.forward_parts(x)
         loss = sum(((preds[t].squeeze(-1) - y[t]) ** 2).mean() for t in y) + sum(aux.values())
         opt.zero_grad()
         loss.backward()
@@ -723,7 +732,7 @@ def test_registry_names_and_input_layer(name: str, cls: type) -> None:
     front = nn.Linear(7, 10)  # a stand-in backbone with out_features
     model = MODELS.build(name, input_dim=None, tasks=TASKS, input_layer=front)
     assert isinstance(model, cls)
-    out, _ = split_aux(model(torch.randn(4, 7)))
+    out = model(torch.randn(4, 7))
     assert out["c"].shape == (4, 4)
     shared = {id(p) for p in model.shared_parameters()}
     assert all(id(p) in shared for p in front.parameters())
@@ -748,5 +757,5 @@ def test_configs_build_the_moe_family() -> None:
         cfg = resolve({"data": data, "model": spec}).variants["experiment"]
         splits = build_data(cfg.data)
         model = build_model(cfg.model, splits)
-        out, _ = split_aux(model(splits.train.take(torch.arange(4)).inputs.float()))
+        out = model(splits.train.take(torch.arange(4)).inputs.float())
         assert set(out) == {"y1", "y2"}

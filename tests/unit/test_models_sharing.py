@@ -69,7 +69,7 @@ def run_mlp(mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 def task_losses_of(model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor], tasks=TASKS):
-    return mtlkit.task_losses(tasks, mtlkit.losses.split_aux(model(x))[0], targets)
+    return mtlkit.task_losses(tasks, model(x), targets)
 
 
 def make_targets(n: int, gen: torch.Generator, tasks=TASKS) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ def test_soft_sharing_penalty_equals_its_formula_over_hidden_weights(penalty: st
             total = total + sum(((a - b) ** 2).sum() for a, b in itertools.combinations(ws, 2))
         else:
             total = total + torch.linalg.svdvals(torch.stack([w.flatten() for w in ws])).sum()
-    torch.testing.assert_close(out["aux/soft_sharing"], 0.3 * total)
+    torch.testing.assert_close(model.forward_parts(x).aux["soft_sharing"], 0.3 * total)
     for t in TASKS:  # each task's output is its own network alone
         torch.testing.assert_close(out[t.name], run_mlp(model.networks[t.name][0], x))
 
@@ -166,8 +166,7 @@ def test_soft_sharing_refuses_gradient_methods_and_trains_with_the_penalty() -> 
         task_losses_of(model, x, targets).losses.sum() + 0.5 * model.coupling_penalty(),
         list(model.parameters()),
     )
-    out = model(x)
-    preds, aux = mtlkit.losses.split_aux(out)
+    preds, aux, _ = model.forward_parts(x)
     assert set(aux) == {"soft_sharing"}
     model.zero_grad()
     mtlkit.backward(mtlkit.task_losses(TASKS, preds, targets), aux=aux)
@@ -213,7 +212,7 @@ def test_soft_sharing_errors() -> None:
         SoftSharing({"a": nn.Linear(3, 2), "b": nn.Linear(4, 2)})
     with pytest.raises(ValueError, match="at least one hidden layer"):
         MODELS.build("soft_sharing", input_dim=D, tasks=TASKS, hidden_dims=())
-    assert "aux/soft_sharing" not in SoftSharing(nets, strength=0.0)(torch.randn(2, 3))
+    assert "soft_sharing" not in SoftSharing(nets, strength=0.0).forward_parts(torch.randn(2, 3)).aux
 
 
 # ---------------------------------------------------------------------------------------------- cross-stitch
@@ -264,9 +263,8 @@ def test_cross_stitch_equals_loop_reference_with_mixing(per_unit: bool) -> None:
     out, want = model(x), cross_stitch_reference(model, x)
     for t in model.task_names:
         torch.testing.assert_close(out[t], want[t])
-    rep = model.encode(x)
+    dec, _, rep = model.forward_parts(x, representation=True)
     assert rep.shape == (8, 3, 4)
-    dec = model.decode(rep, x)
     for t in model.task_names:
         torch.testing.assert_close(dec[t], out[t])
 
@@ -317,13 +315,13 @@ def test_cross_stitch_with_conv_columns_and_per_channel_units() -> None:
 
 def test_cross_stitch_gradient_methods_at_representation_match_the_plain_gradient() -> None:
     # the summing aggregator at the representation must reproduce the plain backward pass: every
-    # shared parameter lies upstream of encode(), every task-owned one is reached by its own loss
+    # shared parameter lies upstream of the representation, every task-owned one is reached by its own loss
     model = MODELS.build("cross_stitch", input_dim=D, tasks=TASKS, hidden_dims=(5, 4)).double()
     gen = torch.Generator().manual_seed(3)
     x, targets = torch.randn(6, D, generator=gen, dtype=torch.float64), make_targets(6, gen)
     want = torch.autograd.grad(task_losses_of(model, x, targets).losses.sum(), list(model.parameters()))
-    rep = model.encode(x)
-    tl = mtlkit.task_losses(TASKS, model.decode(rep, x), targets)
+    dec, _, rep = model.forward_parts(x, representation=True)
+    tl = mtlkit.task_losses(TASKS, dec, targets)
     model.zero_grad()
     mtlkit.backward(tl, aggregator=AGGREGATORS.build("sum", tasks=TASKS), model=model, representation=rep)
     for p, w in zip(model.parameters(), want):
@@ -548,7 +546,7 @@ def test_normalized_orthogonality_penalty_hand_worked_and_loop_reference() -> No
     x = torch.randn(5, D)
     sh = model.shared(x)
     want = sum(orthogonality_penalty(sh, model.private[t.name](x), normalize=True) for t in TASKS)
-    torch.testing.assert_close(model(x)["aux/orthogonality"], 0.5 * want)
+    torch.testing.assert_close(model.forward_parts(x).aux["orthogonality"], 0.5 * want)
 
 
 @pytest.mark.parametrize("with_input_layer", [False, True])
@@ -568,7 +566,7 @@ def test_shared_private_outputs_penalty_and_representation(with_input_layer: boo
         orthogonality=0.2,
         **kwargs,
     ).double()
-    out = model(x)
+    out, out_aux, _ = model.forward_parts(x)
     e = model.input_layer(x) if with_input_layer else x
     s = run_mlp(model.shared, e)
     penalty = torch.zeros((), dtype=torch.float64)
@@ -576,20 +574,20 @@ def test_shared_private_outputs_penalty_and_representation(with_input_layer: boo
         p = run_mlp(model.private[t.name], e)
         torch.testing.assert_close(out[t.name], run_mlp(model.heads[t.name], torch.cat([s, p], dim=1)))
         penalty = penalty + ((s.T @ p) ** 2).sum()
-    torch.testing.assert_close(out["aux/orthogonality"], 0.2 * penalty)
-    rep = model.encode(x)
+    torch.testing.assert_close(out_aux["orthogonality"], 0.2 * penalty)
+    dec, dec_aux, rep = model.forward_parts(x, representation=True)
     assert rep.shape == (6, 5 + (model.input_layer.out_features if with_input_layer else 0))
-    dec = model.decode(rep, x)
-    assert set(dec) == set(out)
+    assert set(dec) == set(out) and set(dec_aux) == set(out_aux)
     for k in out:
         torch.testing.assert_close(dec[k], out[k])
+    torch.testing.assert_close(dec_aux["orthogonality"], out_aux["orthogonality"])
     # the summing aggregator at the representation reproduces the plain gradient of losses + penalty
     targets = make_targets(6, torch.Generator().manual_seed(2))
     tl = task_losses_of(model, x, targets)
-    want = torch.autograd.grad(tl.losses.sum() + model(x)["aux/orthogonality"], list(model.parameters()))
-    rep = model.encode(x)
-    dec = model.decode(rep, x)
-    preds, aux = mtlkit.losses.split_aux(dec)
+    want = torch.autograd.grad(
+        tl.losses.sum() + model.forward_parts(x).aux["orthogonality"], list(model.parameters())
+    )
+    preds, aux, rep = model.forward_parts(x, representation=True)
     model.zero_grad()
     mtlkit.backward(
         mtlkit.task_losses(TASKS, preds, targets),
@@ -609,7 +607,7 @@ def test_shared_private_parameter_count_ownership_and_errors() -> None:
     want = mlp_count([D, 5]) + 3 * mlp_count([D, 4]) + sum(mlp_count([9, 3, t.output_dim]) for t in TASKS)
     assert n_params(model) == want
     assert ids(model.shared_parameters()) == ids(model.shared.parameters())
-    assert "aux/orthogonality" not in model(torch.randn(2, D))  # off by default
+    assert "orthogonality" not in model.forward_parts(torch.randn(2, D)).aux  # off by default
     with pytest.raises(ValueError, match="orthogonality must be a float >= 0; got -0.1"):
         SharedPrivate(nn.Linear(2, 2), {"a": nn.Linear(2, 2)}, {"a": nn.Linear(4, 1)}, orthogonality=-0.1)
     with pytest.raises(ValueError, match="one private encoder per task \\['a'\\]; got \\['b'\\]"):
@@ -643,7 +641,7 @@ def test_sharing_models_build_from_configs() -> None:
     flat_splits = DataSplits(flat, None, None, tasks, 6)
     for name in ("soft_sharing", "cross_stitch", "hierarchical", "shared_private"):
         model = build_model({"name": name, "activation": "tanh"}, flat_splits)
-        assert set(mtlkit.losses.split_aux(model(flat.inputs))[0]) == {"a", "b"}
+        assert set(model(flat.inputs)) == {"a", "b"}
     images = MultiTaskDataset(torch.randn(4, 1, 8, 8), targets, tasks=tasks)
     image_splits = DataSplits(images, None, None, tasks, (1, 8, 8))
     model = build_model({"name": "mtan", "channels": [2, 3]}, image_splits)

@@ -1,11 +1,12 @@
-"""Multi-task architectures: every model maps inputs to ``{task: output}``.
+"""Multi-task architectures: every model maps inputs to ``{task: output}``; ``forward_parts(x)``
+adds the auxiliary losses and the shared representation.
 
 Each architecture is a class that takes modules (use your own experts, towers or
 backbones) plus a registered builder that takes sizes, for configs.
 """
 
 from mtlkit.models import backbones
-from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._base import ForwardParts, MultiTaskModel, forward_parts
 from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGate, SoftmaxGates, make_activation
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.aitm import AITM, AdaptiveInformationTransfer, aitm
@@ -42,6 +43,7 @@ __all__ = [
     "EmbeddingFrontEnd",
     "ExpertMLPs",
     "ExtractionNetwork",
+    "ForwardParts",
     "Hierarchical",
     "InputLayerLike",
     "MMoE",
@@ -60,6 +62,7 @@ __all__ = [
     "cross_stitch",
     "dselect_k",
     "esmm",
+    "forward_parts",
     "hierarchical",
     "make_activation",
     "make_input_layers",

@@ -27,17 +27,17 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
-from mtlkit.losses import AUX_PREFIX
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, TaskKind, task_names
 
 __all__ = ["AITM", "AdaptiveInformationTransfer", "aitm"]
 
 CALIBRATOR = "calibrator"
-"""Name of AITM's auxiliary loss (model output ``aux/calibrator``)."""
+"""Name of AITM's auxiliary loss (``forward_parts(x).aux["calibrator"]``)."""
 
 
 class AdaptiveInformationTransfer(nn.Module):
@@ -70,8 +70,9 @@ class AdaptiveInformationTransfer(nn.Module):
 class AITM(MultiTaskModel):
     """Adaptive Information Transfer Multi-task model (Xi et al., KDD 2021) for a conversion funnel.
 
-    Outputs one logit per task (``sigmoid`` gives ``y_t``) and, when ``alpha > 0``, the calibrator
-    loss as ``aux/calibrator``. The task order is the funnel order (the order of ``towers``).
+    Outputs one logit per task (``sigmoid`` gives ``y_t``); when ``alpha > 0``, the calibrator
+    loss is the auxiliary loss ``calibrator`` (:meth:`forward_parts`). The task order is the funnel
+    order (the order of ``towers``).
 
     Ownership: task ``t``'s representation ``z_t`` feeds every later task (through ``g_{t+1}``),
     so the towers, transfers and AIT modules of tasks ``1..T-1`` are shared; each task owns its
@@ -117,7 +118,6 @@ class AITM(MultiTaskModel):
         self.transfers = nn.ModuleDict(dict(transfers))
         self.ait = nn.ModuleDict(dict(ait))
         self.heads = nn.ModuleDict(dict(heads))
-        self._widths: list[int] | None = None  # of [h, z_1, ..., z_{T-1}], set by encode
 
     # ------------------------------------------------------------------ computation
     def _features(self, x: Inputs) -> Tensor:
@@ -151,28 +151,25 @@ class AITM(MultiTaskModel):
                 weights[t] = w
         return zs, weights
 
-    def _outputs(self, zs: Sequence[Tensor]) -> dict[str, Tensor]:
+    def _outputs(self, zs: Sequence[Tensor]) -> Decoded:
         logits = {t: self.heads[t](z) for t, z in zip(self.task_names, zs)}
-        out = dict(logits)
+        aux: dict[str, Tensor] = {}
         if self.alpha > 0:
             probs = torch.sigmoid(torch.cat([a.reshape(-1, 1) for a in logits.values()], dim=1))  # (N, T)
             gaps = torch.relu(probs[:, 1:] - probs[:, :-1])  # later step likelier than the earlier one
-            out[AUX_PREFIX + CALIBRATOR] = self.alpha * gaps.mean(dim=0).sum()
-        return out
+            aux[CALIBRATOR] = self.alpha * gaps.mean(dim=0).sum()
+        return logits, aux
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         return self._outputs(self._chain(self._features(x), self.task_names)[0])
 
-    def encode(self, x: Inputs) -> Tensor:
+    def _encode(self, x: Inputs) -> tuple[Tensor, list[int]]:
         h = self._features(x)
         zs = self._chain(h, self.task_names[:-1])[0]
-        self._widths = [h.shape[1], *(z.shape[1] for z in zs)]
-        return torch.cat([h, *zs], dim=1)
+        return torch.cat([h, *zs], dim=1), [h.shape[1], *(z.shape[1] for z in zs)]
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        if self._widths is None or sum(self._widths) != rep.shape[1]:
-            raise ShapeError("AITM.decode takes the representation returned by AITM.encode; call encode first.")
-        h, *zs = rep.split(self._widths, dim=1)
+    def _decode(self, rep: Tensor, widths: list[int]) -> Decoded:
+        h, *zs = rep.split(widths, dim=1)
         last = self.task_names[-1]
         zs.append(self._step(last, zs[-1], self.towers[last](h))[0])
         return self._outputs(zs)

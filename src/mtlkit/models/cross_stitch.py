@@ -6,7 +6,7 @@ channel). Each task's head reads its own row of the last mix.
 
 Ownership: after the first stitch every column feeds every task, so the column layers and all
 but the last stitch unit are shared. Row ``k`` of the last unit only forms task ``k``'s head
-input, so it belongs to task ``k`` with the head. The shared representation (``encode``) is the
+input, so it belongs to task ``k`` with the head. The shared representation is the
 columns' last activations before that final mix, ``(N, T, *features)``.
 """
 
@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, stacked_tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, ExpertMLPs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import stacked_tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -187,19 +188,19 @@ class CrossStitch(MultiTaskModel):
             h = self._layer(index, self.stitches[index - 1](h))
         return h
 
-    def encode(self, x: Inputs) -> Tensor:
+    def _encode(self, x: Inputs) -> tuple[Tensor, None]:
         """The columns' last activations before the final mix, ``(N, T, *features)``."""
-        return self._columns(x).transpose(0, 1)
+        return self._columns(x).transpose(0, 1), None
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, ctx: None) -> Decoded:
         # each task from its own row of the last unit, so that its backward pass touches only that row
         h = rep.transpose(0, 1)
         last = self.stitches[-1]
-        return {t: self.heads[t](last.mix_row(t, h)) for t in self.task_names}
+        return {t: self.heads[t](last.mix_row(t, h)) for t in self.task_names}, {}
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         mixed = self.stitches[-1](self._columns(x))  # every task's mix in one product: (T, N, *features)
-        return stacked_tower_outputs(self.heads, self.task_names, mixed)
+        return stacked_tower_outputs(self.heads, self.task_names, mixed), {}
 
     def stitch_matrices(self) -> list[Tensor]:
         """Every unit's mixing matrix, ``(T, T)`` or ``(T, T, C)``, in layer order."""

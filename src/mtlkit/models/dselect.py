@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.losses import AUX_PREFIX
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, stacked_tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models.moe import stack_experts
+from mtlkit.models._kernels import stack_experts, stacked_tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -160,13 +159,13 @@ class DSelectK(MultiTaskModel):
 
     ``y_k = h_k(sum_i a_k(x)_i e_i(x))`` with shared experts ``e_i`` and one
     :class:`DSelectKGate` ``a_k`` per task (per-example or static). Each task owns its gate and
-    tower. When training (``model.train()``), the outputs include the regularizers as auxiliary
-    losses (added to the objective as they are, see :data:`mtlkit.losses.AUX_PREFIX`):
+    tower. When training (``model.train()``), ``forward_parts(x).aux`` holds the regularizers
+    (added to the objective as they are):
 
-    * ``aux/dselect_entropy/{task}`` = ``entropy_reg * mean_x sum_i H(r(z^{(i)}_k(x)))``, the
+    * ``dselect_entropy/{task}`` = ``entropy_reg * mean_x sum_i H(r(z^{(i)}_k(x)))``, the
       entropy of each single-expert selector, which drives the smooth-steps to 0/1 (each
       selector to one expert), with ``H(r) = -sum_l r_l log(r_l + 1e-6)``;
-    * ``aux/dselect_unreachable/{task}`` (only when ``n`` is not a power of two) =
+    * ``dselect_unreachable/{task}`` (only when ``n`` is not a power of two) =
       ``mean_x sum_i (1 / sum_l r(z^{(i)}_k(x))_l - 1)``, which keeps each selector's weight on the
       ``n`` reachable codes (it is 0 once they carry all the weight).
 
@@ -260,51 +259,41 @@ class DSelectK(MultiTaskModel):
             reach = (1.0 / selectors.sum(-1) - 1.0).sum(-1).mean(0)
         return entropy, reach
 
-    def _aux(self, task: str, selectors: Tensor) -> dict[str, Tensor]:
-        """The regularizers of one task's ``(N, k, n)`` selectors (training only)."""
-        return self._aux_outputs([task], selectors.unsqueeze(1))
-
-    def _aux_outputs(self, tasks: Sequence[str], selectors: Tensor) -> dict[str, Tensor]:
-        """The regularizers of the tasks' stacked selectors ``(N', T, k, n)``, each task's its own output."""
+    def _aux(self, tasks: Sequence[str], selectors: Tensor) -> dict[str, Tensor]:
+        """The regularizers of the tasks' stacked selectors ``(N', T, k, n)``, each task's its own loss
+        (training only)."""
+        if not self.training:
+            return {}
         entropy, reach = self._regularizers(selectors)
         out: dict[str, Tensor] = {}
         if entropy is not None:
-            out.update(zip((f"{AUX_PREFIX}dselect_entropy/{t}" for t in tasks), entropy.unbind(0)))
+            out.update(zip((f"dselect_entropy/{t}" for t in tasks), entropy.unbind(0)))
         if reach is not None:
-            out.update(zip((f"{AUX_PREFIX}dselect_unreachable/{t}" for t in tasks), reach.unbind(0)))
+            out.update(zip((f"dselect_unreachable/{t}" for t in tasks), reach.unbind(0)))
         return out
 
-    def encode(self, x: Inputs) -> Tensor:
-        return stack_experts(self.experts, self._features(x))  # (N, n, D)
-
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        return self._decode(rep, self._features(x))
-
-    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
-        # the input layer once: its output feeds the experts (rep) and the gates
+    def _encode(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        # the input layer once: its output feeds the experts (rep) and the gates (ctx)
         h = self._features(x)
-        rep = stack_experts(self.experts, h)
-        return rep, self._decode(rep, h)
+        return stack_experts(self.experts, h), h  # (N, n, D)
 
-    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, h: Tensor) -> Decoded:
         # each task from its own gate, so that a task's backward pass touches only its gate
         out: dict[str, Tensor] = {}
+        aux: dict[str, Tensor] = {}
         for t in self.task_names:
             w, sel = self.task_gates[t](h)
             out[t] = self.towers[t](torch.bmm(w.expand(rep.shape[0], -1).unsqueeze(1), rep).squeeze(1))
-            if self.training:
-                out.update(self._aux(t, sel))
-        return out
+            aux.update(self._aux([t], sel.unsqueeze(1)))
+        return out, aux
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         h = self._features(x)
         experts = stack_experts(self.experts, h)  # (N, n, D)
         w, selectors = self._all_gates(h)  # (N', T, n), (N', T, k, n)
         mixed = torch.bmm(w.expand(experts.shape[0], -1, -1), experts)  # (N, T, D): every mixture at once
         out = stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1))
-        if self.training:
-            out.update(self._aux_outputs(self.task_names, selectors))
-        return out
+        return out, self._aux(self.task_names, selectors)
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """``{task: (N, n)}`` expert weights (static gates repeated over the batch)."""

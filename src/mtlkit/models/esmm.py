@@ -29,8 +29,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.data.schema import InputSpec
 from mtlkit.errors import ShapeError
-from mtlkit.losses import AUX_PREFIX, split_aux
-from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._base import Decoded, MultiTaskModel
 from mtlkit.models._inputs import InputLayerLike
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, TaskKind, task_names
@@ -69,7 +68,7 @@ class ESMM(MultiTaskModel):
 
     ``pCTCVR = pCTR * pCVR`` with ``pCTR = sigmoid(a_ctr)`` and ``pCVR = sigmoid(a_cvr)``, where
     ``a_ctr``, ``a_cvr`` are the base model's two logits. Outputs: ``ctr`` (logit), ``cvr`` and
-    ``ctcvr`` (probabilities), plus the base's auxiliary losses.
+    ``ctcvr`` (probabilities); the auxiliary losses are the base's.
 
     Ownership (which parameters belong to which task) follows from the outputs each part of
     the base feeds and from which outputs are trained: the base's CTR-specific parameters (its
@@ -82,7 +81,7 @@ class ESMM(MultiTaskModel):
 
     The shared representation (for representation-level gradient methods) is the base's
     representation with the logits of the shared parts appended, so every shared parameter lies
-    before it: ``encode(x) = [flatten(base.encode(x)), a_ctr]`` under ESMM's training.
+    before it: ``[flatten(base representation), a_ctr]`` under ESMM's training.
 
     Args:
         base: a :class:`MultiTaskModel` whose ``task_names`` are ``ctr`` and ``cvr`` (one logit
@@ -134,14 +133,12 @@ class ESMM(MultiTaskModel):
         self._owner = {part: u[0] for part, u in users.items() if len(u) == 1}
         # parts used by several trained outputs: their logits go into the shared representation
         self._rep_parts = tuple(part for part, u in users.items() if len(u) > 1)
-        self._rep_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ outputs
-    def _outputs(self, a_ctr: Tensor, a_cvr: Tensor, aux: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _outputs(self, preds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        a_ctr, a_cvr = self._logits(preds)
         p_cvr = torch.sigmoid(a_cvr)
-        out = {self.ctr: a_ctr, self.cvr: p_cvr, self.ctcvr: torch.sigmoid(a_ctr) * p_cvr}
-        out.update({AUX_PREFIX + k: v for k, v in aux.items()})
-        return out
+        return {self.ctr: a_ctr, self.cvr: p_cvr, self.ctcvr: torch.sigmoid(a_ctr) * p_cvr}
 
     def _logits(self, preds: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         a_ctr, a_cvr = preds[self.ctr], preds[self.cvr]
@@ -153,38 +150,37 @@ class ESMM(MultiTaskModel):
                 )
         return a_ctr, a_cvr
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
-        preds, aux = split_aux(self.base(x))
-        return self._outputs(*self._logits(preds), aux)
+    def _forward(self, x: Inputs) -> Decoded:
+        parts = self.base.forward_parts(x)
+        return self._outputs(parts.outputs), parts.aux
 
     @property
     def has_representation(self) -> bool:
-        return bool(getattr(self.base, "has_representation", False))
+        return self.base.has_representation
 
-    def encode(self, x: Inputs) -> Tensor:
+    def _encode(self, x: Inputs) -> tuple[Tensor, tuple[Any, tuple[int, ...]]]:
+        # ctx: the base's own context and the shape of its representation (to cut it out again)
+        rep, ctx = self.base._encode(x)
+        shape = tuple(rep.shape[1:])
         if not self._rep_parts:
-            rep = self.base.encode(x)
-            self._rep_shape = tuple(rep.shape[1:])
-            return rep
-        rep, outputs = self.base.encode_decode(x)  # the base's input layer once for both
-        self._rep_shape = tuple(rep.shape[1:])
-        preds, _ = split_aux(outputs)
+            return rep, (ctx, shape)
+        preds, _ = self.base._decode(rep, ctx)  # the shared parts' logits join the representation
         n = rep.shape[0]
-        return torch.cat([rep.reshape(n, -1), *(preds[p].reshape(n, 1) for p in self._rep_parts)], dim=1)
+        rep = torch.cat([rep.reshape(n, -1), *(preds[p].reshape(n, 1) for p in self._rep_parts)], dim=1)
+        return rep, (ctx, shape)
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, ctx: tuple[Any, tuple[int, ...]]) -> Decoded:
+        base_ctx, shape = ctx
         from_rep: dict[str, Tensor] = {}
         if self._rep_parts:
-            if self._rep_shape is None:
-                raise ShapeError("ESMM.decode takes the representation returned by ESMM.encode; call encode first.")
-            n, width = rep.shape[0], math.prod(self._rep_shape)
-            base_rep = rep[:, :width].reshape(n, *self._rep_shape)
+            n, width = rep.shape[0], math.prod(shape)
+            base_rep = rep[:, :width].reshape(n, *shape)
             from_rep = {p: rep[:, width + i : width + i + 1] for i, p in enumerate(self._rep_parts)}
         else:
             base_rep = rep
-        preds, aux = split_aux(self.base.decode(base_rep, x))
+        preds, aux = self.base._decode(base_rep, base_ctx)
         preds = {**preds, **from_rep}  # shared parts come from the representation, not recomputed
-        return self._outputs(*self._logits(preds), aux)
+        return self._outputs(preds), aux
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         return self.base.gates(x)

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import did_you_mean
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, _dims, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, _dims
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -79,7 +80,7 @@ class Hierarchical(MultiTaskModel):
         """Tasks that use layer ``depth`` (1-based; 0 = the input layer): those attached at or above it."""
         return tuple(t for t in self.task_names if self.depths[t] >= depth)
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         h = self.input_layer(x) if self.input_layer is not None else x
         by_depth: dict[int, list[str]] = {}
         for t in self.task_names:
@@ -89,7 +90,7 @@ class Hierarchical(MultiTaskModel):
             h = layer(h)
             if d in by_depth:  # the heads attached here read the same h: batched where that pays
                 out.update(tower_outputs(self.heads, dict.fromkeys(by_depth[d], h)))
-        return {t: out[t] for t in self.task_names}
+        return {t: out[t] for t in self.task_names}, {}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

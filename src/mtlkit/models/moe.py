@@ -8,20 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates, stacked_tower_outputs, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import stack_experts, stacked_tower_outputs, tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
-__all__ = ["MMoE", "OMoE", "mmoe", "omoe", "stack_experts"]
-
-
-def stack_experts(experts: nn.Module | Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Expert outputs as ``(N, E, D)``: one call for a batched bank, a loop for user modules."""
-    if isinstance(experts, nn.ModuleList):
-        return torch.stack([e(x) for e in experts], dim=-2)
-    return experts(x)
+__all__ = ["MMoE", "OMoE", "mmoe", "omoe"]
 
 
 def _as_experts(experts: nn.Module | Sequence[nn.Module]) -> nn.Module:
@@ -86,34 +80,27 @@ class MMoE(_MoEBase):
             )
         self.gate = gates
 
-    def encode(self, x: Inputs) -> Tensor:
-        return stack_experts(self.experts, self._features(x))  # (N, E, D)
-
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        return self._decode(rep, self._features(x))
-
-    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
-        # the input layer once: its output feeds the experts (rep) and the gates
+    def _encode(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        # the input layer once: its output feeds the experts (rep) and the gates (ctx)
         h = self._features(x)
-        rep = stack_experts(self.experts, h)
-        return rep, self._decode(rep, h)
+        return stack_experts(self.experts, h), h  # (N, E, D)
 
-    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, h: Tensor) -> Decoded:
         # One gate and one mixture per task, so that each task's backward pass (gradient-level
-        # methods take one per task) touches only its own gate; forward() does all tasks at once.
+        # methods take one per task) touches only its own gate; _forward does all tasks at once.
         if not isinstance(self.gate, SoftmaxGates):
             mixed = torch.bmm(self.gate(h), rep)  # (N, T, D)
-            return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1), batched=False)
+            return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1), batched=False), {}
         out = {}
         for t in self.task_names:
             g = torch.softmax(self.gate.gates[t](h), dim=-1)  # (N, E)
             out[t] = self.towers[t](torch.bmm(g.unsqueeze(1), rep).squeeze(1))
-        return out
+        return out, {}
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         h = self._features(x)
         mixed = torch.bmm(self.gate(h), stack_experts(self.experts, h))  # all gates in one product: (N, T, D)
-        return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1))
+        return stacked_tower_outputs(self.towers, self.task_names, mixed.transpose(0, 1)), {}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         g = self.gate(self._features(x))
@@ -150,17 +137,17 @@ class OMoE(_MoEBase):
         g = self.gate(h)
         return g[:, 0] if g.ndim == 3 else g  # SoftmaxGates with one name gives (N, 1, E)
 
-    def encode(self, x: Inputs) -> Tensor:
+    def _encode(self, x: Inputs) -> tuple[Tensor, None]:
         h = self._features(x)
-        return torch.bmm(self._gate(h).unsqueeze(1), stack_experts(self.experts, h)).squeeze(1)  # (N, D)
+        return torch.bmm(self._gate(h).unsqueeze(1), stack_experts(self.experts, h)).squeeze(1), None  # (N, D)
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, ctx: None) -> Decoded:
         # tower by tower: each task's backward pass (gradient-level methods) touches only its tower
-        return {t: self.towers[t](rep) for t in self.task_names}
+        return {t: self.towers[t](rep) for t in self.task_names}, {}
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
-        rep = self.encode(x)
-        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep))
+    def _forward(self, x: Inputs) -> Decoded:
+        rep = self._encode(x)[0]
+        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep)), {}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         return {"shared": self._gate(self._features(x))}

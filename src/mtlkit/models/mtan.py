@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.data.schema import InputSpec, describe_input_spec
 from mtlkit.errors import ShapeError
-from mtlkit.models._base import MultiTaskModel, params_of
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
 from mtlkit.models._blocks import MLP, _dims
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
@@ -177,9 +177,9 @@ class MTAN(MultiTaskModel):
         assert prev is not None
         return prev, masks
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         feats = self.shared_features(x)
-        return {t: self.heads[t](self._task_path(t, feats)[0]) for t in self.task_names}
+        return {t: self.heads[t](self._task_path(t, feats)[0]) for t in self.task_names}, {}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         feats = self.shared_features(x)

@@ -13,19 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.errors import IncompatibleComponentsError, ShapeError
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import (
-    MLP,
-    ExpertMLPs,
-    SoftmaxGate,
+from mtlkit.errors import ShapeError
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import (
     can_group_experts,
     gate_outputs,
     grouped_expert_outputs,
+    stack_experts,
     tower_outputs,
 )
-from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -335,9 +333,9 @@ class PLE(MultiTaskModel):
             task_in, shared_in = out.tasks, out.shared
         return task_in, gates
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         reps, _ = self._extract(self._features(x))
-        return tower_outputs(self.towers, dict(zip(self.task_names, reps)))
+        return tower_outputs(self.towers, dict(zip(self.task_names, reps))), {}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """Gate weights: ``{task: (N, m_k + m_s)}`` for the last level (the gates before the towers),
@@ -353,7 +351,7 @@ class CGC(PLE):
     (and the input layer) are shared.
 
     The shared representation (for representation-level gradient methods) is the shared
-    experts' output ``(N, m_s, D)``; :meth:`decode` computes each task's own experts from the
+    experts' output ``(N, m_s, D)``; its ``_decode`` computes each task's own experts from the
     inputs, so that their gradient is the task's own.
 
     Args:
@@ -376,28 +374,17 @@ class CGC(PLE):
         """The single extraction level."""
         return self.levels[0]  # type: ignore[return-value]
 
-    def encode(self, x: Inputs) -> Tensor:
-        return self._encode_features(self._features(x))
+    @property
+    def has_representation(self) -> bool:
+        """True when the level has shared experts: their output ``(N, m_s, D)`` is the representation."""
+        return self.level.shared_experts is not None
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        return self._decode(rep, self._features(x))
-
-    def encode_decode(self, x: Inputs) -> tuple[Tensor, dict[str, Tensor]]:
+    def _encode(self, x: Inputs) -> tuple[Tensor, Tensor]:
         # the input layer once: its output feeds the shared experts (rep), the task experts and gates
         h = self._features(x)
-        rep = self._encode_features(h)
-        return rep, self._decode(rep, h)
+        return stack_experts(self.level.shared_experts, h), h  # (N, m_s, D)
 
-    def _encode_features(self, h: Tensor) -> Tensor:
-        level = self.level
-        if level.shared_experts is None:
-            raise IncompatibleComponentsError(
-                "This CGC has no shared experts, so it has no shared representation to take gradients with "
-                "respect to. Use gradient_target='parameters'."
-            )
-        return stack_experts(level.shared_experts, h)  # (N, m_s, D)
-
-    def _decode(self, rep: Tensor, h: Tensor) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, h: Tensor) -> Decoded:
         # Each task from its own experts and gate, so that a task's backward pass touches only them.
         level = self.level
         m_s = rep.shape[-2]
@@ -409,7 +396,7 @@ class CGC(PLE):
                 own = stack_experts(level.task_experts[t], h)
                 mixed = mixed + _mix(w[:, : own.shape[-2]], own)
             out[t] = self.towers[t](mixed)
-        return out
+        return out, {}
 
 
 def _check_count(value: int, what: str) -> int:

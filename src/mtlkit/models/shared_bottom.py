@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel
+from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -36,16 +37,16 @@ class SharedBottom(MultiTaskModel):
         self.bottom = bottom
         self.towers = nn.ModuleDict(dict(towers))
 
-    def encode(self, x: Inputs) -> Tensor:
-        return self.bottom(self.input_layer(x) if self.input_layer is not None else x)
+    def _encode(self, x: Inputs) -> tuple[Tensor, None]:
+        return self.bottom(self.input_layer(x) if self.input_layer is not None else x), None
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
+    def _decode(self, rep: Tensor, ctx: None) -> Decoded:
         # tower by tower: each task's backward pass (gradient-level methods) touches only its tower
-        return {t: self.towers[t](rep) for t in self.task_names}
+        return {t: self.towers[t](rep) for t in self.task_names}, {}
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
-        rep = self.encode(x)
-        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep))
+    def _forward(self, x: Inputs) -> Decoded:
+        rep = self._encode(x)[0]
+        return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep)), {}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

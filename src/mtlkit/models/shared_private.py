@@ -17,16 +17,16 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
-from mtlkit.losses import AUX_PREFIX
-from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel
+from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, input_width, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
 __all__ = ["SharedPrivate", "orthogonality_penalty", "shared_private"]
 
-AUX_KEY = AUX_PREFIX + "orthogonality"
+AUX_KEY = "orthogonality"
 
 
 def orthogonality_penalty(shared: Tensor, private: Tensor, /, *, normalize: bool = False) -> Tensor:
@@ -53,11 +53,11 @@ def orthogonality_penalty(shared: Tensor, private: Tensor, /, *, normalize: bool
 class SharedPrivate(MultiTaskModel):
     """``y_k = h_k([S(x), P_k(x)])``: a shared encoder ``S``, private encoders ``P_k``, task heads.
 
-    With ``orthogonality > 0`` the output also holds ``"aux/orthogonality"`` =
+    With ``orthogonality > 0`` the auxiliary losses (:meth:`forward_parts`) hold ``"orthogonality"`` =
     ``orthogonality * sum_k ||S^T P_k||_F^2`` (see :func:`orthogonality_penalty`), which the
     trainer adds to the objective.
 
-    The shared representation (``encode``) is ``S(x)``; behind an input layer it is
+    The shared representation is ``S(x)``; behind an input layer it is
     ``[S(e), e]`` with ``e`` the input layer's output, since the private encoders read ``e`` too:
     then every path from the shared parameters to a task goes through the representation.
 
@@ -103,29 +103,30 @@ class SharedPrivate(MultiTaskModel):
         self.input_layer = input_layer
         self._input_width = input_width(input_layer) if input_layer is not None else 0
 
-    def _outputs(self, s: Tensor, e: Inputs) -> dict[str, Tensor]:
+    def _outputs(self, s: Tensor, e: Inputs) -> Decoded:
         # private encoders (one input) and heads (inputs of one shape) batched where that pays
         private = tower_outputs(self.private, dict.fromkeys(self.task_names, e))  # type: ignore[arg-type]
         out = tower_outputs(self.heads, {t: torch.cat([s, p], dim=-1) for t, p in private.items()})
+        aux: dict[str, Tensor] = {}
         if self.orthogonality > 0:
             terms = [
                 orthogonality_penalty(s, p, normalize=self.normalize_orthogonality) for p in private.values()
             ]
-            out[AUX_KEY] = self.orthogonality * sum(terms[1:], terms[0])
-        return out
+            aux[AUX_KEY] = self.orthogonality * sum(terms[1:], terms[0])
+        return out, aux
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         e = self.input_layer(x) if self.input_layer is not None else x
         return self._outputs(self.shared(e), e)
 
-    def encode(self, x: Inputs) -> Tensor:
+    def _encode(self, x: Inputs) -> tuple[Tensor, Inputs | None]:
         if self.input_layer is None:
-            return self.shared(x)
+            return self.shared(x), x  # the private encoders read x
         e = self.input_layer(x)
-        return torch.cat([self.shared(e), e], dim=-1)
+        return torch.cat([self.shared(e), e], dim=-1), None
 
-    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
-        if self.input_layer is None:
+    def _decode(self, rep: Tensor, x: Inputs | None) -> Decoded:
+        if x is not None:
             return self._outputs(rep, x)
         w = self._input_width
         return self._outputs(rep[..., :-w], rep[..., -w:])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.models._base import MultiTaskModel
-from mtlkit.models._blocks import MLP, tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel
+from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -30,9 +31,9 @@ class SingleTask(MultiTaskModel):
         self.task_names = tuple(networks)
         self.networks = nn.ModuleDict(dict(networks))
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         # networks that read x directly (MLPs of one shape) are batched where that pays
-        return tower_outputs(self.networks, dict.fromkeys(self.task_names, x))  # type: ignore[arg-type]
+        return tower_outputs(self.networks, dict.fromkeys(self.task_names, x)), {}  # type: ignore[arg-type]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

@@ -5,7 +5,7 @@ Duong et al. (ACL 2015) couple two task networks with ``||W_1 - W_2||_F^2``; Yan
 weights of each layer and penalise the trace (nuclear) norm of the stack, which favours weights
 that are linear combinations of a few shared ones. Nothing is shared in the parameter sense:
 the penalty is the only coupling and joins the objective as the auxiliary loss
-``out["aux/soft_sharing"] = strength * penalty``.
+``forward_parts(x).aux["soft_sharing"] = strength * penalty``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.losses import AUX_PREFIX
-from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._base import Decoded, MultiTaskModel
 from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.registries import MODELS
@@ -26,7 +25,7 @@ from mtlkit.tasks import Task, task_names
 
 __all__ = ["PENALTIES", "SoftSharing", "l2_coupling", "soft_sharing", "trace_norm_coupling"]
 
-AUX_KEY = AUX_PREFIX + "soft_sharing"
+AUX_KEY = "soft_sharing"
 PENALTIES = ("l2", "trace")
 
 
@@ -58,7 +57,7 @@ _COUPLINGS = {"l2": l2_coupling, "trace": trace_norm_coupling}
 class SoftSharing(MultiTaskModel):
     """One network per task, corresponding weights coupled by an L2 or trace-norm penalty.
 
-    ``forward(x)`` returns every task's output plus ``"aux/soft_sharing"``, the scaled penalty
+    ``forward_parts(x).aux`` holds ``"soft_sharing"``, the scaled penalty
     ``strength * sum_l c(W_l^1, ..., W_l^T)`` over the tied parameters ``l`` (see
     :func:`l2_coupling`, :func:`trace_norm_coupling`). The trainer adds it to the objective as it
     is. Every parameter belongs to its task, so ``shared_parameters()`` is empty: gradient-level
@@ -135,11 +134,10 @@ class SoftSharing(MultiTaskModel):
             return ref.new_zeros(())
         return torch.stack(terms).sum()
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         out = {t: self.networks[t](x) for t in self.task_names}
-        if self.strength > 0:
-            out[AUX_KEY] = self.strength * self.coupling_penalty()
-        return out
+        aux = {AUX_KEY: self.strength * self.coupling_penalty()} if self.strength > 0 else {}
+        return out, aux
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
-from mtlkit.models._base import MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate, gate_outputs, stacked_tower_outputs
+from mtlkit.models._base import Decoded, MultiTaskModel, params_of
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models.moe import stack_experts
+from mtlkit.models._kernels import gate_outputs, stack_experts, stacked_tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -127,9 +127,9 @@ class StackedMMoE(MultiTaskModel):
         assert z is not None
         return z, gates
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def _forward(self, x: Inputs) -> Decoded:
         stacked, _ = self._levels(self._features(x))
-        return stacked_tower_outputs(self.towers, self.task_names, stacked)
+        return stacked_tower_outputs(self.towers, self.task_names, stacked), {}
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """``{task: (N, E_L)}`` for the last level, ``{"level{l}/{task}": (N, E_l)}`` for earlier ones."""

@@ -22,12 +22,11 @@ from mtlkit.errors import (
     CheckpointError,
     DataError,
     IncompatibleComponentsError,
-    ShapeError,
     UnknownComponentError,
 )
-from mtlkit.losses import TaskLosses, check_epoch_labels, check_outputs, split_aux, task_losses
+from mtlkit.losses import TaskLosses, check_epoch_labels, check_outputs, task_losses
 from mtlkit.metrics.collection import MultiTaskMetrics
-from mtlkit.models._base import MultiTaskModel
+from mtlkit.models._base import forward_parts
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training.checkpoint import Checkpointer, as_checkpointer, component_mismatch, state_mismatch
@@ -223,12 +222,7 @@ class Trainer:
     @property
     def _has_encoder(self) -> bool:
         # MultiTaskModel (wrappers answer for their base)
-        flag = getattr(self._core, "has_representation", None)
-        if isinstance(flag, bool):
-            return flag
-        return getattr(type(self._core), "encode", None) is not MultiTaskModel.encode and hasattr(
-            self._core, "decode"
-        )
+        return getattr(self._core, "has_representation", False) is True
 
     def _check_gradient_setup(self) -> None:
         """Refuse combinations that cannot work, saying why and what to use instead."""
@@ -256,8 +250,8 @@ class Trainer:
         if self.gradient_target == "representation":
             if not self._has_encoder:
                 raise IncompatibleComponentsError(
-                    f"{name} has no single shared representation (no encode()/decode()), so {method} cannot take "
-                    "gradients with respect to it. Use gradient_target='parameters'."
+                    f"{name} has no single shared representation (has_representation is False), so {method} "
+                    "cannot take gradients with respect to it. Use gradient_target='parameters'."
                 )
         elif not any(p.requires_grad for p in core.shared_parameters()):
             raise IncompatibleComponentsError(
@@ -501,7 +495,7 @@ class Trainer:
         new_losses = None
         if self.weighting.requires_post_step_losses:  # e.g. FAMO: the losses after the update, same batch
             with torch.no_grad():
-                preds, _ = split_aux(self._core(batch.inputs))
+                preds = self._core(batch.inputs)
                 after = task_losses(self.tasks, preds, batch.targets, batch.masks)
                 new_losses = (
                     after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
@@ -535,20 +529,13 @@ class Trainer:
             epoch_losses=tuple(self._epoch_losses),
             generator=self.generator,
         )
-        rep = None
-        if self.gradient_target == "representation":
-            rep, outputs = self._encode_decode(batch.inputs)
-        elif self.uses_gradients and self._has_encoder:
-            # same outputs; decode keeps the tasks' graphs apart, so per-task backward passes are cheaper
-            outputs = self._encode_decode(batch.inputs)[1]
-        elif self.uses_gradients:
-            # bypass a DDP wrapper: its hooks expect one plain backward; backward(sync=) reduces instead
-            outputs = self._core(batch.inputs)
-        else:
-            outputs = self.model(batch.inputs)
-        if not isinstance(outputs, Mapping):
-            raise ShapeError(f"The model must return a dict {{task: output}}; got {type(outputs).__name__}.")
-        preds, aux = split_aux(outputs)
+        # gradient-level methods: bypass a DDP wrapper (its hooks expect one plain backward;
+        # backward(sync=) reduces instead) and take the representation path, whose per-task graphs
+        # are apart, so per-task backward passes are cheaper (same outputs)
+        model = self._core if self.uses_gradients else self.model
+        preds, aux, rep = forward_parts(model, batch.inputs, representation=self.uses_gradients)
+        if self.gradient_target != "representation":
+            rep = None
         check_outputs(self.tasks, preds, self._core)
         tl = task_losses(self.tasks, preds, batch.targets, batch.masks)
         if trained is not None:
@@ -589,15 +576,6 @@ class Trainer:
         self._after_step(batch, tl.present if result.counts is None else result.counts > 0, state, sync)
         self.step += 1
         return StepOutput(result, tl, aux)
-
-    def _encode_decode(self, inputs: Inputs) -> tuple[Tensor, Any]:
-        """``(encode(x), decode(encode(x), x))``, through the model's ``encode_decode`` when it has
-        one (MultiTaskModel: the input layer is evaluated once)."""
-        both = getattr(self._core, "encode_decode", None)
-        if callable(both):
-            return both(inputs)
-        rep = self._core.encode(inputs)
-        return rep, self._core.decode(rep, inputs)
 
     def _trained_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...] | None:
         """The step's task subset (None: every task), checked."""
@@ -726,7 +704,7 @@ class Trainer:
         validate = not isinstance(loader, (TensorBatchLoader, PerTaskLoader))
         for raw in loader:
             batch = self._prepare(raw, validate=validate)
-            metrics.update(split_aux(self.model(batch.inputs))[0], batch.targets, batch.masks)
+            metrics.update(self.model(batch.inputs), batch.targets, batch.masks)
         result = metrics.compute()
         if isinstance(loader, PerTaskLoader):  # only the tasks that have a dataset
             result = {t: m for t, m in result.items() if t in loader.task_names}
@@ -782,7 +760,7 @@ class Trainer:
                 if isinstance(inputs, Tensor)
                 else {k: v.to(self.device) for k, v in inputs.items()}
             )
-            preds, _ = split_aux(self.model(inputs))
+            preds = self.model(inputs)
             for key, out in preds.items():
                 task = by_output.get(key)
                 value = task.activate(out.float()) if (activate and task is not None) else out
