@@ -52,14 +52,14 @@ def check_numeric(values: np.ndarray, *, column: str, origin: Origin) -> None:
                     float(s[i])
                 except ValueError:
                     raise DataError(
-                        f"{origin.file}: numeric column {column!r} holds the non-numeric value {s[i]!r} in "
+                        f"{origin.file}: numeric column {column!r} holds the non-numeric value {str(s[i])!r} in "
                         f"{origin.row(i)}; list the column as categorical, or clean the value."
                     ) from None
     bad = np.flatnonzero(np.isinf(x))
     if bad.size:
         i = int(bad[0])
         raise DataError(
-            f"{origin.file}: numeric column {column!r} holds {x[i]!r} in {origin.row(i)}"
+            f"{origin.file}: numeric column {column!r} holds {float(x[i])!r} in {origin.row(i)}"
             + (f" ({bad.size} infinite values in all)" if bad.size > 1 else "")
             + "; numeric features must be finite numbers. Clean the value, or leave the cell blank "
             "(blank, NA and NaN mark a missing value, which becomes the training mean)."

@@ -93,7 +93,7 @@ def standardise(x: np.ndarray, mean: float, std: float, *, column: str, source: 
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{source}: numeric column {column!r} row {row + 1} holds {x[row]!r}, {z[row]:.3g} standard "
+            f"{source}: numeric column {column!r} row {row + 1} holds {float(x[row])!r}, {float(z[row]):.3g} standard "
             f"deviations from the training mean {mean:.6g} (std {std:.6g}): beyond the float32 range. "
             "Clean the value or rescale the column (e.g. a log transform)."
         )
@@ -106,7 +106,7 @@ def first_non_finite(x: np.ndarray, *, column: str, source: str) -> None:
     if bad.any():
         rows = np.flatnonzero(bad)
         raise DataError(
-            f"{source}: numeric column {column!r} holds {x[rows[0]]!r} in row {int(rows[0]) + 1}"
+            f"{source}: numeric column {column!r} holds {float(x[rows[0]])!r} in row {int(rows[0]) + 1}"
             + (f" ({rows.size} infinite values in all)" if rows.size > 1 else "")
             + "; numeric features must be finite numbers (blank, NA or NaN mark a missing value). "
             "Clean the value or leave the cell blank."

@@ -200,13 +200,13 @@ def _encode_labels(
             if inf.size:
                 i = int(inf[0])
                 raise DataError(
-                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {x[i]!r} in "
+                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {float(x[i])!r} in "
                     f"{origins[s].row(i)}; regression labels must be finite numbers (blank = missing)."
                 )
             if np.any(np.abs(x[ok]) > np.finfo(np.float32).max):
                 i = int(ok[np.flatnonzero(np.abs(x[ok]) > np.finfo(np.float32).max)[0]])
                 raise DataError(
-                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {x[i]!r} in "
+                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {float(x[i])!r} in "
                     f"{origins[s].row(i)}, beyond the float32 range of the model; rescale the column."
                 )
             out[s] = torch.from_numpy(x.astype(np.float32))
