@@ -207,7 +207,10 @@ class Predictor:
             )
         if self.preprocessor is not None:
             raw = {c: columns[c] for c in wanted}
-            inputs = self.preprocessor.transform(raw)
+            try:
+                inputs = self.preprocessor.transform(raw)
+            except DataError as exc:  # rows are the input's data rows: name the input
+                raise DataError(f"{source}: {exc}") from None
             if self.preprocessor.categorical:
                 _warn_unseen(self.preprocessor, raw, inputs, source)
             return inputs

@@ -280,3 +280,24 @@ def test_float64_arrays_and_tensors_train_through_the_python_api() -> None:
         MultiTaskDataset(np.array([["a"], ["b"]]), {"r": np.array([1.0, 2.0])})
     with pytest.raises(DataError, match="dtype must be a floating torch dtype"):
         MultiTaskDataset(x, {"r": targets["r"]}, dtype=torch.int64)
+
+
+def test_the_fast_coded_path_refuses_inf_like_the_preprocessor() -> None:
+    from mtlkit.data._columns import fit_coded, parse_delimited, transform_coded
+
+    cols = parse_delimited(b"a,1\nb,2\nc,inf\n", ["k", "v"], source="f.data")
+    pre = TabularPreprocessor(categorical=["k"], numeric=["v"])
+    with pytest.raises(DataError, match=r"f\.data: numeric column 'v' holds inf in row 3"):
+        fit_coded(pre, cols, source="f.data")
+    good = parse_delimited(b"a,1e308\nb,1.7e308\nc,-1e308\n", ["k", "v"], source="g.data")
+    fit_coded(pre, good, source="g.data")
+    ref = TabularPreprocessor(categorical=["k"], numeric=["v"]).fit(
+        {"k": ["a", "b", "c"], "v": ["1e308", "1.7e308", "-1e308"]}
+    )
+    assert pre.stats == ref.stats and all(np.isfinite(pre.stats["v"]))
+    assert torch.equal(
+        transform_coded(pre, good)["numeric"],
+        ref.transform({"k": ["a", "b", "c"], "v": ["1e308", "1.7e308", "-1e308"]})["numeric"],
+    )
+    with pytest.raises(DataError, match=r"h\.data: numeric column 'v' holds -inf in row 2"):
+        transform_coded(pre, parse_delimited(b"a,1\nb,-inf\n", ["k", "v"], source="h.data"), source="h.data")
