@@ -301,3 +301,21 @@ def test_the_fast_coded_path_refuses_inf_like_the_preprocessor() -> None:
     )
     with pytest.raises(DataError, match=r"h\.data: numeric column 'v' holds -inf in row 2"):
         transform_coded(pre, parse_delimited(b"a,1\nb,-inf\n", ["k", "v"], source="h.data"), source="h.data")
+
+
+def test_parquet_files_follow_the_same_rules(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = [1.0, 2.0, float("inf"), 4.0]
+    pq.write_table(pa.table({"x": x, "y": [0, 1, 0, 1]}), tmp_path / "inf.parquet")
+    tasks = {"y": {"column": "y", "kind": "binary"}}
+    with pytest.raises(DataError, match=r"inf\.parquet: numeric column 'x' holds inf in data row 3"):
+        tabular(train=str(tmp_path / "inf.parquet"), tasks=tasks, numeric=["x"])
+    pq.write_table(
+        pa.table({"x": [1.0, 2.0, 3.0], "y": pa.array([None, None, None], pa.int64())}),
+        tmp_path / "nolab.parquet",
+    )
+    with pytest.raises(DataError, match=r"Task 'y' has no label in .*nolab\.parquet"):
+        tabular(train=str(tmp_path / "nolab.parquet"), tasks=tasks, numeric=["x"])
+    with pytest.raises(DataError, match=r"has no column\(s\) 'z'\. Its columns are: 'x', 'y'"):
+        read_table(tmp_path / "nolab.parquet", ["x", "z"])
