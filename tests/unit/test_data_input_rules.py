@@ -319,3 +319,23 @@ def test_parquet_files_follow_the_same_rules(tmp_path: Path) -> None:
         tabular(train=str(tmp_path / "nolab.parquet"), tasks=tasks, numeric=["x"])
     with pytest.raises(DataError, match=r"has no column\(s\) 'z'\. Its columns are: 'x', 'y'"):
         read_table(tmp_path / "nolab.parquet", ["x", "z"])
+
+
+def test_config_validation_checks_the_fraction_ranges_as_run_does(tmp_path: Path) -> None:
+    from mtlkit.config import load_config
+    from mtlkit.errors import ConfigError
+
+    train = _csv(tmp_path, HEAD + _rows(10))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"data:\n  name: tabular\n  train: {train}\n  numeric: [age]\n  val_fraction: 1.5\n"
+        "  unknown_fraction: -0.1\n  tasks:\n    click: {column: clicked, kind: binary}\n"
+        "model: {name: shared_bottom}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert "data.val_fraction: Input should be less than 1; got 1.5." in str(err.value)
+    assert "data.unknown_fraction: Input should be greater than or equal to 0; got -0.1." in str(err.value)
+    for bad in ({"val_fraction": 1.5}, {"unknown_fraction": -0.1}):  # the Python API refuses them too
+        with pytest.raises(DataError, match="must be"):
+            tabular(train=train, tasks=BINARY, numeric=["age"], **bad)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mtlkit.data.preprocessing import MISSING_VALUES
 from mtlkit.errors import DataError
 
-__all__ = ["MIN_TRAIN_ROWS", "Origin", "check_numeric", "check_split_sizes", "check_task_labels"]
+__all__ = ["MIN_TRAIN_ROWS", "Fraction", "Origin", "check_numeric", "check_split_sizes", "check_task_labels"]
 
 MIN_TRAIN_ROWS = 2
 """The fewest labelled training rows a tabular dataset accepts."""
@@ -142,3 +143,19 @@ def check_task_labels(
                 f"Task {task!r} has no label in {where}: every value of column {columns[task]!r} is blank, "
                 f"NA or NaN. {fix}"
             )
+
+
+if TYPE_CHECKING:
+    Fraction = float
+else:
+
+    class Fraction(float):
+        """A float in ``[0, 1)``, as a parameter annotation: configs are checked against the range when
+        they are validated (``mtlkit validate`` refuses what ``mtlkit run`` would); Python callers
+        pass plain floats."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+            from pydantic_core import core_schema
+
+            return core_schema.float_schema(ge=0.0, lt=1.0)

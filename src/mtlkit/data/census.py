@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mtlkit.data import cache as _cache
+from mtlkit.data._checks import Fraction
 from mtlkit.data._columns import CodedColumn, fit_coded, parse_delimited, transform_coded
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout
@@ -313,7 +314,7 @@ def census_income(
     n_train: int | None = None,
     some_college: bool = False,
     min_frequency: int = 1,
-    unknown_fraction: float = 0.01,
+    unknown_fraction: Fraction = 0.01,
     split_seed: int = 0,
     cache: bool = True,
     preprocessor: str | None = None,

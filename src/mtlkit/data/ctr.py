@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlkit.data._checks import Fraction
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import DataFile, FileSet, locate, read_csv
@@ -232,7 +233,7 @@ def ali_ccp_sample(
     verify: bool = True,
     task_set: TaskSet = "esmm",
     min_frequency: int = 1,
-    unknown_fraction: float = 0.01,
+    unknown_fraction: Fraction = 0.01,
 ) -> DataSplits:
     """Ali-CCP sample (ESMM paper data): 100/50/50 impressions; tasks ctr, ctcvr (trained) and cvr (evaluated only).
 
@@ -262,7 +263,7 @@ def aliexpress_sample(
     verify: bool = True,
     task_set: TaskSet = "esmm",
     min_frequency: int = 1,
-    unknown_fraction: float = 0.01,
+    unknown_fraction: Fraction = 0.01,
 ) -> DataSplits:
     """AliExpress sample (US search logs): 100/20 impressions; tasks ctr, ctcvr (trained) and cvr (evaluated only).
 

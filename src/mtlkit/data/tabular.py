@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from mtlkit.data._checks import (
     MIN_TRAIN_ROWS,
     SPLIT_NAMES,
+    Fraction,
     Origin,
     check_numeric,
     check_split_sizes,
@@ -285,12 +286,12 @@ def tabular(
     categorical: Sequence[str] = (),
     val: str | None = None,
     test: str | None = None,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
+    val_fraction: Fraction = 0.0,
+    test_fraction: Fraction = 0.0,
     split_seed: int = 0,
     delimiter: str = ",",
     min_frequency: int = 1,
-    unknown_fraction: float = 0.01,
+    unknown_fraction: Fraction = 0.01,
     preprocessor: str | None = None,
 ) -> DataSplits:
     """Your CSV / Parquet files: named numeric and categorical feature columns, one label column per task.
