@@ -54,9 +54,8 @@ from mtlkit.models import (
     MMoE,
     SharedBottom,
 )
-from mtlkit.models._blocks import tower_outputs
+from mtlkit.models._kernels import stack_experts, tower_outputs
 from mtlkit.models.dselect import smooth_step
-from mtlkit.models.moe import stack_experts
 from mtlkit.registries import BACKBONES, MODELS
 from mtlkit.training import Trainer
 

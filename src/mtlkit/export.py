@@ -568,8 +568,9 @@ class ExportCheck:
 
 def raw_example_columns(pre: TabularPreprocessor, n: int, *, seed: int = 0) -> dict[str, np.ndarray]:
     """Random raw columns for ``pre``: known categories, an unseen one and missing ones (``""``,
-    ``"?"``) for categorical columns; normal numbers around the training mean with NaN and inf
-    for numeric ones. Strings are stripped, as the exported graph expects."""
+    ``"?"``) for categorical columns; normal numbers around the training mean with a NaN (missing) for
+    numeric ones (no inf: Python preprocessing refuses it, see docs/datasets.md). Strings are
+    stripped, as the exported graph expects."""
     rng = np.random.default_rng(seed)
     vocabularies, stats = pre.vocabularies or {}, pre.stats or {}
     out: dict[str, np.ndarray] = {}
@@ -587,7 +588,7 @@ def raw_example_columns(pre: TabularPreprocessor, n: int, *, seed: int = 0) -> d
         mean, std = stats[name]
         x = rng.normal(mean, std if std > 0 else 1.0, n)
         if n >= 2:
-            x[-1], x[-2] = np.nan, np.inf
+            x[-1] = np.nan
         out[name] = x.astype(np.float64)
     return out
 

@@ -14,26 +14,13 @@ from mtlkit.errors import DataError, ShapeError, did_you_mean
 from mtlkit.tasks import Task
 
 __all__ = [
-    "AUX_PREFIX",
     "TaskLosses",
     "UnlabelledTaskWarning",
     "check_epoch_labels",
     "check_keys",
     "check_outputs",
-    "split_aux",
     "task_losses",
 ]
-
-AUX_PREFIX = "aux/"
-"""Model outputs whose key starts with this are scalar auxiliary losses (e.g. ``aux/soft_sharing``):
-added to the objective as they are, never weighted or aggregated, never treated as predictions."""
-
-
-def split_aux(outputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``(predictions, auxiliary losses)`` of a model's output dict."""
-    preds = {k: v for k, v in outputs.items() if not k.startswith(AUX_PREFIX)}
-    aux = {k[len(AUX_PREFIX) :]: v for k, v in outputs.items() if k.startswith(AUX_PREFIX)}
-    return preds, aux
 
 
 class TaskLosses(NamedTuple):
@@ -120,7 +107,8 @@ def check_outputs(tasks: Sequence[Task], outputs: Mapping[str, Tensor], model: o
     """Refuse model outputs that belong to none of ``tasks`` (they would never be trained).
 
     An output belongs to a task when it is the task's ``Task(output=...)`` (default its name).
-    Outputs with the ``aux/`` prefix are auxiliary losses and always allowed. A model that
+    (Auxiliary losses are not outputs: models return them apart, see
+    :meth:`~mtlkit.models.MultiTaskModel.forward_parts`.) A model that
     declares its tasks (``model.task_names``, as every :class:`~mtlkit.models.MultiTaskModel`
     does) may return outputs besides them, e.g. an ESMM-shaped model's pCVR, learnt through
     pCTCVR: only its declared tasks must be among ``tasks``. For a model without ``task_names``
@@ -136,14 +124,14 @@ def check_outputs(tasks: Sequence[Task], outputs: Mapping[str, Tensor], model: o
     extra = [
         k
         for k in outputs
-        if k not in out_keys and not str(k).startswith(AUX_PREFIX) and (declared is None or k in declared)
+        if k not in out_keys and (declared is None or k in declared)
     ]
     if extra:
         raise ShapeError(
             f"The model returns output(s) {_listing(extra)} that belong to no task, so they would never be "
             f"trained.{_hints(extra, out_keys)} Task outputs: {_listing(out_keys)}. Add a Task for each "
             "model output (Task(name=..., train=False) for one that is only evaluated), set "
-            f"Task(output=...), or prefix auxiliary losses with {AUX_PREFIX!r}."
+            "Task(output=...), or return auxiliary losses apart (MultiTaskModel._forward/_decode)."
         )
 
 

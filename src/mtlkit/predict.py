@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
-from mtlkit.data.preprocessing import TabularPreprocessor
+from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryWarning
 from mtlkit.data.schema import FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError
@@ -204,7 +205,14 @@ class Predictor:
                 f"{', '.join(wanted)} (got: {', '.join(map(str, columns)) or 'none'})."
             )
         if self.preprocessor is not None:
-            return self.preprocessor.transform({c: columns[c] for c in wanted})
+            raw = {c: columns[c] for c in wanted}
+            try:
+                inputs = self.preprocessor.transform(raw)
+            except DataError as exc:  # rows are the input's data rows: name the input
+                raise DataError(f"{source}: {exc}") from None
+            if self.preprocessor.categorical:
+                _warn_unseen(self.preprocessor, raw, inputs, source)
+            return inputs
         x = np.empty((len(columns[wanted[0]]), len(wanted)), dtype=np.float32)
         for j, c in enumerate(wanted):
             try:
@@ -304,6 +312,28 @@ class Predictor:
             writer.writerow(names)
             writer.writerows([_format(v) for v in row] for row in rows)
         return out
+
+
+def _warn_unseen(
+    pre: TabularPreprocessor, columns: Mapping[str, Any], inputs: Mapping[str, Tensor], source: str
+) -> None:
+    """Warn (:class:`UnknownCategoryWarning`) when rows hold categories outside the training vocabulary."""
+    per_column, rows = pre.unseen_counts(columns)
+    if not rows:
+        return
+    n = len(next(iter(columns.values())))
+    hit = ", ".join(f"{c!r}: {k}" for c, k in per_column.items() if k)
+    all_zero = int((inputs["categorical"] == 0).all(dim=1).sum())
+    all_unknown = f"; {all_zero} rows have no known category in any column" if all_zero else ""
+    warnings.warn(
+        UnknownCategoryWarning(
+            f"{source}: {rows} of {n} rows hold categories not seen in training (values per column: {hit})"
+            f"{all_unknown}. The model reads them through the shared unknown-category embedding (index 0), "
+            "trained only by rare or missing training values and the unknown_fraction dropout; their "
+            "predictions rest on less information."
+        ),
+        stacklevel=3,
+    )
 
 
 def load_predictor(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Predictor:

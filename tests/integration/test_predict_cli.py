@@ -313,3 +313,30 @@ def test_a_comparison_directory_asks_for_one_run(tmp_path: Path, capsys) -> None
     assert "holds 2 trained models (mmoe/seed0, single_task/seed0); pass one of them" in err
     assert main(["export", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_warns_about_categories_unseen_in_training(tabular_run: Path, tmp_path: Path) -> None:
+    from mtlkit.data.preprocessing import UnknownCategoryWarning
+
+    raw = raw_table(6, 5)
+    raw["color"] = np.array(["purple", "red", "teal", "green", "", "blue"])  # "" is missing, not unseen
+    raw["size"] = np.array(["XL", "S", "M", "L", "S", "M"])
+    inp = write_csv(tmp_path / "new.csv", raw)
+    with pytest.warns(UnknownCategoryWarning) as record:
+        assert main(["predict", str(tabular_run), str(inp), "--out", str(tmp_path / "p.csv")]) == 0
+    msg = str(record[0].message)
+    assert msg.startswith(f"{inp}: 2 of 6 rows hold categories not seen in training")
+    assert "'color': 2, 'size': 1" in msg and "1 rows have no known category in any column" in msg
+    assert len(read_csv(tmp_path / "p.csv")["click"]) == 6
+
+
+def test_predict_refuses_infinite_numeric_values_naming_the_file_and_row(
+    tabular_run: Path, tmp_path: Path, capsys
+) -> None:
+    raw = raw_table(4, 6)
+    raw["income"] = np.array(["10.5", "12", "inf", "9"])
+    inp = write_csv(tmp_path / "inf.csv", raw)
+    assert main(["predict", str(tabular_run), str(inp), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert f"{inp}: TabularPreprocessor: numeric column 'income' holds inf in row 3" in err
+    assert "Traceback" not in err and not (tmp_path / "p.csv").exists()

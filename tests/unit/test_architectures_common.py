@@ -218,3 +218,82 @@ def test_trains_with_missing_labels_and_any_balancing(name: str, setup: str) -> 
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), f"{name}: nothing was trained"
     metrics = trainer.evaluate(batches)
     assert set(metrics) == {t.name for t in case.tasks}
+
+
+def _double(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    return {k: _double(v) for k, v in x.items()}
+
+
+def _assert_rel_close(got: torch.Tensor, want: torch.Tensor, what: str, rtol: float = 1e-9) -> None:
+    """``|got - want| <= rtol * max|want|``: a tolerance relative to the values' scale."""
+    assert got.shape == want.shape, what
+    scale = want.abs().max().item() if want.numel() else 0.0
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    assert err <= rtol * max(scale, 1e-300), f"{what}: |diff| {err:.3g} vs scale {scale:.3g}"
+
+
+def _objective(outputs: dict[str, torch.Tensor], aux: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A fixed random projection of every output (the same one for both paths), plus the aux losses."""
+    gen = torch.Generator().manual_seed(11)
+    total = torch.zeros((), dtype=torch.float64)
+    for key in sorted(outputs):
+        o = outputs[key]
+        total = total + (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
+    return total + sum(aux[k] for k in sorted(aux))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_forward_parts_equals_the_forward_and_the_representation_path_the_plain_path(name: str) -> None:
+    """For every model: ``forward_parts(x).outputs == model(x)``; the representation path (what
+    gradient-level methods run) gives the plain path's outputs, auxiliary losses and parameter
+    gradients (float64); it returns a representation exactly when the model says it has one, and
+    the outputs depend on the parameters only through it and the task-owned modules."""
+    model, case = build(name)
+    model.double()
+    x = _double(case.inputs(N, torch.Generator().manual_seed(6)))
+    out = model(x)
+    plain = model.forward_parts(x)
+    assert isinstance(plain, mtlkit.models.ForwardParts) and plain.representation is None
+    assert set(plain.outputs) == set(out)
+    for key in out:
+        _assert_rel_close(plain.outputs[key], out[key], f"{name}: forward_parts(x).outputs[{key!r}] vs model(x)")
+    for key, value in plain.aux.items():
+        assert value.ndim == 0 and torch.isfinite(value), f"{name}: aux {key!r} is not a finite scalar"
+    rep_path = model.forward_parts(x, representation=True)
+    assert (rep_path.representation is not None) == model.has_representation
+    assert set(rep_path.outputs) == set(out) and set(rep_path.aux) == set(plain.aux)
+    for key in out:
+        _assert_rel_close(rep_path.outputs[key], out[key], f"{name}: representation path output {key!r}")
+    for key in plain.aux:
+        _assert_rel_close(rep_path.aux[key], plain.aux[key], f"{name}: representation path aux {key!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = torch.autograd.grad(_objective(*model.forward_parts(x)[:2]), params, allow_unused=True)
+    got = torch.autograd.grad(_objective(*rep_path[:2]), params, allow_unused=True)
+    for i, (g, w) in enumerate(zip(got, want)):
+        g = torch.zeros_like(params[i]) if g is None else g
+        w = torch.zeros_like(params[i]) if w is None else w
+        _assert_rel_close(g, w, f"{name}: gradient of parameter {i}")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_trainer_adds_exactly_the_models_aux_losses(name: str) -> None:
+    """The auxiliary losses the trainer reports for a step are the model's ``forward_parts(x).aux``
+    (with a loss weighting, the plain path, and with an aggregator, the gradient path)."""
+    model, case = build(name)
+    gen = torch.Generator().manual_seed(7)
+    batch = Batch(case.inputs(N, gen), case.targets(case.tasks, N, gen))
+    with torch.no_grad():
+        want = model.forward_parts(batch.inputs).aux
+    kwargs: dict[str, Any] = {"progress": False, "device": "cpu", "optimizer": lambda p: torch.optim.SGD(p, lr=0.0)}
+    step = mtlkit.Trainer(model, case.tasks, **kwargs).train_step(batch)
+    assert set(step.aux) == set(want)
+    for key in want:
+        _assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r}", rtol=1e-5)
+    if any(p.requires_grad for p in model.shared_parameters()):
+        agg = mtlkit.aggregation.AGGREGATORS.build("sum", tasks=case.tasks)
+        step = mtlkit.Trainer(model, case.tasks, aggregator=agg, **kwargs).train_step(batch)
+        assert set(step.aux) == set(want)
+        for key in want:
+            _assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r} (gradient path)", rtol=1e-5)

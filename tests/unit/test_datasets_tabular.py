@@ -101,7 +101,8 @@ def test_label_encodings_and_errors(tmp_path: Path) -> None:
         "yes",
     ]
     with pytest.raises(
-        DataError, match=r"\(test\): task 'a' .* has labels \['maybe'\] outside its classes \['no', 'yes'\]"
+        DataError, match=r"test\.csv \(test data\): task 'a' .* has labels \['maybe'\] outside its classes \['no', 'yes'\] "
+        r"\(first in data row 1\)"
     ):
         tabular(
             train=str(yn),
@@ -125,11 +126,11 @@ def test_label_encodings_and_errors(tmp_path: Path) -> None:
         DataError, match=r"tasks.t.kind: Input should be 'binary', 'multiclass' or 'regression'"
     ):
         tabular(train=str(train), tasks={"t": {"column": "spend", "kind": "ordinal"}}, numeric=["age"])
-    with pytest.raises(DataError, match=r"has no column\(s\) \['agee'\]; its columns are: city, age"):
+    with pytest.raises(DataError, match=r"has no column\(s\) 'agee'\. For 'agee', did you mean 'age'\? Its columns are: 'city', 'age'"):
         tabular(train=str(train), tasks=TASKS, numeric=["agee"])
     with pytest.raises(DataError, match="no such data file"):
         tabular(train=str(tmp_path / "nope.csv"), tasks=TASKS, numeric=["age"])
-    with pytest.raises(DataError, match="regression but column 'note' holds non-numeric"):
+    with pytest.raises(DataError, match="regression but its column 'note' holds the non-numeric label 'a' in data row 1"):
         tabular(train=str(train), tasks={"n": {"column": "note", "kind": "regression"}}, numeric=["age"])
 
 

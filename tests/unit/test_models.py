@@ -10,7 +10,19 @@ from torch import nn
 
 from mtlkit import Task
 from mtlkit.errors import ShapeError
-from mtlkit.models import MLP, ExpertMLPs, MMoE, OMoE, SoftmaxGates
+from mtlkit.models import (
+    ACTIVATIONS,
+    MLP,
+    ExpertMLPs,
+    ForwardParts,
+    MMoE,
+    MultiTaskModel,
+    OMoE,
+    SoftmaxGates,
+    forward_parts,
+    make_activation,
+)
+from mtlkit.models._kernels import can_group_mlps
 from mtlkit.registries import MODELS
 
 TASKS = (
@@ -146,3 +158,88 @@ def test_invalid_model_arguments() -> None:
         MLP(4, (3,), activation="relux")
     with pytest.raises(ValueError, match=r"hidden_dims must be a list of positive ints"):
         MLP(4, (3, -1))
+
+
+def test_one_activation_table_gives_the_same_function_in_every_form() -> None:
+    """Every activation name works as an MLP layer, an expert bank's function and (where it exists)
+    in place, with the same values; the table covers every activation ExpertMLPs is tested with."""
+    assert set(ACT) < set(ACTIVATIONS)
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    for name, act in ACTIVATIONS.items():
+        want = ACT[name](x) if name in ACT else x
+        torch.testing.assert_close(make_activation(name)(x), want)
+        torch.testing.assert_close(act.function(x), want)
+        if act.inplace is not None:
+            torch.testing.assert_close(act.inplace(x.clone()), want)
+    with pytest.raises(ValueError, match="activation must be one of 'relu'.*got 'relux'"):
+        ExpertMLPs(2, 3, (4,), activation="relux")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLP(4, (), 1, activation="relux")  # checked even without hidden layers
+
+
+def test_can_group_mlps_compares_structure_not_reprs() -> None:
+    def mlp(**kw: object) -> MLP:
+        return MLP(5, (4, 3), kw.pop("out", 2), **kw)  # type: ignore[arg-type]
+
+    assert can_group_mlps([mlp(), mlp(), mlp(out=6)])  # final widths may differ
+    assert not can_group_mlps([mlp(), mlp(activation="tanh")])
+    assert not can_group_mlps([mlp(dropout=0.1), mlp(dropout=0.2)])
+    assert can_group_mlps([mlp(dropout=0.1), mlp(dropout=0.1)])
+    assert not can_group_mlps([mlp(), MLP(5, (4, 4), 2)])
+    assert not can_group_mlps([mlp(), nn.Sequential(nn.Linear(5, 2))])
+    replaced = mlp()
+    replaced.net[1] = nn.Tanh()  # a module swapped after construction
+    assert not can_group_mlps([mlp(), replaced])
+    wider = mlp()
+    wider.net[0] = nn.Linear(5, 7)
+    assert not can_group_mlps([mlp(), wider])
+
+
+class _OwnForward(MultiTaskModel):
+    """A model written against the plain contract: it overrides forward(x) -> {task: output}."""
+
+    task_names = ("a", "b")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        y = self.lin(x)
+        return {"a": y[:, 0], "b": y[:, 1]}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return []
+
+
+class _Plain(nn.Module):
+    def __init__(self, out: object) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.out
+
+
+def test_forward_parts_of_models_without_the_hooks() -> None:
+    x = torch.randn(4, 3)
+    own = _OwnForward()
+    assert not own.has_representation
+    for parts in (own.forward_parts(x), own.forward_parts(x, representation=True), forward_parts(own, x)):
+        assert parts.aux == {} and parts.representation is None
+        assert set(parts.outputs) == {"a", "b"}
+        for k, v in own(x).items():
+            torch.testing.assert_close(parts.outputs[k], v)
+    plain = forward_parts(_Plain({"a": x[:, 0]}), x, representation=True)
+    assert isinstance(plain, ForwardParts) and plain.aux == {} and plain.representation is None
+    assert set(plain.outputs) == {"a"} and torch.equal(plain.outputs["a"], x[:, 0])
+    with pytest.raises(ShapeError, match="returns 'aux/penalty' among its outputs.*subclass mtlkit.models.MultiTaskModel"):
+        forward_parts(_Plain({"a": x[:, 0], "aux/penalty": x.sum()}), x)
+    with pytest.raises(ShapeError, match="must return a dict \\{task: output\\}; got Tensor"):
+        forward_parts(_Plain(x), x)
+
+    class NoHooks(MultiTaskModel):
+        task_names = ("a",)
+
+    with pytest.raises(NotImplementedError, match="NoHooks must implement _forward\\(x\\) or _encode/_decode"):
+        NoHooks()(x)

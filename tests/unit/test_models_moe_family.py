@@ -27,8 +27,8 @@ from mtlkit.models import (
     SoftmaxGates,
     StackedMMoE,
 )
-from mtlkit.models._blocks import (
-    SoftmaxGate,
+from mtlkit.models._blocks import SoftmaxGate
+from mtlkit.models._kernels import (
     can_group_mlps,
     gate_outputs,
     grouped_expert_outputs,

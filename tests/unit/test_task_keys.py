@@ -38,7 +38,7 @@ def test_a_model_output_of_no_task_is_refused_with_the_close_match() -> None:
     msg = str(err.value)
     assert "output(s) 'valeu' that belong to no task" in msg
     assert "Did you mean 'value' for 'valeu'?" in msg
-    assert "Task outputs: 'ctr', 'value'" in msg and "train=False" in msg and "'aux/'" in msg
+    assert "Task outputs: 'ctr', 'value'" in msg and "train=False" in msg and "auxiliary losses apart" in msg
 
 
 class Declared(nn.Module):
@@ -58,11 +58,17 @@ def test_outputs_a_model_declares_as_its_tasks_must_be_tasks_and_others_may_be_e
         check_outputs(TASKS, out)
 
 
-def test_auxiliary_outputs_and_evaluation_only_outputs_are_allowed() -> None:
-    out = {**outputs(), "aux/balance": torch.tensor(0.5)}
-    check_outputs(TASKS, out)
-    with_aux = task_losses(TASKS, out, targets())
-    torch.testing.assert_close(with_aux.losses, task_losses(TASKS, outputs(), targets()).losses)
+def test_auxiliary_losses_in_the_output_dict_are_refused_and_evaluation_only_outputs_allowed() -> None:
+    # auxiliary losses travel apart (forward_parts(x).aux), never as outputs: an 'aux/' output of a
+    # plain module is refused before any loss is computed, and check_outputs treats it as a stray key
+    class Plain(nn.Module):
+        def forward(self, x: Tensor) -> dict[str, Tensor]:
+            return {**outputs(), "aux/balance": torch.tensor(0.5)}
+
+    with pytest.raises(ShapeError, match="auxiliary losses are not read"):
+        mtlkit.models.forward_parts(Plain(), torch.zeros(4, 1))
+    with pytest.raises(ShapeError, match=r"output\(s\) 'aux/balance'"):
+        check_outputs(TASKS, {**outputs(), "aux/balance": torch.tensor(0.5)})
     tasks = (*TASKS, Task(name="cvr", kind="regression", train=False))  # an evaluated-only output
     out = {**outputs(), "cvr": torch.zeros(4, 1)}
     check_outputs(tasks, out)

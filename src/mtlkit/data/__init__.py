@@ -7,7 +7,7 @@ from mtlkit.data.ctr import ali_ccp_sample, aliexpress_sample, ctr_cvr_targets, 
 from mtlkit.data.dataset import BatchAugment, MultiTaskDataset, TensorBatchLoader
 from mtlkit.data.images import RandomFlipCrop, cifar10, mnist_fashion, read_cifar_batch, read_idx
 from mtlkit.data.multilabel import multilabel, read_arff
-from mtlkit.data.preprocessing import TabularPreprocessor
+from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout, UnknownCategoryWarning
 from mtlkit.data.schema import FeatureSchema, InputSpec
 from mtlkit.data.splits import DataSplits
 from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
@@ -26,6 +26,8 @@ __all__ = [
     "TabularPreprocessor",
     "TaskColumn",
     "TensorBatchLoader",
+    "UnknownCategoryDropout",
+    "UnknownCategoryWarning",
     "ali_ccp_sample",
     "aliexpress_sample",
     "as_batch",

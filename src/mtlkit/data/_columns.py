@@ -15,7 +15,6 @@ columns (counts by ``np.bincount``, lookups per distinct value), with results id
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor
+from mtlkit.data.preprocessing import (
+    MISSING_VALUES,
+    TabularPreprocessor,
+    first_non_finite,
+    standardisation,
+    standardise,
+)
 from mtlkit.data.schema import CATEGORICAL, NUMERIC
 from mtlkit.errors import DataError
 
@@ -221,14 +226,14 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, CodedColumn], *, s
     for name in pre.numeric:
         col = columns[name]
         x = col.value_floats(column=name, source=source)[col.codes]
+        first_non_finite(x, column=name, source=source)
         x = x[~np.isnan(x)]
         if x.size == 0:
             raise DataError(
                 f"{source}: numeric column {name!r} has no values in the training data; "
                 "drop it or list it as categorical."
             )
-        mean, std = float(x.mean()), float(x.std())
-        stats[name] = (mean, std if std > 0 and math.isfinite(std) else 1.0)
+        stats[name] = standardisation(x)
     pre.vocabularies, pre.stats = vocabularies, stats
 
 
@@ -255,7 +260,8 @@ def transform_coded(
         for j, name in enumerate(pre.numeric):
             col = columns[name]
             mean, std = pre.stats[name]
-            x = (col.value_floats(column=name, source=source) - mean) / std
-            mat[:, j] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)[col.codes]
+            x = col.value_floats(column=name, source=source)[col.codes]
+            first_non_finite(x, column=name, source=source)
+            mat[:, j] = standardise(x, mean, std, column=name, source=source)
         out[NUMERIC] = torch.from_numpy(mat)
     return out

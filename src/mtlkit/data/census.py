@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from mtlkit.data import cache as _cache
+from mtlkit.data._checks import Fraction
 from mtlkit.data._columns import CodedColumn, fit_coded, parse_delimited, transform_coded
 from mtlkit.data.dataset import MultiTaskDataset
-from mtlkit.data.preprocessing import TabularPreprocessor
+from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import (
     DATA_ENV,
     DataFile,
@@ -313,6 +314,7 @@ def census_income(
     n_train: int | None = None,
     some_college: bool = False,
     min_frequency: int = 1,
+    unknown_fraction: Fraction = 0.01,
     split_seed: int = 0,
     cache: bool = True,
     preprocessor: str | None = None,
@@ -327,6 +329,8 @@ def census_income(
         n_train: train on a random subset of this many training rows (quick runs); None = all.
         some_college: count "Some college but no degree" as college (group 2).
         min_frequency: categories seen fewer times in training map to the unknown bucket.
+        unknown_fraction: share of the training categories replaced by the unknown bucket in each
+            epoch (:class:`~mtlkit.data.preprocessing.UnknownCategoryDropout`); 0 turns it off.
         split_seed: seeds the 1:1 validation/test split of the test file and the ``n_train`` subset.
         cache: use the parsed-file cache (:mod:`mtlkit.data.cache`).
         preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
@@ -373,13 +377,14 @@ def census_income(
     tasks = tuple(Task(name=t, kind="binary") for t in task_names)
 
     def dataset(
-        cols: Mapping[str, CodedColumn], ys: Mapping[str, np.ndarray], rows: np.ndarray
+        cols: Mapping[str, CodedColumn], ys: Mapping[str, np.ndarray], rows: np.ndarray, augment: Any = None
     ) -> MultiTaskDataset:
         inputs = transform_coded(pre, {c: cols[c].take(rows) for c in features})
         targets = {t: torch.from_numpy(np.ascontiguousarray(ys[t][rows])) for t in task_names}
-        return MultiTaskDataset(inputs, targets, tasks=tasks)
+        return MultiTaskDataset(inputs, targets, tasks=tasks, augment=augment)
 
-    train = dataset(train_cols, y_train, train_rows)
+    dropout = UnknownCategoryDropout(unknown_fraction) if unknown_fraction else None
+    train = dataset(train_cols, y_train, train_rows, dropout)
     val = dataset(test_cols, y_test, val_rows)
     test = dataset(test_cols, y_test, test_rows)
 

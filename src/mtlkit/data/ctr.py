@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlkit.data._checks import Fraction
 from mtlkit.data.dataset import MultiTaskDataset
-from mtlkit.data.preprocessing import TabularPreprocessor
+from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import DataFile, FileSet, locate, read_csv
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError
@@ -193,6 +194,7 @@ def _build_splits(
     verify: bool,
     task_set: TaskSet,
     min_frequency: int,
+    unknown_fraction: float,
 ) -> DataSplits:
     tasks = ctr_cvr_tasks(task_set)
     names = [f for f in files.values() if f is not None]
@@ -205,7 +207,8 @@ def _build_splits(
     for split, (cols, y_click, y_conv) in tables.items():
         source = str(paths[files[split]])  # type: ignore[index]
         targets = ctr_cvr_targets(y_click, y_conv, source=source)
-        parts[split] = MultiTaskDataset(pre.transform(cols), targets, tasks=tasks)
+        augment = UnknownCategoryDropout(unknown_fraction) if split == "train" and unknown_fraction else None
+        parts[split] = MultiTaskDataset(pre.transform(cols), targets, tasks=tasks, augment=augment)
         counts[split] = {
             "impressions": len(y_click),
             "clicks": int(y_click.sum()),
@@ -230,6 +233,7 @@ def ali_ccp_sample(
     verify: bool = True,
     task_set: TaskSet = "esmm",
     min_frequency: int = 1,
+    unknown_fraction: Fraction = 0.01,
 ) -> DataSplits:
     """Ali-CCP sample (ESMM paper data): 100/50/50 impressions; tasks ctr, ctcvr (trained) and cvr (evaluated only).
 
@@ -243,10 +247,12 @@ def ali_ccp_sample(
         verify: check every file's size and SHA-256.
         task_set: ``"esmm"``, ``"clicked_cvr"`` or ``"funnel"`` (see :func:`ctr_cvr_tasks`).
         min_frequency: categories seen fewer times in training map to the unknown bucket.
+        unknown_fraction: share of the training categories replaced by the unknown bucket in each
+            epoch (:class:`~mtlkit.data.preprocessing.UnknownCategoryDropout`); 0 turns it off.
     """
     files = {"train": "ali_ccp_train_sample.csv", "val": "ali_ccp_val_sample.csv", "test": "ali_ccp_test_sample.csv"}
     columns = (ALI_CCP_SPARSE, ALI_CCP_DENSE, "click", "purchase")
-    return _build_splits(ALI_CCP_SAMPLE, files, *columns, path, download, verify, task_set, min_frequency)
+    return _build_splits(ALI_CCP_SAMPLE, files, *columns, path, download, verify, task_set, min_frequency, unknown_fraction)
 
 
 @DATASETS.register("aliexpress_sample", aliases=("aliexpress",))
@@ -257,6 +263,7 @@ def aliexpress_sample(
     verify: bool = True,
     task_set: TaskSet = "esmm",
     min_frequency: int = 1,
+    unknown_fraction: Fraction = 0.01,
 ) -> DataSplits:
     """AliExpress sample (US search logs): 100/20 impressions; tasks ctr, ctcvr (trained) and cvr (evaluated only).
 
@@ -271,7 +278,9 @@ def aliexpress_sample(
         verify: check every file's size and SHA-256.
         task_set: ``"esmm"``, ``"clicked_cvr"`` or ``"funnel"`` (see :func:`ctr_cvr_tasks`).
         min_frequency: categories seen fewer times in training map to the unknown bucket.
+        unknown_fraction: share of the training categories replaced by the unknown bucket in each
+            epoch (:class:`~mtlkit.data.preprocessing.UnknownCategoryDropout`); 0 turns it off.
     """
     files = {"train": "aliexpress_train_sample.csv", "val": None, "test": "aliexpress_test_sample.csv"}
     columns = (ALIEXPRESS_SPARSE, ALIEXPRESS_DENSE, "click", "conversion")
-    return _build_splits(ALIEXPRESS_SAMPLE, files, *columns, path, download, verify, task_set, min_frequency)
+    return _build_splits(ALIEXPRESS_SAMPLE, files, *columns, path, download, verify, task_set, min_frequency, unknown_fraction)

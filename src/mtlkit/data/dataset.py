@@ -23,7 +23,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     """Features plus per-task targets (and optional label masks), held as tensors.
 
     Args:
-        inputs: ``(N, ...)`` feature tensor, or a dict of named tensors with ``N`` rows each.
+        inputs: ``(N, ...)`` feature tensor, or a dict of named tensors with ``N`` rows each
+            (numpy arrays are accepted and converted).
         targets: ``{task: tensor}`` with ``N`` rows each; NaN (or -1 for class indices) marks a
             missing label.
         masks: optional ``{task: bool tensor}`` (``(N,)`` or the target's shape); False = missing.
@@ -33,6 +34,11 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         augment: optional random batch transform ``augment(inputs, generator) -> inputs`` (e.g.
             :class:`~mtlkit.data.images.RandomFlipCrop`), applied by :class:`TensorBatchLoader` to
             training batches only; indexing the dataset returns the stored inputs unchanged.
+        dtype: the floating dtype of the model that reads the data. Floating inputs and targets
+            of another dtype (float64 numpy arrays, for example) are converted to it, so they
+            reach ``nn.Linear`` in its dtype; integer tensors (category indices, class labels)
+            keep theirs. Default: ``torch.get_default_dtype()`` (float32 unless changed); pass
+            ``torch.float64`` for a model in float64.
 
     Indexing with a tensor of indices gathers a whole :class:`Batch` at once; use
     :class:`TensorBatchLoader`, or torch's ``DataLoader`` with ``collate_fn=mtlkit.data.collate``.
@@ -47,14 +53,20 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         tasks: Sequence[Task] | None = None,
         info: Mapping[str, Any] | None = None,
         augment: BatchAugment | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DataError(f"MultiTaskDataset dtype must be a floating torch dtype; got {dtype!r}.")
         if augment is not None and not callable(augment):
             raise TypeError(
                 f"augment must be callable(inputs, generator) -> inputs; got {type(augment).__name__}."
             )
-        if isinstance(inputs, Tensor):
+        if isinstance(inputs, (Tensor, np.ndarray)):
+            inputs = _as_tensor(inputs, "inputs", dtype)
             n = _rows(inputs, "inputs")
         elif isinstance(inputs, Mapping) and inputs:
+            inputs = {k: _as_tensor(v, f"inputs[{k!r}]", dtype) for k, v in inputs.items()}
             sizes = {k: _rows(v, f"inputs[{k!r}]") for k, v in inputs.items()}
             if len(set(sizes.values())) != 1:
                 raise DataError(f"All input tensors must have the same number of rows; got {sizes}.")
@@ -66,6 +78,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             )
         if not isinstance(targets, Mapping) or not targets:
             raise DataError("targets must be a non-empty dict {task name: tensor}.")
+        targets = {k: _as_tensor(v, f"targets[{k!r}]", dtype) for k, v in targets.items()}
+        if masks:
+            masks = {k: _as_tensor(v, f"masks[{k!r}]", None) for k, v in masks.items()}
         for name, t in {**targets, **(masks or {})}.items():
             if _rows(t, f"targets[{name!r}]") != n:
                 raise DataError(
@@ -82,6 +97,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         self.tasks: tuple[Task, ...] | None = tuple(tasks) if tasks is not None else None
         self.info: dict[str, Any] = dict(info or {})
         self.augment: BatchAugment | None = augment
+        self.dtype: torch.dtype = dtype
         self._n = n
         if self.tasks is not None:
             self.validate(self.tasks)
@@ -129,7 +145,13 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         """A new dataset holding the rows ``index``."""
         b = self.take(torch.as_tensor(index, dtype=torch.long))
         return MultiTaskDataset(
-            b.inputs, b.targets, b.masks, tasks=self.tasks, info=self.info, augment=self.augment
+            b.inputs,
+            b.targets,
+            b.masks,
+            tasks=self.tasks,
+            info=self.info,
+            augment=self.augment,
+            dtype=self.dtype,
         )
 
     def split(self, sizes: Sequence[int], *, seed: int | None = None) -> tuple[MultiTaskDataset, ...]:
@@ -151,7 +173,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         out = MultiTaskDataset.__new__(MultiTaskDataset)
         out.inputs, out.targets, out.masks = b.inputs, b.targets, b.masks
         out.tasks, out.info, out._n = self.tasks, dict(self.info), self._n
-        out.augment = self.augment
+        out.augment, out.dtype = self.augment, self.dtype
         return out
 
     def validate(self, tasks: Sequence[Task]) -> None:
@@ -167,6 +189,20 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"MultiTaskDataset(n={self._n}, features={self.feature_shape}, tasks={list(self.targets)})"
+
+
+def _as_tensor(x: Any, what: str, dtype: torch.dtype | None) -> Any:
+    """A numpy array as a tensor; a floating tensor in ``dtype`` (None: unchanged); others as given."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise DataError(
+                f"{what} must hold numbers; got a numpy array of dtype {x.dtype} (encode strings first, e.g. "
+                "with TabularPreprocessor)."
+            )
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, Tensor) and dtype is not None and x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
+    return x
 
 
 def _rows(t: Any, what: str) -> int:

@@ -10,8 +10,15 @@ into the tensors that the embedding front end reads::
 Categorical columns get a vocabulary of the values seen in training (at least ``min_frequency``
 times), numbered from 1 by decreasing frequency; index 0 is the unknown bucket for unseen, rare
 and missing values. Numeric columns are standardised with the training mean and standard
-deviation; missing values (empty, ``?``, ``NA``, NaN) become 0, the training mean. The fitted
-state is plain JSON (:meth:`state_dict`), so checkpoints and exports carry it.
+deviation; missing values (empty, ``?``, ``NA``, NaN) become 0, the training mean. Infinite
+numeric values are refused (:class:`~mtlkit.errors.DataError` naming the column and the first
+row), so a fitted mean or standard deviation is always finite, also for values near the float64
+limit. The fitted state is plain JSON (:meth:`state_dict`), so checkpoints and exports carry it.
+
+Index 0 only learns when training rows use it: :class:`UnknownCategoryDropout` (the tabular
+loaders' default, 1 % of the training cells per epoch) replaces a random fraction of training
+categories by 0, and :meth:`TabularPreprocessor.unseen_counts` counts the values of new data that
+fall into it (prediction warns with :class:`UnknownCategoryWarning`).
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ from torch import Tensor
 from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema
 from mtlkit.errors import DataError
 
-__all__ = ["MISSING_VALUES", "TabularPreprocessor"]
+__all__ = [
+    "MISSING_VALUES",
+    "TabularPreprocessor",
+    "UnknownCategoryDropout",
+    "UnknownCategoryWarning",
+    "standardisation",
+]
 
 MISSING_VALUES = frozenset({"", "?", "na", "nan", "null", "none"})
 """Raw strings (compared lower-cased, stripped) that mean "no value"."""
@@ -46,6 +59,84 @@ def _as_strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 def _missing(strings: np.ndarray) -> np.ndarray:
     return np.isin(np.char.lower(strings), list(MISSING_VALUES))
+
+
+class UnknownCategoryWarning(UserWarning):
+    """New data holds categories the model never saw in training (they share the unknown bucket 0)."""
+
+
+def standardisation(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of finite float64 values ``x``, both finite for any finite input.
+
+    The values are scaled by their largest magnitude first, so neither the sum nor the squares can
+    overflow (values near 1e308 give a finite mean and spread). A zero or non-finite spread
+    gives 1 (the column is only centred).
+    """
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    if scale == 0.0:
+        return 0.0, 1.0
+    y = x / scale
+    mean, std = float(y.mean()) * scale, float(y.std()) * scale
+    return mean, std if std > 0 and math.isfinite(std) else 1.0
+
+
+def standardise(x: np.ndarray, mean: float, std: float, *, column: str, source: str) -> np.ndarray:
+    """``(x - mean) / std`` as float32 with missing values (NaN) as 0; a finite value whose standard
+    score leaves the float32 range is refused (:class:`DataError` with its row)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = (x - mean) / std
+        over = np.isinf(z)
+        if over.any():  # x - mean overflowed (values near the float64 limit): divide first
+            z[over] = x[over] / std - mean / std
+        out = np.nan_to_num(z, nan=0.0).astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{source}: numeric column {column!r} row {row + 1} holds {float(x[row])!r}, {float(z[row]):.3g} standard "
+            f"deviations from the training mean {mean:.6g} (std {std:.6g}): beyond the float32 range. "
+            "Clean the value or rescale the column (e.g. a log transform)."
+        )
+    return out
+
+
+def first_non_finite(x: np.ndarray, *, column: str, source: str) -> None:
+    """Refuse +-inf in numeric values (NaN is a missing value): :class:`DataError` naming the row."""
+    bad = np.isinf(x)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{source}: numeric column {column!r} holds {float(x[rows[0]])!r} in row {int(rows[0]) + 1}"
+            + (f" ({rows.size} infinite values in all)" if rows.size > 1 else "")
+            + "; numeric features must be finite numbers (blank, NA or NaN mark a missing value). "
+            "Clean the value or leave the cell blank."
+        )
+
+
+class UnknownCategoryDropout:
+    """A training-batch transform: each categorical cell becomes 0 (the unknown bucket) with
+    probability ``fraction``, so the unknown embedding row is trained even when every training
+    value is known.
+
+    Attach it as a dataset's ``augment`` (the tabular loaders do, on the training split only);
+    :class:`~mtlkit.data.TensorBatchLoader` applies it to shuffled (training) batches with a
+    generator seeded from ``(seed, epoch)``, so runs are reproducible and resume exactly.
+    """
+
+    def __init__(self, fraction: float = 0.01) -> None:
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0.0 <= fraction < 1.0:
+            raise DataError(f"unknown_fraction must be a number in [0, 1); got {fraction!r}.")
+        self.fraction = float(fraction)
+
+    def __call__(self, inputs: Any, generator: torch.Generator) -> Any:
+        if not isinstance(inputs, Mapping) or CATEGORICAL not in inputs or self.fraction == 0.0:
+            return inputs
+        codes = inputs[CATEGORICAL]
+        drop = torch.rand(codes.shape, generator=generator) < self.fraction
+        return {**inputs, CATEGORICAL: codes.masked_fill(drop.to(codes.device), 0)}
+
+    def __repr__(self) -> str:
+        return f"UnknownCategoryDropout(fraction={self.fraction})"
 
 
 class TabularPreprocessor:
@@ -96,8 +187,7 @@ class TabularPreprocessor:
                     f"TabularPreprocessor: numeric column {name!r} has no values in the training data; "
                     "drop it or list it as categorical."
                 )
-            mean, std = float(x.mean()), float(x.std())
-            stats[name] = (mean, std if std > 0 and math.isfinite(std) else 1.0)
+            stats[name] = standardisation(x)
         self.vocabularies, self.stats = vocabularies, stats
         return self
 
@@ -134,10 +224,29 @@ class TabularPreprocessor:
             mat = np.zeros((n, len(self.numeric)), dtype=np.float32)
             for j, name in enumerate(self.numeric):
                 mean, std = stats[name]
-                x = (self._numbers(columns[name], name) - mean) / std
-                mat[:, j] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                x = self._numbers(columns[name], name)
+                mat[:, j] = standardise(x, mean, std, column=name, source="TabularPreprocessor")
             out[NUMERIC] = torch.from_numpy(mat)
         return out
+
+    def unseen_counts(self, columns: Columns) -> tuple[dict[str, int], int]:
+        """How many values of each categorical column are present (not missing) but outside the
+        training vocabulary, so that they use the unknown bucket; and how many rows hold any.
+
+        Rare training values cut by ``min_frequency`` count too (they share the bucket)."""
+        vocabularies, _ = self._fitted_state()
+        n = self._check_columns(columns, "unseen_counts")
+        per_column: dict[str, int] = {}
+        any_row = np.zeros(n, dtype=bool)
+        for name in self.categorical:
+            s = _as_strings(columns[name])
+            uniq, inverse = np.unique(s, return_inverse=True)
+            known = set(vocabularies[name])
+            flag = np.array([u not in known for u in uniq.tolist()], dtype=bool) & ~_missing(uniq)
+            hit = flag[inverse.reshape(-1)] if flag.size else np.zeros(n, dtype=bool)
+            per_column[name] = int(hit.sum())
+            any_row |= hit
+        return per_column, int(any_row.sum())
 
     def fit_transform(self, columns: Columns) -> dict[str, Tensor]:
         return self.fit(columns).transform(columns)
@@ -212,17 +321,21 @@ class TabularPreprocessor:
     def _numbers(values: Sequence[Any] | np.ndarray, name: str) -> np.ndarray:
         arr = np.asarray(values)
         if arr.dtype.kind in "biuf":
-            return arr.astype(np.float64)
+            out = arr.astype(np.float64)
+            first_non_finite(out, column=name, source="TabularPreprocessor")
+            return out
         s = np.char.strip(arr.astype(str))
         s = np.where(_missing(s), "nan", s)
         try:
-            return s.astype(np.float64)
+            out = s.astype(np.float64)
         except ValueError:
             bad = next(v for v in s.tolist() if not _is_float(v))
             raise DataError(
                 f"TabularPreprocessor: numeric column {name!r} holds a non-numeric value {bad!r}; "
                 "list the column as categorical, or clean the data."
             ) from None
+        first_non_finite(out, column=name, source="TabularPreprocessor")
+        return out
 
 
 def _is_float(v: str) -> bool:

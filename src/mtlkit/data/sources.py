@@ -262,31 +262,55 @@ def read_csv(
         delimiter: field separator.
         skipinitialspace: strip the blanks after each separator (census-income uses ``", "``).
 
+    A UTF-8 byte-order mark (as spreadsheet programs write) is dropped, and header names are
+    stripped of surrounding blanks.
+
     Raises:
-        DataError: the file is unreadable, empty, or a row has the wrong number of fields.
+        DataError: the file is unreadable, empty, has two columns of the same name, or a row has
+            the wrong number of fields.
     """
-    with open_text(path) as fh:
+    with open_text(path, encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=skipinitialspace)
-        rows = [r for r in reader if r and any(c.strip() for c in r)]
+        rows, lines = [], []  # lines[i]: the (last) line number of rows[i], blank lines counted
+        for r in reader:
+            if r and any(c.strip() for c in r):
+                rows.append(r)
+                lines.append(reader.line_num)
     if header:
         if not rows:
             raise DataError(f"{path} is empty; expected a CSV header row.")
-        head, rows = rows[0], rows[1:]
+        head, rows, lines = rows[0], rows[1:], lines[1:]
         cols = list(names) if names is not None else [h.strip() for h in head]
     else:
         if names is None:
             raise DataError(f"read_csv({path}): a file without a header needs names=.")
         cols = list(names)
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup:
+        raise DataError(
+            f"{path} has several columns named {', '.join(map(repr, dup))}; column names must be unique "
+            "(which one to use would be a guess). Rename or remove the duplicates in the header row."
+        )
     width = len(cols)
     for i, r in enumerate(rows):
         if len(r) != width:
-            line = i + (2 if header else 1)
             raise DataError(
-                f"{path}, line {line}: {len(r)} fields, expected {width} ({', '.join(cols[:5])}...). "
-                "The file is truncated or not in the expected format."
+                f"{path}, line {lines[i]}: {len(r)} fields, expected {width} ({', '.join(cols[:5])}...). "
+                f"The file is truncated, not in the expected format, or its separator is not {delimiter!r}"
+                f"{delimiter_hint(cols, delimiter)}."
             )
     # column by column: each array is only as wide as its own longest string
     return {c: np.array([r[j] for r in rows], dtype=str) for j, c in enumerate(cols)}
+
+
+def delimiter_hint(header: Sequence[str], delimiter: str) -> str:
+    """`` (it looks like ';': set delimiter: ';')`` when a one-column header holds another separator."""
+    if len(header) != 1:
+        return ""
+    for sep in (";", "\t", "|", ","):
+        if sep != delimiter and sep in header[0]:
+            return f" (the header looks {sep!r}-separated: set delimiter: {sep!r})"
+    return ""
 
 
 def columns_as_float(columns: Mapping[str, np.ndarray], names: Sequence[str], *, source: str) -> np.ndarray:

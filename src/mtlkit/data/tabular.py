@@ -19,6 +19,15 @@ the training rows only (categorical vocabularies with an unknown bucket, standar
 columns), which is returned as ``DataSplits.preprocessor`` and saved with trained models.
 Labels: a blank or NaN label is missing (the sample does not count for that task); samples
 without any label are left out. Parquet needs ``pyarrow`` (``pip install 'mtlkit[parquet]'``).
+
+Input rules (each refused with a :class:`~mtlkit.errors.DataError` naming the file, the column,
+the data row and the fix; see ``docs/datasets.md``): a file with no data rows, two columns of
+the same name, a configured column the file lacks (listed with ``repr`` and the closest match),
+non-numeric or infinite numeric features, non-finite regression labels, labels outside a
+task's classes, a task without any label in a split, and splits too small (fewer than 2
+training rows, or a held-out fraction that holds out no row). A UTF-8 byte-order mark is
+ignored. The training split replaces ``unknown_fraction`` (1 %) of its categorical cells by the
+unknown bucket in each epoch, so the embedding of unseen values is trained.
 """
 
 from __future__ import annotations
@@ -32,11 +41,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
+from mtlkit.data._checks import (
+    MIN_TRAIN_ROWS,
+    SPLIT_NAMES,
+    Fraction,
+    Origin,
+    check_numeric,
+    check_split_sizes,
+    check_task_labels,
+)
 from mtlkit.data.dataset import MultiTaskDataset
-from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor
-from mtlkit.data.sources import read_csv
+from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
+from mtlkit.data.sources import delimiter_hint, read_csv
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import DataError
+from mtlkit.errors import DataError, did_you_mean
 from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
 
@@ -70,7 +88,9 @@ def read_table(path: str | Path, columns: Sequence[str], *, delimiter: str = ","
     everything else into strings (nulls as ``""``).
 
     Raises:
-        DataError: the file is missing, unreadable, or lacks a column.
+        DataError: the file is missing, unreadable, empty, has no data rows, has two columns of
+            the same name, or lacks a column (the message lists the file's columns with ``repr``,
+            so invisible characters show, and the closest match).
         ImportError: a Parquet file without pyarrow installed.
     """
     p = Path(path).expanduser()
@@ -79,16 +99,26 @@ def read_table(path: str | Path, columns: Sequence[str], *, delimiter: str = ","
             f"{p}: no such data file. Check the path in the data section (relative to the working directory)."
         )
     if p.suffix.lower() in (".parquet", ".pq"):
-        table = _read_parquet(p, columns)
+        table, names = _read_parquet(p, columns)
     else:
         table = read_csv(p, delimiter=delimiter)
+        names = list(table)
     absent = [c for c in columns if c not in table]
     if absent:
-        raise DataError(f"{p} has no column(s) {absent}; its columns are: {', '.join(table)}.")
+        hints = "".join(
+            did_you_mean(c, names).replace(" Did you mean", f" For {c!r}, did you mean") for c in absent
+        )
+        raise DataError(
+            f"{p} has no column(s) {', '.join(map(repr, absent))}.{hints} Its columns are: "
+            f"{', '.join(map(repr, names))}{delimiter_hint(names, delimiter)}."
+        )
+    if columns and len(table[columns[0]]) == 0:
+        raise DataError(f"{p} has a header but no data rows; it holds nothing to train or evaluate on.")
     return {c: table[c] for c in columns}
 
 
-def _read_parquet(path: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+def _read_parquet(path: Path, columns: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The wanted ``columns`` that the file has, and the names of all its columns."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -99,6 +129,12 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
         ) from None
     try:
         schema = pq.read_schema(path)
+        dup = sorted({c for c in schema.names if schema.names.count(c) > 1})
+        if dup:
+            raise DataError(
+                f"{path} has several columns named {', '.join(map(repr, dup))}; column names must be unique. "
+                "Rename or remove the duplicates."
+            )
         wanted = [c for c in columns if c in schema.names]
         table = pq.read_table(path, columns=wanted)
     except (OSError, pa.ArrowException) as exc:
@@ -112,7 +148,7 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
             out[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
         else:
             out[name] = np.asarray(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)
-    return out
+    return out, list(schema.names)
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -139,22 +175,41 @@ def _canonical_number(v: str) -> str | None:
 
 
 def _encode_labels(
-    name: str, spec: TaskColumn, splits: Mapping[str, np.ndarray], source: str
+    name: str, spec: TaskColumn, splits: Mapping[str, np.ndarray], origins: Mapping[str, Origin]
 ) -> tuple[dict[str, torch.Tensor], Task, dict[str, Any]]:
-    """Targets per split (NaN / -1 = missing), the Task and facts about the labels."""
+    """Targets per split (NaN / -1 = missing), the Task and facts about the labels.
+
+    Errors name the file and data row a bad label comes from (``origins``)."""
     missing = {s: _missing(v) for s, v in splits.items()}
     info: dict[str, Any] = {"column": spec.column, "kind": spec.kind}
+    train_file = origins["train"].file
     if spec.kind == "regression":
         out = {}
         for s, v in splits.items():
             x = np.full(v.shape[0], np.nan)
-            ok = ~missing[s]
+            ok = np.flatnonzero(~missing[s])
             try:
                 x[ok] = v[ok].astype(np.float64)
             except ValueError:
+                i = next(int(i) for i in ok if _canonical_number(str(v[i])) is None)
                 raise DataError(
-                    f"{source} ({s}): task {name!r} is a regression but column {spec.column!r} holds non-numeric labels."
+                    f"{origins[s].file}: task {name!r} is a regression but its column {spec.column!r} holds the "
+                    f"non-numeric label {str(v[i])!r} in {origins[s].row(i)}. Clean the label, leave it blank "
+                    "(missing), or declare the task binary/multiclass."
                 ) from None
+            inf = np.flatnonzero(np.isinf(x))
+            if inf.size:
+                i = int(inf[0])
+                raise DataError(
+                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {float(x[i])!r} in "
+                    f"{origins[s].row(i)}; regression labels must be finite numbers (blank = missing)."
+                )
+            if np.any(np.abs(x[ok]) > np.finfo(np.float32).max):
+                i = int(ok[np.flatnonzero(np.abs(x[ok]) > np.finfo(np.float32).max)[0]])
+                raise DataError(
+                    f"{origins[s].file}: task {name!r} (column {spec.column!r}) has the label {float(x[i])!r} in "
+                    f"{origins[s].row(i)}, beyond the float32 range of the model; rescale the column."
+                )
             out[s] = torch.from_numpy(x.astype(np.float32))
         return out, Task(name=name, kind="regression"), info
     strings = {s: _label_strings(v) for s, v in splits.items()}
@@ -172,25 +227,36 @@ def _encode_labels(
             classes = sorted(np.unique(train_present).tolist())
     if spec.kind == "binary" and len(classes) != 2:
         raise DataError(
-            f"{source}: task {name!r} is binary, so classes must list 2 values; got {spec.classes}."
+            f"{train_file}: task {name!r} is binary, so classes must list 2 values; got {spec.classes}."
         )
     if spec.kind == "multiclass" and spec.num_classes is not None and spec.num_classes != len(classes):
         raise DataError(
-            f"{source}: task {name!r} has num_classes={spec.num_classes} but {len(classes)} classes {classes[:10]}."
+            f"{train_file}: task {name!r} has num_classes={spec.num_classes} but {len(classes)} classes "
+            f"{classes[:10]}."
         )
     if spec.kind == "multiclass" and len(classes) < 2:
-        raise DataError(f"{source}: task {name!r} has fewer than 2 classes in the training data ({classes}).")
+        raise DataError(
+            f"{train_file}: task {name!r} (column {spec.column!r}) has fewer than 2 classes in the training "
+            f"rows ({classes}); a multiclass task needs at least 2. List them with classes: [...], or make the "
+            "task binary."
+        )
     index = {c: i for i, c in enumerate(classes)}
     out = {}
     for s, v in strings.items():
         codes = np.array([index.get(x, -2) for x in v.tolist()], dtype=np.int64)
         codes[missing[s]] = -1
-        unknown = codes == -2
-        if unknown.any():
+        unknown = np.flatnonzero(codes == -2)
+        if unknown.size:
             bad = sorted(set(v[unknown].tolist()))[:5]
+            learned = (
+                "its classes"
+                if spec.classes is not None or spec.kind == "binary"
+                else f"the classes found in the training file {train_file}"
+            )
             raise DataError(
-                f"{source} ({s}): task {name!r} (column {spec.column!r}) has labels {bad} outside its classes "
-                f"{classes[:10]}{'...' if len(classes) > 10 else ''}. "
+                f"{origins[s].file} ({SPLIT_NAMES[s]} data): task {name!r} (column {spec.column!r}) has labels "
+                f"{bad} outside {learned} {classes[:10]}{'...' if len(classes) > 10 else ''} (first in "
+                f"{origins[s].row(int(unknown[0]))}). "
                 + (
                     "List every class in classes: [...]."
                     if spec.kind == "multiclass" or spec.classes is not None
@@ -220,11 +286,12 @@ def tabular(
     categorical: Sequence[str] = (),
     val: str | None = None,
     test: str | None = None,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
+    val_fraction: Fraction = 0.0,
+    test_fraction: Fraction = 0.0,
     split_seed: int = 0,
     delimiter: str = ",",
     min_frequency: int = 1,
+    unknown_fraction: Fraction = 0.01,
     preprocessor: str | None = None,
 ) -> DataSplits:
     """Your CSV / Parquet files: named numeric and categorical feature columns, one label column per task.
@@ -241,6 +308,10 @@ def tabular(
         split_seed: seeds the held-out rows.
         delimiter: CSV field separator.
         min_frequency: categories seen fewer times in training map to the unknown bucket.
+        unknown_fraction: share of the training split's categorical cells replaced by the unknown
+            bucket in each epoch (:class:`~mtlkit.data.preprocessing.UnknownCategoryDropout`,
+            seeded by the trainer's seed and the epoch), so the embedding used for unseen values
+            is trained; 0 turns it off.
         preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
             to use instead of fitting one.
     """
@@ -257,6 +328,13 @@ def tabular(
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
     features = [*categorical, *numeric]
+    dup = sorted({c for c in features if features.count(c) > 1})
+    if dup:
+        raise DataError(
+            f"tabular: feature column(s) {dup} are listed more than once (in categorical and/or numeric); "
+            "list each column once, as categorical or as numeric."
+        )
+    UnknownCategoryDropout(unknown_fraction)  # checks the value
     overlap = sorted({s.column for s in specs.values()} & set(features))
     if overlap:
         raise DataError(
@@ -271,54 +349,73 @@ def tabular(
         raise DataError("tabular: val_fraction + test_fraction must leave training rows (sum < 1).")
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
     wanted = list(dict.fromkeys([*features, *label_columns]))
+    files = {"train": str(train), "val": val, "test": test}
     frames = {"train": read_table(train, wanted, delimiter=delimiter)}
-    for what, file in (("val", val), ("test", test)):
-        if file is not None:
-            frames[what] = read_table(file, wanted, delimiter=delimiter)
+    for what in ("val", "test"):
+        if files[what] is not None:
+            frames[what] = read_table(files[what], wanted, delimiter=delimiter)
+    origins = {s: Origin(str(files[s]), np.arange(len(f[wanted[0]]))) for s, f in frames.items()}
+    for s, f in frames.items():
+        for c in numeric:
+            check_numeric(f[c], column=c, origin=origins[s])
     n = len(frames["train"][wanted[0]])
     perm = np.random.default_rng(split_seed).permutation(n)
     n_val, n_test = round(val_fraction * n), round(test_fraction * n)
+    check_split_sizes(
+        n,
+        train=str(train),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        n_val=n_val,
+        n_test=n_test,
+    )
     held = {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val : n_val + n_test])}
     train_rows = np.sort(perm[n_val + n_test :])
-    for what in ("val", "test"):
-        if what not in frames and len(held[what]):
-            frames[what] = {c: v[held[what]] for c, v in frames["train"].items()}
+    held_out = [what for what in ("val", "test") if what not in frames and len(held[what])]
+    for what in held_out:
+        frames[what] = {c: v[held[what]] for c, v in frames["train"].items()}
+        origins[what] = Origin(str(train), held[what])
     frames["train"] = {c: v[train_rows] for c, v in frames["train"].items()}
+    origins["train"] = Origin(str(train), train_rows)
 
     targets: dict[str, dict[str, torch.Tensor]] = {s: {} for s in frames}
     task_list: list[Task] = []
     label_info: dict[str, Any] = {}
     for name, spec in specs.items():
         per_split, task, info = _encode_labels(
-            name, spec, {s: f[spec.column] for s, f in frames.items()}, source=str(train)
+            name, spec, {s: f[spec.column] for s, f in frames.items()}, origins
         )
         task_list.append(task)
         label_info[name] = info
         for s, t in per_split.items():
             targets[s][name] = t
     task_tuple = tuple(task_list)
-
-    def labelled(split: str) -> np.ndarray:
-        present = [
-            ~torch.isnan(t).numpy() if t.is_floating_point() else (t >= 0).numpy()
-            for t in targets[split].values()
-        ]
-        return np.flatnonzero(np.any(np.stack(present), axis=0))
-
-    keep = {s: labelled(s) for s in frames}
+    present = {
+        s: {k: ~torch.isnan(t).numpy() if t.is_floating_point() else (t >= 0).numpy() for k, t in ts.items()}
+        for s, ts in targets.items()
+    }
+    check_task_labels(present, {k: v.column for k, v in specs.items()}, origins, held_out)
+    keep = {s: np.flatnonzero(np.any(np.stack(list(p.values())), axis=0)) for s, p in present.items()}
+    if len(keep["train"]) < MIN_TRAIN_ROWS:
+        raise DataError(
+            f"{train}: only {len(keep['train'])} training row(s) have a label for any task; training needs at "
+            f"least {MIN_TRAIN_ROWS}. Fill in labels, or add rows."
+        )
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical, numeric=numeric)
     else:
         pre = TabularPreprocessor(categorical=categorical, numeric=numeric, min_frequency=min_frequency)
         pre.fit({c: frames["train"][c][keep["train"]] for c in features})
+    augment = UnknownCategoryDropout(unknown_fraction) if categorical and unknown_fraction > 0 else None
     datasets: dict[str, MultiTaskDataset | None] = {"val": None, "test": None}
     for s, rows in keep.items():
-        if not len(rows):
-            if s == "train":
-                raise DataError(f"tabular: no training row of {train} has a label for any task.")
-            continue
         inputs = pre.transform({c: frames[s][c][rows] for c in features})
-        datasets[s] = MultiTaskDataset(inputs, {k: v[rows] for k, v in targets[s].items()}, tasks=task_tuple)
+        datasets[s] = MultiTaskDataset(
+            inputs,
+            {k: v[rows] for k, v in targets[s].items()},
+            tasks=task_tuple,
+            augment=augment if s == "train" else None,
+        )
     info = {
         "dataset": "tabular",
         "files": {"train": str(train), "val": val, "test": test},

@@ -59,8 +59,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, x: Inputs, *, parts: bool = False) -> dict[str, Tensor] | ForwardParts:
         """The predictions ``{task: output}``; ``parts=True`` gives the whole :class:`ForwardParts`
         (for wrappers such as DistributedDataParallel that only call ``forward``)."""
-        p = self.forward_parts(x)
-        return p if parts else p.outputs
+        return self.forward_parts(x) if parts else self._forward(x)[0]
 
     def forward_parts(self, x: Inputs, *, representation: bool = False) -> ForwardParts:
         """Outputs, auxiliary losses and (with ``representation=True``) the shared representation.
@@ -85,7 +84,10 @@ class MultiTaskModel(nn.Module):
 
     # ------------------------------------------------------------------ hooks
     def _forward(self, x: Inputs) -> Decoded:
-        """``(outputs, aux)`` of the plain forward pass (default: :meth:`_encode` then :meth:`_decode`)."""
+        """``(outputs, aux)`` of the plain forward pass (default: :meth:`_encode` then :meth:`_decode`;
+        a subclass that overrides ``forward(x) -> {task: output}`` itself has no auxiliary losses)."""
+        if _overrides_forward(self):
+            return _outputs_only(self, self.forward(x)), {}
         if not self.has_representation:
             raise NotImplementedError(f"{type(self).__name__} must implement _forward(x) or _encode/_decode.")
         return self._decode(*self._encode(x))
@@ -128,14 +130,26 @@ def forward_parts(model: nn.Module, x: Inputs, *, representation: bool = False) 
     (DistributedDataParallel) the parts come through ``forward(x, parts=True)``, so the wrapper's
     hooks see the pass; ``representation=True`` goes to the wrapped model directly (gradient-level
     methods reduce their gradients themselves). Any other module returning ``{output: tensor}``
-    has no auxiliary losses and no representation.
+    (or a MultiTaskModel that overrides ``forward`` itself) has no auxiliary losses and no
+    representation.
     """
     if isinstance(model, MultiTaskModel):
         return model.forward_parts(x, representation=representation)
     core = getattr(model, "module", None)
     if isinstance(core, MultiTaskModel):
-        return core.forward_parts(x, representation=True) if representation else model(x, parts=True)
-    out = model(x)
+        if representation:
+            return core.forward_parts(x, representation=True)
+        if not _overrides_forward(core):
+            return model(x, parts=True)
+    return ForwardParts(_outputs_only(model, model(x)), {}, None)
+
+
+def _overrides_forward(model: MultiTaskModel) -> bool:
+    return type(model).forward is not MultiTaskModel.forward
+
+
+def _outputs_only(model: nn.Module, out: object) -> dict[str, Tensor]:
+    """A model's output dict, checked: a dict, and no auxiliary losses mixed into it."""
     if not isinstance(out, Mapping):
         raise ShapeError(f"The model must return a dict {{task: output}}; got {type(out).__name__}.")
     stale = [k for k in out if isinstance(k, str) and k.startswith("aux/")]
@@ -145,7 +159,7 @@ def forward_parts(model: nn.Module, x: Inputs, *, representation: bool = False) 
             "from the output dict: subclass mtlkit.models.MultiTaskModel and return them from _forward "
             "(or _decode) as the second element."
         )
-    return ForwardParts(dict(out), {}, None)
+    return dict(out)
 
 
 def params_of(*modules: nn.Module | None) -> list[nn.Parameter]:

@@ -1,10 +1,15 @@
-"""Building blocks: MLPs, a batched bank of MLP experts and softmax gates."""
+"""Building blocks: MLPs, a batched bank of MLP experts, softmax gates, and the one activation table.
+
+The batched evaluation of several blocks at once (towers, expert banks, gates) lives in
+:mod:`mtlkit.models._kernels`.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,45 +17,42 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ShapeError
 
-__all__ = ["ACTIVATIONS", "MLP", "ExpertMLPs", "SoftmaxGates", "make_activation"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ExpertMLPs", "SoftmaxGate", "SoftmaxGates", "make_activation"]
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "identity": nn.Identity,
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation in its three forms: a module class (for ``nn.Sequential`` layers), a function,
+    and an in-place function (None where autograd or torch has none)."""
+
+    module: Callable[[], nn.Module]
+    function: Callable[[Tensor], Tensor]
+    inplace: Callable[[Tensor], Tensor] | None = None
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(nn.ReLU, F.relu, torch.relu_),
+    "gelu": Activation(nn.GELU, F.gelu),
+    "silu": Activation(nn.SiLU, F.silu),
+    "tanh": Activation(nn.Tanh, torch.tanh, torch.tanh_),
+    "sigmoid": Activation(nn.Sigmoid, torch.sigmoid, torch.sigmoid_),
+    "leaky_relu": Activation(nn.LeakyReLU, F.leaky_relu, F.leaky_relu_),
+    "elu": Activation(nn.ELU, F.elu, F.elu_),
+    "identity": Activation(nn.Identity, lambda t: t),
 }
-
-_FUNCTIONAL: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "silu": F.silu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "leaky_relu": F.leaky_relu,
-    "elu": F.elu,
-    "identity": lambda t: t,
-}
+"""Every activation a block accepts, by name."""
 
 
-_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": torch.relu_,
-    "tanh": torch.tanh_,
-    "sigmoid": torch.sigmoid_,
-    "leaky_relu": F.leaky_relu_,
-    "elu": F.elu_,
-}
+def resolve_activation(name: str) -> Activation:
+    """The :class:`Activation` called ``name``; a clear error naming the choices otherwise."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
+    return ACTIVATIONS[name]
 
 
 def make_activation(name: str) -> nn.Module:
     """An activation module by name (one of :data:`ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {name!r}.")
-    return ACTIVATIONS[name]()
+    return resolve_activation(name).module()
 
 
 def _dims(dims: Sequence[int], what: str) -> tuple[int, ...]:
@@ -101,6 +103,7 @@ class MLP(nn.Module):
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"MLP in_features must be an int >= 1; got {in_features!r}.")
         hidden = _dims(hidden_dims, "MLP hidden_dims")
+        act = resolve_activation(activation)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
         if out_features is None and not hidden:
@@ -108,7 +111,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), make_activation(activation)]
+            layers += [nn.Linear(width, h), act.module()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
@@ -117,6 +120,7 @@ class MLP(nn.Module):
             width = int(out_features)
         self.net = nn.Sequential(*layers)
         self.in_features, self.out_features = in_features, width
+        self.hidden_dims, self.activation, self.dropout = hidden, activation, float(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(_check_input(x, self.in_features, "MLP"))
@@ -148,17 +152,13 @@ class ExpertMLPs(nn.Module):
         dims = _dims(hidden_dims, "expert hidden_dims")
         if not dims:
             raise ValueError("expert hidden_dims needs at least one layer width.")
-        if activation not in _FUNCTIONAL:
-            raise ValueError(
-                f"activation must be one of {', '.join(map(repr, _FUNCTIONAL))}; got {activation!r}."
-            )
+        act = resolve_activation(activation)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
         self.num_experts, self.in_features, self.hidden_dims = num_experts, in_features, dims
         self.out_features = dims[-1]
         self.activation, self.dropout = activation, dropout
-        self._act = _FUNCTIONAL[activation]
-        self._act_ = _INPLACE.get(activation)
+        self._act, self._act_ = act.function, act.inplace
         E = num_experts
         # first layer stored (in, E, h): viewed as one (in, E*h) matrix
         self.weight0 = nn.Parameter(torch.empty(in_features, E, dims[0]))
@@ -267,9 +267,6 @@ class SoftmaxGates(nn.Module):
         return {n: g[..., i, :] for i, n in enumerate(self.names)}
 
 
-__all__ += ["SoftmaxGate", "can_group_experts", "grouped_expert_outputs"]
-
-
 class SoftmaxGate(nn.Linear):
     """One linear softmax gate, ``softmax(W x + b)`` over ``out_features`` experts.
 
@@ -279,308 +276,3 @@ class SoftmaxGate(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(super().forward(_check_input(x, self.in_features, "Gate")), dim=-1)
-
-
-def can_group_experts(banks: Sequence[nn.Module]) -> bool:
-    """True when ``banks`` are :class:`ExpertMLPs` of one shape (input width, layer widths,
-    activation, dropout), so :func:`grouped_expert_outputs` can evaluate them as one bank."""
-    if not banks or not all(isinstance(b, ExpertMLPs) for b in banks):
-        return False
-    first = banks[0]
-    return all(
-        (b.in_features, b.hidden_dims, b.activation, b.dropout)
-        == (first.in_features, first.hidden_dims, first.activation, first.dropout)
-        for b in banks
-    )
-
-
-def grouped_expert_outputs(banks: Sequence[ExpertMLPs], inputs: Tensor | Sequence[Tensor]) -> Tensor:
-    """Several :class:`ExpertMLPs` banks evaluated as one batched bank.
-
-    Each bank keeps its own parameters (so that, e.g., each task can own its experts); their
-    weights are concatenated for the call, which copies weights but never activations, and
-    every layer of all banks is then one matrix product (see :class:`ExpertMLPs`).
-
-    Args:
-        banks: compatible banks (:func:`can_group_experts`), ``E = sum of num_experts``.
-        inputs: one ``(N, in)`` tensor read by every bank, or one ``(N, in)`` tensor per bank
-            (bank ``g``'s experts read ``inputs[g]``).
-
-    Returns:
-        ``(N, E, D)``: the experts of ``banks[0]`` first, then those of ``banks[1]``, ...
-    """
-    if not can_group_experts(banks):
-        raise ValueError(
-            "grouped_expert_outputs needs ExpertMLPs banks of one shape (widths, activation, dropout)."
-        )
-    first = banks[0]
-    per_bank = not isinstance(inputs, Tensor)
-    if per_bank and len(inputs) != len(banks):
-        raise ValueError(
-            f"grouped_expert_outputs needs one input per bank ({len(banks)}); got {len(inputs)}."
-        )
-    if len(banks) == 1:
-        return first(inputs[0] if per_bank else inputs)  # type: ignore[index,arg-type]
-    d = first.in_features
-    sizes = [b.num_experts for b in banks]
-    E, h0 = sum(sizes), first.hidden_dims[0]
-    w0 = torch.cat([b.weight0 for b in banks], dim=1)  # (in, E, h0)
-    b0 = torch.cat([b.bias0 for b in banks])  # (E, h0)
-    if per_bank:
-        xs = [_check_input(x, d, "ExpertMLPs") for x in inputs]  # type: ignore[union-attr]
-        lead = xs[0].shape[:-1]
-        if any(x.shape != xs[0].shape for x in xs):
-            raise ShapeError(
-                f"grouped_expert_outputs needs inputs of one shape; got {[tuple(x.shape) for x in xs]}."
-            )
-        # expert-major input: every expert reads its own bank's input (one copy of the inputs)
-        x_e = torch.cat([x.reshape(1, -1, d).expand(n, -1, -1) for x, n in zip(xs, sizes)])
-        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x_e, w0.transpose(0, 1)))
-    else:
-        x = _check_input(inputs, d, "ExpertMLPs")  # type: ignore[arg-type]
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, d)
-        if len(first.hidden_dims) == 1:
-            h = torch.addmm(b0.reshape(-1), x2, w0.reshape(d, E * h0))
-            return first._activate(h).reshape(*lead, E, h0)
-        h = first._activate(torch.baddbmm(b0.unsqueeze(1), x2.expand(E, *x2.shape), w0.transpose(0, 1)))
-    for i in range(len(first.weights)):
-        w = torch.cat([b.weights[i] for b in banks])
-        bias = torch.cat([b.biases[i] for b in banks])
-        h = first._activate(torch.baddbmm(bias.unsqueeze(1), h, w))
-    return h.transpose(0, 1).reshape(*lead, E, first.out_features)
-
-
-__all__ += [
-    "batch_towers",
-    "can_group_mlps",
-    "grouped_mlp_outputs",
-    "grouped_mlp_stacked",
-    "stacked_tower_outputs",
-    "tower_outputs",
-]
-
-
-def can_group_mlps(mlps: Sequence[nn.Module]) -> bool:
-    """True when ``mlps`` are :class:`MLP` s of one shape (input width, hidden widths, activation,
-    dropout); their final output widths may differ."""
-    if not mlps or not all(isinstance(m, MLP) for m in mlps):
-        return False
-    seqs = [list(m.net) for m in mlps]
-    first = seqs[0]
-    if any(len(s) != len(first) for s in seqs):
-        return False
-    for i, mod in enumerate(first):
-        for other in (s[i] for s in seqs[1:]):
-            if type(other) is not type(mod):
-                return False
-            if isinstance(mod, nn.Linear):
-                last = i == len(first) - 1
-                if other.in_features != mod.in_features or (
-                    other.out_features != mod.out_features and not last
-                ):
-                    return False
-                if (mod.bias is None) != (other.bias is None):
-                    return False
-            elif repr(other) != repr(mod):
-                return False
-    return True
-
-
-def _stacked_layer_weights(layers: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """``(K, in, width)`` weights and ``(K, 1, width)`` biases of ``K`` linear layers, zero-padded
-    to the widest output (only the final layers of grouped MLPs may differ in width)."""
-    width = max(lin.out_features for lin in layers)
-
-    def padded(t: Tensor, n: int) -> Tensor:  # no pad op where the width is already the widest
-        return t if n == width else F.pad(t, (0, 0, 0, width - n) if t.ndim == 2 else (0, width - n))
-
-    w = torch.stack([padded(lin.weight, lin.out_features) for lin in layers])
-    if layers[0].bias is None:
-        return w.transpose(1, 2), None
-    b = torch.stack([padded(lin.bias, lin.out_features) for lin in layers])  # type: ignore[arg-type]
-    return w.transpose(1, 2), b.unsqueeze(1)
-
-
-def _grouped_layers(seqs: Sequence[Sequence[nn.Module]], start: int, h: Tensor) -> Tensor:
-    """Layers ``start..`` of grouped MLPs (``seqs``: their ``net`` modules) on ``(K, N, d)``: every
-    linear layer is one batched product, every activation / dropout one call."""
-    for i in range(start, len(seqs[0])):
-        mod = seqs[0][i]
-        if not isinstance(mod, nn.Linear):
-            h = mod(h)  # the activation / dropout, the same for every MLP
-            continue
-        w, b = _stacked_layer_weights([s[i] for s in seqs])  # type: ignore[misc]
-        h = torch.bmm(h, w) if b is None else torch.baddbmm(b, h, w)
-    return h
-
-
-def _split_outputs(h: Tensor, widths: Sequence[int]) -> list[Tensor]:
-    """``(K, N, max width)`` -> ``K`` tensors ``(N, widths[k])``; one unbind, so that the backward
-    pass stacks the gradients once instead of filling a zero tensor per output."""
-    return [o if n == o.shape[-1] else o[:, :n] for o, n in zip(h.unbind(0), widths)]
-
-
-def grouped_mlp_stacked(mlps: Sequence[MLP], h: Tensor) -> Tensor:
-    """Grouped :class:`MLP` s on stacked inputs: ``(K, N, in)`` -> ``(K, N, max out)``.
-
-    Row ``k`` of the result is ``mlps[k](h[k])``, zero-padded to the widest output. ``h`` may be a
-    strided view (e.g. ``(N, K, D).transpose(0, 1)``); it is not copied.
-    """
-    if not can_group_mlps(mlps):
-        raise ValueError("grouped_mlp_stacked needs MLPs of one shape (widths, activation, dropout).")
-    if (
-        not isinstance(h, Tensor)
-        or h.ndim != 3
-        or h.shape[0] != len(mlps)
-        or h.shape[2] != mlps[0].in_features
-    ):
-        got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
-        raise ShapeError(
-            f"grouped_mlp_stacked needs ({len(mlps)}, N, {mlps[0].in_features}) inputs (one row per MLP); got {got}."
-        )
-    return _grouped_layers([list(m.net) for m in mlps], 0, h)
-
-
-def grouped_mlp_outputs(mlps: Sequence[MLP], inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """Several :class:`MLP` s (e.g. one tower per task) evaluated together.
-
-    Each MLP keeps its own parameters; their weights are stacked for the call (the final layers
-    zero-padded to the widest output) and every layer is one matrix product over the MLPs. When
-    every MLP reads the same input, the first layer is one ``(N, in) x (in, K*h)`` product over
-    the concatenated weights (the input is not repeated), as in :class:`ExpertMLPs`.
-
-    Args:
-        mlps: compatible MLPs (:func:`can_group_mlps`).
-        inputs: one ``(N, in)`` tensor read by every MLP, or one ``(N, in)`` tensor per MLP, all of
-            one shape.
-
-    Returns:
-        ``mlps[i](x_i)`` for every ``i``.
-    """
-    if not can_group_mlps(mlps):
-        raise ValueError("grouped_mlp_outputs needs MLPs of one shape (widths, activation, dropout).")
-    widths = [m.out_features for m in mlps]
-    seqs = [list(m.net) for m in mlps]
-    if isinstance(inputs, Tensor):
-        x = _check_input(inputs, mlps[0].in_features, "MLP")
-        if x.ndim != 2:
-            raise ShapeError(f"grouped_mlp_outputs needs (N, in) inputs; got {tuple(x.shape)}.")
-        first: list[nn.Linear] = [s[0] for s in seqs]  # type: ignore[misc]
-        w = torch.cat([lin.weight for lin in first])
-        b = torch.cat([lin.bias for lin in first]) if first[0].bias is not None else None
-        out = F.linear(x, w, b)  # (N, sum of first widths)
-        if len(seqs[0]) == 1:  # a single (output) layer: widths may differ
-            return list(out.split([lin.out_features for lin in first], dim=-1))
-        h = out.reshape(x.shape[0], len(mlps), -1).transpose(0, 1)  # (K, N, h): a view
-        return _split_outputs(_grouped_layers(seqs, 1, h), widths)
-    if len(inputs) != len(mlps):
-        raise ValueError(f"grouped_mlp_outputs needs one input per MLP ({len(mlps)}); got {len(inputs)}.")
-    xs = [_check_input(x, mlps[0].in_features, "MLP") for x in inputs]
-    if any(x.shape != xs[0].shape or x.ndim != 2 for x in xs):
-        raise ShapeError(
-            f"grouped_mlp_outputs needs (N, in) inputs of one shape; got {[tuple(x.shape) for x in xs]}."
-        )
-    return _split_outputs(_grouped_layers(seqs, 0, torch.stack(xs)), widths)
-
-
-def batch_towers(x: Tensor) -> bool:
-    """Whether towers of one shape on ``x`` are evaluated as one batched call (the default of
-    :func:`tower_outputs` and :func:`stacked_tower_outputs`).
-
-    True on accelerators, where every layer of every tower is otherwise its own small kernel
-    launch (8 towers: 234 -> 162 ops per shared-bottom training step). False on the CPU, where
-    the loop is as fast or faster: the batched products and their backward passes on strided
-    ``(K, N, h)`` layouts cost about what the saved calls do (towers ``[32]`` on 64 features,
-    batch 1024, forward + backward: 0.87x with 2 towers, 1.01x with 8; whole shared-bottom step
-    0.96x / 0.97x; ``benchmarks/RESULTS.md``, "Architectures").
-    """
-    return x.device.type != "cpu"
-
-
-def tower_outputs(
-    towers: Mapping[str, nn.Module], inputs: Mapping[str, Tensor], *, batched: bool | None = None
-) -> dict[str, Tensor]:
-    """``{task: towers[task](inputs[task])}``: one batched evaluation for MLP towers of one shape
-    (:func:`grouped_mlp_outputs`; towers that all read the same tensor share one first product),
-    else tower by tower.
-
-    Args:
-        towers: ``{task: module}``.
-        inputs: ``{task: (N, d) input}``; the towers are evaluated in this order.
-        batched: batch compatible towers (default: :func:`batch_towers` of the first input).
-    """
-    names = list(inputs)
-    mods = [towers[t] for t in names]
-    xs = [inputs[t] for t in names]
-    if batched is None:
-        batched = bool(xs) and isinstance(xs[0], Tensor) and batch_towers(xs[0])
-    if (
-        batched
-        and len(mods) > 1
-        and all(isinstance(x, Tensor) and x.ndim == 2 for x in xs)
-        and can_group_mlps(mods)
-    ):
-        if all(x is xs[0] for x in xs):
-            return dict(zip(names, grouped_mlp_outputs(mods, xs[0])))  # type: ignore[arg-type]
-        if all(x.shape == xs[0].shape for x in xs):
-            return dict(zip(names, grouped_mlp_outputs(mods, xs)))  # type: ignore[arg-type]
-    return {t: towers[t](x) for t, x in zip(names, xs)}
-
-
-def stacked_tower_outputs(
-    towers: Mapping[str, nn.Module], names: Sequence[str], h: Tensor, *, batched: bool | None = None
-) -> dict[str, Tensor]:
-    """``{names[k]: towers[names[k]](h[k])}`` for stacked inputs ``h`` ``(K, N, d)`` (e.g. every
-    task's mixture, possibly a strided view): one batched evaluation for MLP towers of one shape
-    (without copying ``h``), else tower by tower on ``h.unbind(0)`` (one unbind, so that the
-    backward pass stacks the inputs' gradients once instead of zero-filling ``(K, N, d)`` per task).
-
-    Args:
-        towers: ``{task: module}``.
-        names: the task of each row of ``h``.
-        h: ``(K, N, d)``.
-        batched: batch compatible towers (default: :func:`batch_towers` of ``h``).
-    """
-    if h.ndim < 2 or h.shape[0] != len(names):
-        raise ShapeError(
-            f"stacked_tower_outputs needs one row of h per task ({len(names)}); got {tuple(h.shape)}."
-        )
-    mods = [towers[t] for t in names]
-    if batched is None:
-        batched = batch_towers(h)
-    if batched and len(mods) > 1 and h.ndim == 3 and can_group_mlps(mods):
-        out = grouped_mlp_stacked(mods, h)  # type: ignore[arg-type]
-        return dict(zip(names, _split_outputs(out, [m.out_features for m in mods])))
-    return {t: towers[t](x) for t, x in zip(names, h.unbind(0))}
-
-
-__all__ += ["gate_outputs"]
-
-
-def gate_outputs(gates: Sequence[nn.Module], inputs: Sequence[Tensor]) -> list[Tensor]:
-    """``[gates[i](inputs[i]) for i]``, batched for :class:`SoftmaxGate` s.
-
-    Gates that read the same tensor are one matrix product over their concatenated weights
-    (e.g. every gate of a level that reads the model input); gates of one shape that read
-    different inputs of one shape are one batched product. Other gates are called one by one.
-    """
-    if len(gates) != len(inputs):
-        raise ValueError(f"gate_outputs needs one input per gate ({len(gates)}); got {len(inputs)}.")
-    if len(gates) < 2 or not all(type(g) is SoftmaxGate and g.bias is not None for g in gates):
-        return [g(x) for g, x in zip(gates, inputs)]
-    first: SoftmaxGate = gates[0]  # type: ignore[assignment]
-    same_in = all(g.in_features == first.in_features for g in gates)  # type: ignore[union-attr]
-    if same_in and all(x is inputs[0] for x in inputs):
-        x = _check_input(inputs[0], first.in_features, "Gate")
-        w = torch.cat([g.weight for g in gates])  # type: ignore[misc]
-        b = torch.cat([g.bias for g in gates])  # type: ignore[misc]
-        sizes = [g.out_features for g in gates]  # type: ignore[misc]
-        return [torch.softmax(part, dim=-1) for part in F.linear(x, w, b).split(sizes, dim=-1)]
-    same_out = all(g.out_features == first.out_features for g in gates)  # type: ignore[union-attr]
-    if same_in and same_out and all(x.ndim == 2 and x.shape == inputs[0].shape for x in inputs):
-        xs = torch.stack([_check_input(x, first.in_features, "Gate") for x in inputs])  # (K, N, in)
-        w = torch.stack([g.weight for g in gates])  # (K, out, in)  # type: ignore[misc]
-        b = torch.stack([g.bias for g in gates])  # type: ignore[misc]
-        return list(torch.softmax(torch.baddbmm(b.unsqueeze(1), xs, w.transpose(1, 2)), dim=-1).unbind(0))
-    return [g(x) for g, x in zip(gates, inputs)]

@@ -6,7 +6,7 @@ channel). Each task's head reads its own row of the last mix.
 
 Ownership: after the first stitch every column feeds every task, so the column layers and all
 but the last stitch unit are shared. Row ``k`` of the last unit only forms task ``k``'s head
-input, so it belongs to task ``k`` with the head. The shared representation (``encode``) is the
+input, so it belongs to task ``k`` with the head. The shared representation is the
 columns' last activations before that final mix, ``(N, T, *features)``.
 """
 
@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, stacked_tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import stacked_tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input, stacked_tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models.moe import stack_experts
+from mtlkit.models._kernels import stack_experts, stacked_tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 

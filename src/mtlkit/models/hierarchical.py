@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import did_you_mean
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, _dims, tower_outputs
+from mtlkit.models._blocks import MLP, _dims
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 

@@ -9,19 +9,13 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
-from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates, stacked_tower_outputs, tower_outputs
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import stack_experts, stacked_tower_outputs, tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
-__all__ = ["MMoE", "OMoE", "mmoe", "omoe", "stack_experts"]
-
-
-def stack_experts(experts: nn.Module | Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Expert outputs as ``(N, E, D)``: one call for a batched bank, a loop for user modules."""
-    if isinstance(experts, nn.ModuleList):
-        return torch.stack([e(x) for e in experts], dim=-2)
-    return experts(x)
+__all__ = ["MMoE", "OMoE", "mmoe", "omoe"]
 
 
 def _as_experts(experts: nn.Module | Sequence[nn.Module]) -> nn.Module:

@@ -15,17 +15,15 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
-from mtlkit.models._blocks import (
-    MLP,
-    ExpertMLPs,
-    SoftmaxGate,
+from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGate
+from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import (
     can_group_experts,
     gate_outputs,
     grouped_expert_outputs,
+    stack_experts,
     tower_outputs,
 )
-from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models.moe import stack_experts
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 

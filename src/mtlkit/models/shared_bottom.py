@@ -8,8 +8,9 @@ from torch import Tensor, nn
 
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel
-from mtlkit.models._blocks import MLP, tower_outputs
+from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
+from mtlkit.models._kernels import tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
