@@ -158,8 +158,9 @@ def test_shards_partition_the_order_and_match_the_batch_loader(n: int) -> None:
     assert set(torch.cat(padded).tolist()) == set(order.tolist())
     exact = [shard(order, 3, r, pad=False) for r in range(3)]
     assert sorted(torch.cat(exact).tolist()) == sorted(order.tolist())
-    if n < 3:
-        return
+    for r in range(3):  # torch's DistributedSampler pads the same way (an independent reference)
+        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=3, rank=r, shuffle=False)
+        assert shard(torch.arange(n), 3, r).tolist() == list(sampler)
     x = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], torch.randn(n, 3)], 1)  # column 0: row id
     ds = MultiTaskDataset(x, {"a": torch.randn(n), "b": torch.randn(n)}, tasks=TASKS)
 
