@@ -40,10 +40,11 @@ from mtlkit.distributed import (
     is_main_process,
 )
 from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
+from mtlkit.jsonio import write_json
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
 from mtlkit.predict import save_run_signature
-from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
+from mtlkit.report import comparison_table, metrics_table, write_tables
 from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint
 from mtlkit.training.schedules import TaskSchedule
 from mtlkit.training.trainer import Trainer
@@ -104,7 +105,7 @@ def _dump_yaml(data: Mapping[str, Any], path: Path) -> None:
 
 def _dump_json(data: Any, path: Path) -> None:
     """Atomic, so that a run killed while writing never leaves half a file (metrics.json marks a finished run)."""
-    atomic_write_bytes(json.dumps(data, indent=1, default=_json_default).encode(), path)
+    write_json(data, path)
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -137,7 +138,7 @@ def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
             int(rec["seed"]),
             run_dir,
             rec["split"],
-            rec["metrics"],
+            _nan_for_null(rec["metrics"]),
             int(rec["params"]),
             float(rec["seconds"]),
             int(rec["epochs"]),
@@ -149,6 +150,11 @@ def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
         raise CheckpointError(
             f"{str(path)!r} is damaged ({type(exc).__name__}: {exc}); delete it to train that run again."
         ) from None
+
+
+def _nan_for_null(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Metrics read back from metrics.json: the JSON writer stores NaN as null."""
+    return {t: {m: math.nan if v is None else float(v) for m, v in ms.items()} for t, ms in metrics.items()}
 
 
 def _normalised(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,20 +314,8 @@ def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: st
         stats = gate_statistics(model, data, max_samples=_GATE_SAMPLES)
     except IncompatibleComponentsError:  # gates(x) returned {}: not a gated model
         return
-    (run_dir / "gates.json").write_text(
-        json.dumps(json_safe({k: v.to_dict() for k, v in stats.items()}), indent=1)
-    )
+    write_json({k: v.to_dict() for k, v in stats.items()}, run_dir / "gates.json")
     plot_gate_distributions(stats, title=f"{title}: gate weights per expert", path=run_dir / "gates.png")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, (Path, torch.device)):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _run_record(r: RunResult, splits: DataSplits) -> dict[str, Any]:

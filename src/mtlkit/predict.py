@@ -47,9 +47,10 @@ from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.schema import FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import CheckpointError, DataError
+from mtlkit.jsonio import write_json
 from mtlkit.losses import split_aux
 from mtlkit.tasks import Task, TaskKind
-from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint, state_mismatch
+from mtlkit.training.checkpoint import load_checkpoint, state_mismatch
 
 __all__ = [
     "PREPROCESSOR_FILE",
@@ -114,10 +115,10 @@ def save_run_signature(run_dir: str | os.PathLike[str], splits: DataSplits) -> N
         "tasks": [_task_to_dict(t) for t in splits.tasks],
         "input": _input_to_dict(splits.input_spec, splits.info),
     }
-    atomic_write_bytes(json.dumps(signature, indent=1).encode(), run_dir / SIGNATURE_FILE)
+    write_json(signature, run_dir / SIGNATURE_FILE)
     pre = splits.preprocessor
     if pre is not None and hasattr(pre, "state_dict"):
-        atomic_write_bytes(json.dumps(pre.state_dict(), indent=1).encode(), run_dir / PREPROCESSOR_FILE)
+        write_json(pre.state_dict(), run_dir / PREPROCESSOR_FILE)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

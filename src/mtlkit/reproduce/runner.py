@@ -3,7 +3,6 @@ then let the recipe write its report into one run directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -23,7 +22,7 @@ from mtlkit import __version__
 from mtlkit.config.load import ResolvedExperiment, apply_overrides, resolve
 from mtlkit.errors import ConfigError
 from mtlkit.experiment import RunResult, run_experiment
-from mtlkit.report import json_safe
+from mtlkit.jsonio import dumps
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
 
 __all__ = [
@@ -253,7 +252,7 @@ def run_reproduction(
         "finished": datetime.now().isoformat(timespec="seconds"),
         "files": {"report": "report.md", **files},
     }
-    (root / "reproduction.json").write_text(json.dumps(json_safe(record), indent=1), encoding="utf-8")
+    (root / "reproduction.json").write_text(dumps(record), encoding="utf-8")
     console.print(Markdown(report.markdown))
     console.print(f"Wall time {seconds:.0f}s. Report: {root / 'report.md'}")
     return ReproductionResult(canonical, root, results, report, seconds)
