@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.losses import AUX_PREFIX
@@ -215,6 +216,7 @@ def aitm(
         dropout: dropout after each tower and transfer layer.
         input_layer: shared backbone in front of the towers (e.g. the embedding front end).
     """
+    check_model_args(tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     for t in tasks:
         if t.kind is not TaskKind.BINARY or not t.logits:

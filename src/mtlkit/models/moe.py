@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import MultiTaskModel, params_of
 from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates, stacked_tower_outputs, tower_outputs
@@ -204,6 +205,7 @@ def mmoe(
     input_layer: InputLayerLike | None = None,
 ) -> MMoE:
     """MMoE (Ma et al. 2018): shared MLP experts, one softmax gate and one tower per task."""
+    check_model_args(num_experts=num_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "mmoe"
     )
@@ -224,6 +226,7 @@ def omoe(
     input_layer: InputLayerLike | None = None,
 ) -> OMoE:
     """One-gate MoE: shared MLP experts mixed by a single softmax gate, one tower per task."""
+    check_model_args(num_experts=num_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "omoe"
     )

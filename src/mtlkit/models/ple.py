@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import IncompatibleComponentsError, ShapeError
 from mtlkit.models._base import MultiTaskModel, params_of
@@ -506,6 +507,13 @@ def cgc(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the experts and gates.
     """
+    check_model_args(
+        num_task_experts=num_task_experts,
+        num_shared_experts=num_shared_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     model = _build_ple(
         input_dim,
         tasks,
@@ -552,6 +560,14 @@ def ple(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the first level.
     """
+    check_model_args(
+        num_levels=num_levels,
+        num_task_experts=num_task_experts,
+        num_shared_experts=num_shared_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     return _build_ple(
         input_dim,
         tasks,

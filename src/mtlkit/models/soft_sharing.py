@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.losses import AUX_PREFIX
 from mtlkit.models._base import MultiTaskModel
@@ -168,6 +169,7 @@ def soft_sharing(
     and stay free); with an input layer, each task gets its own copy, whose weights (e.g. the
     embedding table) are tied as well unless ``tie_input_layer=False``.
     """
+    check_model_args(hidden_dims=hidden_dims, dropout=dropout)
     task_names(tasks)
     if not hidden_dims:
         raise ValueError("soft_sharing needs at least one hidden layer to couple; got hidden_dims=[].")
