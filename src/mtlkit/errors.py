@@ -92,6 +92,8 @@ class ArgumentError(MtlkitError, ValueError):
     name the dotted path of the value (``model.num_experts``).
     """
 
-    def __init__(self, name: str, value: object, constraint: str, hint: str = "") -> None:
+    def __init__(self, name: str, value: object, constraint: str, hint: str = "", *, who: str = "") -> None:
         self.name, self.value, self.constraint, self.hint = name, value, constraint, hint
-        super().__init__(f"{name} must be {constraint}; got {value!r}.{' ' + hint if hint else ''}")
+        self.who = who
+        head = f"{who} {name}" if who else name
+        super().__init__(f"{head} must be {constraint}; got {value!r}.{' ' + hint if hint else ''}")

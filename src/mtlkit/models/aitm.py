@@ -216,7 +216,7 @@ def aitm(
         dropout: dropout after each tower and transfer layer.
         input_layer: shared backbone in front of the towers (e.g. the embedding front end).
     """
-    check_model_args(tower_dims=tower_dims, dropout=dropout)
+    check_model_args("aitm", tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     for t in tasks:
         if t.kind is not TaskKind.BINARY or not t.logits:

@@ -361,7 +361,12 @@ def dselect_k(
         input_layer: a shared backbone module (or factory) in front of the experts and gates.
     """
     check_model_args(
-        num_experts=num_experts, k=k, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout
+        "dselect_k",
+        num_experts=num_experts,
+        k=k,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
     )
     names = task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="dselect_k")

@@ -141,7 +141,7 @@ def hierarchical(
     input_layer: InputLayerLike | None = None,
 ) -> Hierarchical:
     """Hierarchical sharing: one MLP stack, each task's tower attached at its depth (task_depths)."""
-    check_model_args(hidden_dims=hidden_dims, tower_dims=tower_dims, dropout=dropout)
+    check_model_args("hierarchical", hidden_dims=hidden_dims, tower_dims=tower_dims, dropout=dropout)
     names = task_names(tasks)
     dims = _dims(hidden_dims, "hierarchical hidden_dims")
     if not dims:

@@ -205,7 +205,13 @@ def mmoe(
     input_layer: InputLayerLike | None = None,
 ) -> MMoE:
     """MMoE (Ma et al. 2018): shared MLP experts, one softmax gate and one tower per task."""
-    check_model_args(num_experts=num_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)
+    check_model_args(
+        "mmoe",
+        num_experts=num_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "mmoe"
     )
@@ -226,7 +232,13 @@ def omoe(
     input_layer: InputLayerLike | None = None,
 ) -> OMoE:
     """One-gate MoE: shared MLP experts mixed by a single softmax gate, one tower per task."""
-    check_model_args(num_experts=num_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)
+    check_model_args(
+        "omoe",
+        num_experts=num_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "omoe"
     )

@@ -219,7 +219,7 @@ def mtan(
     dropout: float = 0.0,
 ) -> MTAN:
     """MTAN (Liu et al. 2019): shared conv encoder, per-task attention at every block (images)."""
-    check_model_args(channels=channels, tower_dims=tower_dims, dropout=dropout)
+    check_model_args("mtan", channels=channels, tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     C, H, W = _image_shape(input_spec)
     widths = _dims(channels, "mtan channels")

@@ -507,13 +507,7 @@ def cgc(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the experts and gates.
     """
-    check_model_args(
-        num_task_experts=num_task_experts,
-        num_shared_experts=num_shared_experts,
-        expert_dims=expert_dims,
-        tower_dims=tower_dims,
-        dropout=dropout,
-    )
+    check_model_args("cgc", expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)  # counts: >= 0
     model = _build_ple(
         input_dim,
         tasks,
@@ -561,9 +555,8 @@ def ple(
         input_layer: a shared backbone module (or factory) in front of the first level.
     """
     check_model_args(
+        "ple",
         num_levels=num_levels,
-        num_task_experts=num_task_experts,
-        num_shared_experts=num_shared_experts,
         expert_dims=expert_dims,
         tower_dims=tower_dims,
         dropout=dropout,

@@ -69,7 +69,7 @@ def shared_bottom(
     ``bottom_dims=[]`` shares only the input layer: the towers read the backbone's output directly
     (e.g. one CNN with a head per task, as in seed 000's MNIST + Fashion-MNIST network).
     """
-    check_model_args(bottom_dims=bottom_dims, tower_dims=tower_dims, dropout=dropout)
+    check_model_args("shared_bottom", bottom_dims=bottom_dims, tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="shared_bottom")
     bottom: nn.Module = (

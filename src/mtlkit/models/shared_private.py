@@ -155,7 +155,11 @@ def shared_private(
 ) -> SharedPrivate:
     """Shared-private: a shared MLP encoder and a private one per task, concatenated for each tower."""
     check_model_args(
-        shared_dims=shared_dims, private_dims=private_dims, tower_dims=tower_dims, dropout=dropout
+        "shared_private",
+        shared_dims=shared_dims,
+        private_dims=private_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
     )
     task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="shared_private")

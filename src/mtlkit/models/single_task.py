@@ -51,7 +51,7 @@ def single_task(
     input_layer: InputLayerLike | None = None,
 ) -> SingleTask:
     """Single-task baseline: one MLP per task (each with its own input layer), no sharing."""
-    check_model_args(hidden_dims=hidden_dims, dropout=dropout)
+    check_model_args("single_task", hidden_dims=hidden_dims, dropout=dropout)
     task_names(tasks)
     layers, width = make_input_layers(input_dim, input_layer, copies=len(tasks), who="single_task")
     networks: dict[str, nn.Module] = {}

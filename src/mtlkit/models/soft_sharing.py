@@ -169,7 +169,7 @@ def soft_sharing(
     and stay free); with an input layer, each task gets its own copy, whose weights (e.g. the
     embedding table) are tied as well unless ``tie_input_layer=False``.
     """
-    check_model_args(hidden_dims=hidden_dims, dropout=dropout)
+    check_model_args("soft_sharing", hidden_dims=hidden_dims, dropout=dropout)
     task_names(tasks)
     if not hidden_dims:
         raise ValueError("soft_sharing needs at least one hidden layer to couple; got hidden_dims=[].")

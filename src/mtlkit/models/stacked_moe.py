@@ -170,6 +170,7 @@ def stacked_mmoe(
         input_layer: a shared backbone module (or factory) in front of the first level.
     """
     check_model_args(
+        "stacked_mmoe",
         num_levels=num_levels,
         num_experts=num_experts,
         expert_dims=expert_dims,
