@@ -17,17 +17,16 @@ import torch
 import yaml
 from rich.console import Console
 
-from mtlkit.analysis.plots import require_matplotlib, write_experiment_plots
+from mtlkit.analysis.plots import write_experiment_plots
 from mtlkit.config.build import (
-    build_aggregator,
     build_data,
     build_model,
     build_schedule,
-    build_weighting,
+    build_trainer,
+    data_key,
     early_stopping,
-    optimizer_factory,
-    scheduler_factory,
 )
+from mtlkit.config.check import check_experiment
 from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
@@ -47,7 +46,6 @@ from mtlkit.predict import save_run_signature
 from mtlkit.report import comparison_table, metrics_table, write_tables
 from mtlkit.training.checkpoint import atomic_write_bytes, load_checkpoint
 from mtlkit.training.schedules import TaskSchedule
-from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
 __all__ = [
@@ -123,7 +121,7 @@ def _device(cfg: ExperimentConfig) -> str | None:
 
 
 def _data_key(spec: Mapping[str, Any]) -> str:
-    return json.dumps(spec, sort_keys=True, default=str)
+    return data_key(spec)
 
 
 def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
@@ -203,24 +201,15 @@ def _train_one(
         save_run_signature(run_dir, splits)
     seed_everything(seed)
     model = build_model(cfg.model, splits, cfg.backbone)
-    weighting = build_weighting(cfg.weighting, splits.tasks)
     schedule = build_schedule(cfg.schedule)
-    trainer = Trainer(
+    trainer = build_trainer(
+        cfg,
         _distributed_model(model, ctx, schedule, splits) if ctx is not None else model,
         splits.tasks,
-        optimizer=optimizer_factory(cfg.optimizer),
-        scheduler=scheduler_factory(cfg.scheduler),
-        scheduler_interval=cfg.trainer.scheduler_interval,
-        weighting=weighting,
-        aggregator=build_aggregator(cfg.aggregator, splits.tasks),
-        gradient_target=cfg.trainer.gradient_target,
         schedule=schedule,
-        per_task_optimizers=cfg.trainer.per_task_optimizers,
         device=str(ctx.device) if ctx is not None else _device(cfg),
         seed=seed,
-        grad_clip_norm=cfg.trainer.grad_clip_norm,
         progress=(cfg.trainer.progress if cfg.trainer.progress is not None else progress) if main else False,
-        log_epochs=cfg.trainer.log_epochs,
         log_dir=run_dir / "tensorboard" if cfg.trainer.tensorboard else None,
         console=console,
     )
@@ -429,13 +418,14 @@ def run_experiment(
     """Train every variant at every seed; write run directories and the comparison; print tables."""
     if not isinstance(experiment, ResolvedExperiment):
         experiment = resolve(experiment)
+    data = check_experiment(experiment)  # everything `mtlkit validate` checks, before any directory exists
     with distributed_session(experiment.config.trainer.device) as ctx:
         root = None
         if ctx is None or ctx.is_main:
             root = _new_run_dir(Path(output_dir or experiment.config.output_dir), experiment.config.name)
             _dump_yaml(experiment.to_dict(), root / "config.yaml")
         root = Path(broadcast_object(str(root)))  # every rank works in rank 0's run directory
-        return _run_all(experiment, root, console or Console(), progress, resume=False)
+        return _run_all(experiment, root, console or Console(), progress, resume=False, data=data)
 
 
 def resume_experiment(
@@ -475,24 +465,24 @@ def resume_experiment(
 
 
 def _run_all(
-    experiment: ResolvedExperiment, root: Path, console: Console, progress: bool | None, *, resume: bool
+    experiment: ResolvedExperiment,
+    root: Path,
+    console: Console,
+    progress: bool | None,
+    *,
+    resume: bool,
+    data: dict[str, DataSplits] | None = None,
 ) -> ExperimentResult:
     cfg = experiment.config
     labels = list(experiment.variants)
     main = is_main_process()
     if not main:  # under torchrun only rank 0 prints and writes
         console = Console(quiet=True)
-    if cfg.plots:
-        require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
-    data_cache: dict[str, DataSplits] = {}
+    # every run's components, the monitor, the device, plots and Δm metrics: checked before training
+    data_cache = data if data is not None else check_experiment(experiment)
     runs: list[RunResult] = []
     baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
-    if baseline is not None and len(labels) > 1:  # a bad Δm metric selection fails before any training
-        bcfg = experiment.variants[baseline]
-        data_cache[_data_key(bcfg.data)] = build_data(bcfg.data)
-        tasks = data_cache[_data_key(bcfg.data)].tasks
-        select_metrics(MultiTaskMetrics(tasks).directions(), cfg.delta_m_metrics)
     if cfg.description:
         console.print(f"[bold]{cfg.name}[/bold]: {cfg.description.strip()}")
     for label, vcfg in experiment.variants.items():
@@ -571,17 +561,7 @@ def evaluate_run_dir(
             )
         seed_everything(cfg.seed)
         model = build_model(cfg.model, splits, cfg.backbone)
-        trainer = Trainer(
-            model,
-            splits.tasks,
-            weighting=build_weighting(cfg.weighting, splits.tasks),
-            optimizer=optimizer_factory(cfg.optimizer),
-            scheduler=scheduler_factory(cfg.scheduler),
-            schedule=build_schedule(cfg.schedule),
-            per_task_optimizers=cfg.trainer.per_task_optimizers,
-            device=_device(cfg),
-            progress=False,
-        )
+        trainer = build_trainer(cfg, model, splits.tasks, device=_device(cfg), progress=False)
         ckpt_data = load_checkpoint(ckpt)
         trainer.load_state_dict(ckpt_data, source=f"checkpoint {str(ckpt)!r}")
         best = ckpt_data.get("best") or {}

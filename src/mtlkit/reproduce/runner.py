@@ -8,7 +8,6 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.experiment import RunResult, run_experiment
 from mtlkit.jsonio import dumps
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
+from mtlkit.utils import torch_threads
 
 __all__ = [
     "ReproductionResult",
@@ -111,19 +111,6 @@ def _new_dir(root: Path, name: str) -> Path:
     return path
 
 
-@contextmanager
-def _threads(n: int | None):  # type: ignore[no-untyped-def]
-    """Set torch's intra-op threads for the duration (``None``: leave them)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(before)
-
-
 def _load() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -194,7 +181,7 @@ def run_reproduction(
     results: list[JobResult] = []
     show_bar = console.is_terminal if progress is None else progress
     console.print(f"[bold]reproduce {canonical}[/bold]: {len(planned)} experiment(s) -> {root}")
-    with _threads(threads):
+    with torch_threads(threads):
         bar = None
         if show_bar:
             from rich.progress import Progress
