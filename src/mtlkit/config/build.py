@@ -196,10 +196,13 @@ def optimizer_factory(spec: dict[str, Any]) -> Callable[[Iterable[nn.Parameter]]
     with config_problems("optimizer", spec):
         check_optimizer_args(params)
     if cls in (torch.optim.Adam, torch.optim.AdamW) and "foreach" not in params:
-        params["foreach"] = (
-            True  # multi-tensor kernels: same numbers, faster on CPU too (torch's default on GPU)
-        )
-    return partial(cls, **params)
+        params["foreach"] = True  # multi-tensor kernels: same numbers, faster on CPU too (torch's default on GPU)
+
+    def make(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        with config_problems("optimizer", spec):  # torch's own checks (e.g. nesterov without momentum)
+            return cls(parameters, **params)  # type: ignore[no-any-return]
+
+    return make
 
 
 def scheduler_factory(spec: dict[str, Any] | None) -> Callable[[torch.optim.Optimizer], Any] | None:
@@ -210,7 +213,12 @@ def scheduler_factory(spec: dict[str, Any] | None) -> Callable[[torch.optim.Opti
     params = {k: v for k, v in spec.items() if k != "name"}
     with config_problems("scheduler", spec):
         check_scheduler_args(params)
-    return partial(cls, **params)
+
+    def make(optimizer: torch.optim.Optimizer) -> Any:
+        with config_problems("scheduler", spec):
+            return cls(optimizer, **params)
+
+    return make
 
 
 def _unit_open(name: str, value: Any) -> None:
@@ -242,11 +250,20 @@ _SCHEDULER_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def _check_numbers(params: Mapping[str, Any], checks: Mapping[str, Callable[[str, Any], Any]]) -> None:
+    for key, value in params.items():
+        if key not in checks or value is None:
+            continue
+        if isinstance(value, (list, tuple)) and key != "milestones":  # per parameter group
+            for i, v in enumerate(value):
+                checks[key](f"{key}.{i}", v)
+        else:
+            checks[key](key, value)
+
+
 def check_optimizer_args(params: Mapping[str, Any]) -> None:
     """Raise :class:`ArgumentError` for an optimizer number out of range (lr > 0, betas in [0, 1)...)."""
-    for key, value in params.items():
-        if key in _OPTIMIZER_CHECKS and value is not None:
-            _OPTIMIZER_CHECKS[key](key, value)
+    _check_numbers(params, _OPTIMIZER_CHECKS)
     betas = params.get("betas")
     if betas is not None:
         for i, b in enumerate(betas):
@@ -255,9 +272,7 @@ def check_optimizer_args(params: Mapping[str, Any]) -> None:
 
 def check_scheduler_args(params: Mapping[str, Any]) -> None:
     """Raise :class:`ArgumentError` for a scheduler number out of range (step_size >= 1, gamma > 0...)."""
-    for key, value in params.items():
-        if key in _SCHEDULER_CHECKS and value is not None:
-            _SCHEDULER_CHECKS[key](key, value)
+    _check_numbers(params, _SCHEDULER_CHECKS)
     if "factor" in params:  # ReduceLROnPlateau multiplies the learning rate by it
         factor = params["factor"]
         check("factor", factor, isinstance(factor, (int, float)) and 0 < factor < 1, "a number in (0, 1)")

@@ -123,7 +123,7 @@ def validate_component(
     except ValidationError as exc:
         allowed = list(model.model_fields)
         return None, [format_error(e, path, allowed, f"{reg.kind} {canonical!r}") for e in exc.errors()]
-    return {"name": canonical, **validated.model_dump()}, []
+    return {"name": canonical, **validated.model_dump(warnings=False)}, []  # e.g. min_lr: float | list
 
 
 def format_error(err: Mapping[str, Any], path: str, allowed: list[str], what: str) -> str:
