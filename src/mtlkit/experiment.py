@@ -3,6 +3,7 @@ comparison table. Used by ``mtlkit run`` and ``mtlkit evaluate``; also callable 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -307,6 +308,29 @@ def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: st
     plot_gate_distributions(stats, title=f"{title}: gate weights per expert", path=run_dir / "gates.png")
 
 
+STATUS_FILE = "status.json"
+
+
+def _mark_failed(root: Path, run_dir: Path, exc: BaseException, console: Console) -> None:
+    """Write ``status.json`` (``{"status": "failed", ...}``) into the failed run's directory (and
+    the experiment's) and say where it is; a run that a resume later finishes loses the marker."""
+    record = {
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "run": str(run_dir.relative_to(root)) if run_dir != root else ".",
+        "time": datetime.now().isoformat(timespec="seconds"),
+    }
+    for folder in dict.fromkeys([run_dir, root]):
+        with contextlib.suppress(OSError):  # e.g. a full disk: the message below still says where the run is
+            write_json(record, folder / STATUS_FILE)
+    console.print(
+        f"Run failed: {run_dir} (marked in {STATUS_FILE}; its last checkpoint, if any, is kept). "
+        f"Run directory: {root}. After fixing the cause: mtlkit run --resume {root}",
+        highlight=False,
+        markup=False,
+    )
+
+
 def _run_record(r: RunResult, splits: DataSplits) -> dict[str, Any]:
     return {
         "label": r.label,
@@ -493,7 +517,14 @@ def _run_all(
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
             done = _finished(run_dir, splits) if resume else None
-            r = done or _train_one(vcfg, splits, seed, run_dir, label, console, progress, resume)
+            try:
+                r = done or _train_one(vcfg, splits, seed, run_dir, label, console, progress, resume)
+            except Exception as exc:
+                if main:
+                    _mark_failed(root, run_dir, exc, console)
+                raise
+            if main:
+                (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a failed run that a resume finished
             runs.append(r)
             console.print(
                 f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
@@ -519,6 +550,8 @@ def _run_all(
     else:
         table = metrics_table(runs[0].metrics, title=f"{cfg.name}: {runs[0].split} metrics")
     console.print(table)
+    if main:
+        (root / STATUS_FILE).unlink(missing_ok=True)  # every run finished
     console.print(f"Run directory: {root}")
     return ExperimentResult(root, runs, comparison)
 
