@@ -13,22 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mtlkit import __version__
+from mtlkit._sections import SECTIONS
 from mtlkit.errors import ConfigError, MtlkitError, UnknownComponentError
 
 __all__ = ["main"]
 
-_FAMILIES = (
-    "presets",
-    "models",
-    "backbones",
-    "weightings",
-    "aggregators",
-    "datasets",
-    "optimizers",
-    "schedulers",
-    "schedules",
-    "reproductions",
-)
+_FAMILIES = ("presets", *(s.family for s in SECTIONS), "reproductions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list presets, models, backbones, loss weightings, gradient aggregators, datasets, optimizers, "
-        "schedulers, training schedules",
+        help="list presets, " + ", ".join(s.family for s in SECTIONS) + " and reproductions",
     )
     ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
 
@@ -225,16 +214,7 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.config.load import list_presets
 
     wanted = [ns.what] if ns.what else list(_FAMILIES)
-    sections = {
-        "models": FAMILIES["model"].registry,
-        "backbones": FAMILIES["backbone"].registry,
-        "weightings": FAMILIES["weighting"].registry,
-        "aggregators": FAMILIES["aggregator"].registry,
-        "datasets": FAMILIES["data"].registry,
-        "optimizers": FAMILIES["optimizer"].registry,
-        "schedulers": FAMILIES["scheduler"].registry,
-        "schedules": FAMILIES["schedule"].registry,
-    }
+    sections = {f.family: f.registry for f in FAMILIES.values()}
     for what in wanted:
         table = Table(title=what, title_justify="left", show_header=False, box=None, padding=(0, 2))
         table.add_column("name", style="bold")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -290,18 +289,6 @@ def build_schedule(spec: dict[str, Any]) -> TaskSchedule:
     return schedule
 
 
-def _returned_class(section: str, name: str) -> type:
-    """The class a registered builder returns (from its annotation), or a plain stand-in."""
-    builder = FAMILIES[section].registry.get(name)
-    if inspect.isclass(builder):
-        return builder
-    try:
-        ret = typing.get_type_hints(builder).get("return")
-    except Exception:  # unresolvable annotations: the Trainer checks the built object later
-        ret = None
-    return ret if inspect.isclass(ret) else type(name, (), {})
-
-
 def schedule_problems(cfg: ExperimentConfig) -> list[str]:
     """Combinations the training schedule refuses (aggregators, all-task weightings, per-task
     optimizers), found before any data is built; the same messages as the Trainer's."""
@@ -309,11 +296,14 @@ def schedule_problems(cfg: ExperimentConfig) -> list[str]:
         schedule = build_schedule(cfg.schedule)
     except ConfigError as exc:
         return list(exc.problems)
+    # the classes the registry entries declare (their capability flags); an entry that declares
+    # none is checked on the built object by check_experiment (the Trainer's own check)
+    weighting = FAMILIES["weighting"].registry.entry(cfg.weighting["name"]).cls
+    aggregator = None if cfg.aggregator is None else FAMILIES["aggregator"].registry.entry(cfg.aggregator["name"]).cls
+    if weighting is None or (cfg.aggregator is not None and aggregator is None):
+        return []
     problems = compatibility_problems(
-        schedule,
-        weighting=_returned_class("weighting", cfg.weighting["name"]),
-        aggregator=None if cfg.aggregator is None else _returned_class("aggregator", cfg.aggregator["name"]),
-        per_task_optimizers=cfg.trainer.per_task_optimizers,
+        schedule, weighting=weighting, aggregator=aggregator, per_task_optimizers=cfg.trainer.per_task_optimizers
     )
     return [f"schedule: {p}" for p in problems]
 
