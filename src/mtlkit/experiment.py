@@ -328,6 +328,7 @@ def _mark_failed(root: Path, run_dir: Path, exc: BaseException, console: Console
         f"Run directory: {root}. After fixing the cause: mtlkit run --resume {root}",
         highlight=False,
         markup=False,
+        soft_wrap=True,  # paths stay on one line
     )
 
 

@@ -152,23 +152,38 @@ def test_esmm_on_tabular_data_is_refused_by_both(tmp_path: Path, capsys: pytest.
     assert "Use data whose tasks model 'esmm' predicts" in err
 
 
-def test_monitor_misspelt_on_ctr_data_suggests_the_close_match(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("monitor", "suggestion"),
+    [
+        ("clik/auc", "click/auc"),
+        ("click/acu", "click/auc"),
+        ("buy/aux", "buy/auc"),
+        ("purchase/auc", "mean/auc"),
+    ],
+)
+def test_monitor_misspelt_suggests_the_close_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monitor: str, suggestion: str
 ) -> None:
+    rows = ["x1,click,buy"] + [f"{i % 7 / 7:.3f},{i % 2},{i % 4 == 0:d}" for i in range(60)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     cfg = {
-        "name": "ctr",
+        "name": "clicks",
         "data": {
-            "name": "synthetic_ctr_cvr",
-            "n_train": 200,
-            "n_val": 100,
-            "n_test": 100,
-            "task_set": "funnel",
+            "name": "tabular",
+            "train": str(tmp_path / "train.csv"),
+            "numeric": ["x1"],
+            "val_fraction": 0.25,
+            "tasks": {
+                "click": {"column": "click", "kind": "binary"},
+                "buy": {"column": "buy", "kind": "binary"},
+            },
         },
-        "model": {"name": "shared_bottom", "bottom_dims": [8], "tower_dims": [4]},
-        "trainer": {"epochs": 1, "batch_size": 64, "early_stopping": {"monitor": "click/auc"}},
+        "model": {"name": "shared_bottom", "bottom_dims": [4], "tower_dims": [2]},
+        "trainer": {"epochs": 1, "batch_size": 16, "early_stopping": {"monitor": monitor}},
     }
     err, _ = _both(tmp_path, capsys, _write(tmp_path, cfg))
-    assert "trainer.early_stopping.monitor: Unknown monitor 'click/auc'. Did you mean 'ctr/auc'?" in err
+    assert f"trainer.early_stopping.monitor: Unknown monitor {monitor!r}. Did you mean {suggestion!r}?" in err
+    assert "Available: buy/accuracy" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

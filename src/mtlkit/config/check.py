@@ -9,12 +9,23 @@ schedulers, training schedule), and checks the early-stopping monitor, the devic
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 
 import torch
 
-from mtlkit.config.build import build_data, build_model, build_schedule, build_trainer, data_key
+from mtlkit.config.build import (
+    build_aggregator,
+    build_data,
+    build_model,
+    build_schedule,
+    build_trainer,
+    build_weighting,
+    data_key,
+    optimizer_factory,
+    scheduler_factory,
+)
 from mtlkit.config.load import ResolvedExperiment
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
@@ -82,18 +93,38 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
         splits = data[key]
     except ConfigError as exc:
         return problems + exc.problems
+    model = None
     try:
         with torch.device("meta"):  # the parameters' shapes only: nothing allocated, no weights drawn
             model = build_model(cfg.model, splits, cfg.backbone)
     except ConfigError as exc:
         problems += exc.problems
-    else:
-        problems += _trainer_problems(cfg, model, splits)
+    problems += _trainer_problems(cfg, model, splits)
     problems += _monitor_problems(cfg, splits)
     return problems
 
 
-def _trainer_problems(cfg: ExperimentConfig, model: torch.nn.Module, splits: DataSplits) -> list[str]:
+def _component_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
+    """Each section the Trainer is built from, on its own (so all are reported when one fails)."""
+    problems = []
+    for build in (
+        lambda: optimizer_factory(cfg.optimizer),
+        lambda: scheduler_factory(cfg.scheduler),
+        lambda: build_weighting(cfg.weighting, splits.tasks),
+        lambda: build_aggregator(cfg.aggregator, splits.tasks),
+        lambda: build_schedule(cfg.schedule),
+    ):
+        try:
+            build()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
+def _trainer_problems(cfg: ExperimentConfig, model: torch.nn.Module | None, splits: DataSplits) -> list[str]:
+    problems = _component_problems(cfg, splits)
+    if problems or model is None:
+        return problems
     try:
         schedule = build_schedule(cfg.schedule)
         build_trainer(cfg, model, splits.tasks, device="meta", schedule=schedule, progress=False)
@@ -130,9 +161,26 @@ def _monitor_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
     try:
         resolve_monitor(es.monitor, {t: dict.fromkeys(ms, 0.0) for t, ms in directions.items()}, directions)
     except KeyError as exc:
+        msg = str(exc.args[0])
+        close = _closest_monitor(es.monitor, directions)
+        if "Did you mean" not in msg and close:
+            msg = msg.replace(". Available:", f". Did you mean {close!r}? Available:", 1)
         hint = "" if has_val else " (the data has no validation split: only training losses can be monitored)"
-        return [f"trainer.early_stopping.monitor: {exc.args[0]}{hint}."]
+        return [f"trainer.early_stopping.monitor: {msg}{hint}."]
     return []
+
+
+def _closest_monitor(monitor: str, directions: Mapping[str, Mapping[str, bool]]) -> str | None:
+    """A monitor close to ``monitor``, comparing the task and the metric part separately
+    (``click/auc`` -> ``ctr/auc``: whole-string similarity misses it)."""
+    task, _, metric = monitor.partition("/")
+    holders = [t for t, ms in directions.items() if metric in ms]
+    if holders:
+        close = difflib.get_close_matches(task, [*holders, "mean"], n=1, cutoff=0.4)
+        return f"{close[0]}/{metric}" if close else None
+    metrics = directions.get(task) or {m: True for ms in directions.values() for m in ms}
+    close = difflib.get_close_matches(metric, list(metrics), n=1, cutoff=0.4)
+    return f"{task if task in directions or task == 'mean' else 'mean'}/{close[0]}" if close else None
 
 
 def device_problem(device: str) -> str | None:
