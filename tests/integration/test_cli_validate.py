@@ -158,7 +158,6 @@ def test_esmm_on_tabular_data_is_refused_by_both(tmp_path: Path, capsys: pytest.
         ("clik/auc", "click/auc"),
         ("click/acu", "click/auc"),
         ("buy/aux", "buy/auc"),
-        ("purchase/auc", "mean/auc"),
     ],
 )
 def test_monitor_misspelt_suggests_the_close_match(
