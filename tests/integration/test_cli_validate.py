@@ -66,6 +66,8 @@ CASES = [
     ),
     ("trainer.gradient_target=representation", "trainer.gradient_target: gradient_target='representation'"),
     ("backbone.name=cnn", "backbone (cnn): the cnn backbone takes images"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0; got -1."),
+    ("seeds=[0,-2]", "seeds.1: Input should be greater than or equal to 0; got -2."),
     ("data.n_train=0", "data (synthetic_correlation): synthetic_correlation: n_train must be >= 1; got 0."),
 ]
 

@@ -108,8 +108,8 @@ ExperimentConfig: type[_Experiment] = create_model(  # type: ignore[call-overloa
     """,
     name=(str, "experiment"),
     description=(str, ""),
-    seed=(int, 0),
-    seeds=(list[int] | None, Field(default=None, min_length=1)),
+    seed=(NonNegativeInt, 0),  # numpy's seed sequences take no negative seed
+    seeds=(list[NonNegativeInt] | None, Field(default=None, min_length=1)),
     **{section.key: _section_field(section) for section in SECTIONS},
     trainer=(TrainerConfig, Field(default_factory=TrainerConfig)),
     compare=(dict[str, dict[str, Any]] | None, None),
