@@ -310,3 +310,25 @@ def test_metrics_json_of_a_nan_metric_is_strict_json(
     assert hist == [{"loss": None, "t": [1.0, None]}]
     back = _finished(tmp_path, splits)  # a resume reads null back as NaN
     assert back is not None and math.isnan(back.metrics["y1"]["mse"]) and back.metrics["y2"]["mse"] == 1.5
+
+
+def test_backbone_numbers_are_refused_at_their_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = ["x1,cat,y"] + [f"{i % 7 / 7:.3f},{'abc'[i % 3]},{i % 2}" for i in range(40)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    cfg = {
+        "name": "tab",
+        "data": {
+            "name": "tabular",
+            "train": str(tmp_path / "train.csv"),
+            "numeric": ["x1"],
+            "categorical": ["cat"],
+            "tasks": {"y": {"column": "y", "kind": "binary"}, "z": {"column": "y", "kind": "binary"}},
+        },
+        "backbone": {"name": "embedding", "embedding_dim": 0},
+        "model": {"name": "shared_bottom", "bottom_dims": [4], "tower_dims": [2]},
+        "trainer": {"epochs": 1, "batch_size": 16},
+    }
+    err, _ = _both(tmp_path, capsys, _write(tmp_path, cfg))
+    assert "backbone.embedding_dim: must be an int >= 1; got 0." in err
