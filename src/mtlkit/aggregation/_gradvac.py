@@ -9,15 +9,8 @@ import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import (
-    check_float,
-    check_int,
-    gramian_of,
-    grow_square,
-    random_orders,
-    to_device,
-    work_dtype,
-)
+from mtlkit.aggregation._checks import check_float, check_int
+from mtlkit.aggregation._device import gramian_of, grow_square, random_orders, to_device, work_dtype
 from mtlkit.state import TrainState
 
 __all__ = ["GradVac"]
