@@ -243,7 +243,7 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
     Gn, scale = _scaled(gram)
     if scale == 0.0:
         return u.astype(np.float64).copy()
-    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10)
+    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10, _TOL)
 
 
 def upgrad_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarray:
@@ -261,15 +261,19 @@ def upgrad_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarr
     if len(active) == 0:
         return total / n
     Ca, na = C[np.ix_(active, active)], norms[active]
+    # C is exact to ~eps of the Gramian's dtype: a dual below that is round-off (with a fixed
+    # 1e-14 a float32 Gramian made the active set cycle to its iteration limit)
+    tol = max(_TOL, 10.0 * precision.eps)
     for k in range(len(active)):
-        y = _nnls_scaled(Ca, Ca[:, k].copy(), 10 * n + 10)  # z_k - e_k, from C e_k = column k
+        y = _nnls_scaled(Ca, Ca[:, k].copy(), 10 * n + 10, tol)  # z_k - e_k, from C e_k = column k
         total[active] += y * (na[k] / na)
     return total / n
 
 
-def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  # noqa: N803
+def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int, tol: float) -> np.ndarray:  # noqa: N803
     """The Lawson-Hanson loop of :func:`nnls_lower_bound`: ``y >= 0`` minimising
-    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``."""
+    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``; a variable enters when its dual
+    exceeds ``tol`` times ``1 + sum(y)`` (the size of the terms of ``G (u + y)``)."""
     n = Gu.shape[0]
     y = np.zeros(n)
     free = np.zeros(n, dtype=bool)
@@ -277,7 +281,7 @@ def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  
         dual = -(Gu + Gn @ y)
         dual[free] = -np.inf
         j = int(dual.argmax())
-        if dual[j] <= _TOL:
+        if dual[j] <= tol * (1.0 + float(y.sum())):
             break
         free[j] = True
         while True:
@@ -347,7 +351,10 @@ def nash_bargaining(
     # polish on the exact problem; it converges from there unless the problem is unbounded
     exact, converged = _newton_log_barrier(Ca, b, 30)
     if converged and np.all(np.isfinite(exact)) and np.all(exact > 0):
-        b = exact
+        # an unbounded problem can stall where C + diag(1 / b^2) is singular to round-off: keep
+        # the polished point only if it solves the equations b_i (C b)_i = 1
+        if float(np.abs(exact * (Ca @ exact) - 1.0).max()) <= 1e-6:
+            b = exact
     out = np.zeros(n)
     out[active] = b / norms[active]
     return out
@@ -365,8 +372,14 @@ def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple
         return float(0.5 * x @ gram @ x - np.log(x).sum())
 
     fa = f(a)
+    absG = np.abs(gram)
     for _ in range(max_iter):
-        grad = gram @ a - 1.0 / a
+        Ga = gram @ a
+        # converged when a_i (G a)_i = 1 holds to the round-off of its terms (a fixed threshold on
+        # the decrement is never met where those terms are large, e.g. a ridge solution ~1e5)
+        if float(np.abs(a * Ga - 1.0).max()) <= 1e-14 * max(float((a * (absG @ a)).max()), 1.0):
+            return a, True
+        grad = Ga - 1.0 / a
         d = -_solve(gram + np.diag(1.0 / a**2), grad)
         decrement = float(-grad @ d)  # squared Newton decrement
         if not decrement > 1e-26:
