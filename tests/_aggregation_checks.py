@@ -50,7 +50,9 @@ def hostile(case: str, k: int, p: int, *, seed: int = 0, dtype: torch.dtype = to
             J[-1] = 0
     elif case == "rank_deficient":  # rank max(1, k // 3)
         r = max(1, k // 3)
-        J = torch.randn(k, r, generator=g, dtype=torch.float64) @ torch.randn(r, p, generator=g, dtype=torch.float64)
+        J = torch.randn(k, r, generator=g, dtype=torch.float64) @ torch.randn(
+            r, p, generator=g, dtype=torch.float64
+        )
     elif case == "stationary" and k >= 2:  # 0 in the convex hull: a positive combination vanishes
         J[-1] = -(torch.rand(k - 1, generator=g, dtype=torch.float64) + 0.1) @ J[:-1]
     return J.to(dtype)
@@ -83,7 +85,9 @@ def assert_finite(J: Tensor, vector: Tensor, weights: Tensor | None) -> None:  #
         assert err <= 1e3 * eps(J.dtype) * max(scale, 1e-300), (err, scale)  # d = J^T w
 
 
-def assert_non_conflicting(J: Tensor, d: Tensor, w: Tensor, *, tol: float, floor: Tensor | None = None) -> None:  # noqa: N803
+def assert_non_conflicting(
+    J: Tensor, d: Tensor, w: Tensor, *, tol: float, floor: Tensor | None = None  # noqa: N803
+) -> None:
     """``g_i . d >= floor_i`` (default 0) up to ``tol`` times the size of its terms, for every row."""
     inner = J.double() @ d.double()
     lower = torch.zeros_like(inner) if floor is None else floor

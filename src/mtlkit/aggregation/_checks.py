@@ -56,4 +56,10 @@ def check_int(owner: str, name: str, value: object, *, low: int) -> int:
 def check_choice(owner: str, name: str, value: object, choices: Sequence[object]) -> None:
     """:func:`check`'s error unless ``value`` is one of ``choices`` (a bool never is)."""
     allowed = ", ".join(repr(c) for c in choices)
-    check(owner, name, value, ok=value in choices and not isinstance(value, bool), constraint=f"one of {allowed}")
+    check(
+        owner,
+        name,
+        value,
+        ok=value in choices and not isinstance(value, bool),
+        constraint=f"one of {allowed}",
+    )

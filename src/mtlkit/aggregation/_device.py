@@ -93,4 +93,3 @@ def grow_square(buf: Tensor, n: int, *, device: torch.device, dtype: torch.dtype
     out = torch.zeros(n, n, dtype=dtype, device=device)
     out[:m, :m] = buf
     return out
-

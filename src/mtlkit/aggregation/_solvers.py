@@ -350,11 +350,11 @@ def nash_bargaining(
     b, _ = _newton_log_barrier(ridged, b0, max_iter)
     # polish on the exact problem; it converges from there unless the problem is unbounded
     exact, converged = _newton_log_barrier(Ca, b, 30)
-    if converged and np.all(np.isfinite(exact)) and np.all(exact > 0):
-        # an unbounded problem can stall where C + diag(1 / b^2) is singular to round-off: keep
-        # the polished point only if it solves the equations b_i (C b)_i = 1
-        if float(np.abs(exact * (Ca @ exact) - 1.0).max()) <= 1e-6:
-            b = exact
+    # an unbounded problem can stall where C + diag(1 / b^2) is singular to round-off: keep the
+    # polished point only if it solves the equations b_i (C b)_i = 1
+    solved = converged and np.all(np.isfinite(exact)) and np.all(exact > 0)
+    if solved and float(np.abs(exact * (Ca @ exact) - 1.0).max()) <= 1e-6:
+        b = exact
     out = np.zeros(n)
     out[active] = b / norms[active]
     return out
