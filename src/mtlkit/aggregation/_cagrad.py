@@ -70,8 +70,8 @@ class CAGrad(GramianWeightedAggregator):
 
     Departures from the authors' code: (1) ``scipy.optimize.minimize`` (SLSQP from the uniform
     start, with ``+1e-8`` inside the square root and in ``lambda``'s denominator) is replaced by
-    the exact solve above; (2) the update at Pareto-stationary rows with ``c >= 1`` is 0 (theirs:
-    the round-off direction of a zero ``g_w``, scaled to the ball's radius); (3) the result
+    the exact solve above; (2) the update at Pareto-stationary rows with ``c >= 1`` is 0 (theirs
+    depends on where SLSQP stops, with ``1e-8`` added to ``||g_w||``); (3) the result
     is on the scale of the **mean** gradient, as in the paper: the authors' training scripts
     multiply it by ``T`` ("to match the sum loss"), so use a ``T`` times larger learning rate
     to reproduce their runs.

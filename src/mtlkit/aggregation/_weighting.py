@@ -12,6 +12,7 @@ and the aggregator then never synchronises with the device.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cache
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from mtlkit.state import TrainState
 __all__ = ["GramianWeightedAggregator", "GramianWeighting", "precision_of"]
 
 
+@cache
 def precision_of(dtype: torch.dtype) -> Precision:
     """The :class:`Precision` of a Gramian computed by :func:`gramian_of` for a ``dtype`` Jacobian
     (half precisions are accumulated in float32)."""
