@@ -577,8 +577,10 @@ def imtl_g_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarr
     rhs = np.zeros(k + 1)
     rhs[k] = 1.0
     alpha = np.zeros(n)
-    # lstsq with a relative cut-off: exact when well posed, minimum-norm when (nearly) singular
-    alpha[active] = np.linalg.lstsq(K, rhs, rcond=1e-12)[0][:k] * (inv / top)
+    # lstsq with a relative cut-off: exact when well posed, minimum-norm when (nearly) singular;
+    # C is exact to ~eps of the Gramian's dtype, so singular values below 10 eps are round-off
+    rcond = max(1e-12, 10.0 * precision.eps)
+    alpha[active] = np.linalg.lstsq(K, rhs, rcond=rcond)[0][:k] * (inv / top)
     return alpha
 
 
