@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import math
 
-import mpmath
 import numpy as np
+import pytest
 import torch
 from torch import Tensor
 
@@ -121,6 +121,7 @@ def assert_nash_equations(J: Tensor, alpha: Tensor, *, tol: float) -> None:  # n
 def min_norm_reference(J: Tensor, *, digits: int = 60) -> np.ndarray:  # noqa: N803
     """MGDA's min-norm point of the rows' convex hull, to ``digits`` significant digits: every
     support, its equality-constrained minimiser in ``mpmath``, the best feasible one (``T <= 6``)."""
+    mpmath = pytest.importorskip("mpmath")  # installed with torch (through sympy)
     k = J.shape[0]
     with mpmath.workdps(digits):
         rows = [[mpmath.mpf(float(x)) for x in r] for r in J.double().tolist()]
