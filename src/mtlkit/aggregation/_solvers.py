@@ -107,8 +107,16 @@ def unit_diagonal(gram: np.ndarray, precision: Precision = FLOAT64) -> tuple[np.
     entries clipped to ``[-1, 1]``) and the row norms; zero rows get norm 0 and a zero row and
     column in ``C``. ``G_ij`` is exact to ``eps ||g_i|| ||g_j||``, so ``C`` is exact to ``eps``
     whatever the ratio of the row norms."""
-    diag = np.diag(gram).copy()
-    zero = ~(diag > precision.tiny / precision.eps)  # also NaN
+    diag = np.diag(gram)
+    floor = precision.tiny / precision.eps
+    if diag.min() > floor:  # the common case: no zero row
+        norms = np.sqrt(diag)
+        inv = 1.0 / norms
+        cos = gram * inv[:, None] * inv[None, :]
+        np.clip(cos, -1.0, 1.0, out=cos)
+        np.fill_diagonal(cos, 1.0)
+        return cos, norms
+    zero = ~(diag > floor)  # also NaN
     norms = np.where(zero, 0.0, np.sqrt(np.where(zero, 1.0, diag)))
     inv = np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, norms))
     cos = np.clip(gram * inv[:, None] * inv[None, :], -1.0, 1.0)
@@ -119,26 +127,34 @@ def unit_diagonal(gram: np.ndarray, precision: Precision = FLOAT64) -> tuple[np.
 # --------------------------------------------------------------------------- min-norm point
 
 
-def _affine_minimizer(gram: np.ndarray) -> np.ndarray:
+def _affine_minimizer(gram: np.ndarray, balanced: bool = False) -> np.ndarray:
     """``argmin mu^T G mu`` subject to ``sum(mu) = 1`` (the affine hull's min-norm point).
 
-    Solved in the unit-diagonal coordinates ``y = D mu`` (``D = diag(||g_i||)``, 1 for a zero
-    row): ``[C, m; m^T, 0] [y; l] = [0; 1]`` with ``C = D^-1 G D^-1`` and ``m = D^-1 1`` scaled to
-    ``max(m) = 1``. The bordered matrix has entries of order 1 whatever the ratio of the row norms,
-    so a small coefficient on a large row comes out to relative precision (on ``G`` itself it
-    would be lost to the round-off of the large entries).
+    When a squared row norm is outside ``[1e-4, 1e4]`` (the callers scale ``G`` to a largest
+    diagonal entry of about 1), it is solved in the unit-diagonal coordinates
+    ``y = D mu`` (``D = diag(||g_i||)``, 1 for a zero row): ``[C, m; m^T, 0] [y; l] = [0; 1]`` with
+    ``C = D^-1 G D^-1`` and ``m = D^-1 1`` scaled to ``max(m) = 1``. That bordered matrix has
+    entries of order 1 whatever the ratio of the norms, so a small coefficient on a large row comes
+    out to relative precision (on ``G`` itself it would be lost to the round-off of the large
+    entries); otherwise (and when the caller knows every row is, ``balanced``) ``[G, 1; 1^T, 0]``
+    directly (the same accuracy there, fewer operations).
     """
     k = gram.shape[0]
+    K = np.zeros((k + 1, k + 1))
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    if balanced or (np.diag(gram).min() >= 1e-4 and np.diag(gram).max() <= 1e4):
+        K[:k, :k] = gram
+        K[:k, k] = 1.0
+        K[k, :k] = 1.0
+        return _solve(K, rhs)[:k]
     diag = np.diag(gram)
     d = np.where(diag > 0.0, np.sqrt(np.where(diag > 0.0, diag, 1.0)), 1.0)
     m = 1.0 / d
     m /= m.max()
-    K = np.zeros((k + 1, k + 1))
     K[:k, :k] = gram / d[:, None] / d[None, :]
     K[:k, k] = m
     K[k, :k] = m
-    rhs = np.zeros(k + 1)
-    rhs[k] = 1.0
     mu = _solve(K, rhs)[:k] / d
     total = mu.sum()
     return mu / total if total != 0.0 and math.isfinite(total) else mu
@@ -171,25 +187,30 @@ def min_norm_simplex(
         return np.ones(1)
     if scale == 0.0:
         return np.full(n, 1.0 / n)
-    absG = np.abs(Gn)
+    diag = np.diag(Gn)
+    balanced = bool(diag.min() >= 1e-4)  # every row within 100x of the longest (max(diag) == 1)
     if start is None:
-        support = [int(np.argmin(np.diag(Gn)))]
+        support = [int(np.argmin(diag))]
         lam = np.ones(1)
     else:
         support = [int(i) for i in np.flatnonzero(start > 0.0)]
         lam = start[support] / start[support].sum()
         if len(support) > 1:  # the affine minimizer of the old corral for this Gramian
-            support, lam = _minor_cycle(Gn, support, lam)
+            support, lam = _minor_cycle(Gn, support, lam, balanced)
     for _ in range(max_iter or 50 * n + 50):
-        Gx = Gn[:, support] @ lam
+        cols = Gn[:, support]
+        Gx = cols @ lam
         xx = float(lam @ Gx[support])
-        size = absG[:, support] @ lam  # |g_j| . |x| term by term: the round-off scale of Gx[j]
+        # the KKT test g_j . x >= ||x||^2, violated by less than the round-off of its terms
+        # (sum_k lam_k |G_jk| and sum_kl lam_k lam_l |G_kl|, not the largest entry of G): the
+        # most violated row relative to its own terms enters, so a short row is not overlooked
+        size = np.abs(cols) @ lam
         slack = Gx - xx + _KKT_TOL * (size + float(lam @ size[support]))
         j = int(np.argmin(slack))
         if slack[j] >= 0.0 or j in support:
             break
         support.append(j)
-        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0))
+        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0), balanced)
         if j not in support:  # round-off: the entering point was dropped at once, no progress left
             break
     w = np.zeros(n)
@@ -197,11 +218,13 @@ def min_norm_simplex(
     return w
 
 
-def _minor_cycle(gram: np.ndarray, support: list[int], lam: np.ndarray) -> tuple[list[int], np.ndarray]:
+def _minor_cycle(
+    gram: np.ndarray, support: list[int], lam: np.ndarray, balanced: bool = False
+) -> tuple[list[int], np.ndarray]:
     """Wolfe's minor cycle: move from ``lam`` toward the support's affine minimizer, dropping the
     points whose weight reaches 0 (at most ``len(support)`` removals)."""
     while True:
-        mu = _affine_minimizer(gram[np.ix_(support, support)])
+        mu = _affine_minimizer(gram[np.ix_(support, support)], balanced)
         if np.all(mu > 0.0):
             return support, mu
         out = mu <= 0.0
@@ -260,13 +283,16 @@ def upgrad_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarr
     total = np.ones(n)  # sum_i e_i
     if len(active) == 0:
         return total / n
-    Ca, na = C[np.ix_(active, active)], norms[active]
+    full = len(active) == n
+    Ca, na = (C, norms) if full else (C[np.ix_(active, active)], norms[active])
+    inner = np.zeros(len(active))
     # C is exact to ~eps of the Gramian's dtype: a dual below that is round-off (with a fixed
     # 1e-14 a float32 Gramian made the active set cycle to its iteration limit)
     tol = max(_TOL, 10.0 * precision.eps)
     for k in range(len(active)):
         y = _nnls_scaled(Ca, Ca[:, k].copy(), 10 * n + 10, tol)  # z_k - e_k, from C e_k = column k
-        total[active] += y * (na[k] / na)
+        inner += y * na[k]
+    total[active] += inner / na
     return total / n
 
 
@@ -281,7 +307,7 @@ def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int, tol: float) -> n
         dual = -(Gu + Gn @ y)
         dual[free] = -np.inf
         j = int(dual.argmax())
-        if dual[j] <= tol * (1.0 + float(y.sum())):
+        if dual[j] <= tol or dual[j] <= tol * (1.0 + float(y.sum())):
             break
         free[j] = True
         while True:
@@ -372,18 +398,18 @@ def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple
         return float(0.5 * x @ gram @ x - np.log(x).sum())
 
     fa = f(a)
-    absG = np.abs(gram)
+    previous = math.inf
     for _ in range(max_iter):
-        Ga = gram @ a
-        # converged when a_i (G a)_i = 1 holds to the round-off of its terms (a fixed threshold on
-        # the decrement is never met where those terms are large, e.g. a ridge solution ~1e5)
-        if float(np.abs(a * Ga - 1.0).max()) <= 1e-14 * max(float((a * (absG @ a)).max()), 1.0):
-            return a, True
-        grad = Ga - 1.0 / a
+        grad = gram @ a - 1.0 / a
         d = -_solve(gram + np.diag(1.0 / a**2), grad)
         decrement = float(-grad @ d)  # squared Newton decrement
         if not decrement > 1e-26:
             return a, bool(abs(decrement) <= 1e-26)
+        # near the solution the decrement squares at every full step; when it stops shrinking
+        # it is the round-off of large terms (e.g. a ridge solution ~1e5), not progress
+        if decrement < 1e-8 and decrement > 0.25 * previous:
+            return a, True
+        previous = decrement
         if decrement < 0.25:
             cand = a + d
             if np.all(cand > 0):
