@@ -11,6 +11,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "ArgumentError",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -91,3 +92,17 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class DistributedError(MtlkitError, RuntimeError):
     """Multi-process training cannot start as asked (environment, devices, process group)."""
+
+
+class ArgumentError(MtlkitError, ValueError):
+    """A constructor argument breaks its constraint (``num_experts must be an int >= 1; got 0.``).
+
+    ``name`` is the argument's name and ``value`` what was passed, so that a config error can
+    name the dotted path of the value (``model.num_experts``).
+    """
+
+    def __init__(self, name: str, value: object, constraint: str, hint: str = "", *, who: str = "") -> None:
+        self.name, self.value, self.constraint, self.hint = name, value, constraint, hint
+        self.who = who
+        head = f"{who} {name}" if who else name
+        super().__init__(f"{head} must be {constraint}; got {value!r}.{' ' + hint if hint else ''}")

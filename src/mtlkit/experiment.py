@@ -3,6 +3,7 @@ comparison table. Used by ``mtlkit run`` and ``mtlkit evaluate``; also callable 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -18,17 +19,16 @@ import torch
 import yaml
 from rich.console import Console
 
-from mtlkit.analysis.plots import require_matplotlib, write_experiment_plots
+from mtlkit.analysis.plots import write_experiment_plots
 from mtlkit.config.build import (
-    build_aggregator,
     build_data,
     build_model,
     build_schedule,
-    build_weighting,
+    build_trainer,
+    data_key,
     early_stopping,
-    optimizer_factory,
-    scheduler_factory,
 )
+from mtlkit.config.check import check_experiment
 from mtlkit.config.load import ResolvedExperiment, resolve
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.fingerprint import data_fingerprint
@@ -47,15 +47,15 @@ from mtlkit.errors import (
     MtlkitError,
     RunDirectoryError,
 )
+from mtlkit.jsonio import write_json
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task, select_metrics
 from mtlkit.predict import save_run_signature
-from mtlkit.report import comparison_table, json_safe, metrics_table, write_tables
+from mtlkit.report import comparison_table, metrics_table, write_tables
 from mtlkit.runs import find_runs, load_run, read_config, with_saved_preprocessor
 from mtlkit.training.checkpoint import Checkpointer, atomic_write_bytes
 from mtlkit.training.run_lock import RunLock, os_error_message
 from mtlkit.training.schedules import TaskSchedule
-from mtlkit.training.trainer import Trainer
 from mtlkit.utils import seed_everything
 
 __all__ = [
@@ -134,7 +134,7 @@ def _dump_yaml(data: Mapping[str, Any], path: Path) -> None:
 
 def _dump_json(data: Any, path: Path) -> None:
     """Atomic, so that a run killed while writing never leaves half a file (metrics.json marks a finished run)."""
-    atomic_write_bytes(json.dumps(data, indent=1, default=_json_default).encode(), path)
+    write_json(data, path)
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -152,7 +152,7 @@ def _device(cfg: ExperimentConfig) -> str | None:
 
 
 def _data_key(spec: Mapping[str, Any]) -> str:
-    return json.dumps(spec, sort_keys=True, default=str)
+    return data_key(spec)
 
 
 def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
@@ -167,7 +167,7 @@ def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
             int(rec["seed"]),
             run_dir,
             rec["split"],
-            rec["metrics"],
+            _nan_for_null(rec["metrics"]),
             int(rec["params"]),
             float(rec["seconds"]),
             int(rec["epochs"]),
@@ -179,6 +179,11 @@ def _finished(run_dir: Path, splits: DataSplits) -> RunResult | None:
         raise CheckpointError(
             f"{str(path)!r} is damaged ({type(exc).__name__}: {exc}); delete it to train that run again."
         ) from None
+
+
+def _nan_for_null(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Metrics read back from metrics.json: the JSON writer stores NaN as null."""
+    return {t: {m: math.nan if v is None else float(v) for m, v in ms.items()} for t, ms in metrics.items()}
 
 
 def _normalised(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,24 +238,15 @@ def _train_one(
         save_run_signature(run_dir, splits)
     seed_everything(seed)
     model = build_model(cfg.model, splits, cfg.backbone)
-    weighting = build_weighting(cfg.weighting, splits.tasks)
     schedule = build_schedule(cfg.schedule)
-    trainer = Trainer(
+    trainer = build_trainer(
+        cfg,
         _distributed_model(model, ctx, schedule, splits) if ctx is not None else model,
         splits.tasks,
-        optimizer=optimizer_factory(cfg.optimizer),
-        scheduler=scheduler_factory(cfg.scheduler),
-        scheduler_interval=cfg.trainer.scheduler_interval,
-        weighting=weighting,
-        aggregator=build_aggregator(cfg.aggregator, splits.tasks),
-        gradient_target=cfg.trainer.gradient_target,
         schedule=schedule,
-        per_task_optimizers=cfg.trainer.per_task_optimizers,
         device=str(ctx.device) if ctx is not None else _device(cfg),
         seed=seed,
-        grad_clip_norm=cfg.trainer.grad_clip_norm,
         progress=(cfg.trainer.progress if cfg.trainer.progress is not None else progress) if main else False,
-        log_epochs=cfg.trainer.log_epochs,
         log_dir=run_dir / "tensorboard" if cfg.trainer.tensorboard else None,
         console=console,
     )
@@ -340,20 +336,34 @@ def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: st
         stats = gate_statistics(model, data, max_samples=_GATE_SAMPLES)
     except IncompatibleComponentsError:  # gates(x) returned {}: not a gated model
         return
-    (run_dir / "gates.json").write_text(
-        json.dumps(json_safe({k: v.to_dict() for k, v in stats.items()}), indent=1)
-    )
+    write_json({k: v.to_dict() for k, v in stats.items()}, run_dir / "gates.json")
     plot_gate_distributions(stats, title=f"{title}: gate weights per expert", path=run_dir / "gates.png")
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, (Path, torch.device)):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+STATUS_FILE = "status.json"
+
+
+def _mark_failed(root: Path, run_dir: Path, exc: BaseException, console: Console) -> None:
+    """Write ``status.json`` (``{"status": "failed", ...}``) into the failed run's directory (and
+    the experiment's) and say where it is; a run that a resume later finishes loses the marker."""
+    record = {
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "run": str(run_dir.relative_to(root)) if run_dir != root else ".",
+        "time": datetime.now().isoformat(timespec="seconds"),
+    }
+    for folder in dict.fromkeys([run_dir, root]):
+        with contextlib.suppress(OSError):  # e.g. a full disk: the message below still says where the run is
+            write_json(record, folder / STATUS_FILE)
+    # an mtlkit error: the CLI adds the resume command where resuming can help (RunDirectoryError)
+    fix = "" if isinstance(exc, MtlkitError) else f" After fixing the cause: mtlkit run --resume {root}"
+    console.print(
+        f"Run failed: {run_dir} (marked in {STATUS_FILE}; its last checkpoint, if any, is kept). "
+        f"Run directory: {root}.{fix}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,  # paths stay on one line
+    )
 
 
 def _run_record(r: RunResult, splits: DataSplits) -> dict[str, Any]:
@@ -467,13 +477,14 @@ def run_experiment(
     """Train every variant at every seed; write run directories and the comparison; print tables."""
     if not isinstance(experiment, ResolvedExperiment):
         experiment = resolve(experiment)
+    data = check_experiment(experiment)  # everything `mtlkit validate` checks, before any directory exists
     with distributed_session(experiment.config.trainer.device) as ctx:
         root = None
         if ctx is None or ctx.is_main:
             root = _new_run_dir(Path(output_dir or experiment.config.output_dir), experiment.config.name)
             _dump_yaml(experiment.to_dict(), root / "config.yaml")
         root = Path(broadcast_object(str(root)))  # every rank works in rank 0's run directory
-        return _run_all(experiment, root, console or Console(), progress, resume=False)
+        return _run_all(experiment, root, console or Console(), progress, resume=False, data=data)
 
 
 def resume_experiment(
@@ -532,13 +543,14 @@ def _run_all(
     *,
     resume: bool,
     allow_data_change: bool = False,
+    data: dict[str, DataSplits] | None = None,
 ) -> ExperimentResult:
     """:func:`_run_variants` with the run directory locked (rank 0 writes it); Ctrl-C raises
     :class:`RunInterrupted`, and an error notes the run directory it left unfinished."""
     try:
         with RunLock(root) if is_main_process() else nullcontext():
             return _run_variants(
-                experiment, root, console, progress, resume=resume, allow_data_change=allow_data_change
+                experiment, root, console, progress, resume=resume, allow_data_change=allow_data_change, data=data
             )
     except KeyboardInterrupt:
         raise RunInterrupted(root) from None
@@ -567,24 +579,19 @@ def _run_variants(
     *,
     resume: bool,
     allow_data_change: bool,
+    data: dict[str, DataSplits] | None,
 ) -> ExperimentResult:
     cfg = experiment.config
     labels = list(experiment.variants)
     main = is_main_process()
     if not main:  # under torchrun only rank 0 prints and writes
         console = Console(quiet=True)
-    if cfg.plots:
-        require_matplotlib()  # fail before training, not after it
     multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
-    data_cache: dict[str, DataSplits] = {}
+    # every run's components, the monitor, the device, plots and Δm metrics: checked before training
+    data_cache = data if data is not None else check_experiment(experiment)
     fingerprints: dict[str, dict[str, Any]] = {}
     runs: list[RunResult] = []
     baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
-    if baseline is not None and len(labels) > 1:  # a bad Δm metric selection fails before any training
-        bcfg = experiment.variants[baseline]
-        data_cache[_data_key(bcfg.data)] = build_data(bcfg.data)
-        tasks = data_cache[_data_key(bcfg.data)].tasks
-        select_metrics(MultiTaskMetrics(tasks).directions(), cfg.delta_m_metrics)
     if cfg.description:
         console.print(f"[bold]{cfg.name}[/bold]: {cfg.description.strip()}")
     for label, vcfg in experiment.variants.items():
@@ -599,9 +606,16 @@ def _run_variants(
             done = _finished(run_dir, splits) if resume else None
             if done is not None:
                 _check_finished_data(run_dir, fingerprints[key], allow_data_change)
-            r = done or _train_one(
-                vcfg, splits, seed, run_dir, label, console, progress, resume, fingerprints[key], allow_data_change
-            )
+            try:
+                r = done or _train_one(
+                    vcfg, splits, seed, run_dir, label, console, progress, resume, fingerprints[key], allow_data_change
+                )
+            except Exception as exc:
+                if main:
+                    _mark_failed(root, run_dir, exc, console)
+                raise
+            if main:
+                (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a failed run that a resume finished
             runs.append(r)
             console.print(
                 f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
@@ -627,6 +641,8 @@ def _run_variants(
     else:
         table = metrics_table(runs[0].metrics, title=f"{cfg.name}: {runs[0].split} metrics")
     console.print(table)
+    if main:
+        (root / STATUS_FILE).unlink(missing_ok=True)  # every run finished
     console.print(f"Run directory: {root}")
     return ExperimentResult(root, runs, comparison)
 
@@ -654,7 +670,7 @@ def evaluate_run_dir(
                 f"The data of {str(rd)!r} has no {split!r} split; choose another with --split."
             )
         run = load_run(rd, splits=splits)  # the best weights, else the last
-        trainer = Trainer(run.model, splits.tasks, device=_device(cfg), progress=False)
+        trainer = build_trainer(cfg, run.model, splits.tasks, device=_device(cfg), progress=False)
         name = str(rd.relative_to(root)) if rd != root else rd.name
         results[name] = trainer.evaluate(data, batch_size=max(cfg.trainer.batch_size, 1024))
         console.print(metrics_table(results[name], title=f"{name}: {split} metrics"))

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from mtlkit.data.preprocessing import TabularPreprocessor
 from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema
 from mtlkit.errors import DataError, IncompatibleComponentsError, ShapeError
+from mtlkit.jsonio import dumps
 from mtlkit.predict import PREPROCESSOR_FILE, Predictor, load_predictor
 from mtlkit.tasks import Task, TaskKind
 
@@ -300,7 +301,7 @@ def export_model(
         "preprocessing": None,
     }
     if predictor.preprocessor is not None:
-        (folder / PREPROCESSOR_FILE).write_text(json.dumps(predictor.preprocessor.state_dict(), indent=1))
+        (folder / PREPROCESSOR_FILE).write_text(dumps(predictor.preprocessor.state_dict()))
         manifest["preprocessing"] = {"file": PREPROCESSOR_FILE, "embedded": bool(embed_preprocessing)}
     if embed_preprocessing:
         assert predictor.preprocessor is not None
@@ -311,7 +312,7 @@ def export_model(
         manifest["opset"] = next(
             o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")
         )
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    (folder / MANIFEST_FILE).write_text(dumps(manifest))
     return folder
 
 

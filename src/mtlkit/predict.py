@@ -30,7 +30,6 @@ ESMM's pCVR) as the model gives them.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,9 +46,9 @@ from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryWarnin
 from mtlkit.data.schema import FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError
+from mtlkit.jsonio import write_json
 from mtlkit.runs import find_run
 from mtlkit.tasks import Task, TaskKind
-from mtlkit.training.checkpoint import atomic_write_bytes
 
 __all__ = [
     "PREPROCESSOR_FILE",
@@ -114,10 +113,10 @@ def save_run_signature(run_dir: str | os.PathLike[str], splits: DataSplits) -> N
         "tasks": [_task_to_dict(t) for t in splits.tasks],
         "input": _input_to_dict(splits.input_spec, splits.info),
     }
-    atomic_write_bytes(json.dumps(signature, indent=1).encode(), run_dir / SIGNATURE_FILE)
+    write_json(signature, run_dir / SIGNATURE_FILE)
     pre = splits.preprocessor
     if pre is not None and hasattr(pre, "state_dict"):
-        atomic_write_bytes(json.dumps(pre.state_dict(), indent=1).encode(), run_dir / PREPROCESSOR_FILE)
+        write_json(pre.state_dict(), run_dir / PREPROCESSOR_FILE)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from mtlkit.jsonio import dumps, json_safe
 
 __all__ = [
     "comparison_csv",
@@ -176,26 +177,6 @@ def comparison_csv(comparison: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON accepts: NaN/inf become ``None``, tensors lists, other
-    objects (paths, devices) strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):  # tensors and numpy arrays
-        return json_safe(obj.tolist())
-    if hasattr(obj, "item"):
-        return json_safe(obj.item())
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)  # e.g. a torch.device
-
-
 def write_tables(
     comparison: Mapping[str, Any], out_dir: str | os.PathLike[str], *, title: str | None = None
 ) -> dict[str, Path]:
@@ -215,5 +196,5 @@ def write_tables(
     paths = {"md": out / "comparison.md", "csv": out / "comparison.csv", "json": out / "comparison.json"}
     paths["md"].write_text(comparison_markdown(comparison, title=title), encoding="utf-8")
     paths["csv"].write_text(comparison_csv(comparison), encoding="utf-8")
-    paths["json"].write_text(json.dumps(json_safe(comparison), indent=1, allow_nan=False), encoding="utf-8")
+    paths["json"].write_text(dumps(comparison), encoding="utf-8")
     return paths

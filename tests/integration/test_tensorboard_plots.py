@@ -214,9 +214,13 @@ def test_run_without_plots_still_writes_tables_and_checks_the_selection(
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(dict(TINY, delta_m_metrics={"y1": ["auc"]})))
     capsys.readouterr()
-    assert main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--no-progress"]) == 1
+    # a config problem (exit 2), refused by `validate` too, before any run directory exists
+    assert main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     out = capsys.readouterr()
     assert (
-        "error: Δm metric selection names ['auc'] for task 'y1', which has ['loss', 'mse', 'mae']" in out.err
+        "delta_m_metrics: Δm metric selection names ['auc'] for task 'y1', which has ['loss', 'mse', 'mae']"
+        in out.err
     )
-    assert "seed 0" not in out.out and not list((tmp_path / "bad").glob("*/*/seed0/checkpoint.pt"))
+    assert "seed 0" not in out.out and not (tmp_path / "bad").exists()
+    assert main(["validate", str(cfg)]) == 2
+    assert "delta_m_metrics: Δm metric selection names ['auc']" in capsys.readouterr().err

@@ -13,22 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mtlkit import __version__
+from mtlkit._sections import SECTIONS
 from mtlkit.errors import ConfigError, MtlkitError, RunDirectoryError, UnknownComponentError
 
 __all__ = ["main"]
 
-_FAMILIES = (
-    "presets",
-    "models",
-    "backbones",
-    "weightings",
-    "aggregators",
-    "datasets",
-    "optimizers",
-    "schedulers",
-    "schedules",
-    "reproductions",
-)
+_FAMILIES = ("presets", *(s.family for s in SECTIONS), "reproductions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,15 +56,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fetch missing dataset files from their public source (same as data.download=true)",
     )
+    _add_threads_option(run, "torch intra-op threads (default and 0: torch's default, one per core)")
 
-    val = sub.add_parser("validate", help="check a config and print it fully resolved")
+    val = sub.add_parser(
+        "validate",
+        help="check a config as `run` would (without training) and print it fully resolved",
+        description="Build everything `mtlkit run` builds (the data, each model on the meta device, optimizers, "
+        "schedulers, loss weighting, early stopping, device) without training, and report every problem at "
+        "once. Exit code 0: `run` accepts the config; 2: it refuses it.",
+    )
     val.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     val.add_argument("--preset")
+    val.add_argument("--data", metavar="PATH", help="the data folder (same as data.path=PATH)")
 
     ls = sub.add_parser(
         "list",
-        help="list presets, models, backbones, loss weightings, gradient aggregators, datasets, optimizers, "
-        "schedulers, training schedules",
+        help="list presets, " + ", ".join(s.family for s in SECTIONS) + " and reproductions",
     )
     ls.add_argument("what", nargs="?", choices=_FAMILIES, help="only this family")
 
@@ -144,13 +141,24 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, metavar="N", help="number of seeds (0..N-1; default: the recipe's)")
     rep.add_argument("--out", default="runs", help="parent directory of the run directory (default: runs)")
     rep.add_argument("--no-progress", action="store_true", help="one line per experiment, no live bar")
-    rep.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)",
+    _add_threads_option(
+        rep, "torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)"
     )
     return p
+
+
+def _add_threads_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--threads N`` (``run`` and ``reproduce``); read back with :func:`_threads`."""
+    parser.add_argument("--threads", type=int, metavar="N", help=help)
+
+
+def _threads(ns: argparse.Namespace, default: int | None = None) -> int | None:
+    """The torch intra-op thread count ``--threads`` asks for (None: leave torch's)."""
+    if ns.threads is None:
+        return default
+    if ns.threads < 0:
+        raise ConfigError([f"--threads: must be >= 0 (0: torch's default); got {ns.threads}."])
+    return None if ns.threads == 0 else ns.threads
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -162,6 +170,13 @@ def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.utils import torch_threads
+
+    with torch_threads(_threads(ns)):
+        return _run(ns, console)
+
+
+def _run(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.config.load import load_config
     from mtlkit.experiment import run_experiment
 
@@ -191,10 +206,14 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_validate(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.config.check import check_experiment
     from mtlkit.config.load import load_config
 
     path, overrides = _split_args(ns.args)
+    if ns.data:
+        overrides.insert(0, f"data.path={ns.data}")
     experiment = load_config(path, preset=ns.preset, overrides=overrides)
+    check_experiment(experiment)  # the checks of `mtlkit run`, without training
     console.print(f"# {experiment.source}: valid ({len(experiment.variants)} run(s) per seed)")
     console.print(yaml.safe_dump(experiment.to_dict(), sort_keys=False), markup=False, highlight=False)
     return 0
@@ -205,16 +224,7 @@ def _cmd_list(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.config.load import list_presets
 
     wanted = [ns.what] if ns.what else list(_FAMILIES)
-    sections = {
-        "models": FAMILIES["model"].registry,
-        "backbones": FAMILIES["backbone"].registry,
-        "weightings": FAMILIES["weighting"].registry,
-        "aggregators": FAMILIES["aggregator"].registry,
-        "datasets": FAMILIES["data"].registry,
-        "optimizers": FAMILIES["optimizer"].registry,
-        "schedulers": FAMILIES["scheduler"].registry,
-        "schedules": FAMILIES["schedule"].registry,
-    }
+    sections = {f.family: f.registry for f in FAMILIES.values()}
     for what in wanted:
         table = Table(title=what, title_justify="left", show_header=False, box=None, padding=(0, 2))
         table.add_column("name", style="bold")
@@ -265,10 +275,8 @@ def _cmd_reproduce(ns: argparse.Namespace, console: Console) -> int:
         raise ConfigError([f"reproduce: expected key=value overrides after the name; got {bad}."])
     if ns.seeds is not None and ns.seeds < 1:
         raise ConfigError([f"--seeds: must be >= 1; got {ns.seeds}."])
-    if ns.threads is not None and ns.threads < 0:
-        raise ConfigError([f"--threads: must be >= 0 (0: torch's default); got {ns.threads}."])
     recipe = REPRODUCTIONS.get(ns.name)
-    threads = recipe.threads if ns.threads is None else (None if ns.threads == 0 else ns.threads)
+    threads = _threads(ns, default=recipe.threads)
     command = "mtlkit " + shlex.join(ns.argv)
     run_reproduction(
         ns.name,

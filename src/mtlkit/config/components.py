@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from mtlkit._registry import Registry
+from mtlkit._sections import SECTIONS
 from mtlkit.errors import did_you_mean
 from mtlkit.registries import AGGREGATORS, BACKBONES, DATASETS, MODELS, SCHEDULES, WEIGHTINGS
 
@@ -44,23 +45,31 @@ for _name, _cls in {
 
 @dataclass(frozen=True)
 class ComponentFamily:
-    """A registry plus the builder arguments that mtlkit supplies itself (not from the config)."""
+    """A registry plus the builder arguments that mtlkit supplies itself (not from the config).
+
+    ``section`` is the config key, ``family`` the name in ``mtlkit list`` (from
+    :data:`mtlkit._sections.SECTIONS`)."""
 
     section: str
     registry: Registry
     injected: frozenset[str]
+    family: str = ""
 
 
-FAMILIES: dict[str, ComponentFamily] = {
-    "data": ComponentFamily("data", DATASETS, frozenset()),
-    "backbone": ComponentFamily("backbone", BACKBONES, frozenset({"input_spec"})),
-    "model": ComponentFamily("model", MODELS, frozenset({"input_dim", "input_spec", "input_layer", "tasks"})),
-    "weighting": ComponentFamily("weighting", WEIGHTINGS, frozenset({"tasks"})),
-    "aggregator": ComponentFamily("aggregator", AGGREGATORS, frozenset({"tasks"})),
-    "optimizer": ComponentFamily("optimizer", OPTIMIZERS, frozenset({"params"})),
-    "scheduler": ComponentFamily("scheduler", SCHEDULERS, frozenset({"optimizer", "verbose"})),
-    "schedule": ComponentFamily("schedule", SCHEDULES, frozenset()),
+_REGISTRIES: dict[str, tuple[Registry, frozenset[str]]] = {
+    "data": (DATASETS, frozenset()),
+    "backbone": (BACKBONES, frozenset({"input_spec"})),
+    "model": (MODELS, frozenset({"input_dim", "input_spec", "input_layer", "tasks"})),
+    "weighting": (WEIGHTINGS, frozenset({"tasks"})),
+    "aggregator": (AGGREGATORS, frozenset({"tasks"})),
+    "optimizer": (OPTIMIZERS, frozenset({"params"})),
+    "scheduler": (SCHEDULERS, frozenset({"optimizer", "verbose"})),
+    "schedule": (SCHEDULES, frozenset()),
 }
+FAMILIES: dict[str, ComponentFamily] = {
+    s.key: ComponentFamily(s.key, *_REGISTRIES[s.key], family=s.family) for s in SECTIONS
+}
+"""One family per config section, in the order of :data:`~mtlkit._sections.SECTIONS`."""
 
 
 def _strip_tensor(tp: Any) -> Any:
@@ -123,7 +132,7 @@ def validate_component(
     except ValidationError as exc:
         allowed = list(model.model_fields)
         return None, [format_error(e, path, allowed, f"{reg.kind} {canonical!r}") for e in exc.errors()]
-    return {"name": canonical, **validated.model_dump()}, []
+    return {"name": canonical, **validated.model_dump(warnings=False)}, []  # e.g. min_lr: float | list
 
 
 def format_error(err: Mapping[str, Any], path: str, allowed: list[str], what: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mtlkit._sections import SECTIONS
 from mtlkit.config.build import schedule_problems
 from mtlkit.config.components import FAMILIES, format_error, validate_component
 from mtlkit.config.schema import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "default"
-_SECTIONS = ("data", "backbone", "model", "weighting", "aggregator", "optimizer", "scheduler", "schedule")
-_DEFAULT_NAMES = {"weighting": "equal", "optimizer": "adam"}
+_SECTIONS = tuple(s.key for s in SECTIONS)
+# a section given without a name keeps its default component, e.g. `optimizer: {lr: 0.01}` keeps Adam
+_DEFAULT_NAMES = {s.key: s.default["name"] for s in SECTIONS if s.default is not None}
 _NESTED: dict[str, type[BaseModel]] = {
     "trainer": TrainerConfig,
     "trainer.early_stopping": EarlyStoppingConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Literal
 
@@ -13,8 +14,11 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    create_model,
     field_validator,
 )
+
+from mtlkit._sections import SECTIONS, Section
 
 __all__ = ["EarlyStoppingConfig", "ExperimentConfig", "TrainerConfig"]
 
@@ -65,35 +69,19 @@ class TrainerConfig(_Strict):
         return v
 
 
-class ExperimentConfig(_Strict):
-    """A whole experiment. Component sections name registry entries: ``model: {name: mmoe, num_experts: 8}``.
+def _section_field(section: Section) -> tuple[Any, Any]:
+    if section.required:
+        return dict[str, Any], ...
+    if section.default is None:
+        return dict[str, Any] | None, None
+    default = section.default
+    return dict[str, Any], Field(default_factory=lambda: copy.deepcopy(default))
 
-    ``compare`` maps a label to a partial config merged over this one; each label is one run (per
-    seed). A component whose ``name`` a variant changes is replaced, not merged.
-    ``delta_m_metrics`` selects the metrics of Δm (default: all but the loss; see
-    :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
-    """
 
-    name: str = "experiment"
-    description: str = ""
-    seed: int = 0
-    seeds: list[int] | None = Field(default=None, min_length=1)
-    data: dict[str, Any]
-    backbone: dict[str, Any] | None = None
-    model: dict[str, Any]
-    weighting: dict[str, Any] = Field(default_factory=lambda: {"name": "equal"})
-    aggregator: dict[str, Any] | None = None
-    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
-    scheduler: dict[str, Any] | None = None
-    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "joint"})
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    compare: dict[str, dict[str, Any]] | None = None
-    baseline: str | None = None
-    delta_m_metrics: list[str] | dict[str, list[str]] | None = None
-    plots: bool = False
-    output_dir: str = "runs"
+class _Experiment(_Strict):
+    """Validators and methods of :class:`ExperimentConfig` (whose fields are generated)."""
 
-    @field_validator("name")
+    @field_validator("name", check_fields=False)
     @classmethod
     def _name(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z0-9_.\-]+$", v):
@@ -101,4 +89,32 @@ class ExperimentConfig(_Strict):
         return v
 
     def run_seeds(self) -> list[int]:
-        return list(self.seeds) if self.seeds else [self.seed]
+        return list(self.seeds) if self.seeds else [self.seed]  # type: ignore[attr-defined]
+
+
+# the fields in the order a resolved config is printed; the component sections come from SECTIONS
+ExperimentConfig: type[_Experiment] = create_model(  # type: ignore[call-overload]
+    "ExperimentConfig",
+    __base__=_Experiment,
+    __module__=__name__,
+    __doc__="""A whole experiment. Component sections name registry entries: ``model: {name: mmoe, num_experts: 8}``.
+
+    The component sections (``data``, ``backbone``, ``model``, ``weighting``, ``aggregator``,
+    ``optimizer``, ``scheduler``, ``schedule``) are generated from :data:`mtlkit._sections.SECTIONS`.
+    ``compare`` maps a label to a partial config merged over this one; each label is one run (per
+    seed). A component whose ``name`` a variant changes is replaced, not merged.
+    ``delta_m_metrics`` selects the metrics of Δm (default: all but the loss; see
+    :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
+    """,
+    name=(str, "experiment"),
+    description=(str, ""),
+    seed=(NonNegativeInt, 0),  # numpy's seed sequences take no negative seed
+    seeds=(list[NonNegativeInt] | None, Field(default=None, min_length=1)),
+    **{section.key: _section_field(section) for section in SECTIONS},
+    trainer=(TrainerConfig, Field(default_factory=TrainerConfig)),
+    compare=(dict[str, dict[str, Any]] | None, None),
+    baseline=(str | None, None),
+    delta_m_metrics=(list[str] | dict[str, list[str]] | None, None),
+    plots=(bool, False),
+    output_dir=(str, "runs"),
+)

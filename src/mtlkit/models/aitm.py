@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
@@ -212,6 +213,7 @@ def aitm(
         dropout: dropout after each tower and transfer layer.
         input_layer: shared backbone in front of the towers (e.g. the embedding front end).
     """
+    check_model_args("aitm", tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     for t in tasks:
         if t.kind is not TaskKind.BINARY or not t.logits:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
@@ -230,6 +231,7 @@ def cross_stitch(
     input_layer: InputLayerLike | None = None,
 ) -> CrossStitch:
     """Cross-stitch network (Misra et al. 2016): one MLP column per task, mixed after every layer."""
+    check_model_args("cross_stitch", hidden_dims=hidden_dims, tower_dims=tower_dims, dropout=dropout)
     names = task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="cross_stitch")
     columns = ExpertMLPs(len(names), width, hidden_dims, activation=activation, dropout=dropout)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
 from mtlkit.models._blocks import MLP, ExpertMLPs, _check_input
@@ -348,6 +349,14 @@ def dselect_k(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the experts and gates.
     """
+    check_model_args(
+        "dselect_k",
+        num_experts=num_experts,
+        k=k,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     names = task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="dselect_k")
     experts = ExpertMLPs(num_experts, width, expert_dims, activation=activation, dropout=dropout)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import did_you_mean
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
@@ -141,6 +142,7 @@ def hierarchical(
     input_layer: InputLayerLike | None = None,
 ) -> Hierarchical:
     """Hierarchical sharing: one MLP stack, each task's tower attached at its depth (task_depths)."""
+    check_model_args("hierarchical", hidden_dims=hidden_dims, tower_dims=tower_dims, dropout=dropout)
     names = task_names(tasks)
     dims = _dims(hidden_dims, "hierarchical hidden_dims")
     if not dims:

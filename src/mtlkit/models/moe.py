@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
 from mtlkit.models._blocks import MLP, ExpertMLPs, SoftmaxGates
@@ -191,6 +192,13 @@ def mmoe(
     input_layer: InputLayerLike | None = None,
 ) -> MMoE:
     """MMoE (Ma et al. 2018): shared MLP experts, one softmax gate and one tower per task."""
+    check_model_args(
+        "mmoe",
+        num_experts=num_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "mmoe"
     )
@@ -211,6 +219,13 @@ def omoe(
     input_layer: InputLayerLike | None = None,
 ) -> OMoE:
     """One-gate MoE: shared MLP experts mixed by a single softmax gate, one tower per task."""
+    check_model_args(
+        "omoe",
+        num_experts=num_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     layer, width, experts, towers = _moe_parts(
         input_dim, tasks, num_experts, expert_dims, tower_dims, activation, dropout, input_layer, "omoe"
     )

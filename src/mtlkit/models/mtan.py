@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.data.schema import InputSpec, describe_input_spec
 from mtlkit.errors import ShapeError
@@ -218,6 +219,7 @@ def mtan(
     dropout: float = 0.0,
 ) -> MTAN:
     """MTAN (Liu et al. 2019): shared conv encoder, per-task attention at every block (images)."""
+    check_model_args("mtan", channels=channels, tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     C, H, W = _image_shape(input_spec)
     widths = _dims(channels, "mtan channels")

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
@@ -493,6 +494,7 @@ def cgc(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the experts and gates.
     """
+    check_model_args("cgc", expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout)  # counts: >= 0
     model = _build_ple(
         input_dim,
         tasks,
@@ -539,6 +541,13 @@ def ple(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the first level.
     """
+    check_model_args(
+        "ple",
+        num_levels=num_levels,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     return _build_ple(
         input_dim,
         tasks,

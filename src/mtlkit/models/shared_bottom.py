@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel
 from mtlkit.models._blocks import MLP
@@ -69,6 +70,7 @@ def shared_bottom(
     ``bottom_dims=[]`` shares only the input layer: the towers read the backbone's output directly
     (e.g. one CNN with a head per task, as in seed 000's MNIST + Fashion-MNIST network).
     """
+    check_model_args("shared_bottom", bottom_dims=bottom_dims, tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="shared_bottom")
     bottom: nn.Module = (

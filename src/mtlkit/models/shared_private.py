@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel
@@ -154,6 +155,13 @@ def shared_private(
     input_layer: InputLayerLike | None = None,
 ) -> SharedPrivate:
     """Shared-private: a shared MLP encoder and a private one per task, concatenated for each tower."""
+    check_model_args(
+        "shared_private",
+        shared_dims=shared_dims,
+        private_dims=private_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     task_names(tasks)
     (layer,), width = make_input_layers(input_dim, input_layer, who="shared_private")
     shared = MLP(width, shared_dims, activation=activation, dropout=dropout)

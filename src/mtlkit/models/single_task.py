@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel
 from mtlkit.models._blocks import MLP
@@ -51,6 +52,7 @@ def single_task(
     input_layer: InputLayerLike | None = None,
 ) -> SingleTask:
     """Single-task baseline: one MLP per task (each with its own input layer), no sharing."""
+    check_model_args("single_task", hidden_dims=hidden_dims, dropout=dropout)
     task_names(tasks)
     layers, width = make_input_layers(input_dim, input_layer, copies=len(tasks), who="single_task")
     networks: dict[str, nn.Module] = {}

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.models._base import Decoded, MultiTaskModel
 from mtlkit.models._blocks import MLP
@@ -166,6 +167,7 @@ def soft_sharing(
     and stay free); with an input layer, each task gets its own copy, whose weights (e.g. the
     embedding table) are tied as well unless ``tie_input_layer=False``.
     """
+    check_model_args("soft_sharing", hidden_dims=hidden_dims, dropout=dropout)
     task_names(tasks)
     if not hidden_dims:
         raise ValueError("soft_sharing needs at least one hidden layer to couple; got hidden_dims=[].")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError
 from mtlkit.models._base import Decoded, MultiTaskModel, params_of
@@ -168,6 +169,14 @@ def stacked_mmoe(
         dropout: dropout after every hidden activation.
         input_layer: a shared backbone module (or factory) in front of the first level.
     """
+    check_model_args(
+        "stacked_mmoe",
+        num_levels=num_levels,
+        num_experts=num_experts,
+        expert_dims=expert_dims,
+        tower_dims=tower_dims,
+        dropout=dropout,
+    )
     names = task_names(tasks)
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
         raise ValueError(f"stacked_mmoe num_levels must be an int >= 1; got {num_levels!r}.")

@@ -3,13 +3,11 @@ then let the recipe write its report into one run directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +21,9 @@ from mtlkit import __version__
 from mtlkit.config.load import ResolvedExperiment, apply_overrides, resolve
 from mtlkit.errors import ConfigError
 from mtlkit.experiment import RunResult, run_experiment
-from mtlkit.report import json_safe
+from mtlkit.jsonio import dumps
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
+from mtlkit.utils import torch_threads
 
 __all__ = [
     "ReproductionResult",
@@ -112,19 +111,6 @@ def _new_dir(root: Path, name: str) -> Path:
     return path
 
 
-@contextmanager
-def _threads(n: int | None):  # type: ignore[no-untyped-def]
-    """Set torch's intra-op threads for the duration (``None``: leave them)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(before)
-
-
 def _load() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -195,7 +181,7 @@ def run_reproduction(
     results: list[JobResult] = []
     show_bar = console.is_terminal if progress is None else progress
     console.print(f"[bold]reproduce {canonical}[/bold]: {len(planned)} experiment(s) -> {root}")
-    with _threads(threads):
+    with torch_threads(threads):
         bar = None
         if show_bar:
             from rich.progress import Progress
@@ -253,7 +239,7 @@ def run_reproduction(
         "finished": datetime.now().isoformat(timespec="seconds"),
         "files": {"report": "report.md", **files},
     }
-    (root / "reproduction.json").write_text(json.dumps(json_safe(record), indent=1), encoding="utf-8")
+    (root / "reproduction.json").write_text(dumps(record), encoding="utf-8")
     console.print(Markdown(report.markdown))
     console.print(f"Wall time {seconds:.0f}s. Report: {root / 'report.md'}")
     return ReproductionResult(canonical, root, results, report, seconds)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mtlkit.report import json_safe
+from mtlkit.jsonio import dumps
 
 __all__ = ["Column", "markdown_table", "mean_std", "write_table"]
 
@@ -150,5 +149,5 @@ def write_table(
         "notes": list(notes),
         "extra": dict(extra or {}),
     }
-    paths["json"].write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False), encoding="utf-8")
+    paths["json"].write_text(dumps(payload), encoding="utf-8")
     return paths

@@ -63,13 +63,13 @@ class StaticWeighting(LossWeighting):
         return WeightedLoss((w * losses).sum(), w.detach().clone())
 
 
-@WEIGHTINGS.register("equal", aliases=("sum", "joint"))
+@WEIGHTINGS.register("equal", aliases=("sum", "joint"), cls=EqualWeighting)
 def equal(tasks: Sequence[Task]) -> EqualWeighting:
     """Equal weighting: the sum of task losses."""
     return EqualWeighting(tasks)
 
 
-@WEIGHTINGS.register("static", aliases=("fixed",))
+@WEIGHTINGS.register("static", aliases=("fixed",), cls=StaticWeighting)
 def static(tasks: Sequence[Task], *, weights: dict[str, float]) -> StaticWeighting:
     """Static weights {task: w}: the weighted sum of task losses."""
     return StaticWeighting(tasks, weights)

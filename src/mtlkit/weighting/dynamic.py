@@ -137,25 +137,25 @@ class IMTLL(LossWeighting):
         return WeightedLoss(terms.sum(), w.detach())
 
 
-@WEIGHTINGS.register("dwa")
+@WEIGHTINGS.register("dwa", cls=DWA)
 def dwa(tasks: Sequence[Task], *, temperature: float = 2.0) -> DWA:
     """DWA (Liu et al. 2019): weights from the ratio of the last two epoch losses."""
     return DWA(tasks, temperature=temperature)
 
 
-@WEIGHTINGS.register("rlw", aliases=("random",))
+@WEIGHTINGS.register("rlw", aliases=("random",), cls=RLW)
 def rlw(tasks: Sequence[Task]) -> RLW:
     """RLW (Lin et al. 2022): random weights softmax(N(0, I)) every step."""
     return RLW(tasks)
 
 
-@WEIGHTINGS.register("gls", aliases=("geometric",))
+@WEIGHTINGS.register("gls", aliases=("geometric",), cls=GLS)
 def gls(tasks: Sequence[Task]) -> GLS:
     """GLS (Chennupati et al. 2019): the geometric mean of the task losses."""
     return GLS(tasks)
 
 
-@WEIGHTINGS.register("imtl_l")
+@WEIGHTINGS.register("imtl_l", cls=IMTLL)
 def imtl_l(tasks: Sequence[Task]) -> IMTLL:
     """IMTL-L (Liu et al. 2021): learnable loss scales e^s L - s."""
     return IMTLL(tasks)

@@ -157,7 +157,7 @@ def _softmax(logits: list[float], mask: list[bool]) -> list[float]:
     return [v / total for v in e]
 
 
-@WEIGHTINGS.register("famo")
+@WEIGHTINGS.register("famo", cls=FAMO)
 def famo(
     tasks: Sequence[Task],
     *,

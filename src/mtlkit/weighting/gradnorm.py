@@ -88,7 +88,7 @@ class GradNorm(LossWeighting):
         return f"tasks={list(self.task_names)}, alpha={self.alpha}"
 
 
-@WEIGHTINGS.register("gradnorm")
+@WEIGHTINGS.register("gradnorm", cls=GradNorm)
 def gradnorm(tasks: Sequence[Task], *, alpha: float = 1.5) -> GradNorm:
     """GradNorm (Chen et al. 2018): learned weights balancing gradient norms and training rates."""
     return GradNorm(tasks, alpha=alpha)

@@ -90,7 +90,7 @@ class UncertaintyWeighting(LossWeighting):
         return f"tasks={list(self.task_names)}, forms={list(self.forms)}"
 
 
-@WEIGHTINGS.register("uncertainty", aliases=("uw", "kendall"))
+@WEIGHTINGS.register("uncertainty", aliases=("uw", "kendall"), cls=UncertaintyWeighting)
 def uncertainty(
     tasks: Sequence[Task],
     *,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mtlkit.argcheck import positive_ints
 from mtlkit.data.schema import InputSpec, describe_input_spec
 from mtlkit.errors import ShapeError
 from mtlkit.registries import BACKBONES
@@ -106,6 +107,8 @@ def cnn(
     out_features: int | None = None,
 ) -> SmallCNN:
     """Seed 000's small CNN: conv 5x5 (32) - pool - conv 3x3 (64) - pool, flattened."""
+    positive_ints("channels", channels, allow_empty=False, who="cnn")
+    positive_ints("kernel_sizes", kernel_sizes, allow_empty=False, who="cnn")
     return SmallCNN(
         image_shape(input_spec, "cnn"),
         channels=channels,

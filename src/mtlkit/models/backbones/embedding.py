@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from mtlkit.argcheck import positive_int
 from mtlkit.data.schema import CATEGORICAL, NUMERIC, FeatureSchema, InputSpec, describe_input_spec
 from mtlkit.errors import ShapeError
 from mtlkit.registries import BACKBONES
@@ -101,6 +102,7 @@ def embedding(
     input_spec: InputSpec, *, embedding_dim: int = 8, check_indices: bool = True
 ) -> EmbeddingFrontEnd:
     """Embeddings of categorical columns (unknown bucket 0) concatenated with numeric columns."""
+    positive_int("embedding_dim", embedding_dim, who="embedding")
     if not isinstance(input_spec, FeatureSchema):
         raise ValueError(
             f"the embedding backbone takes tabular inputs (a FeatureSchema); got {describe_input_spec(input_spec)}."
