@@ -86,11 +86,11 @@ class MiniESMM(MultiTaskModel):
         self.ctr = nn.Linear(8, 1)
         self.cvr = nn.Linear(8, 1)
 
-    def _forward(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = torch.relu(self.bottom(x))
         ctr = torch.sigmoid(self.ctr(h)).squeeze(-1)
         cvr = torch.sigmoid(self.cvr(h)).squeeze(-1)
-        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}, {}  # (outputs, auxiliary losses)
+        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)
