@@ -11,10 +11,18 @@ hand-written loop::
     mtlkit.backward(tl.losses, aggregator=MGDA(), model=model, present=tl.present)  # gradient level
     optimizer.step()
 
-Gradient-level methods (an aggregator, or a weighting that needs gradients) take one
-retained backward pass per task to get the Jacobian of the task losses with respect to the
-shared parameters (default) or the shared representation, combine it, and write the result;
-each task's own parameters get the gradient of its weighted loss from the same pass.
+Gradient-level methods (an aggregator, or a weighting that needs gradients) run in four stages,
+each a function of its own:
+
+1. :func:`task_gradients`: one retained backward pass per task gives the Jacobian of the task
+   losses with respect to the shared parameters (default) or the shared representation, and
+   each task's own-parameter gradients from the same pass;
+2. a :class:`~mtlkit.distributed.GradientReduction`: nothing in one process, the exact
+   reduction across ranks under torch.distributed;
+3. :func:`combine`: the loss weighting (once, with the aggregator's log transform) and the
+   aggregator turn the rows into one update;
+4. :func:`write_gradients`: the update, the task parameters' gradients, auxiliary losses and
+   the weighting's own objective land in ``.grad``.
 """
 
 from __future__ import annotations
@@ -26,14 +34,25 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.aggregation._base import Aggregator
-from mtlkit.distributed import GradientSync
+from mtlkit.distributed import GradientReduction, GradientSync, Reduced, gradient_reduction
 from mtlkit.errors import IncompatibleComponentsError
 from mtlkit.losses import TaskLosses
 from mtlkit.state import TrainState
-from mtlkit.weighting._base import LossWeighting
+from mtlkit.weighting._base import LossWeighting, WeightedLoss
 from mtlkit.weighting.basic import EqualWeighting
 
-__all__ = ["BackwardResult", "GradientTarget", "GradientWorkspace", "backward"]
+__all__ = [
+    "BackwardResult",
+    "Combined",
+    "GradientTarget",
+    "GradientWorkspace",
+    "LossWeights",
+    "backward",
+    "combine",
+    "loss_weights",
+    "task_gradients",
+    "write_gradients",
+]
 
 GradientTarget = Literal["parameters", "representation"]
 _LOG_EPS = 1e-8
@@ -68,7 +87,8 @@ class GradientWorkspace:
     step instead of a fresh tensor: on a CPU, the first touch of a fresh multi-megabyte tensor
     (page faults) costs about as much as the copy into it. The :class:`~mtlkit.Trainer` keeps
     one; a hand-written loop can create one and pass it on every call. The buffer grows to the
-    largest Jacobian seen and is then kept (``T x P`` numbers): call :meth:`clear` to free it.
+    largest Jacobian seen and is then kept (``T x P`` numbers, :attr:`numel`): call
+    :meth:`clear` to free it.
 
     The Jacobian handed to an aggregator or a weighting is then a view of this buffer, valid
     during the call only: a method must not keep it (or a view of it) for later steps, but copy
@@ -77,6 +97,11 @@ class GradientWorkspace:
 
     def __init__(self) -> None:
         self._buffer: Tensor | None = None
+
+    @property
+    def numel(self) -> int:
+        """Numbers the buffer holds (0 when freed)."""
+        return 0 if self._buffer is None else self._buffer.numel()
 
     def jacobian(self, rows: int, cols: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised ``[rows, cols]`` tensor in the reused buffer."""
@@ -173,56 +198,65 @@ def backward(
     Returns:
         :class:`BackwardResult` with the detached objective, effective weights and losses.
     """
-    names = weighting.task_names if weighting is not None else None
-    vec, items, order, given_present = _as_vector(losses, names)
-    T = vec.shape[0]
-    if weighting is None:
-        model_tasks = getattr(getattr(model, "module", model), "task_names", None)
-        if order is None and model_tasks is not None and len(model_tasks) == T:
-            order = tuple(model_tasks)
-        weighting = EqualWeighting(order or [f"task{i}" for i in range(T)])
-    if present is None:
-        present = given_present
-    counts = local = None
-    if sync is not None:
-        local = losses.counts if isinstance(losses, TaskLosses) else None
-        if local is None:
-            local = present.to(vec.dtype) if present is not None else torch.ones_like(vec.detach())
-        gradient_level = aggregator is not None or weighting.requires_gradients
-        if not (gradient_level and representation is None):  # else: one fused reduction, below
-            vec, counts, share = sync.global_losses(vec, local)
-            present = counts > 0
-            local = None
-            if items is not None:
-                items = tuple(item * s for item, s in zip(items, share.unbind(0)))
-    aux_total = _aux_total(aux)
-    if aggregator is None and not weighting.requires_gradients:
-        out = weighting(vec, present=present, state=state)
-        objective = out.total
-        if out.aux is not None:
-            objective = objective + out.aux
-        if aux_total is not None:
-            objective = objective + aux_total
-        if objective.requires_grad:
-            objective.backward()
-        return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach(), None, counts)
-    return _gradient_backward(
-        vec,
-        items,
-        weighting,
-        aggregator,
-        model,
-        shared_params,
-        task_params,
-        representation,
-        aux_total,
-        present,
-        state,
-        workspace,
-        sync,
-        counts,
-        local,
+    vec, items, order, given_present = _as_vector(
+        losses, weighting.task_names if weighting is not None else None
     )
+    weighting = weighting if weighting is not None else _equal_weighting(model, order, vec.shape[0])
+    gradient_level = aggregator is not None or weighting.requires_gradients
+    reduction = gradient_reduction(
+        sync,
+        losses.counts if isinstance(losses, TaskLosses) else None,
+        per_task_rows=gradient_level and representation is None,
+    )
+    vec, items, present, counts = reduction.global_losses(
+        vec, items, given_present if present is None else present
+    )
+    aux_total = _aux_total(aux)
+    if not gradient_level:
+        return _loss_level(vec, weighting, present, state, aux_total, counts)
+    shared, own = _resolve_params(
+        weighting.task_names, model, shared_params, task_params, representation is None
+    )
+    targets: list[Tensor] = [representation] if representation is not None else list(shared)
+    early = None if reduction.weighs_after else loss_weights(vec, present, weighting, aggregator, state)
+    rows, labelled = reduction.rows(present, vec.shape[0])
+    scale = reduction.row_scale(vec) if early is None else early.scale
+    per_task, own_rows = items if items is not None else tuple(vec.unbind(0)), [own[i] for i in rows]
+    jac, own_grads = task_gradients(per_task, targets, own_rows, rows, labelled, scale, workspace)  # 1
+    reduced = reduction.reduce(jac, own_grads, own_rows, vec, present, rows)  # 2
+    combined = combine(reduced, early, weighting, aggregator, state)  # 3
+    own_kept = [own[i] for i in reduced.rows]
+    write_gradients(combined, reduced, weighting, own_kept, shared, representation, aux_total, reduction)  # 4
+    total, weights = combined.weighted.total.detach(), combined.effective
+    counts = reduced.counts if reduced.counts is not None else counts
+    return BackwardResult(total, weights, reduced.losses.detach(), combined.aggregator_weights, counts)
+
+
+def _equal_weighting(model: nn.Module | None, order: tuple[str, ...] | None, num_tasks: int) -> LossWeighting:
+    model_tasks = getattr(getattr(model, "module", model), "task_names", None)
+    if order is None and model_tasks is not None and len(model_tasks) == num_tasks:
+        order = tuple(model_tasks)
+    return EqualWeighting(order or [f"task{i}" for i in range(num_tasks)])
+
+
+def _loss_level(
+    vec: Tensor,
+    weighting: LossWeighting,
+    present: Tensor | None,
+    state: TrainState | None,
+    aux_total: Tensor | None,
+    counts: Tensor | None,
+) -> BackwardResult:
+    """Backpropagate the weighted sum of the losses (methods that need no per-task gradient)."""
+    out = weighting(vec, present=present, state=state)
+    objective = out.total
+    if out.aux is not None:
+        objective = objective + out.aux
+    if aux_total is not None:
+        objective = objective + aux_total
+    if objective.requires_grad:
+        objective.backward()
+    return BackwardResult(out.total.detach(), out.weights.detach(), vec.detach(), None, counts)
 
 
 def _resolve_params(
@@ -241,6 +275,12 @@ def _resolve_params(
             )
         shared_params = core.shared_parameters()
     shared = [p for p in (shared_params or []) if p.requires_grad]
+    if need_shared and not shared:
+        raise IncompatibleComponentsError(
+            "Gradient-level balancing combines the gradients of shared parameters, but this model shares none "
+            "(e.g. the single-task baseline). Use a loss weighting (e.g. 'uncertainty'), or a model with shared "
+            "parameters."
+        )
     if task_params is None:
         if core is not None and hasattr(core, "task_parameters"):
             per_task = [list(core.task_parameters(t)) for t in names]
@@ -253,13 +293,7 @@ def _resolve_params(
     return shared, [[p for p in ps if p.requires_grad] for ps in per_task]
 
 
-def _accumulate(param: Tensor, grad: Tensor) -> None:
-    if param.grad is None:
-        param.grad = grad.detach().clone()
-    else:
-        param.grad.add_(grad)
-
-
+# ---------------------------------------------------------------------------------------- 1. Jacobian
 def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int]) -> None:
     """Write the flattened ``grads`` (``None``: zeros) side by side into ``dest`` (one copy)."""
     if len(grads) == 1 and grads[0] is not None:  # e.g. the representation
@@ -275,223 +309,216 @@ def _write_row(dest: Tensor, grads: Sequence[Tensor | None], sizes: Sequence[int
             part.copy_(g.reshape(-1))
 
 
-def _accumulate_flat(params: Sequence[Tensor], vector: Tensor, sizes: Sequence[int]) -> None:
+def task_gradients(
+    losses: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    own: Sequence[Sequence[Tensor]],
+    rows: Sequence[int],
+    labelled: Sequence[bool],
+    scale: Tensor,
+    workspace: GradientWorkspace | None = None,
+) -> tuple[Tensor, list[list[Tensor | None]]]:
+    """Stage 1: the ``[K, P]`` Jacobian of ``scale[k] * losses[k]`` (``k`` in ``rows``) with respect
+    to ``targets`` (flattened side by side), and each row's gradients of its task parameters ``own``.
+
+    One retained backward pass per row, from the task's own scalar (never a slice of a stacked
+    vector: that would walk every task's graph). A row whose ``labelled`` flag is False is zero
+    and its task gets no gradient (``None``).
+    """
+    sizes = [t.numel() for t in targets]
+    ref = targets[0]
+    if workspace is not None:
+        jac = workspace.jacobian(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
+    else:
+        jac = torch.empty(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
+    own_grads: list[list[Tensor | None]] = []
+    coefs = scale.unbind(0)
+    for row, (i, params, computed) in enumerate(zip(rows, own, labelled)):
+        if not computed:  # no label here (another rank may have some)
+            jac[row].zero_()
+            own_grads.append([None] * len(params))
+            continue
+        loss = losses[i]
+        grads = torch.autograd.grad(
+            loss,
+            [*targets, *params],
+            grad_outputs=coefs[i].to(loss.dtype),
+            retain_graph=True,
+            allow_unused=True,
+        )
+        _write_row(jac[row], grads[: len(targets)], sizes)
+        own_grads.append(list(grads[len(targets) :]))
+    return jac, own_grads
+
+
+# ---------------------------------------------------------------------------------------- 3. combine
+class LossWeights(NamedTuple):
+    """The loss weighting's view of a step (computed by :func:`loss_weights`, once per step).
+
+    Attributes:
+        losses: what the weighting saw: the losses, or their logs for a ``"log"`` aggregator.
+        scale: ``[T]`` factor of each task's gradient row: ``1 / L_k`` for the log transform
+            (``d log L = dL / L``), times the weights when they are known without gradients.
+        weighted: the weighting's output, ``None`` when it needs the Jacobian (GradNorm).
+        log: the log transform applies.
+    """
+
+    losses: Tensor
+    scale: Tensor
+    weighted: WeightedLoss | None
+    log: bool
+
+
+def loss_weights(
+    losses: Tensor,
+    present: Tensor | None,
+    weighting: LossWeighting,
+    aggregator: Aggregator | None,
+    state: TrainState | None,
+) -> LossWeights:
+    """The weights of ``losses [T]`` and each gradient row's factor (see :class:`LossWeights`)."""
+    log = aggregator is not None and aggregator.loss_transform == "log"
+    seen = torch.log(losses.clamp_min(_LOG_EPS)) if log else losses
+    scale = (1.0 / losses.detach().clamp_min(_LOG_EPS)) if log else torch.ones_like(losses.detach())
+    out = None
+    if not weighting.requires_gradients:
+        out = weighting(seen, present=present, state=state)
+        scale = scale * out.weights.detach().to(scale.dtype)
+    return LossWeights(seen, scale.to(losses.dtype), out, log)
+
+
+class Combined(NamedTuple):
+    """What :func:`combine` made of the rows: the update of the gradient targets (``None``: no
+    task was labelled), the weighting's output, the effective weights and the aggregator's."""
+
+    vector: Tensor | None
+    weighted: WeightedLoss
+    effective: Tensor
+    aggregator_weights: Tensor | None
+
+
+def _scale_rows(reduced: Reduced, factors: Tensor) -> None:
+    """Multiply every row (and its task parameters' gradients) by its factor, in place."""
+    reduced.jacobian.mul_(factors[:, None])
+    for r, grads in enumerate(reduced.own):
+        grads[:] = [g * factors[r] if g is not None else None for g in grads]
+
+
+def _weigh(
+    reduced: Reduced,
+    early: LossWeights | None,
+    weighting: LossWeighting,
+    aggregator: Aggregator | None,
+    state: TrainState | None,
+) -> WeightedLoss:
+    """The weighting's output, with every row (and its task gradients) scaled by its weight."""
+    lw, keep = early, reduced.rows
+    if lw is None:  # the reduction came first: weigh the global rows now
+        lw = loss_weights(reduced.losses, reduced.present, weighting, aggregator, state)
+        if lw.log or lw.weighted is not None:
+            _scale_rows(reduced, lw.scale.to(reduced.jacobian.dtype)[keep])
+    if lw.weighted is not None:
+        return lw.weighted
+    full = reduced.jacobian  # the weighting needs the (unweighted) gradients: GradNorm
+    if len(keep) != lw.losses.shape[0]:
+        full = full.new_zeros(lw.losses.shape[0], full.shape[1])
+        full[keep] = reduced.jacobian
+    out = weighting(lw.losses, present=reduced.present, state=state, jacobian=full)
+    _scale_rows(reduced, out.weights.detach().to(full.dtype)[keep])
+    return out
+
+
+def combine(
+    reduced: Reduced,
+    early: LossWeights | None,
+    weighting: LossWeighting,
+    aggregator: Aggregator | None,
+    state: TrainState | None,
+) -> Combined:
+    """Stage 3: weigh the rows and aggregate them into one update.
+
+    ``early``: the weights already folded into the rows (by :func:`task_gradients`); ``None``
+    when the reduction came first, and they are computed from the global losses here.
+    """
+    out, keep = _weigh(reduced, early, weighting, aggregator, state), reduced.rows
+    w = out.weights.detach()
+    if not keep:
+        return Combined(None, out, torch.zeros_like(w), None)
+    jac, agg_weights = reduced.jacobian, None
+    if aggregator is not None:
+        agg = aggregator.aggregate(jac, state=state, rows=torch.tensor(keep))
+        vector = agg.vector
+        row_weights = (
+            agg.weights.to(w.dtype) if agg.weights is not None else torch.ones(len(keep), dtype=w.dtype)
+        )
+        if agg.weights is not None:
+            agg_weights = torch.zeros_like(w)
+            agg_weights[keep] = agg.weights.detach().to(w)
+    else:
+        vector, row_weights = jac.sum(0), torch.ones(len(keep), dtype=w.dtype, device=w.device)
+    if len(keep) == w.shape[0]:
+        effective = w * row_weights.to(w.device)
+    else:
+        effective = torch.zeros_like(w)
+        effective[keep] = w[keep] * row_weights.to(w.device)
+    return Combined(vector, out, effective, agg_weights)
+
+
+# ---------------------------------------------------------------------------------------- 4. .grad
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
+
+
+def _accumulate_flat(params: Sequence[Tensor], vector: Tensor) -> None:
     """Add the consecutive slices of ``vector`` to the parameters' ``.grad``.
 
     When no parameter has a gradient yet (the usual case after ``zero_grad(set_to_none=True)``)
     and all share ``vector``'s dtype, ``vector`` is copied once and each ``.grad`` becomes a view
     of that copy, instead of one copy per parameter.
     """
+    sizes = [p.numel() for p in params]
     if all(p.grad is None and p.dtype == vector.dtype for p in params):
         flat = vector.detach().clone()
-        for p, g in zip(params, flat.split(list(sizes))):
+        for p, g in zip(params, flat.split(sizes)):
             p.grad = g.view_as(p)
         return
-    for p, g in zip(params, vector.split(list(sizes))):
+    for p, g in zip(params, vector.split(sizes)):
         _accumulate(p, g.reshape_as(p).to(p.dtype))
 
 
-def _gradient_backward(
-    vec: Tensor,
-    items: tuple[Tensor, ...] | None,
+def write_gradients(
+    combined: Combined,
+    reduced: Reduced,
     weighting: LossWeighting,
-    aggregator: Aggregator | None,
-    model: nn.Module | None,
-    shared_params: Sequence[nn.Parameter] | None,
-    task_params: Mapping[str, Sequence[nn.Parameter]] | Sequence[Sequence[nn.Parameter]] | None,
+    own: Sequence[Sequence[Tensor]],
+    shared: Sequence[Tensor],
     representation: Tensor | None,
     aux_total: Tensor | None,
-    present: Tensor | None,
-    state: TrainState | None,
-    workspace: GradientWorkspace | None,
-    sync: GradientSync | None,
-    counts: Tensor | None,
-    local_counts: Tensor | None,
-) -> BackwardResult:
-    names = weighting.task_names
-    T = vec.shape[0]
-    shared, own = _resolve_params(names, model, shared_params, task_params, representation is None)
-    targets: list[Tensor] = [representation] if representation is not None else list(shared)
-    if not targets:
-        raise IncompatibleComponentsError(
-            "Gradient-level balancing combines the gradients of shared parameters, but this model shares none "
-            "(e.g. the single-task baseline). Use a loss weighting (e.g. 'uncertainty'), or a model with shared "
-            "parameters."
-        )
-    keep = list(range(T)) if present is None else present.nonzero().flatten().tolist()
-    sizes = [t.numel() for t in targets]
-    ref = targets[0]
-    log_transform = aggregator is not None and aggregator.loss_transform == "log"
-    fused = sync is not None and local_counts is not None
-    out = None
-    if fused:
-        # distributed: the rows are Σ_r n_r ∇L_r after one all-reduce that also carries the losses
-        # and label counts; the global weights are applied once the global losses are known
-        rows, labelled = list(range(T)), [n > 0 for n in local_counts.tolist()]
-        coef = local_counts.detach().to(vec.dtype)
-    else:
-        rows, labelled = keep, [True] * T
-        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
-        # d log L_k = dL_k / L_k: a per-row factor, folded into each backward pass like the weights
-        coef = (1.0 / vec.detach().clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec.detach())
-        if not weighting.requires_gradients:  # weights first, so every row comes out already weighted
-            out = weighting(losses_for_weights, present=present, state=state)
-            coef = coef * out.weights.detach().to(coef.dtype)
-    # one retained backward pass per labelled task, from the task's own scalar (never vec[k]:
-    # that would walk every task's graph), into a [K, P] Jacobian of the kept rows only
-    if workspace is not None:
-        jac = workspace.jacobian(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
-    else:
-        jac = torch.empty(len(rows), sum(sizes), dtype=ref.dtype, device=ref.device)
-    own_grads: list[list[Tensor | None]] = []
-    coefs = coef.to(vec.dtype).unbind(0)
-    for row, i in enumerate(rows):
-        if not labelled[i]:  # no label on this rank (others may have some)
-            jac[row].zero_()
-            own_grads.append([None] * len(own[i]))
-            continue
-        loss_i = items[i] if items is not None else vec[i]
-        grads = torch.autograd.grad(
-            loss_i,
-            [*targets, *own[i]],
-            grad_outputs=coefs[i].to(loss_i.dtype),
-            retain_graph=True,
-            allow_unused=True,
-        )
-        _write_row(jac[row], grads[: len(targets)], sizes)
-        own_grads.append(list(grads[len(targets) :]))
-    span = None  # this rank's columns of a representation Jacobian gathered over the ranks
-    if fused:
-        assert sync is not None
-        assert local_counts is not None
-        jac, own_grads, vec, counts, keep = _reduce_fused(sync, jac, own_grads, own, vec, local_counts)
-        present = counts > 0
-        losses_for_weights = torch.log(vec.clamp_min(_LOG_EPS)) if log_transform else vec
-        coef = (1.0 / vec.clamp_min(_LOG_EPS)) if log_transform else torch.ones_like(vec)
-        if not weighting.requires_gradients:
-            out = weighting(losses_for_weights, present=present, state=state)
-            coef = coef * out.weights.detach().to(coef.dtype)
-        if log_transform or out is not None:
-            scale = coef.to(jac.dtype)[keep]
-            jac.mul_(scale[:, None])
-            own_grads = [[g * scale[r] if g is not None else None for g in gs] for r, gs in enumerate(own_grads)]
-    elif sync is not None:
-        jac, own_grads, span = _reduce_over_ranks(sync, jac, own_grads, [own[i] for i in keep], representation)
-    if out is None:  # the weighting needs the (unweighted) gradients: GradNorm
-        full = jac
-        if len(keep) != T:
-            full = jac.new_zeros(T, jac.shape[1])
-            full[keep] = jac
-        out = weighting(losses_for_weights, present=present, state=state, jacobian=full)
-        w_keep = out.weights.detach().to(jac.dtype)[keep]
-        jac.mul_(w_keep[:, None])
-        own_grads = [[g * w_keep[r] if g is not None else None for g in gs] for r, gs in enumerate(own_grads)]
-    w = out.weights.detach()
-    # the weighting's own parameters (uncertainty's s, GradNorm's w) learn from its objective only
+    reduction: GradientReduction,
+) -> None:
+    """Stage 4: accumulate ``.grad``: the weighting's own parameters (from its objective only),
+    each row's task parameters, the auxiliary losses, and the update of the shared parameters
+    (or, backpropagated through it, of the representation)."""
+    out = combined.weighted
     wparams = [p for p in weighting.parameters() if p.requires_grad]
     objective = out.total if out.aux is None else out.total + out.aux
-    if wparams and objective.requires_grad:
+    if wparams and objective.requires_grad:  # the weighting's own parameters learn from its objective only
         torch.autograd.backward(objective, inputs=wparams, retain_graph=True)
-    effective = torch.zeros_like(w)
-    agg_weights = None
-    if keep:
-        if aggregator is not None:
-            agg = aggregator.aggregate(jac, state=state, rows=torch.tensor(keep))
-            vector = agg.vector
-            row_weights = (
-                agg.weights.to(w.dtype) if agg.weights is not None else torch.ones(len(keep), dtype=w.dtype)
-            )
-            if agg.weights is not None:
-                agg_weights = torch.zeros_like(w)
-                agg_weights[keep] = agg.weights.detach().to(w)
-        else:
-            vector = jac.sum(0)
-            row_weights = torch.ones(len(keep), dtype=w.dtype, device=w.device)
-        if len(keep) == T:
-            effective = w * row_weights.to(w.device)
-        else:
-            effective[keep] = w[keep] * row_weights.to(w.device)
-        for i, grads in zip(keep, own_grads):  # each task's own parameters: its weighted loss gradient
-            for p, g in zip(own[i], grads):
-                if g is not None:
-                    _accumulate(p, g)
+    if combined.vector is None:
         if aux_total is not None:
-            aux_total.backward(retain_graph=True)
-        if representation is not None:
-            if span is not None:  # this rank's samples; times N, as the ranks' gradients get averaged
-                assert sync is not None
-                vector = vector[span[0] : span[1]] * sync.world_size
-            representation.backward(vector.reshape_as(representation).to(representation.dtype))
-        else:
-            _accumulate_flat(shared, vector, sizes)
-    elif aux_total is not None:
-        aux_total.backward()
-    return BackwardResult(out.total.detach(), effective, vec.detach(), agg_weights, counts)
-
-
-def _flat_task_grads(
-    own_grads: list[list[Tensor | None]], own: list[list[nn.Parameter]], dtype: torch.dtype
-) -> list[Tensor]:
-    """Every task parameter's gradient, flattened, zeros where there is none: the same layout on
-    every rank, for one collective."""
-    return [
-        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-        for gs, ps in zip(own_grads, own)
-        for g, p in zip(gs, ps)
-    ]
-
-
-def _reduce_fused(
-    sync: GradientSync,
-    jac: Tensor,
-    own_grads: list[list[Tensor | None]],
-    own: list[list[nn.Parameter]],
-    vec: Tensor,
-    local_counts: Tensor,
-) -> tuple[Tensor, list[list[Tensor | None]], Tensor, Tensor, list[int]]:
-    """One all-reduce of ``[n_r-weighted Jacobian rows | task parameters' gradients | loss sums |
-    label counts]`` (every task's row, zero where this rank has no label). Returns the global
-    per-task gradients of the labelled tasks (unweighted), their task parameters' gradients, the
-    global mean losses and counts, and the indices of the tasks labelled anywhere."""
-    T = jac.shape[0]
-    n = local_counts.detach().to(jac.dtype)
-    flat_own = _flat_task_grads(own_grads, own, jac.dtype)
-    buf = torch.cat([jac.reshape(-1), *flat_own, vec.detach().to(jac.dtype) * n, n])
-    sync.sum_(buf)
-    total = buf[-T:]
-    inv = 1.0 / total.clamp_min(1)
-    mean = (buf[-2 * T : -T] * inv).to(vec.dtype)
-    jac.copy_(buf[: jac.numel()].view_as(jac)).mul_(inv[:, None])
-    parts = iter(buf[jac.numel() : buf.numel() - 2 * T].split([p.numel() for ps in own for p in ps]))
-    grads = [[next(parts).view_as(p).mul(inv[i]).to(p.dtype) for p in ps] for i, ps in enumerate(own)]
-    keep = (total > 0).nonzero().flatten().tolist()
-    if len(keep) < T:  # a task without a label on any rank: no row
-        jac = jac[keep]
-        grads = [grads[i] for i in keep]
-    return jac, list(grads), mean, total.to(local_counts.dtype), keep
-
-
-def _reduce_over_ranks(
-    sync: GradientSync,
-    jac: Tensor,
-    own_grads: list[list[Tensor | None]],
-    own: list[list[nn.Parameter]],
-    representation: Tensor | None,
-) -> tuple[Tensor, list[list[Tensor | None]], tuple[int, int] | None]:
-    """Average the ranks' per-task gradients (their losses were scaled by the ranks' label shares,
-    so the average is the global batch's gradient) in one collective; a representation Jacobian
-    (per sample) is gathered along its columns instead."""
-    flat_own = _flat_task_grads(own_grads, own, jac.dtype)
-    span = None
-    if representation is None:
-        buf = torch.cat([jac.reshape(-1), *flat_own])
-        sync.average_(buf)
-        jac.copy_(buf[: jac.numel()].view_as(jac))
-        rest = buf[jac.numel() :]
+            aux_total.backward()
+        return
+    for params, grads in zip(own, reduced.own):  # each task's own parameters: its weighted loss gradient
+        for p, g in zip(params, grads):
+            if g is not None:
+                _accumulate(p, g)
+    if aux_total is not None:
+        aux_total.backward(retain_graph=True)
+    if representation is not None:
+        vector = reduction.this_rank(combined.vector)
+        representation.backward(vector.reshape_as(representation).to(representation.dtype))
     else:
-        rest = sync.average_(torch.cat(flat_own)) if flat_own else jac.new_zeros(0)
-        gathered, start, stop = sync.gather_columns(jac)
-        jac, span = gathered.div_(sync.world_size), (start, stop)
-    parts = iter(rest.split([p.numel() for ps in own for p in ps]))
-    reduced = [[next(parts).view_as(p).to(p.dtype) for p in ps] for ps in own]
-    return jac, reduced, span
+        _accumulate_flat(shared, combined.vector)

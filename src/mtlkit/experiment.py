@@ -276,7 +276,7 @@ def _train_one(
     if data is splits.train:
         split = "train"
     metrics = trainer.evaluate(data, batch_size=max(cfg.trainer.batch_size, 1024))
-    best = trainer._best["epoch"] if trainer._best else None
+    best = trainer.stopper.best_epoch
     params = sum(p.numel() for p in model.parameters())
     result = RunResult(
         label,

@@ -17,6 +17,7 @@ from mtlkit.data import MultiTaskDataset
 from mtlkit.errors import CheckpointError, ConfigError, DataError, IncompatibleComponentsError
 from mtlkit.registries import AGGREGATORS, MODELS, SCHEDULES, WEIGHTINGS
 from mtlkit.training import Alternating, Joint, Mixed, Sampling, mixed_dataset
+from mtlkit.training.source import as_source
 
 TASKS = (Task(name="a", kind="regression"), Task(name="b", kind="binary"))
 
@@ -45,7 +46,7 @@ def per_task() -> dict[str, MultiTaskDataset]:
 
 # ---------------------------------------------------------------------------------------------- accounting
 def test_round_robin_step_accounting_and_order_are_exact(per_task) -> None:
-    plan = Alternating("round_robin").bind(per_task, TASKS, batch_size=16, seed=0)
+    plan = Alternating("round_robin").bind(as_source(per_task), TASKS, batch_size=16, seed=0)
     # a: 60 labelled rows -> ceil(60/16) = 4 batches; b: ceil(130/16) = 9 batches
     assert plan.steps_per_epoch == 13 and plan.sizes == {"a": 60, "b": 130}
     for epoch in (0, 1):
@@ -65,14 +66,14 @@ def test_round_robin_step_accounting_and_order_are_exact(per_task) -> None:
 
 def test_random_alternating_is_a_seeded_permutation_of_the_same_steps(per_task) -> None:
     sched = Alternating("random")
-    plan = sched.bind(per_task, TASKS, batch_size=16, seed=3)
+    plan = sched.bind(as_source(per_task), TASKS, batch_size=16, seed=3)
     orders = [[s.tasks[0] for s in plan.epoch(e)] for e in range(3)]
     for order in orders:
         assert Counter(order) == {"a": 4, "b": 9}
     assert orders[0] != orders[1] and ["a", "b"] * 4 + ["b"] * 5 not in orders
-    again = Alternating("random").bind(per_task, TASKS, batch_size=16, seed=3)
+    again = Alternating("random").bind(as_source(per_task), TASKS, batch_size=16, seed=3)
     assert [s.tasks[0] for s in again.epoch(1)] == orders[1]  # a function of (seed, epoch) only
-    other = Alternating("random").bind(per_task, TASKS, batch_size=16, seed=4)
+    other = Alternating("random").bind(as_source(per_task), TASKS, batch_size=16, seed=4)
     assert [s.tasks[0] for s in other.epoch(1)] != orders[1]
 
 
@@ -83,7 +84,7 @@ def test_a_jointly_labelled_dataset_is_split_into_per_task_views() -> None:
     yb = (torch.rand(50) > 0.5).float()
     yb[:20] = float("nan")  # 20 rows without a label for b
     data = MultiTaskDataset(x, {"a": ya, "b": yb})
-    plan = Alternating().bind(data, TASKS, batch_size=8, seed=0)
+    plan = Alternating().bind(as_source(data), TASKS, batch_size=8, seed=0)
     assert plan.sizes == {"a": 40, "b": 30} and plan.steps_per_epoch == 5 + 4
     seen = {"a": [], "b": []}
     for s in plan.epoch(0):
@@ -101,7 +102,7 @@ def test_mixed_batches_flag_each_sample_with_its_task(per_task) -> None:
     assert torch.equal(pool.masks["a"], from_a) and torch.equal(pool.masks["b"], ~from_a)
     torch.testing.assert_close(pool.targets["a"][from_a], per_task["a"].targets["a"][10:])
     torch.testing.assert_close(pool.targets["b"][~from_a], per_task["b"].targets["b"])
-    plan = Mixed().bind(per_task, TASKS, batch_size=32, seed=0)
+    plan = Mixed().bind(as_source(per_task), TASKS, batch_size=32, seed=0)
     steps = list(plan.epoch(0))
     assert plan.steps_per_epoch == len(steps) == math.ceil(190 / 32)
     assert all(s.tasks is None for s in steps)  # every step trains every task
@@ -124,7 +125,9 @@ def test_mixed_pools_any_label_kind() -> None:
     )
     x = torch.randn(12, 3)
     data = {
-        "digit": MultiTaskDataset(x[:4], {"digit": torch.tensor([0.0, 3.0, 9.0, -1.0])}),  # float class indices
+        "digit": MultiTaskDataset(
+            x[:4], {"digit": torch.tensor([0.0, 3.0, 9.0, -1.0])}
+        ),  # float class indices
         "item": MultiTaskDataset(x[4:8], {"item": torch.tensor([1, 2, -1, 4])}),
         "flag": MultiTaskDataset(x[8:], {"flag": torch.tensor([1, 0, 1, 1])}),  # integer 0/1 labels
     }
@@ -139,7 +142,7 @@ def test_mixed_pools_any_label_kind() -> None:
 def test_mixed_needs_the_same_inputs(per_task) -> None:
     other = {"a": per_task["a"], "b": dataset(range(5), TASKS[1], dim=4)}
     with pytest.raises(DataError, match="need the same inputs.*Use schedule 'alternating' or 'sampling'"):
-        Mixed().bind(other, TASKS, batch_size=8)
+        Mixed().bind(as_source(other), TASKS, batch_size=8)
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -168,7 +171,7 @@ def test_sampling_frequencies_match_the_probabilities(strategy: str, temperature
     data = {t.name: dataset(range(sizes[t.name]), t, dim=2, seed=i) for i, t in enumerate(tasks)}
     steps = 6000
     sched = Sampling(strategy, temperature=temperature, steps_per_epoch=steps)
-    plan = sched.bind(data, tasks, batch_size=4, seed=0)
+    plan = sched.bind(as_source(data), tasks, batch_size=4, seed=0)
     counts = Counter(s.tasks[0] for s in plan.epoch(0))
     assert sum(counts.values()) == steps == plan.steps_per_epoch
     p = dict(zip(sizes, sched.probabilities(list(sizes.values()))))
@@ -185,7 +188,7 @@ def test_sampling_frequencies_match_the_probabilities(strategy: str, temperature
 def test_sampling_streams_repeat_small_data_in_full_passes_across_epochs() -> None:
     small, large = dataset(range(20), TASKS[0]), dataset(range(1000, 1400), TASKS[1], seed=1)
     sched = Sampling("uniform", steps_per_epoch=15)
-    plan = sched.bind({"a": small, "b": large}, TASKS, batch_size=8, seed=0)
+    plan = sched.bind(as_source({"a": small, "b": large}), TASKS, batch_size=8, seed=0)
     a_ids = [ids_of(s.batch) for e in range(4) for s in plan.epoch(e) if s.tasks == ("a",)]
     flat = [i for chunk in a_ids for i in chunk]
     assert len(a_ids) > 6  # several passes over the 20 samples (3 batches each: 8, 8, 4)
@@ -200,7 +203,7 @@ def test_data_parallel_ranks_share_the_task_order_and_split_the_data(per_task) -
     for sched in (Alternating("random"), Sampling("proportional")):
         plans = [
             type(sched)(*([sched.order] if isinstance(sched, Alternating) else [sched.strategy])).bind(
-                per_task, TASKS, batch_size=8, seed=5, num_replicas=2, rank=r
+                as_source(per_task), TASKS, batch_size=8, seed=5, num_replicas=2, rank=r
             )
             for r in (0, 1)
         ]
@@ -214,19 +217,19 @@ def test_data_parallel_ranks_share_the_task_order_and_split_the_data(per_task) -
 
 def test_bad_data_for_a_schedule_is_refused(per_task) -> None:
     with pytest.raises(DataError, match="Schedule 'joint' trains on one dataset.*Use schedule 'mixed'"):
-        Joint().bind(per_task, TASKS, batch_size=8)
+        Joint().bind(as_source(per_task), TASKS, batch_size=8)
     batches = [(torch.zeros(4, 3), {"a": torch.zeros(4)})]
     with pytest.raises(DataError, match="needs a MultiTaskDataset or a dict.*Use schedule 'joint'"):
-        Alternating().bind(batches, TASKS, batch_size=8)
+        Alternating().bind(as_source(batches), TASKS, batch_size=8)
     with pytest.raises(DataError, match="unknown task 'aa'. Did you mean 'a'"):
-        Sampling().bind({"aa": per_task["a"], "b": per_task["b"]}, TASKS, batch_size=8)
+        Sampling().bind(as_source({"aa": per_task["a"], "b": per_task["b"]}), TASKS, batch_size=8)
     with pytest.raises(DataError, match=r"Every task needs a dataset.*none for \['b'\]"):
-        Alternating().bind({"a": per_task["a"]}, TASKS, batch_size=8)
+        Alternating().bind(as_source({"a": per_task["a"]}), TASKS, batch_size=8)
     with pytest.raises(DataError, match="dataset given for task 'b' has no targets for it"):
-        Alternating().bind({"a": per_task["a"], "b": per_task["a"]}, TASKS, batch_size=8)
+        Alternating().bind(as_source({"a": per_task["a"], "b": per_task["a"]}), TASKS, batch_size=8)
     with pytest.raises(DataError, match="Task 'a' has no labelled sample"):
         Alternating().bind(
-            {"a": dataset(range(5), TASKS[0], missing=5), "b": per_task["b"]}, TASKS, batch_size=8
+            as_source({"a": dataset(range(5), TASKS[0], missing=5), "b": per_task["b"]}), TASKS, batch_size=8
         )
     with pytest.raises(ValueError, match="needs temperature=T > 0"):
         Sampling("temperature")
@@ -352,7 +355,7 @@ def test_per_task_optimizers_reproduce_the_seeds_two_optimizer_loop(per_task) ->
     ref = copy.deepcopy(t.model)
     t.fit(per_task, epochs=2, batch_size=16)
     opts = {k: torch.optim.Adam(ref.parameters(), lr=0.01) for k in ("a", "b")}
-    plan = Alternating("round_robin").bind(per_task, TASKS, batch_size=16, seed=0)
+    plan = Alternating("round_robin").bind(as_source(per_task), TASKS, batch_size=16, seed=0)
     by_name = {task.name: task for task in TASKS}
     for epoch in range(2):
         for step in plan.epoch(epoch):
@@ -409,7 +412,7 @@ def test_dwa_uses_each_tasks_epoch_loss_under_alternating(per_task) -> None:
         model(), TASKS, weighting=WEIGHTINGS.build("dwa", tasks=TASKS), schedule="alternating", progress=False
     )
     hist = t.fit(per_task, epochs=3, batch_size=32)
-    (l1, l2) = t._epoch_losses[0], t._epoch_losses[1]
+    (l1, l2) = t.epoch_losses[0], t.epoch_losses[1]
     r = [x / y for x, y in zip(l2, l1)]
     e = [math.exp(v / 2.0) for v in r]
     expected = [2 * v / sum(e) for v in e]  # DWA eq. 7 from the per-task epoch means

@@ -87,10 +87,9 @@ def test_uncertainty_parameters_are_trained_in_their_own_group(data) -> None:
 
 def test_early_stopping_restores_best_epoch(data) -> None:
     train, val = data
-    t = make_trainer(0, train.tasks, dropout=0.0)
+    t = make_trainer(0, train.tasks, dropout=0.0, scheduler=None)
     # a huge lr makes validation worse after the first epochs, so training stops early
     t.optimizer.param_groups[0]["lr"] = 0.3
-    t.scheduler = None
     es = EarlyStopping(monitor="y1/mse", patience=1)
     history = t.fit(train, val, epochs=30, batch_size=64, early_stopping=es)
     values = [h["val"]["y1"]["mse"] for h in history]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.data.batch import Batch, Inputs
+from mtlkit.distributed import mix_seed, shard
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 
@@ -218,8 +219,7 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
 
     ``stream`` > 0 gives independent seeds for other per-epoch randomness (1: augmentation).
     """
-    entropy = [seed, epoch] if stream == 0 else [seed, epoch, stream]
-    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+    return mix_seed(seed, epoch) if stream == 0 else mix_seed(seed, epoch, stream)
 
 
 class TensorBatchLoader:
@@ -275,15 +275,7 @@ class TensorBatchLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        if self.num_replicas > 1 and not self.pad:
-            return order[self.rank :: self.num_replicas]
-        if self.num_replicas > 1:
-            per_rank = -(-n // self.num_replicas)
-            total = per_rank * self.num_replicas
-            if total > n:
-                order = torch.cat([order, order[: total - n]])
-            order = order[self.rank : total : self.num_replicas]
-        return order
+        return shard(order, self.num_replicas, self.rank, pad=self.pad)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._indices()

@@ -12,6 +12,7 @@ from mtlkit.training.schedules import (
     ScheduledStep,
     TaskSchedule,
 )
+from mtlkit.training.source import TrainSource, as_source
 from mtlkit.training.task_data import PerTaskData, mixed_dataset
 from mtlkit.training.trainer import Trainer, TrainingDivergedError, default_device
 
@@ -28,8 +29,10 @@ __all__ = [
     "ScheduledStep",
     "TaskSchedule",
     "TensorBoardLogger",
+    "TrainSource",
     "Trainer",
     "TrainingDivergedError",
+    "as_source",
     "default_device",
     "load_checkpoint",
     "mixed_dataset",

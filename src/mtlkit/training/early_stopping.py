@@ -1,12 +1,17 @@
-"""Early stopping on one monitored metric, with the best model kept for restoring."""
+"""Early stopping on one monitored metric (the rule, :class:`EarlyStopping`, and its state,
+:class:`EarlyStopper`), with the best model kept for restoring."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["EarlyStopping", "resolve_monitor"]
+from mtlkit.metrics.collection import MultiTaskMetrics
+from mtlkit.tasks import Task
+
+__all__ = ["EarlyStopper", "EarlyStopping", "check_monitor", "monitored", "resolve_monitor"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -64,6 +69,35 @@ def resolve_monitor(
     return value, higher
 
 
+def check_monitor(monitor: str, tasks: Sequence[Task], *, has_val: bool) -> None:
+    """Raise ``ValueError`` (with the choices) before training when ``monitor`` will not exist."""
+    directions = MultiTaskMetrics(tasks).directions()
+    if not has_val:  # only the training losses exist
+        directions = {t: {"loss": False} for t in directions}
+    try:
+        resolve_monitor(monitor, {t: dict.fromkeys(ms, 0.0) for t, ms in directions.items()}, directions)
+    except KeyError as exc:
+        hint = "" if has_val else " (without validation data only training losses can be monitored)"
+        raise ValueError(f"EarlyStopping: {exc.args[0]}{hint}") from None
+
+
+def monitored(
+    record: Mapping[str, Any], tasks: Sequence[Task], rule: EarlyStopping | None
+) -> tuple[str, float, bool]:
+    """``(name, value, higher is better)`` of the monitored metric in an epoch's record: the rule's
+    monitor (default ``mean/loss``), from the validation metrics, else the training losses."""
+    metrics = record.get("val") or {t: {"loss": v} for t, v in record["train"].items()}
+    directions = MultiTaskMetrics(tasks).directions() if "val" in record else None
+    monitor = rule.monitor if rule is not None else "mean/loss"
+    try:
+        value, higher = resolve_monitor(monitor, metrics, directions)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    if rule is not None and rule.mode != "auto":
+        higher = rule.mode == "max"
+    return monitor, value, higher
+
+
 def _unknown(monitor: str, metrics: dict[str, dict[str, Any]]) -> str:
     from mtlkit.errors import did_you_mean
 
@@ -72,3 +106,78 @@ def _unknown(monitor: str, metrics: dict[str, dict[str, Any]]) -> str:
         | {f"mean/{m}" for ms in metrics.values() for m in ms}
     )
     return f"Unknown monitor {monitor!r}.{did_you_mean(monitor, options)} Available: {', '.join(options)}"
+
+
+class EarlyStopper:
+    """Early stopping's state across epochs and checkpoints: the best monitored value so far, its
+    epoch, the epochs since, and (for ``restore_best``) the weights to go back to.
+
+    The :class:`~mtlkit.Trainer` keeps one; :meth:`start` gives it the rule of a ``fit`` (an
+    :class:`EarlyStopping`, or ``None``: nothing is tracked) and :meth:`update` is called with the
+    monitored value after every epoch.
+
+    Args:
+        snapshot: returns ``{"state": model weights, "weighting": weighting state}`` (copies) of
+            the current epoch, called on every improvement; ``restore_best`` tells it whether the
+            model's weights are needed.
+    """
+
+    def __init__(self, snapshot: Callable[[bool], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+        self.rule: EarlyStopping | None = None
+        self.best: dict[str, Any] | None = None
+
+    def start(self, rule: EarlyStopping | None) -> None:
+        """Track ``rule`` in the coming epochs (``None``: stop never)."""
+        self.rule = rule
+
+    @property
+    def stopped(self) -> bool:
+        """True when the rule has stopped training (e.g. in a run resumed from its checkpoint)."""
+        return (
+            self.rule is not None and self.best is not None and self.best["bad_epochs"] > self.rule.patience
+        )
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The (1-based) epoch of the best value, ``None`` before any."""
+        return self.best["epoch"] if self.best else None
+
+    def update(self, value: float, *, higher: bool, epoch: int) -> bool:
+        """Record epoch ``epoch``'s monitored ``value``; True when training should stop.
+
+        A non-finite value never improves on a finite best. Training stops once the value has not
+        improved by more than ``min_delta`` for more than ``patience`` epochs.
+        """
+        rule = self.rule
+        if rule is None:
+            return False
+        best = self.best
+        if best is None or (
+            math.isfinite(value)
+            and (
+                not math.isfinite(best["value"])
+                or (
+                    value > best["value"] + rule.min_delta
+                    if higher
+                    else value < best["value"] - rule.min_delta
+                )
+            )
+        ):
+            self.best = {"value": value, "epoch": epoch, "bad_epochs": 0, **self.snapshot(rule.restore_best)}
+            return False
+        best["bad_epochs"] += 1
+        return self.stopped
+
+    def best_state(self) -> dict[str, Any] | None:
+        """``{"state": ..., "weighting": ...}`` of the best epoch to restore at the end of ``fit``,
+        or ``None`` (no rule, ``restore_best`` off, or no best yet)."""
+        if self.rule is None or not self.rule.restore_best or not self.best or not self.best.get("state"):
+            return None
+        return self.best
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.best
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.best = state

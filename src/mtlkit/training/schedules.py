@@ -1,8 +1,8 @@
 """Training schedules: which task(s) each optimizer step trains, and which data its batch comes from.
 
 A :class:`TaskSchedule` is composed into the :class:`~mtlkit.Trainer` (``schedule=``); it never
-depends on the model or on the balancing method. Bound to the training data
-(:meth:`TaskSchedule.bind`) it yields, for every epoch, a sequence of
+depends on the model or on the balancing method. Bound to the training data, a
+:class:`~mtlkit.training.source.TrainSource` (:meth:`TaskSchedule.bind`), it yields, for every epoch, a sequence of
 :class:`ScheduledStep` ``(batch, tasks)``; the trainer runs one optimizer step per item.
 
 =============== ============================ ======================================================
@@ -31,24 +31,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 
-from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
+from mtlkit.data.dataset import TensorBatchLoader
+from mtlkit.distributed import mix_seed
 from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.registries import SCHEDULES
 from mtlkit.tasks import Task
-from mtlkit.training.task_data import (
-    PerTaskData,
-    TaskStream,
-    batch_loader,
-    is_per_task,
-    mix_seed,
-    mixed_dataset,
-    per_task_sources,
-)
+from mtlkit.training.source import TrainSource
+from mtlkit.training.task_data import TaskStream, mixed_dataset
 
 __all__ = [
     "Alternating",
@@ -63,7 +57,6 @@ __all__ = [
     "resolve_schedule",
 ]
 
-TrainData = MultiTaskDataset | PerTaskData | Iterable[Any]
 _ORDER_SALT = 0x5EED_0A17  # keeps the task-order generator apart from the data shuffles
 _SAMPLING_SALT = 0x5EED_5A3D
 _PER_TASK_WEIGHTINGS = "'equal', 'static', 'uncertainty', 'imtl_l' or 'dwa'"
@@ -122,7 +115,7 @@ class TaskSchedule(ABC):
     @abstractmethod
     def bind(
         self,
-        data: TrainData,
+        data: TrainSource,
         tasks: Sequence[Task],
         *,
         batch_size: int,
@@ -130,7 +123,8 @@ class TaskSchedule(ABC):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> EpochPlan:
-        """Validate ``data`` for this schedule and return its :class:`EpochPlan`."""
+        """Validate ``data`` for this schedule and return its :class:`EpochPlan` (``data``: see
+        :func:`~mtlkit.training.source.as_source` to wrap a dataset, batches or per-task datasets)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule's state (sampling cursors, generator), for checkpoints."""
@@ -151,20 +145,14 @@ class TaskSchedule(ABC):
 
 def _per_task_streams(
     schedule: str,
-    data: TrainData,
+    data: TrainSource,
     tasks: Sequence[Task],
     batch_size: int,
     seed: int,
     num_replicas: int,
     rank: int,
 ) -> dict[str, TaskStream]:
-    if not isinstance(data, MultiTaskDataset) and not is_per_task(data):
-        raise DataError(
-            f"Schedule {schedule!r} draws each task's batches from that task's labelled samples, so it needs "
-            "a MultiTaskDataset or a dict {task name: MultiTaskDataset} of per-task datasets; got "
-            f"{type(data).__name__}. Use schedule 'joint' for an iterable of batches."
-        )
-    sources = per_task_sources(data, tasks)  # type: ignore[arg-type]
+    sources = data.task_datasets(tasks, schedule=schedule)
     index = {t.name: i for i, t in enumerate(tasks)}
     by_name = {t.name: t for t in tasks}
     return {
@@ -182,17 +170,9 @@ def _per_task_streams(
 
 
 def _joint_plan(
-    data: TrainData, tasks: Sequence[Task], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0
+    data: TrainSource, tasks: Sequence[Task], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0
 ) -> EpochPlan:
-    loader = batch_loader(
-        data,  # type: ignore[arg-type]
-        tasks,
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        num_replicas=num_replicas,
-        rank=rank,
-    )
+    loader = data.loader(tasks, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
 
     def epoch(e: int) -> Iterator[ScheduledStep]:
         if hasattr(loader, "set_epoch"):
@@ -218,7 +198,7 @@ class Joint(TaskSchedule):
 
     def bind(
         self,
-        data: TrainData,
+        data: TrainSource,
         tasks: Sequence[Task],
         *,
         batch_size: int,
@@ -226,11 +206,11 @@ class Joint(TaskSchedule):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> EpochPlan:
-        if is_per_task(data):
+        if data.per_task_names is not None:
             raise DataError(
                 f"Schedule 'joint' trains on one dataset whose batches carry every task's labels, but got "
-                f"per-task datasets for {list(data)}. Use schedule 'mixed' (each batch pools samples of "  # type: ignore[arg-type]
-                "every task, flagged by task), 'alternating' or 'sampling' (one task's batch per step)."
+                f"per-task datasets for {list(data.per_task_names)}. Use schedule 'mixed' (each batch pools "
+                "samples of every task, flagged by task), 'alternating' or 'sampling' (one task's batch per step)."
             )
         return _joint_plan(data, tasks, batch_size, seed, num_replicas, rank)
 
@@ -251,7 +231,7 @@ class Mixed(TaskSchedule):
 
     def bind(
         self,
-        data: TrainData,
+        data: TrainSource,
         tasks: Sequence[Task],
         *,
         batch_size: int,
@@ -259,10 +239,9 @@ class Mixed(TaskSchedule):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> EpochPlan:
-        if not is_per_task(data):
+        if data.per_task_names is None:
             return _joint_plan(data, tasks, batch_size, seed, num_replicas, rank)
-        per_task_sources(data, tasks)  # type: ignore[arg-type]  # every task needs data
-        pool = mixed_dataset(data, tasks)  # type: ignore[arg-type]
+        pool = mixed_dataset(data.task_datasets(tasks, schedule=self.name), tasks)
         loader = TensorBatchLoader(
             pool, batch_size, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
         )
@@ -309,7 +288,7 @@ class Alternating(TaskSchedule):
 
     def bind(
         self,
-        data: TrainData,
+        data: TrainSource,
         tasks: Sequence[Task],
         *,
         batch_size: int,
@@ -407,7 +386,7 @@ class Sampling(TaskSchedule):
 
     def bind(
         self,
-        data: TrainData,
+        data: TrainSource,
         tasks: Sequence[Task],
         *,
         batch_size: int,

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from mtlkit.data.batch import Batch
 from mtlkit.data.dataset import MultiTaskDataset, TensorBatchLoader
+from mtlkit.distributed import mix_seed, shard
 from mtlkit.errors import DataError, did_you_mean
 from mtlkit.tasks import Task, TaskKind
 
@@ -32,7 +32,6 @@ __all__ = [
     "batch_loader",
     "is_per_task",
     "labelled_rows",
-    "mix_seed",
     "mixed_dataset",
     "per_task_sources",
     "restrict",
@@ -40,14 +39,6 @@ __all__ = [
 
 PerTaskData = Mapping[str, MultiTaskDataset]
 """``{task name: dataset holding that task's targets}``."""
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (e.g. ``(seed, task index, pass)``)."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(
-        2, dtype=np.uint64
-    )
-    return int(state[0] >> np.uint64(1))
 
 
 def is_per_task(data: Any) -> bool:
@@ -234,12 +225,7 @@ class TaskStream:
             order = self.rows[torch.randperm(n, generator=g)]
         else:
             order = self.rows
-        if self.num_replicas > 1:
-            per_rank = -(-n // self.num_replicas)
-            total = per_rank * self.num_replicas
-            if total > n:
-                order = torch.cat([order, order[: total - n]])
-            order = order[self.rank : total : self.num_replicas]
+        order = shard(order, self.num_replicas, self.rank)
         self._cache = (p, order)
         return order
 
