@@ -28,6 +28,7 @@ from mtlkit.data.preprocessing import (
     first_non_finite,
     standardisation,
     standardise,
+    vocabulary,
 )
 from mtlkit.data.schema import CATEGORICAL, NUMERIC
 from mtlkit.errors import DataError
@@ -218,10 +219,11 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, CodedColumn], *, s
     for name in pre.categorical:
         col = columns[name]
         counts = np.bincount(col.codes, minlength=col.values.shape[0])
-        keep = (counts >= pre.min_frequency) & (counts > 0) & ~col.missing_values()
+        keep = (counts > 0) & ~col.missing_values()
         values, counts = np.char.strip(col.values[keep].astype(str)), counts[keep]
-        order = np.lexsort((values, -counts))  # most frequent first, ties by value
-        vocabularies[name] = [str(v) for v in values[order]]
+        vocabularies[name] = vocabulary(
+            values, counts, min_frequency=pre.min_frequency, max_categories=pre.max_categories
+        )
     stats: dict[str, tuple[float, float]] = {}
     for name in pre.numeric:
         col = columns[name]
