@@ -60,7 +60,7 @@ class CodedColumn:
 
     def missing_values(self) -> np.ndarray:
         """Boolean per distinct value: True for the missing markers (``?``, empty, ``NA``...)."""
-        return np.isin(np.char.lower(np.char.strip(self.values.astype(str))), list(MISSING_VALUES))
+        return np.array([v.strip().lower() in MISSING_VALUES for v in self.values.tolist()], dtype=bool)
 
     def value_floats(self, *, column: str, source: str) -> np.ndarray:
         """The distinct values as float64 (missing markers -> NaN)."""

@@ -72,7 +72,7 @@ def vocabulary(
     order = np.lexsort((values, -counts))  # most frequent first, ties by value
     if max_categories is not None:
         order = order[:max_categories]
-    return [str(v) for v in values[order]]
+    return [str(v) for v in values[order].tolist()]
 
 
 class UnknownCategoryWarning(UserWarning):

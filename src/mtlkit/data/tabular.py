@@ -168,7 +168,7 @@ _NULL_MARKERS = sorted(
 
 
 def _read_frame(
-    path: str | Path, columns: Sequence[str], numeric: Sequence[str], *, delimiter: str
+    path: str | Path, columns: Sequence[str], features: Sequence[str], numeric: Sequence[str], *, delimiter: str
 ) -> dict[str, Column]:
     """The ``columns`` of a data file for :func:`tabular`: numeric features as float64 arrays where the
     file allows (else strings), the other columns coded (:class:`CodedColumn`).
@@ -178,7 +178,11 @@ def _read_frame(
     checks name the problem. Both give the same values (tested)."""
     p = Path(path).expanduser()
     if p.is_file():
-        frame = _parquet_frame(p, columns, numeric) if _is_parquet(p) else _fast_csv(p, columns, numeric, delimiter)
+        frame = (
+            _parquet_frame(p, columns, numeric)
+            if _is_parquet(p)
+            else _fast_csv(p, columns, numeric, [c for c in columns if c not in features], delimiter)
+        )
         if frame is not None:
             return frame
     return dict(read_table(p, columns, delimiter=delimiter))
@@ -228,7 +232,9 @@ def _parquet_frame(p: Path, columns: Sequence[str], numeric: Sequence[str]) -> d
     return out
 
 
-def _fast_csv(p: Path, columns: Sequence[str], numeric: Sequence[str], delimiter: str) -> dict[str, Column] | None:
+def _fast_csv(
+    p: Path, columns: Sequence[str], numeric: Sequence[str], labels: Sequence[str], delimiter: str
+) -> dict[str, Column] | None:
     """The columns of a regular CSV file read by pyarrow, or None (read it with :func:`read_table`)."""
     try:
         import pyarrow as pa
@@ -246,29 +252,34 @@ def _fast_csv(p: Path, columns: Sequence[str], numeric: Sequence[str], delimiter
         return None
     raw = {n.strip(): n for n in header}
     include = [raw[c] for c in columns]
-    types = {raw[c]: pa.float64() if c in numeric else pa.string() for c in columns}
-    try:
-        table = pacsv.read_csv(
-            _csv_input(p),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=_may_quote(p)),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=include,
-                column_types=types,
-                null_values=_NULL_MARKERS,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=_may_quote(p))
+    table = None
+    # numeric features, and labels when they are all numbers, are parsed by pyarrow; other labels and
+    # the categorical columns are read as text
+    for as_numbers in ([*numeric, *labels], list(numeric)):
+        types = {raw[c]: pa.float64() if c in as_numbers else pa.string() for c in columns}
+        convert = pacsv.ConvertOptions(
+            include_columns=include,
+            column_types=types,
+            null_values=_NULL_MARKERS,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
         )
-    except (pa.ArrowException, OSError, EOFError, ValueError, lzma.LZMAError):
-        return None
-    if table.num_rows == 0 or table.column_names != include:
+        try:
+            table = pacsv.read_csv(_csv_input(p), parse_options=parse, convert_options=convert)
+            break
+        except (pa.ArrowException, OSError, EOFError, ValueError, lzma.LZMAError):
+            continue
+    if table is None or table.num_rows == 0 or table.column_names != include:
         return None
     out: dict[str, Column] = {}
     blank = np.ones(table.num_rows, dtype=bool)
     for name, r in zip(columns, include):
         col = table.column(r)
-        if name in numeric:
+        if pa.types.is_floating(col.type):
             x = col.to_numpy()
+            if name in labels and np.isnan(x).sum() != col.null_count:
+                return None  # a NaN written as a number ("-nan"): a label the csv-module path refuses
             blank &= np.isnan(x)
             out[name] = x
         else:
@@ -309,7 +320,14 @@ def _may_quote(p: Path) -> bool:
         return mm.find(b'"') >= 0
 
 
+def _all_rows(rows: np.ndarray, n: int) -> bool:
+    """Whether ``rows`` (sorted, distinct) is every row ``0..n-1``."""
+    return rows.shape[0] == n
+
+
 def _take(col: Column, rows: np.ndarray) -> Column:
+    if _all_rows(rows, len(col)):
+        return col
     return col.take(rows) if isinstance(col, CodedColumn) else col[rows]
 
 
@@ -543,10 +561,10 @@ def tabular(
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
     wanted = list(dict.fromkeys([*features, *label_columns]))
     files = {"train": str(train), "val": val, "test": test}
-    frames = {"train": _read_frame(train, wanted, numeric, delimiter=delimiter)}
+    frames = {"train": _read_frame(train, wanted, features, numeric, delimiter=delimiter)}
     for what in ("val", "test"):
         if files[what] is not None:
-            frames[what] = _read_frame(files[what], wanted, numeric, delimiter=delimiter)
+            frames[what] = _read_frame(files[what], wanted, features, numeric, delimiter=delimiter)
     origins = {s: Origin(str(files[s]), np.arange(len(f[wanted[0]]))) for s, f in frames.items()}
     for s, f in frames.items():
         for c in numeric:
@@ -584,7 +602,7 @@ def tabular(
             targets[s][name] = t
     task_tuple = tuple(task_list)
     present = {
-        s: {k: ~torch.isnan(t).numpy() if t.is_floating_point() else (t >= 0).numpy() for k, t in ts.items()}
+        s: {k: ~np.isnan(t.numpy()) if t.is_floating_point() else t.numpy() >= 0 for k, t in ts.items()}
         for s, ts in targets.items()
     }
     check_task_labels(present, {k: v.column for k, v in specs.items()}, origins, held_out)
@@ -607,7 +625,7 @@ def tabular(
         inputs = transform_coded(pre, {c: _take(frames[s][c], rows) for c in features}, source=_PRE)
         datasets[s] = MultiTaskDataset(
             inputs,
-            {k: v[rows] for k, v in targets[s].items()},
+            {k: v if _all_rows(rows, len(v)) else v[rows] for k, v in targets[s].items()},
             tasks=task_tuple,
             augment=augment if s == "train" else None,
         )
