@@ -46,6 +46,8 @@ class CodedColumn:
 
     values: np.ndarray
     codes: np.ndarray
+    clean: bool = False
+    """The values are distinct and stripped of surrounding blanks already."""
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -56,7 +58,7 @@ class CodedColumn:
 
     def take(self, index: np.ndarray) -> CodedColumn:
         """The rows ``index`` (same distinct values, possibly some unused)."""
-        return CodedColumn(self.values, self.codes[index])
+        return CodedColumn(self.values, self.codes[index], self.clean)
 
     def missing_values(self) -> np.ndarray:
         """Boolean per distinct value: True for the missing markers (``?``, empty, ``NA``...)."""
@@ -256,9 +258,10 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, Column], *, source
         col = as_coded(columns[name])
         counts = np.bincount(col.codes, minlength=col.values.shape[0])
         keep = (counts > 0) & ~col.missing_values()
-        values, counts = np.char.strip(col.values[keep].astype(str)), counts[keep]
-        values, inverse = np.unique(values, return_inverse=True)  # " a" and "a" are one category
-        counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.shape[0]).astype(np.int64)
+        values, counts = col.values[keep].astype(str), counts[keep]
+        if not col.clean:
+            values, inverse = np.unique(np.char.strip(values), return_inverse=True)  # " a" and "a": one category
+            counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.shape[0]).astype(np.int64)
         vocabularies[name] = vocabulary(
             values, counts, min_frequency=pre.min_frequency, max_categories=pre.max_categories
         )
@@ -290,7 +293,11 @@ def transform_coded(
         for j, name in enumerate(pre.categorical):
             col = as_coded(columns[name])
             index = {v: i + 1 for i, v in enumerate(pre.vocabularies[name])}
-            lookup = np.array([index.get(v.strip(), 0) for v in col.values.tolist()], dtype=np.int64)
+            values = col.values.tolist()
+            lookup = np.array(
+                [index.get(v, 0) for v in values] if col.clean else [index.get(v.strip(), 0) for v in values],
+                dtype=np.int64,
+            )
             codes[:, j] = lookup[col.codes] if lookup.size else 0
         out[CATEGORICAL] = torch.from_numpy(codes)
     if pre.numeric:

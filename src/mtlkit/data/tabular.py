@@ -177,11 +177,12 @@ def _read_frame(
     differently from the csv module, or that breaks a rule, is read by :func:`read_table`, whose
     checks name the problem. Both give the same values (tested)."""
     p = Path(path).expanduser()
+    labels = [c for c in columns if c not in features]
     if p.is_file():
         frame = (
-            _parquet_frame(p, columns, numeric)
+            _parquet_frame(p, columns, numeric, labels)
             if _is_parquet(p)
-            else _fast_csv(p, columns, numeric, [c for c in columns if c not in features], delimiter)
+            else _fast_csv(p, columns, numeric, labels, delimiter)
         )
         if frame is not None:
             return frame
@@ -192,19 +193,33 @@ def _is_parquet(p: Path) -> bool:
     return p.suffix.lower() in (".parquet", ".pq")
 
 
-def _coded_arrow(col: Any) -> CodedColumn:
-    """A pyarrow string column as a :class:`CodedColumn` (nulls as ``""``), encoded in C++."""
+def _coded_arrow(col: Any, *, strip: bool = True) -> tuple[CodedColumn, np.ndarray]:
+    """A pyarrow string column as a :class:`CodedColumn` (nulls as ``""``; ``strip``: values stripped
+    of surrounding blanks and merged), encoded in C++; and per distinct value whether it is blank."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     enc = pc.dictionary_encode(col.fill_null(""))
-    values = np.array(enc.dictionary.to_pylist(), dtype=str)
-    return CodedColumn(values, enc.indices.to_numpy(zero_copy_only=False))
+    raw = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    stripped = [v.strip() for v in raw]
+    blank = np.array([not v for v in stripped], dtype=bool)
+    if not strip:
+        return CodedColumn(np.array(raw, dtype=str), codes), blank
+    if stripped == raw:
+        return CodedColumn(np.array(raw, dtype=str), codes, clean=True), blank
+    values, inverse = np.unique(np.array(stripped, dtype=str), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    merged_blank = np.zeros(values.shape[0], dtype=bool)
+    merged_blank[inverse] = blank
+    return CodedColumn(values, inverse[codes].astype(np.int32), clean=True), merged_blank
 
 
-def _parquet_frame(p: Path, columns: Sequence[str], numeric: Sequence[str]) -> dict[str, Column] | None:
+def _parquet_frame(
+    p: Path, columns: Sequence[str], numeric: Sequence[str], labels: Sequence[str]
+) -> dict[str, Column] | None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -228,7 +243,7 @@ def _parquet_frame(p: Path, columns: Sequence[str], numeric: Sequence[str]) -> d
         elif name in numeric:
             out[name] = np.asarray(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)
         else:
-            out[name] = _coded_arrow(col.cast(pa.string()))
+            out[name] = _coded_arrow(col.cast(pa.string()), strip=name not in labels)[0]
     return out
 
 
@@ -283,8 +298,7 @@ def _fast_csv(
             blank &= np.isnan(x)
             out[name] = x
         else:
-            coded = _coded_arrow(col)
-            empty = np.char.str_len(np.char.strip(coded.values)) == 0
+            coded, empty = _coded_arrow(col, strip=name not in labels)
             blank &= empty[coded.codes]
             out[name] = coded
     if blank.any():  # a row with nothing in the wanted columns: the csv module skips all-blank rows
