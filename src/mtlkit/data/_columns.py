@@ -62,7 +62,10 @@ class CodedColumn:
 
     def missing_values(self) -> np.ndarray:
         """Boolean per distinct value: True for the missing markers (``?``, empty, ``NA``...)."""
-        return np.array([v.strip().lower() in MISSING_VALUES for v in self.values.tolist()], dtype=bool)
+        values = self.values.tolist()
+        if self.clean:
+            return np.array([v.lower() in MISSING_VALUES for v in values], dtype=bool)
+        return np.array([v.strip().lower() in MISSING_VALUES for v in values], dtype=bool)
 
     def value_floats(self, *, column: str, source: str) -> np.ndarray:
         """The distinct values as float64 (missing markers -> NaN)."""

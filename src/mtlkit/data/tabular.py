@@ -434,7 +434,7 @@ def _encode_labels(
             out[s] = torch.from_numpy(x.astype(np.float32))
         return out, Task(name=name, kind="regression"), info
     train = coded["train"]
-    used = np.unique(train.codes[~missing["train"]])
+    used = np.flatnonzero(np.bincount(train.codes[~missing["train"]], minlength=train.label.shape[0]))
     train_present = np.unique(train.label[used])
     if spec.classes is not None:
         classes = [str(_canonical_number(c) or c).strip() for c in spec.classes]
