@@ -201,7 +201,7 @@ def _coded_arrow(col: Any, *, strip: bool = True) -> tuple[CodedColumn, np.ndarr
 
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    enc = pc.dictionary_encode(col.fill_null(""))
+    enc = pc.dictionary_encode(col.fill_null("") if col.null_count else col)
     raw = enc.dictionary.to_pylist()
     codes = enc.indices.to_numpy(zero_copy_only=False)
     stripped = [v.strip() for v in raw]
