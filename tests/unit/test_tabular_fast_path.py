@@ -113,3 +113,23 @@ def test_string_labels_and_parquet_take_the_fast_path(
     _same(fast, slow)
     _same(par, slow)
     assert fast.train.targets["a"].tolist()[:4] == [0.0, 1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.bz2", ".csv.xz"])
+def test_compressed_csv_takes_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    text = HEAD + _rows(np.random.default_rng(7), 300, messy=True)
+    opener = {".csv.gz": gzip.open, ".csv.bz2": bz2.open, ".csv.xz": lzma.open}[suffix]
+    path = tmp_path / f"train{suffix}"
+    with opener(path, "wt") as fh:
+        fh.write(text)
+    assert tabular_module._fast_csv(path, ["city", "code", "age", "clicked", "segment", "spend"], ["age"],
+                                    ["clicked", "segment", "spend"], ",") is not None  # fmt: skip
+    fast = _load(path)
+    monkeypatch.setattr(tabular_module, "_fast_csv", lambda *a, **k: None)
+    _same(fast, _load(path))
