@@ -1,4 +1,4 @@
-"""``mtlkit run | list | evaluate | validate | export | predict | reproduce``."""
+"""``mtlkit run | list | evaluate | validate | export | predict | reproduce | generate``."""
 
 from __future__ import annotations
 
@@ -144,6 +144,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_threads_option(
         rep, "torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)"
     )
+    gen = sub.add_parser("generate", help="write a synthetic data set to files (see generate impressions)")
+    gen_sub = gen.add_subparsers(dest="what", metavar="KIND", required=True)
+    imp = gen_sub.add_parser(
+        "impressions",
+        help="a synthetic impression log (click / conversion funnel, watch time) as Parquet shards",
+        description="Write a synthetic impression log as OUT_DIR/part-NNNNN.parquet (see "
+        "mtlkit.data.impression_log). Deterministic from --seed, whatever --shard-rows.",
+    )
+    imp.add_argument("out_dir", metavar="OUT_DIR", help="an empty (or new) folder for the shards")
+    imp.add_argument("--rows", type=int, required=True, help="number of impressions")
+    imp.add_argument("--shard-rows", type=int, default=1_000_000, help="rows per Parquet file (default 1,000,000)")
+    imp.add_argument("--seed", type=int, default=0)
+    imp.add_argument("--users", type=int, help="distinct user ids (default rows/20 within 1,000..1,000,000)")
+    imp.add_argument("--items", type=int, help="distinct item ids (default rows/100 within 200..200,000)")
+    imp.add_argument("--oracle", action="store_true", help="also write the true p_click and p_conversion")
     return p
 
 
@@ -334,6 +349,20 @@ def _cmd_predict(ns: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_generate(ns: argparse.Namespace, console: Console) -> int:
+    from mtlkit.data.impressions import impression_log
+
+    log = impression_log(
+        ns.out_dir, ns.rows, shard_rows=ns.shard_rows, seed=ns.seed, users=ns.users, items=ns.items, oracle=ns.oracle
+    )
+    console.print(
+        f"Wrote {log.rows:,} impressions ({log.users:,} users, {log.items:,} items) as {len(log.files)} Parquet "
+        f"file(s) in {ns.out_dir}",
+        highlight=False,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlkit`` command; returns the exit code."""
     parser = _parser()
@@ -357,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "predict": _cmd_predict,
         "reproduce": _cmd_reproduce,
+        "generate": _cmd_generate,
     }
     try:
         return handlers[ns.command](ns, console)

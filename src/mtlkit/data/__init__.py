@@ -6,6 +6,7 @@ from mtlkit.data.census import census_income, read_census
 from mtlkit.data.ctr import ali_ccp_sample, aliexpress_sample, ctr_cvr_targets, ctr_cvr_tasks
 from mtlkit.data.dataset import BatchAugment, MultiTaskDataset, TensorBatchLoader
 from mtlkit.data.images import RandomFlipCrop, cifar10, mnist_fashion, read_cifar_batch, read_idx
+from mtlkit.data.impressions import ImpressionLog, impression_log
 from mtlkit.data.multilabel import multilabel, read_arff
 from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout, UnknownCategoryWarning
 from mtlkit.data.schema import FeatureSchema, InputSpec
@@ -19,6 +20,7 @@ __all__ = [
     "BatchAugment",
     "DataSplits",
     "FeatureSchema",
+    "ImpressionLog",
     "InputSpec",
     "Inputs",
     "MultiTaskDataset",
@@ -37,6 +39,7 @@ __all__ = [
     "collate",
     "ctr_cvr_targets",
     "ctr_cvr_tasks",
+    "impression_log",
     "mnist_fashion",
     "multilabel",
     "pearson",

@@ -28,11 +28,12 @@ from mtlkit.data.preprocessing import (
     first_non_finite,
     standardisation,
     standardise,
+    vocabulary,
 )
 from mtlkit.data.schema import CATEGORICAL, NUMERIC
 from mtlkit.errors import DataError
 
-__all__ = ["CodedColumn", "fit_coded", "parse_delimited", "transform_coded"]
+__all__ = ["CodedColumn", "as_coded", "fit_coded", "parse_delimited", "transform_coded"]
 
 _WHITESPACE = (32, 9, 13)  # space, tab, carriage return
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -40,10 +41,13 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 @dataclass(frozen=True, slots=True)
 class CodedColumn:
-    """One column: its sorted distinct ``values`` (str) and ``codes`` (one per row)."""
+    """One column: its distinct ``values`` (str; sorted when made by :func:`parse_delimited` or
+    :func:`as_coded`) and ``codes`` (one per row)."""
 
     values: np.ndarray
     codes: np.ndarray
+    clean: bool = False
+    """The values are distinct and stripped of surrounding blanks already."""
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -54,11 +58,14 @@ class CodedColumn:
 
     def take(self, index: np.ndarray) -> CodedColumn:
         """The rows ``index`` (same distinct values, possibly some unused)."""
-        return CodedColumn(self.values, self.codes[index])
+        return CodedColumn(self.values, self.codes[index], self.clean)
 
     def missing_values(self) -> np.ndarray:
         """Boolean per distinct value: True for the missing markers (``?``, empty, ``NA``...)."""
-        return np.isin(np.char.lower(np.char.strip(self.values.astype(str))), list(MISSING_VALUES))
+        values = self.values.tolist()
+        if self.clean:
+            return np.array([v.lower() in MISSING_VALUES for v in values], dtype=bool)
+        return np.array([v.strip().lower() in MISSING_VALUES for v in values], dtype=bool)
 
     def value_floats(self, *, column: str, source: str) -> np.ndarray:
         """The distinct values as float64 (missing markers -> NaN)."""
@@ -81,6 +88,34 @@ def _is_float(v: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def as_coded(values: np.ndarray | CodedColumn) -> CodedColumn:
+    """A column as a :class:`CodedColumn` of category strings, as ``TabularPreprocessor`` reads them:
+    numbers written with ``%.12g`` (NaN -> ``""``, missing), text as it is."""
+    if isinstance(values, CodedColumn):
+        return values
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fc":  # as TabularPreprocessor: floats as %.12g, other values as str()
+        x = arr.astype(np.float64)
+        uniq, inverse = np.unique(x, return_inverse=True)  # NaN values sort last, one entry each
+        strings = np.where(np.isnan(uniq), "", np.char.mod("%.12g", np.nan_to_num(uniq))).astype(str)
+    else:
+        uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
+        strings = uniq
+    merged, back = np.unique(strings, return_inverse=True)  # 3.0000000000001 and 3 are one category
+    return CodedColumn(merged, back.reshape(-1)[inverse.reshape(-1)].astype(np.int32))
+
+
+def _numeric_values(col: np.ndarray | CodedColumn, *, column: str, source: str) -> np.ndarray:
+    """A numeric column as float64 (missing -> NaN), infinite values refused."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "biuf":
+        x = col.astype(np.float64)
+    else:
+        c = as_coded(col)
+        x = c.value_floats(column=column, source=source)[c.codes]
+    first_non_finite(x, column=column, source=source)
+    return x
 
 
 def _strip(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
@@ -212,21 +247,30 @@ def parse_delimited(
 
 
 # ---------------------------------------------------------------------------------------------- preprocessing
-def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, CodedColumn], *, source: str = "data") -> None:
-    """Fit ``pre`` on coded training columns, in place, exactly as ``pre.fit`` would on the strings."""
+Column = CodedColumn | np.ndarray
+"""A coded column, or an array (numbers, or text) as ``TabularPreprocessor.fit`` takes it."""
+
+
+def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, Column], *, source: str = "data") -> None:
+    """Fit ``pre`` on coded training columns, in place, exactly as ``pre.fit`` would on the strings.
+
+    Columns may also be arrays (as ``pre.fit`` takes them): numeric ones are used as they are,
+    categorical ones are coded first (:func:`as_coded`)."""
     vocabularies: dict[str, list[str]] = {}
     for name in pre.categorical:
-        col = columns[name]
+        col = as_coded(columns[name])
         counts = np.bincount(col.codes, minlength=col.values.shape[0])
-        keep = (counts >= pre.min_frequency) & (counts > 0) & ~col.missing_values()
-        values, counts = np.char.strip(col.values[keep].astype(str)), counts[keep]
-        order = np.lexsort((values, -counts))  # most frequent first, ties by value
-        vocabularies[name] = [str(v) for v in values[order]]
+        keep = (counts > 0) & ~col.missing_values()
+        values, counts = col.values[keep].astype(str), counts[keep]
+        if not col.clean:
+            values, inverse = np.unique(np.char.strip(values), return_inverse=True)  # " a" and "a": one category
+            counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.shape[0]).astype(np.int64)
+        vocabularies[name] = vocabulary(
+            values, counts, min_frequency=pre.min_frequency, max_categories=pre.max_categories
+        )
     stats: dict[str, tuple[float, float]] = {}
     for name in pre.numeric:
-        col = columns[name]
-        x = col.value_floats(column=name, source=source)[col.codes]
-        first_non_finite(x, column=name, source=source)
+        x = _numeric_values(columns[name], column=name, source=source)
         x = x[~np.isnan(x)]
         if x.size == 0:
             raise DataError(
@@ -238,7 +282,7 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, CodedColumn], *, s
 
 
 def transform_coded(
-    pre: TabularPreprocessor, columns: Mapping[str, CodedColumn], *, source: str = "data"
+    pre: TabularPreprocessor, columns: Mapping[str, Column], *, source: str = "data"
 ) -> dict[str, Tensor]:
     """``pre.transform`` on coded columns: one lookup per distinct value, one gather per column."""
     if not pre.fitted:
@@ -250,18 +294,20 @@ def transform_coded(
     if pre.categorical:
         codes = np.zeros((n, len(pre.categorical)), dtype=np.int64)
         for j, name in enumerate(pre.categorical):
-            col = columns[name]
+            col = as_coded(columns[name])
             index = {v: i + 1 for i, v in enumerate(pre.vocabularies[name])}
-            lookup = np.array([index.get(v.strip(), 0) for v in col.values.tolist()], dtype=np.int64)
+            values = col.values.tolist()
+            lookup = np.array(
+                [index.get(v, 0) for v in values] if col.clean else [index.get(v.strip(), 0) for v in values],
+                dtype=np.int64,
+            )
             codes[:, j] = lookup[col.codes] if lookup.size else 0
         out[CATEGORICAL] = torch.from_numpy(codes)
     if pre.numeric:
         mat = np.zeros((n, len(pre.numeric)), dtype=np.float32)
         for j, name in enumerate(pre.numeric):
-            col = columns[name]
             mean, std = pre.stats[name]
-            x = col.value_floats(column=name, source=source)[col.codes]
-            first_non_finite(x, column=name, source=source)
+            x = _numeric_values(columns[name], column=name, source=source)
             mat[:, j] = standardise(x, mean, std, column=name, source=source)
         out[NUMERIC] = torch.from_numpy(mat)
     return out

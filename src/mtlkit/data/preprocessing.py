@@ -40,6 +40,7 @@ __all__ = [
     "UnknownCategoryDropout",
     "UnknownCategoryWarning",
     "standardisation",
+    "vocabulary",
 ]
 
 MISSING_VALUES = frozenset({"", "?", "na", "nan", "null", "none"})
@@ -59,6 +60,19 @@ def _as_strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 def _missing(strings: np.ndarray) -> np.ndarray:
     return np.isin(np.char.lower(strings), list(MISSING_VALUES))
+
+
+def vocabulary(
+    values: np.ndarray, counts: np.ndarray, *, min_frequency: int, max_categories: int | None
+) -> list[str]:
+    """The vocabulary of a column from its distinct non-missing values and their counts: values seen at
+    least ``min_frequency`` times, most frequent first (ties by value), the first ``max_categories``."""
+    keep = counts >= min_frequency
+    values, counts = np.asarray(values)[keep].astype(str), np.asarray(counts)[keep]
+    order = np.lexsort((values, -counts))  # most frequent first, ties by value
+    if max_categories is not None:
+        order = order[:max_categories]
+    return [str(v) for v in values[order].tolist()]
 
 
 class UnknownCategoryWarning(UserWarning):
@@ -147,16 +161,30 @@ class TabularPreprocessor:
         numeric: numeric column names.
         min_frequency: categories seen fewer times than this in training map to the unknown
             bucket (index 0).
+        max_categories: keep at most this many categories per column (the most frequent; ties by
+            value); the others map to the unknown bucket. ``None``: no limit.
     """
 
     def __init__(
-        self, *, categorical: Sequence[str] = (), numeric: Sequence[str] = (), min_frequency: int = 1
+        self,
+        *,
+        categorical: Sequence[str] = (),
+        numeric: Sequence[str] = (),
+        min_frequency: int = 1,
+        max_categories: int | None = None,
     ) -> None:
         self.categorical = tuple(categorical)
         self.numeric = tuple(numeric)
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"TabularPreprocessor min_frequency must be an int >= 1; got {min_frequency!r}.")
         self.min_frequency = min_frequency
+        if max_categories is not None and (
+            not isinstance(max_categories, int) or isinstance(max_categories, bool) or max_categories < 1
+        ):
+            raise ValueError(
+                f"TabularPreprocessor max_categories must be None or an int >= 1; got {max_categories!r}."
+            )
+        self.max_categories = max_categories
         FeatureSchema(self.categorical, (1,) * len(self.categorical), self.numeric)  # checks names
         self.vocabularies: dict[str, list[str]] | None = None
         self.stats: dict[str, tuple[float, float]] | None = None
@@ -174,10 +202,9 @@ class TabularPreprocessor:
             s = _as_strings(columns[name])
             s = s[~_missing(s)]
             values, counts = np.unique(s, return_counts=True)
-            keep = counts >= self.min_frequency
-            values, counts = values[keep], counts[keep]
-            order = np.lexsort((values, -counts))  # most frequent first, ties by value
-            vocabularies[name] = [str(v) for v in values[order]]
+            vocabularies[name] = vocabulary(
+                values, counts, min_frequency=self.min_frequency, max_categories=self.max_categories
+            )
         stats: dict[str, tuple[float, float]] = {}
         for name in self.numeric:
             x = self._numbers(columns[name], name)
@@ -260,6 +287,7 @@ class TabularPreprocessor:
             "categorical": list(self.categorical),
             "numeric": list(self.numeric),
             "min_frequency": self.min_frequency,
+            **({"max_categories": self.max_categories} if self.max_categories is not None else {}),
             "vocabularies": {k: list(v) for k, v in vocabularies.items()},
             "stats": {k: [m, s] for k, (m, s) in stats.items()},
         }
@@ -272,6 +300,7 @@ class TabularPreprocessor:
                 categorical=state["categorical"],
                 numeric=state["numeric"],
                 min_frequency=int(state.get("min_frequency", 1)),
+                max_categories=state.get("max_categories"),
             )
             pre.vocabularies = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
             pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}
@@ -291,7 +320,9 @@ class TabularPreprocessor:
         state = "fitted" if self.fitted else "not fitted"
         return (
             f"TabularPreprocessor(categorical={list(self.categorical)}, numeric={list(self.numeric)}, "
-            f"min_frequency={self.min_frequency}, {state})"
+            f"min_frequency={self.min_frequency}"
+            + (f", max_categories={self.max_categories}" if self.max_categories is not None else "")
+            + f", {state})"
         )
 
     # ------------------------------------------------------------------ helpers

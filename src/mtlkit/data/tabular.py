@@ -32,8 +32,13 @@ unknown bucket in each epoch, so the embedding of unseen values is trained.
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+import lzma
+import mmap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,15 +55,19 @@ from mtlkit.data._checks import (
     check_split_sizes,
     check_task_labels,
 )
+from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
-from mtlkit.data.sources import delimiter_hint, read_csv
+from mtlkit.data.sources import delimiter_hint, open_text, read_csv
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError, did_you_mean
 from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
 
 __all__ = ["TaskColumn", "load_preprocessor", "read_table", "tabular"]
+
+Column = CodedColumn | np.ndarray
+_PRE = "TabularPreprocessor"  # the source named by preprocessing errors (as TabularPreprocessor.fit names it)
 
 
 class TaskColumn(BaseModel):
@@ -151,20 +160,230 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> tuple[dict[str, np.ndar
     return out, list(schema.names)
 
 
+# ---------------------------------------------------------------------------------------------- fast reading
+_NULL_MARKERS = sorted(
+    {"".join(c) for w in MISSING_VALUES for c in itertools.product(*[(ch.lower(), ch.upper()) for ch in w])}
+)
+"""Every spelling (any case) of the missing markers: pyarrow reads them as null in numeric columns."""
+
+
+def _read_frame(
+    path: str | Path, columns: Sequence[str], features: Sequence[str], numeric: Sequence[str], *, delimiter: str
+) -> dict[str, Column]:
+    """The ``columns`` of a data file for :func:`tabular`: numeric features as float64 arrays where the
+    file allows (else strings), the other columns coded (:class:`CodedColumn`).
+
+    CSV is read by pyarrow when the file is regular (the common case); a file that pyarrow reads
+    differently from the csv module, or that breaks a rule, is read by :func:`read_table`, whose
+    checks name the problem. Both give the same values (tested)."""
+    p = Path(path).expanduser()
+    labels = [c for c in columns if c not in features]
+    if p.is_file():
+        frame = (
+            _parquet_frame(p, columns, numeric, labels)
+            if _is_parquet(p)
+            else _fast_csv(p, columns, numeric, labels, delimiter)
+        )
+        if frame is not None:
+            return frame
+    return dict(read_table(p, columns, delimiter=delimiter))
+
+
+def _is_parquet(p: Path) -> bool:
+    return p.suffix.lower() in (".parquet", ".pq")
+
+
+def _coded_arrow(col: Any, *, strip: bool = True) -> tuple[CodedColumn, np.ndarray]:
+    """A pyarrow string column as a :class:`CodedColumn` (nulls as ``""``; ``strip``: values stripped
+    of surrounding blanks and merged), encoded in C++; and per distinct value whether it is blank."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    enc = pc.dictionary_encode(col.fill_null("") if col.null_count else col)
+    raw = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    stripped = [v.strip() for v in raw]
+    blank = np.array([not v for v in stripped], dtype=bool)
+    if not strip:
+        return CodedColumn(np.array(raw, dtype=str), codes), blank
+    if stripped == raw:
+        return CodedColumn(np.array(raw, dtype=str), codes, clean=True), blank
+    values, inverse = np.unique(np.array(stripped, dtype=str), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    merged_blank = np.zeros(values.shape[0], dtype=bool)
+    merged_blank[inverse] = blank
+    return CodedColumn(values, inverse[codes].astype(np.int32), clean=True), merged_blank
+
+
+def _parquet_frame(
+    p: Path, columns: Sequence[str], numeric: Sequence[str], labels: Sequence[str]
+) -> dict[str, Column] | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    try:
+        names = pq.read_schema(p).names
+        if len(set(names)) != len(names) or any(c not in names for c in columns):
+            return None
+        table = pq.read_table(p, columns=list(columns))
+    except (OSError, pa.ArrowException):
+        return None
+    if table.num_rows == 0:
+        return None
+    out: dict[str, Column] = {}
+    for name in columns:
+        col = table.column(name)
+        t = col.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        elif name in numeric:
+            out[name] = np.asarray(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)
+        else:
+            out[name] = _coded_arrow(col.cast(pa.string()), strip=name not in labels)[0]
+    return out
+
+
+def _fast_csv(
+    p: Path, columns: Sequence[str], numeric: Sequence[str], labels: Sequence[str], delimiter: str
+) -> dict[str, Column] | None:
+    """The columns of a regular CSV file read by pyarrow, or None (read it with :func:`read_table`)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    if len(delimiter) != 1:
+        return None
+    try:
+        header = _csv_header_row(p, delimiter)
+    except DataError:
+        return None
+    names = [h.strip() for h in header]
+    if len(set(names)) != len(names) or len(set(header)) != len(header) or any(c not in names for c in columns):
+        return None
+    raw = {n.strip(): n for n in header}
+    include = [raw[c] for c in columns]
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=_may_quote(p))
+    table = None
+    # numeric features, and labels when they are all numbers, are parsed by pyarrow; other labels and
+    # the categorical columns are read as text
+    for as_numbers in ([*numeric, *labels], list(numeric)):
+        types = {raw[c]: pa.float64() if c in as_numbers else pa.string() for c in columns}
+        convert = pacsv.ConvertOptions(
+            include_columns=include,
+            column_types=types,
+            null_values=_NULL_MARKERS,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        try:
+            table = pacsv.read_csv(_csv_input(p), parse_options=parse, convert_options=convert)
+            break
+        except (pa.ArrowException, OSError, EOFError, ValueError, lzma.LZMAError):
+            continue
+    if table is None or table.num_rows == 0 or table.column_names != include:
+        return None
+    out: dict[str, Column] = {}
+    blank = np.ones(table.num_rows, dtype=bool)
+    for name, r in zip(columns, include):
+        col = table.column(r)
+        if pa.types.is_floating(col.type):
+            x = col.to_numpy()
+            if name in labels and np.isnan(x).sum() != col.null_count:
+                return None  # a NaN written as a number ("-nan"): a label the csv-module path refuses
+            blank &= np.isnan(x)
+            out[name] = x
+        else:
+            coded, empty = _coded_arrow(col, strip=name not in labels)
+            blank &= empty[coded.codes]
+            out[name] = coded
+    if blank.any():  # a row with nothing in the wanted columns: the csv module skips all-blank rows
+        return None
+    return out
+
+
+def _csv_header_row(p: Path, delimiter: str) -> list[str]:
+    """The header row as the csv module reads it (the first row with a non-blank cell)."""
+    with open_text(p, encoding="utf-8-sig") as fh:
+        for row in csv.reader(fh, delimiter=delimiter):
+            if row and any(c.strip() for c in row):
+                return row
+    raise DataError(f"{p} is empty.")
+
+
+def _csv_input(p: Path) -> Any:
+    import pyarrow as pa
+
+    if p.suffix.lower() in (".xz", ".lzma"):
+        return pa.PythonFile(lzma.open(p, "rb"), mode="r")
+    return pa.input_stream(str(p), compression="detect")
+
+
+def _may_quote(p: Path) -> bool:
+    """Whether the file may hold a quoted field (pyarrow then allows newlines inside values, as the
+    csv module does); a plain file without any ``"`` cannot."""
+    if p.suffix.lower() in (".gz", ".bz2", ".xz", ".lzma", ".zst", ".lz4", ".br"):
+        return True
+    if p.stat().st_size == 0:
+        return False
+    with p.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return mm.find(b'"') >= 0
+
+
+def _all_rows(rows: np.ndarray, n: int) -> bool:
+    """Whether ``rows`` (sorted, distinct) is every row ``0..n-1``."""
+    return rows.shape[0] == n
+
+
+def _take(col: Column, rows: np.ndarray) -> Column:
+    if _all_rows(rows, len(col)):
+        return col
+    return col.take(rows) if isinstance(col, CodedColumn) else col[rows]
+
+
 # ---------------------------------------------------------------------------------------------- labels
-def _missing(values: np.ndarray) -> np.ndarray:
-    if values.dtype.kind in "fc":
-        return np.isnan(values)
-    return np.isin(np.char.lower(np.char.strip(values.astype(str))), list(MISSING_VALUES))
+@dataclass(frozen=True)
+class _Labels:
+    """A label column by distinct value: per row ``codes``; per distinct value the raw value, whether it
+    is missing, its canonical label string (1, 1.0 and " 1" are the same label) and its number."""
+
+    codes: np.ndarray
+    raw: np.ndarray
+    missing: np.ndarray
+    label: np.ndarray
+    number: np.ndarray
+
+    @property
+    def row_missing(self) -> np.ndarray:
+        return self.missing[self.codes]
 
 
-def _label_strings(values: np.ndarray) -> np.ndarray:
-    """Labels as canonical strings: 1, 1.0 and " 1" are the same label."""
-    if values.dtype.kind in "biuf":
-        return np.char.mod("%.12g", np.nan_to_num(values.astype(np.float64)))
-    s = np.char.strip(values.astype(str))
-    as_num = np.array([_canonical_number(v) for v in s.tolist()], dtype=object)
-    return np.where(as_num != None, as_num, s).astype(str)  # noqa: E711
+def _labels(values: Column) -> _Labels:
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        x = values.astype(np.float64)
+        nan = np.isnan(x)
+        if np.all((x == 0.0) | (x == 1.0) | nan):  # the usual binary column: no sort needed
+            u = np.array([0.0, 1.0, np.nan])
+            codes = np.where(nan, 2, x).astype(np.int64)
+        else:
+            u, codes = np.unique(x, return_inverse=True)
+            codes = codes.reshape(-1)
+        label = np.char.mod("%.12g", np.nan_to_num(u)).astype(str)
+        return _Labels(codes, u, np.isnan(u), label, u)
+    col = values if isinstance(values, CodedColumn) else as_coded(np.asarray(values).astype(str))
+    stripped = [v.strip() for v in col.values.tolist()]
+    canon = [_canonical_number(v) for v in stripped]
+    return _Labels(
+        codes=col.codes.astype(np.int64),
+        raw=col.values,
+        missing=np.array([v.lower() in MISSING_VALUES for v in stripped], dtype=bool),
+        label=np.array([c if c is not None else v for c, v in zip(canon, stripped)], dtype=str),
+        number=np.array([float(c) if c is not None else np.nan for c in canon], dtype=np.float64),
+    )
 
 
 def _canonical_number(v: str) -> str | None:
@@ -175,28 +394,30 @@ def _canonical_number(v: str) -> str | None:
 
 
 def _encode_labels(
-    name: str, spec: TaskColumn, splits: Mapping[str, np.ndarray], origins: Mapping[str, Origin]
+    name: str, spec: TaskColumn, splits: Mapping[str, Column], origins: Mapping[str, Origin]
 ) -> tuple[dict[str, torch.Tensor], Task, dict[str, Any]]:
     """Targets per split (NaN / -1 = missing), the Task and facts about the labels.
 
-    Errors name the file and data row a bad label comes from (``origins``)."""
-    missing = {s: _missing(v) for s, v in splits.items()}
+    Labels are decided once per distinct value. Errors name the file and data row a bad label
+    comes from (``origins``)."""
+    coded = {s: _labels(v) for s, v in splits.items()}
+    missing = {s: c.row_missing for s, c in coded.items()}
     info: dict[str, Any] = {"column": spec.column, "kind": spec.kind}
     train_file = origins["train"].file
     if spec.kind == "regression":
         out = {}
-        for s, v in splits.items():
-            x = np.full(v.shape[0], np.nan)
-            ok = np.flatnonzero(~missing[s])
-            try:
-                x[ok] = v[ok].astype(np.float64)
-            except ValueError:
-                i = next(int(i) for i in ok if _canonical_number(str(v[i])) is None)
+        for s, c in coded.items():
+            bad = np.flatnonzero(~c.missing & np.isnan(c.number))
+            rows_bad = np.flatnonzero(np.isin(c.codes, bad)) if bad.size else bad
+            if rows_bad.size:
+                i = int(rows_bad[0])
                 raise DataError(
                     f"{origins[s].file}: task {name!r} is a regression but its column {spec.column!r} holds the "
-                    f"non-numeric label {str(v[i])!r} in {origins[s].row(i)}. Clean the label, leave it blank "
-                    "(missing), or declare the task binary/multiclass."
-                ) from None
+                    f"non-numeric label {str(c.raw[c.codes[i]])!r} in {origins[s].row(i)}. Clean the label, leave "
+                    "it blank (missing), or declare the task binary/multiclass."
+                )
+            x = np.where(missing[s], np.nan, c.number[c.codes])
+            ok = np.flatnonzero(~missing[s])
             inf = np.flatnonzero(np.isinf(x))
             if inf.size:
                 i = int(inf[0])
@@ -212,19 +433,20 @@ def _encode_labels(
                 )
             out[s] = torch.from_numpy(x.astype(np.float32))
         return out, Task(name=name, kind="regression"), info
-    strings = {s: _label_strings(v) for s, v in splits.items()}
-    train_present = strings["train"][~missing["train"]]
+    train = coded["train"]
+    used = np.flatnonzero(np.bincount(train.codes[~missing["train"]], minlength=train.label.shape[0]))
+    train_present = np.unique(train.label[used])
     if spec.classes is not None:
         classes = [str(_canonical_number(c) or c).strip() for c in spec.classes]
     elif spec.kind == "binary":
         classes = ["0", "1"]
     else:
-        numbers = [_canonical_number(v) for v in np.unique(train_present).tolist()]
+        numbers = [_canonical_number(v) for v in train_present.tolist()]
         if numbers and all(n is not None and float(n).is_integer() and float(n) >= 0 for n in numbers):
             k = spec.num_classes or int(max(float(n) for n in numbers if n is not None)) + 1
             classes = [f"{i:.12g}" for i in range(k)]
         else:
-            classes = sorted(np.unique(train_present).tolist())
+            classes = sorted(train_present.tolist())
     if spec.kind == "binary" and len(classes) != 2:
         raise DataError(
             f"{train_file}: task {name!r} is binary, so classes must list 2 values; got {spec.classes}."
@@ -242,12 +464,13 @@ def _encode_labels(
         )
     index = {c: i for i, c in enumerate(classes)}
     out = {}
-    for s, v in strings.items():
-        codes = np.array([index.get(x, -2) for x in v.tolist()], dtype=np.int64)
+    for s, c in coded.items():
+        per_value = np.array([index.get(v, -2) for v in c.label.tolist()], dtype=np.int64)
+        codes = per_value[c.codes]
         codes[missing[s]] = -1
         unknown = np.flatnonzero(codes == -2)
         if unknown.size:
-            bad = sorted(set(v[unknown].tolist()))[:5]
+            bad = sorted(set(c.label[np.unique(c.codes[unknown])].tolist()))[:5]
             learned = (
                 "its classes"
                 if spec.classes is not None or spec.kind == "binary"
@@ -291,6 +514,7 @@ def tabular(
     split_seed: int = 0,
     delimiter: str = ",",
     min_frequency: int = 1,
+    max_categories: PositiveInt | None = None,
     unknown_fraction: Fraction = 0.01,
     preprocessor: str | None = None,
 ) -> DataSplits:
@@ -308,6 +532,7 @@ def tabular(
         split_seed: seeds the held-out rows.
         delimiter: CSV field separator.
         min_frequency: categories seen fewer times in training map to the unknown bucket.
+        max_categories: keep at most this many categories per column (the most frequent).
         unknown_fraction: share of the training split's categorical cells replaced by the unknown
             bucket in each epoch (:class:`~mtlkit.data.preprocessing.UnknownCategoryDropout`,
             seeded by the trainer's seed and the epoch), so the embedding used for unseen values
@@ -350,10 +575,10 @@ def tabular(
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
     wanted = list(dict.fromkeys([*features, *label_columns]))
     files = {"train": str(train), "val": val, "test": test}
-    frames = {"train": read_table(train, wanted, delimiter=delimiter)}
+    frames = {"train": _read_frame(train, wanted, features, numeric, delimiter=delimiter)}
     for what in ("val", "test"):
         if files[what] is not None:
-            frames[what] = read_table(files[what], wanted, delimiter=delimiter)
+            frames[what] = _read_frame(files[what], wanted, features, numeric, delimiter=delimiter)
     origins = {s: Origin(str(files[s]), np.arange(len(f[wanted[0]]))) for s, f in frames.items()}
     for s, f in frames.items():
         for c in numeric:
@@ -373,9 +598,9 @@ def tabular(
     train_rows = np.sort(perm[n_val + n_test :])
     held_out = [what for what in ("val", "test") if what not in frames and len(held[what])]
     for what in held_out:
-        frames[what] = {c: v[held[what]] for c, v in frames["train"].items()}
+        frames[what] = {c: _take(v, held[what]) for c, v in frames["train"].items()}
         origins[what] = Origin(str(train), held[what])
-    frames["train"] = {c: v[train_rows] for c, v in frames["train"].items()}
+    frames["train"] = {c: _take(v, train_rows) for c, v in frames["train"].items()}
     origins["train"] = Origin(str(train), train_rows)
 
     targets: dict[str, dict[str, torch.Tensor]] = {s: {} for s in frames}
@@ -391,7 +616,7 @@ def tabular(
             targets[s][name] = t
     task_tuple = tuple(task_list)
     present = {
-        s: {k: ~torch.isnan(t).numpy() if t.is_floating_point() else (t >= 0).numpy() for k, t in ts.items()}
+        s: {k: ~np.isnan(t.numpy()) if t.is_floating_point() else t.numpy() >= 0 for k, t in ts.items()}
         for s, ts in targets.items()
     }
     check_task_labels(present, {k: v.column for k, v in specs.items()}, origins, held_out)
@@ -404,15 +629,17 @@ def tabular(
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical, numeric=numeric)
     else:
-        pre = TabularPreprocessor(categorical=categorical, numeric=numeric, min_frequency=min_frequency)
-        pre.fit({c: frames["train"][c][keep["train"]] for c in features})
+        pre = TabularPreprocessor(
+            categorical=categorical, numeric=numeric, min_frequency=min_frequency, max_categories=max_categories
+        )
+        fit_coded(pre, {c: _take(frames["train"][c], keep["train"]) for c in features}, source=_PRE)
     augment = UnknownCategoryDropout(unknown_fraction) if categorical and unknown_fraction > 0 else None
     datasets: dict[str, MultiTaskDataset | None] = {"val": None, "test": None}
     for s, rows in keep.items():
-        inputs = pre.transform({c: frames[s][c][rows] for c in features})
+        inputs = transform_coded(pre, {c: _take(frames[s][c], rows) for c in features}, source=_PRE)
         datasets[s] = MultiTaskDataset(
             inputs,
-            {k: v[rows] for k, v in targets[s].items()},
+            {k: v if _all_rows(rows, len(v)) else v[rows] for k, v in targets[s].items()},
             tasks=task_tuple,
             augment=augment if s == "train" else None,
         )
