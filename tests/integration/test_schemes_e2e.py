@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+import _architectures as arch  # how to build and feed each registered model
 import mtlkit
 from mtlkit.cli.main import main
 from mtlkit.config import apply_overrides, load_preset, resolve
@@ -22,15 +21,6 @@ from mtlkit.data import DataSplits, MultiTaskDataset, synthetic_correlation
 from mtlkit.experiment import evaluate_run_dir, run_experiment
 from mtlkit.registries import DATASETS, MODELS
 from mtlkit.training import Alternating, Sampling
-
-# the architecture suite's CASES say how to build and feed each registered model
-_spec = importlib.util.spec_from_file_location(
-    "_architecture_cases", Path(__file__).resolve().parents[1] / "unit" / "test_architectures_common.py"
-)
-assert _spec is not None and _spec.loader is not None
-arch = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = arch  # dataclasses look their module up
-_spec.loader.exec_module(arch)
 
 SCHEMES: dict[str, tuple[Any, bool, str]] = {
     # name: (schedule, per-task optimizers, data layout)

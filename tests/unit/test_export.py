@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_architectures_common import build
 from torch import Tensor, nn
 
+from _architectures import build
+from _helpers import REPO
 from mtlkit import Task
 from mtlkit.data import FeatureSchema, TabularPreprocessor
 from mtlkit.errors import DataError, IncompatibleComponentsError
@@ -31,7 +32,7 @@ NOT_TRACEABLE: dict[str, str] = {}
 """Registered models that cannot be exported, with the reason (none so far; docs/deploy.md lists them)."""
 SLOW_TORCHSCRIPT = {"mtan"}
 """Models whose TorchScript check takes more than a few seconds (marked slow; ONNX stays in the default run)."""
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+DOCS = REPO / "docs" / "deploy.md"
 
 
 def export_cases() -> list[Any]:

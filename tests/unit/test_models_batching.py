@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_architectures_common import N, build
 from torch import nn
 from torch.profiler import profile
 
 import mtlkit
+from _architectures import N, build
 from mtlkit import Task
 from mtlkit.aggregation import Sum
 from mtlkit.analysis import gate_statistics

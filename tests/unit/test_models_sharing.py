@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlkit
+from _helpers import REPO
 from mtlkit import Task
 from mtlkit.aggregation import AGGREGATORS
 from mtlkit.data.schema import FeatureSchema
@@ -651,7 +651,7 @@ def test_sharing_models_build_from_configs() -> None:
 
 
 def test_docs_example_runs() -> None:
-    doc = Path(__file__).resolve().parents[2] / "docs" / "arch_sharing.md"
+    doc = REPO / "docs" / "arch_sharing.md"
     (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
     ns: dict = {}
     exec(compile(code, "docs/arch_sharing.md", "exec"), ns)
