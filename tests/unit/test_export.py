@@ -17,12 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from _architectures import build
-from _helpers import REPO
+from _helpers import REPO, MiniESMM
 from mtlkit import Task
 from mtlkit.data import FeatureSchema, TabularPreprocessor
 from mtlkit.errors import DataError, IncompatibleComponentsError
 from mtlkit.export import example_inputs, export_model, raw_example_columns, relative_error, verify_export
-from mtlkit.models import MultiTaskModel
 from mtlkit.models.backbones import embedding
 from mtlkit.predict import Predictor
 from mtlkit.registries import MODELS
@@ -195,28 +194,6 @@ def test_raw_outputs_and_the_manifest(tmp_path: Path) -> None:
     check = verify_export(folder, predictor)
     assert check.passed and check.max_abs <= ATOL and not check.raw_inputs
     assert set(check.outputs) == {"ctr", "topic", "value"}
-
-
-class MiniESMM(MultiTaskModel):
-    """ESMM-shaped test model: pCTR and pCVR towers, pCTCVR = pCTR * pCVR; pCVR is not a task."""
-
-    task_names = ("ctr", "ctcvr")
-
-    def __init__(self, input_dim: int) -> None:
-        super().__init__()
-        self.bottom = nn.Linear(input_dim, 8)
-        self.ctr = nn.Linear(8, 1)
-        self.cvr = nn.Linear(8, 1)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = torch.relu(self.bottom(x))
-        ctr = torch.sigmoid(self.ctr(h)).squeeze(-1)
-        cvr = torch.sigmoid(self.cvr(h)).squeeze(-1)
-        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        self._check_task(task)
-        return list((self.ctr if task == "ctr" else self.cvr).parameters())
 
 
 ESMM_TASKS = (Task(name="ctr", kind="binary", logits=False), Task(name="ctcvr", kind="binary", logits=False))

@@ -14,6 +14,7 @@ from torch import nn
 
 import mtlkit
 from _architectures import N, build
+from _helpers import assert_rel_close
 from mtlkit.data import Batch
 from mtlkit.errors import IncompatibleComponentsError, UnknownComponentError
 from mtlkit.registries import MODELS
@@ -131,14 +132,6 @@ def _double(x: Any) -> Any:
     return {k: _double(v) for k, v in x.items()}
 
 
-def _assert_rel_close(got: torch.Tensor, want: torch.Tensor, what: str, rtol: float = 1e-9) -> None:
-    """``|got - want| <= rtol * max|want|``: a tolerance relative to the values' scale."""
-    assert got.shape == want.shape, what
-    scale = want.abs().max().item() if want.numel() else 0.0
-    err = (got - want).abs().max().item() if want.numel() else 0.0
-    assert err <= rtol * max(scale, 1e-300), f"{what}: |diff| {err:.3g} vs scale {scale:.3g}"
-
-
 def _objective(outputs: dict[str, torch.Tensor], aux: dict[str, torch.Tensor]) -> torch.Tensor:
     """A fixed random projection of every output (the same one for both paths), plus the aux losses."""
     gen = torch.Generator().manual_seed(11)
@@ -163,23 +156,23 @@ def test_forward_parts_equals_the_forward_and_the_representation_path_the_plain_
     assert isinstance(plain, mtlkit.models.ForwardParts) and plain.representation is None
     assert set(plain.outputs) == set(out)
     for key in out:
-        _assert_rel_close(plain.outputs[key], out[key], f"{name}: forward_parts(x).outputs[{key!r}] vs model(x)")
+        assert_rel_close(plain.outputs[key], out[key], f"{name}: forward_parts(x).outputs[{key!r}] vs model(x)")
     for key, value in plain.aux.items():
         assert value.ndim == 0 and torch.isfinite(value), f"{name}: aux {key!r} is not a finite scalar"
     rep_path = model.forward_parts(x, representation=True)
     assert (rep_path.representation is not None) == model.has_representation
     assert set(rep_path.outputs) == set(out) and set(rep_path.aux) == set(plain.aux)
     for key in out:
-        _assert_rel_close(rep_path.outputs[key], out[key], f"{name}: representation path output {key!r}")
+        assert_rel_close(rep_path.outputs[key], out[key], f"{name}: representation path output {key!r}")
     for key in plain.aux:
-        _assert_rel_close(rep_path.aux[key], plain.aux[key], f"{name}: representation path aux {key!r}")
+        assert_rel_close(rep_path.aux[key], plain.aux[key], f"{name}: representation path aux {key!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     want = torch.autograd.grad(_objective(*model.forward_parts(x)[:2]), params, allow_unused=True)
     got = torch.autograd.grad(_objective(*rep_path[:2]), params, allow_unused=True)
     for i, (g, w) in enumerate(zip(got, want)):
         g = torch.zeros_like(params[i]) if g is None else g
         w = torch.zeros_like(params[i]) if w is None else w
-        _assert_rel_close(g, w, f"{name}: gradient of parameter {i}")
+        assert_rel_close(g, w, f"{name}: gradient of parameter {i}")
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -195,10 +188,10 @@ def test_the_trainer_adds_exactly_the_models_aux_losses(name: str) -> None:
     step = mtlkit.Trainer(model, case.tasks, **kwargs).train_step(batch)
     assert set(step.aux) == set(want)
     for key in want:
-        _assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r}", rtol=1e-5)
+        assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r}", rtol=1e-5)
     if any(p.requires_grad for p in model.shared_parameters()):
         agg = mtlkit.aggregation.AGGREGATORS.build("sum", tasks=case.tasks)
         step = mtlkit.Trainer(model, case.tasks, aggregator=agg, **kwargs).train_step(batch)
         assert set(step.aux) == set(want)
         for key in want:
-            _assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r} (gradient path)", rtol=1e-5)
+            assert_rel_close(step.aux[key].detach(), want[key], f"{name}: aux {key!r} (gradient path)", rtol=1e-5)

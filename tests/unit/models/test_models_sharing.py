@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlkit
-from _helpers import REPO
+from _architectures import TASKS
+from _helpers import REPO, n_params
+from _helpers import mlp_params as mlp_count
+from _helpers import param_ids as ids
 from mtlkit import Task
 from mtlkit.aggregation import AGGREGATORS
 from mtlkit.data.schema import FeatureSchema
@@ -32,25 +35,7 @@ from mtlkit.models.shared_private import orthogonality_penalty
 from mtlkit.models.soft_sharing import l2_coupling, trace_norm_coupling
 from mtlkit.registries import MODELS
 
-TASKS = (
-    Task(name="ctr", kind="binary"),
-    Task(name="topic", kind="multiclass", num_classes=4),
-    Task(name="value", kind="regression"),
-)
 D = 10
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def mlp_count(dims: list[int]) -> int:
-    """Parameters of a chain of linear layers with biases: sum (a * b + b)."""
-    return sum(a * b + b for a, b in itertools.pairwise(dims))
-
-
-def ids(params: list[nn.Parameter]) -> set[int]:
-    return {id(p) for p in params}
 
 
 def linear_chain(mlp: nn.Module) -> list[nn.Linear]:
