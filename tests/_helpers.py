@@ -7,8 +7,10 @@ Fixtures live in ``tests/conftest.py``; builders of every registered architectur
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,18 @@ def assert_rel_close(got: Tensor, want: Tensor, what: str, rtol: float = 1e-9) -
     scale = want.abs().max().item() if want.numel() else 0.0
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert err <= rtol * max(scale, 1e-300), f"{what}: |diff| {err:.3g} vs scale {scale:.3g}"
+
+
+def assert_loss_decreased(history: Sequence[Mapping[str, Any]], factor: float, what: str = "training") -> None:
+    """The summed task losses of the last epoch are finite and at most ``factor`` times the first epoch's.
+
+    Epoch means (a trainer history's ``record["train"]``), so one noisy batch cannot decide it; callers
+    choose a setting (seed, steps, learning rate) where the drop is far below ``factor`` on any CPU.
+    """
+    assert len(history) >= 2, f"{what}: need two epochs to compare, got {len(history)}"
+    first, last = (sum(float(v) for v in record["train"].values()) for record in (history[0], history[-1]))
+    assert math.isfinite(first) and math.isfinite(last), f"{what}: losses {first} -> {last}"
+    assert last <= factor * first, f"{what}: loss {first:.4g} -> {last:.4g}, not below {factor} x the first epoch"
 
 
 # ---------------------------------------------------------------------------------------------- counting
