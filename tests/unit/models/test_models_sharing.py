@@ -432,17 +432,16 @@ def test_mtan_errors() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- hierarchical
+def three_level_hierarchy() -> nn.Module:
+    """Three shared layers: ctr reads the first, topic the second, value (unnamed) the top."""
+    return MODELS.build(
+        "hierarchical", input_dim=D, tasks=TASKS, hidden_dims=(7, 6, 5), task_depths={"ctr": 1, "topic": 2}, tower_dims=(3,)
+    )
+
 
 
 def test_hierarchical_outputs_read_the_stack_at_each_tasks_depth() -> None:
-    model = MODELS.build(
-        "hierarchical",
-        input_dim=D,
-        tasks=TASKS,
-        hidden_dims=(7, 6, 5),
-        task_depths={"ctr": 1, "topic": 2},
-        tower_dims=(3,),
-    ).double()
+    model = three_level_hierarchy().double()
     assert model.depths == {"ctr": 1, "topic": 2, "value": 3}  # unnamed tasks attach at the top
     x = torch.randn(9, D, dtype=torch.float64)
     out = model(x)
@@ -455,14 +454,7 @@ def test_hierarchical_outputs_read_the_stack_at_each_tasks_depth() -> None:
 
 
 def test_hierarchical_ownership_by_use_and_parameter_count() -> None:
-    model = MODELS.build(
-        "hierarchical",
-        input_dim=D,
-        tasks=TASKS,
-        hidden_dims=(7, 6, 5),
-        task_depths={"ctr": 1, "topic": 2},
-        tower_dims=(3,),
-    )
+    model = three_level_hierarchy()
     layers = model.layers
     # layer 1: all three tasks; layer 2: topic and value (shared); layer 3: value only (owned)
     assert ids(model.shared_parameters()) == ids([*layers[0].parameters(), *layers[1].parameters()])
