@@ -2,6 +2,9 @@
 
 Every class is callable as ``aggregator(jacobian)``; :func:`mtlkit.backward` builds the
 Jacobian (w.r.t. the shared parameters or the shared representation) and writes the result.
+The Gramian-based methods (MGDA, UPGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL) are a pure
+:class:`GramianWeighting` (``[T, T]`` Gramian -> ``[T]`` weights, solvers in ``_solvers``) wrapped
+by :class:`GramianWeightedAggregator`; constructor arguments are checked in ``_checks``.
 See ``docs/aggregation.md`` for the methods, their formulas, costs and departures.
 """
 
@@ -16,6 +19,7 @@ from mtlkit.aggregation._mgda import MGDA
 from mtlkit.aggregation._nash_mtl import NashMTL
 from mtlkit.aggregation._pcgrad import PCGrad
 from mtlkit.aggregation._upgrad import UPGrad
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 from mtlkit.aggregation.registry import AGGREGATORS
 
 __all__ = [
@@ -29,6 +33,8 @@ __all__ = [
     "CAGrad",
     "GradDrop",
     "GradVac",
+    "GramianWeightedAggregator",
+    "GramianWeighting",
     "Mean",
     "NashMTL",
     "PCGrad",

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
-from torch import Tensor
 
-from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import aligned_weights, check_choice, gramian_of, to_device, to_host
-from mtlkit.state import TrainState
+from mtlkit.aggregation._checks import check_choice
+from mtlkit.aggregation._solvers import Precision, aligned_weights
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 
-__all__ = ["AlignedMTL"]
+__all__ = ["AlignedMTL", "AlignedMTLWeighting"]
 
 ScaleMode = Literal["min", "median", "rmse"]
 
+_EPS = float(torch.finfo(torch.float32).eps)  # the authors' rank rule uses float32's eps whatever the dtype
 
-class AlignedMTL(Aggregator):
+
+class AlignedMTLWeighting(GramianWeighting):
+    """``w = sigma V Lambda^{-1/2} V^T 1`` from ``G = V Lambda V^T`` (rank-truncated)."""
+
+    def __init__(self, scale_mode: ScaleMode = "min") -> None:
+        self.scale_mode: ScaleMode = scale_mode
+
+    def extra_repr(self) -> str:
+        return f"scale_mode={self.scale_mode!r}"
+
+    def __call__(self, gramian: np.ndarray, /, *, precision: Precision) -> np.ndarray:
+        return aligned_weights(gramian, eps=_EPS, scale_mode=self.scale_mode)
+
+
+class AlignedMTL(GramianWeightedAggregator):
     """Aligned-MTL: make the gradient system's condition number 1, then sum.
 
     Paper: D. Senushkin, N. Patakin, A. Kuznetsov, A. Konushin, "Independent Component
@@ -41,17 +56,6 @@ class AlignedMTL(Aggregator):
     """
 
     def __init__(self, *, scale_mode: ScaleMode = "min") -> None:
-        super().__init__()
         check_choice("AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse"))
+        super().__init__(AlignedMTLWeighting(scale_mode))
         self.scale_mode: ScaleMode = scale_mode
-
-    def extra_repr(self) -> str:
-        return f"scale_mode={self.scale_mode!r}"
-
-    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        if jacobian.shape[0] == 1:
-            return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
-        G = gramian_of(jacobian)
-        w = aligned_weights(to_host(G), eps=torch.finfo(torch.float32).eps, scale_mode=self.scale_mode)
-        weights = to_device(w, jacobian)
-        return Aggregation(weights @ jacobian, weights)

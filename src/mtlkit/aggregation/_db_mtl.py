@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import check_float, check_int, task_slots
+from mtlkit.aggregation._checks import check, check_float, check_int
+from mtlkit.aggregation._device import task_slots
 from mtlkit.state import TrainState
 
 __all__ = ["DBMTL"]
@@ -51,8 +52,7 @@ class DBMTL(Aggregator):
     def __init__(self, *, beta: float = 0.9, sigma: float = 0.0, num_tasks: int | None = None) -> None:
         super().__init__()
         self.beta = check_float("DBMTL", "beta", beta, low=0.0, high=1.0)
-        if self.beta == 1.0:
-            raise ValueError("DBMTL parameter `beta` must be a float in [0, 1); got 1.0.")
+        check("DBMTL", "beta", beta, ok=self.beta < 1.0, constraint="a float in [0, 1)")
         self.sigma = check_float("DBMTL", "sigma", sigma, low=0.0)
         self.num_tasks = None if num_tasks is None else check_int("DBMTL", "num_tasks", num_tasks, low=1)
         self._step = 0

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import check_float, device_generator
+from mtlkit.aggregation._checks import check_float
+from mtlkit.aggregation._device import device_generator
 from mtlkit.state import TrainState
 
 __all__ = ["GradDrop"]

@@ -9,15 +9,8 @@ import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import (
-    check_float,
-    check_int,
-    gramian_of,
-    grow_square,
-    random_orders,
-    to_device,
-    work_dtype,
-)
+from mtlkit.aggregation._checks import check_float, check_int
+from mtlkit.aggregation._device import gramian_of, grow_square, random_orders, to_device, work_dtype
 from mtlkit.state import TrainState
 
 __all__ = ["GradVac"]
@@ -55,7 +48,8 @@ class GradVac(Aggregator):
     Departures: the authors released no code. (1) One similarity target per task pair for the
     whole shared gradient: the paper's per-layer granularity is not offered (the aggregator
     sees one flattened Jacobian); (2) the EMA is updated for every visited pair, as in the
-    paper's algorithm (LibMTL updates it only when the correction fires); (3) LibMTL and TorchJD
+    paper's algorithm and LibMTL's current code (older LibMTL versions updated it only when the
+    correction fired); (3) LibMTL and TorchJD
     default to ``beta = 0.5``; (4) ``phi_hat`` is clipped to ``1 - 1e-8`` inside the correction
     and pairs with a zero gradient are skipped (no NaN), instead of adding ``1e-8`` to the
     denominators.

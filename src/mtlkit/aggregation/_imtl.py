@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import gramian_of, imtl_g_weights, to_device, to_host
-from mtlkit.state import TrainState
+from mtlkit.aggregation._solvers import Precision, imtl_g_weights
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 
-__all__ = ["IMTLG"]
+__all__ = ["IMTLG", "IMTLGWeighting"]
 
 
-class IMTLG(Aggregator):
+class IMTLGWeighting(GramianWeighting):
+    """``alpha`` with ``sum(alpha) = 1`` and equal projections of ``J^T alpha`` on the unit rows."""
+
+    def __call__(self, gramian: np.ndarray, /, *, precision: Precision) -> np.ndarray:
+        return imtl_g_weights(gramian, precision)
+
+
+class IMTLG(GramianWeightedAggregator):
     """Impartial multi-task learning, gradient balance (IMTL-G).
 
     Paper: L. Liu, Y. Li, Z. Kuang, J.-H. Xue, Y. Chen, W. Yang, Q. Liao, W. Zhang,
@@ -21,8 +26,9 @@ class IMTLG(Aggregator):
     Finds ``alpha`` with ``sum(alpha) = 1`` such that ``d = J^T alpha`` has the same projection
     onto every unit task gradient ``u_i = g_i / ||g_i||`` (``d . u_i = d . u_j``): the closed
     form ``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``, ``D = [g_1 - g_i]``, ``U = [u_1 - u_i]``. It is
-    solved here on the ``T x T`` Gramian as the equivalent, task-symmetric linear system
-    ``[N G, -1; 1^T, 0] [alpha; c] = [0; 1]`` with ``N = diag(1 / ||g_i||)``.
+    solved here on the ``T x T`` Gramian as an equivalent, task-symmetric linear system in the
+    weights of the unit rows (``alpha_i = b_i / ||g_i||``, ``C b = t 1`` with ``C`` the cosine
+    Gramian, ``sum alpha = 1``), which keeps its accuracy when the rows' norms differ by 1e12.
 
     Hyper-parameters: none. Only the gradient part of IMTL (IMTL-G) is implemented; IMTL-L's
     learnable loss scales are a loss weighting, not an aggregator.
@@ -35,8 +41,5 @@ class IMTLG(Aggregator):
     weight 0 instead of producing NaN; all-zero gradients give uniform weights.
     """
 
-    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        if jacobian.shape[0] == 1:
-            return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
-        alpha = to_device(imtl_g_weights(to_host(gramian_of(jacobian))), jacobian)
-        return Aggregation(alpha @ jacobian, alpha)
+    def __init__(self) -> None:
+        super().__init__(IMTLGWeighting())

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import gramian_of, min_norm_simplex, to_device, to_host
-from mtlkit.state import TrainState
+from mtlkit.aggregation._solvers import Precision, min_norm_simplex
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 
-__all__ = ["MGDA"]
+__all__ = ["MGDA", "MGDAWeighting"]
 
 
-class MGDA(Aggregator):
+class MGDAWeighting(GramianWeighting):
+    """``w* = argmin_{w >= 0, sum w = 1} w^T G w`` (exact, Wolfe's algorithm)."""
+
+    def __call__(self, gramian: np.ndarray, /, *, precision: Precision) -> np.ndarray:
+        return min_norm_simplex(gramian)
+
+
+class MGDA(GramianWeightedAggregator):
     """Multiple-gradient descent: the minimum-norm convex combination of the task gradients.
 
     Paper: O. Sener, V. Koltun, "Multi-Task Learning as Multi-Objective Optimization",
@@ -25,7 +30,9 @@ class MGDA(Aggregator):
     the rows are gradients w.r.t. the shared representation: the paper's MGDA-UB.
 
     The problem is solved **exactly** on the ``T x T`` Gramian with Wolfe's min-norm-point
-    algorithm (finite active-set method, float64 on the CPU), not with Frank-Wolfe iterations.
+    algorithm (finite active-set method, float64 on the CPU), not with Frank-Wolfe iterations;
+    its stopping test is relative to the terms it compares and its linear solves are scaled
+    per row, so rows whose norms differ by 1e12 give the min-norm point to relative precision.
 
     Hyper-parameters: none.
 
@@ -39,8 +46,5 @@ class MGDA(Aggregator):
     Weights: ``w*`` (they sum to 1; the authors multiply them by ``T`` in some scripts).
     """
 
-    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        if jacobian.shape[0] == 1:
-            return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
-        w = to_device(min_norm_simplex(to_host(gramian_of(jacobian))), jacobian)
-        return Aggregation(w @ jacobian, w)
+    def __init__(self) -> None:
+        super().__init__(MGDAWeighting())

@@ -8,21 +8,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import (
-    check_float,
-    check_int,
-    gramian_of,
-    nash_bargaining,
-    to_device,
-    to_host,
-)
+from mtlkit.aggregation._base import Aggregation
+from mtlkit.aggregation._checks import check_float, check_int
+from mtlkit.aggregation._device import to_device
+from mtlkit.aggregation._solvers import Precision, nash_bargaining
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 from mtlkit.state import TrainState
 
-__all__ = ["NashMTL"]
+__all__ = ["NashMTL", "NashMTLWeighting"]
 
 
-class NashMTL(Aggregator):
+class NashMTLWeighting(GramianWeighting):
+    """``alpha > 0`` with ``(G alpha)_i = 1 / alpha_i`` (0 for zero rows)."""
+
+    def fixed(self, num_rows: int) -> np.ndarray | None:
+        return None  # alpha = 1 / ||g|| even for one row
+
+    def __call__(self, gramian: np.ndarray, /, *, precision: Precision) -> np.ndarray:
+        return nash_bargaining(gramian, precision)
+
+
+class NashMTL(GramianWeightedAggregator):
     """Multi-task learning as a bargaining game.
 
     Paper: A. Navon, A. Shamsian, I. Achituve, H. Maron, K. Kawaguchi, G. Chechik, E. Fetaya,
@@ -47,17 +53,19 @@ class NashMTL(Aggregator):
 
     Departures from the authors' code: (1) no cvxpy/ECOS: their sequence of (at most 20)
     convex approximations is replaced by Newton's method on the exact problem, which converges
-    to the solution instead of stopping at ``||G alpha - 1/alpha|| < 1e-3``; (2) when the
-    problem has no solution (a non-negative combination of rows vanishes, e.g. two opposite
-    gradients; the authors' solver then keeps the previous ``alpha``), the solution for
-    ``G + 1e-10 max(diag G) I`` is used, and a zero gradient gets ``alpha = 0``;
+    to the solution instead of stopping at ``||G alpha - 1/alpha|| < 1e-3``; it runs on the
+    unit-diagonal (cosine) Gramian, as the equations are invariant to rescaling the rows, so a
+    row 1e12 times shorter than another gets its exact weight; (2) when the problem has no
+    solution (a non-negative combination of rows vanishes, e.g. two opposite gradients; the
+    authors' solver then keeps the previous ``alpha``), the solution for ``C + 1e-10 I`` is used
+    (``C`` the cosine Gramian; ``alpha_i = b_i / ||g_i||``), and a zero gradient gets ``alpha = 0``;
     (3) ``max_norm`` clips the combined vector: identical to the authors' clipping of the shared
     parameters' gradients with ``gradient_target="parameters"``; with ``"representation"`` it
     clips the representation gradient instead.
     """
 
     def __init__(self, *, update_weights_every: int = 1, max_norm: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(NashMTLWeighting())
         self.update_weights_every = check_int("NashMTL", "update_weights_every", update_weights_every, low=1)
         self.max_norm = check_float("NashMTL", "max_norm", max_norm, low=0.0)
         self.reset()
@@ -81,7 +89,7 @@ class NashMTL(Aggregator):
         tasks = [int(t) for t in rows.tolist()]
         stale = any(t not in self._alpha for t in tasks)
         if stale or self._calls % self.update_weights_every == 0:
-            alpha = nash_bargaining(to_host(gramian_of(jacobian)))
+            alpha = self.host_weights(jacobian)
             self._alpha.update(zip(tasks, alpha.tolist()))
         else:
             alpha = np.array([self._alpha[t] for t in tasks])

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import gramian_of, random_orders, to_device
+from mtlkit.aggregation._device import gramian_of, random_orders, to_device
 from mtlkit.state import TrainState
 
 __all__ = ["PCGrad"]

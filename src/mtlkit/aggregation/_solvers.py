@@ -1,135 +1,77 @@
-"""Shared numerics for the aggregators: Gramians, exact small solvers, per-task state helpers.
+"""Pure solvers of the Gramian-based aggregators: numpy ``[T, T]`` Gramian in, ``[T]`` weights out.
 
-The solvers work on the ``T x T`` Gramian ``G = J J^T`` only (never on the ``[T, P]`` Jacobian):
-the Gramian is computed on the Jacobian's device, then moved to the CPU in float64 (numpy) for
-the solve, and the ``T`` weights go back to the device. Every solver first divides ``G`` by its
-largest diagonal entry, so tolerances are relative and the results do not depend on the scale of
-the gradients (1e-12 and 1e12 give the same weights, up to the matching scaling).
+Nothing here touches torch or a device: :class:`~mtlkit.aggregation.GramianWeightedAggregator`
+computes ``G = J J^T`` on the Jacobian's device, copies it to the host once (float64) and hands
+it to these functions with the :class:`Precision` it was computed in.
+
+Scale. Each solver works on a rescaled Gramian so that its tolerances are relative:
+
+- methods whose solution is invariant to rescaling the rows (UPGrad's projections, IMTL-G's
+  directions, Nash-MTL's utilities) solve on the **unit-diagonal** Gramian (cosines) and map the
+  weights back, so a row 1e12 times smaller than another is solved as accurately as an equal one;
+- MGDA and CAGrad (not invariant) divide ``G`` by its largest diagonal entry; Wolfe's algorithm
+  stops on a KKT test relative to the magnitudes of the terms it sums, and its affine minimiser
+  is solved in the unit-diagonal coordinates of its support.
+
+A row is zero when its squared norm is 0 or below ``tiny / eps`` of the Gramian's dtype (where
+its direction is lost to underflow); every method gives it weight 0 (or ignores it).
 
 - :func:`min_norm_simplex`: Wolfe's exact min-norm-point algorithm (MGDA, CAGrad's inner problem).
-- :func:`nnls_lower_bound`: Lawson-Hanson active set for ``min v^T G v`` s.t. ``v >= u`` (UPGrad).
+- :func:`nnls_lower_bound`, :func:`upgrad_weights`: Lawson-Hanson active set for ``min v^T G v``
+  s.t. ``v >= u`` (UPGrad).
 - :func:`nash_bargaining`: damped Newton on ``1/2 a^T G a - sum log a`` (Nash-MTL).
-- :func:`cagrad_weights`: CAGrad's ``min_w g_w^T g_0 + c ||g_0|| ||g_w||`` over the simplex.
+- :func:`cagrad_weights`: CAGrad's ``max_d min_i g_i . d`` in the ball ``||d - g_0|| <= c ||g_0||``.
 - :func:`imtl_g_weights`, :func:`aligned_weights`: closed forms (IMTL-G, Aligned-MTL).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 __all__ = [
+    "FLOAT64",
+    "Precision",
     "aligned_weights",
     "cagrad_weights",
-    "check_choice",
-    "check_float",
-    "check_int",
-    "device_generator",
-    "gramian_of",
-    "grow_square",
     "imtl_g_weights",
     "min_norm_simplex",
     "nash_bargaining",
     "nnls_lower_bound",
-    "random_orders",
-    "task_slots",
-    "to_device",
-    "to_host",
+    "unit_diagonal",
     "upgrad_weights",
-    "work_dtype",
 ]
 
-# relative tolerance of the active-set solvers on a Gramian scaled to max(diag) == 1
+# relative tolerance of the active-set solvers (on a Gramian scaled to max(diag) == 1, or unit diagonal)
 _TOL = 1e-14
-# a norm computed from the Gramian (scaled to max(diag) == 1) below this is zero to round-off
-_ZERO_NORM = 1e-7
+# Wolfe's optimality test: the KKT inequality may fail by this much relative to its terms
+_KKT_TOL = 1e-12
 
 
-# --------------------------------------------------------------------------- argument checks
+@dataclass(frozen=True)
+class Precision:
+    """The floating-point format a Gramian was computed in (before its float64 host copy).
 
-
-def check_float(
-    owner: str,
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` in the project's message template."""
-    if low is not None and high is not None:
-        constraint = f"a float in {'(' if low_open else '['}{low:g}, {high:g}]"
-    elif low is not None:
-        constraint = f"a float {'>' if low_open else '>='} {low:g}"
-    else:
-        constraint = "a finite float"
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
-    if not ok:
-        raise ValueError(f"{owner} parameter `{name}` must be {constraint}; got {value!r}.")
-    return float(value)  # type: ignore[arg-type]
-
-
-def check_int(owner: str, name: str, value: object, *, low: int) -> int:
-    """Return ``value`` as an int ``>= low``, or raise ``ValueError``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{owner} parameter `{name}` must be an int >= {low}; got {value!r}.")
-    return int(value)
-
-
-def check_choice(owner: str, name: str, value: object, choices: Sequence[object]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices or isinstance(value, bool):
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{owner} parameter `{name}` must be one of {allowed}; got {value!r}.")
-
-
-# --------------------------------------------------------------------------- device helpers
-
-
-def gramian_of(jacobian: Tensor) -> Tensor:
-    """``J J^T`` on the Jacobian's device (half precisions are accumulated in float32)."""
-    if jacobian.dtype in (torch.float16, torch.bfloat16):
-        jacobian = jacobian.float()
-    return jacobian @ jacobian.T
-
-
-def work_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the small on-device ``T x T`` computations (float32 where float64 is missing)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def to_host(gramian: Tensor) -> np.ndarray:
-    """The ``T x T`` Gramian as a symmetric float64 numpy array (one device-to-host copy)."""
-    G = gramian.detach().to("cpu").to(torch.float64).numpy()
-    return 0.5 * (G + G.T)
-
-
-def to_device(weights: np.ndarray, like: Tensor) -> Tensor:
-    """``T`` weights computed on the host, moved next to ``like`` (same device and dtype)."""
-    w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float64)).to(like.dtype)  # cast on the host
-    return w.to(device=like.device, non_blocking=True)
-
-
-def task_slots(rows: Tensor, device: torch.device) -> tuple[slice | Tensor, int]:
-    """Index selecting the per-task state of ``rows``, and the number of tasks it needs.
-
-    Returns a slice when ``rows`` is ``0..K-1`` (the common case: no gather, no copy), else the
-    indices on ``device``. ``rows`` is read on the host (it is a small CPU tensor).
+    Attributes:
+        eps: machine epsilon: entry ``G_ij`` is exact to about ``eps ||g_i|| ||g_j||``, so a norm
+            computed from ``G`` (a quadratic form) is exact to about ``sqrt(eps)`` of the largest row norm.
+        tiny: the smallest normal number; a squared row norm below ``tiny / eps`` has lost its
+            direction to underflow and counts as a zero row.
     """
-    idx = [int(r) for r in rows.tolist()]
-    needed = max(idx) + 1 if idx else 0
-    if idx == list(range(len(idx))):
-        return slice(0, len(idx)), needed
-    return torch.tensor(idx, dtype=torch.long).to(device, non_blocking=True), needed
+
+    eps: float
+    tiny: float
+
+    @property
+    def zero_norm(self) -> float:
+        """A norm computed from a Gramian scaled to ``max(diag) == 1`` below this is round-off."""
+        return 10.0 * math.sqrt(self.eps)
+
+
+FLOAT64 = Precision(eps=float(np.finfo(np.float64).eps), tiny=float(np.finfo(np.float64).tiny))
 
 
 # --------------------------------------------------------------------------- small linear algebra
@@ -160,19 +102,62 @@ def _scaled(gram: np.ndarray) -> tuple[np.ndarray, float]:
     return gram / scale, scale
 
 
+def unit_diagonal(gram: np.ndarray, precision: Precision = FLOAT64) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, norms)``: the cosine Gramian ``C_ij = G_ij / (||g_i|| ||g_j||)`` (unit diagonal,
+    entries clipped to ``[-1, 1]``) and the row norms; zero rows get norm 0 and a zero row and
+    column in ``C``. ``G_ij`` is exact to ``eps ||g_i|| ||g_j||``, so ``C`` is exact to ``eps``
+    whatever the ratio of the row norms."""
+    diag = np.diag(gram)
+    floor = precision.tiny / precision.eps
+    if diag.min() > floor:  # the common case: no zero row
+        norms = np.sqrt(diag)
+        inv = 1.0 / norms
+        cos = gram * inv[:, None] * inv[None, :]
+        np.clip(cos, -1.0, 1.0, out=cos)
+        np.fill_diagonal(cos, 1.0)
+        return cos, norms
+    zero = ~(diag > floor)  # also NaN
+    norms = np.where(zero, 0.0, np.sqrt(np.where(zero, 1.0, diag)))
+    inv = np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, norms))
+    cos = np.clip(gram * inv[:, None] * inv[None, :], -1.0, 1.0)
+    np.fill_diagonal(cos, np.where(zero, 0.0, 1.0))
+    return cos, norms
+
+
 # --------------------------------------------------------------------------- min-norm point
 
 
-def _affine_minimizer(gram: np.ndarray) -> np.ndarray:
-    """``argmin mu^T G mu`` subject to ``sum(mu) = 1`` (the affine hull's min-norm point)."""
+def _affine_minimizer(gram: np.ndarray, balanced: bool = False) -> np.ndarray:
+    """``argmin mu^T G mu`` subject to ``sum(mu) = 1`` (the affine hull's min-norm point).
+
+    When a squared row norm is outside ``[1e-4, 1e4]`` (the callers scale ``G`` to a largest
+    diagonal entry of about 1), it is solved in the unit-diagonal coordinates
+    ``y = D mu`` (``D = diag(||g_i||)``, 1 for a zero row): ``[C, m; m^T, 0] [y; l] = [0; 1]`` with
+    ``C = D^-1 G D^-1`` and ``m = D^-1 1`` scaled to ``max(m) = 1``. That bordered matrix has
+    entries of order 1 whatever the ratio of the norms, so a small coefficient on a large row comes
+    out to relative precision (on ``G`` itself it would be lost to the round-off of the large
+    entries); otherwise (and when the caller knows every row is, ``balanced``) ``[G, 1; 1^T, 0]``
+    directly (the same accuracy there, fewer operations).
+    """
     k = gram.shape[0]
     K = np.zeros((k + 1, k + 1))
-    K[:k, :k] = gram
-    K[:k, k] = 1.0
-    K[k, :k] = 1.0
     rhs = np.zeros(k + 1)
     rhs[k] = 1.0
-    return _solve(K, rhs)[:k]
+    if balanced or (np.diag(gram).min() >= 1e-4 and np.diag(gram).max() <= 1e4):
+        K[:k, :k] = gram
+        K[:k, k] = 1.0
+        K[k, :k] = 1.0
+        return _solve(K, rhs)[:k]
+    diag = np.diag(gram)
+    d = np.where(diag > 0.0, np.sqrt(np.where(diag > 0.0, diag, 1.0)), 1.0)
+    m = 1.0 / d
+    m /= m.max()
+    K[:k, :k] = gram / d[:, None] / d[None, :]
+    K[:k, k] = m
+    K[k, :k] = m
+    mu = _solve(K, rhs)[:k] / d
+    total = mu.sum()
+    return mu / total if total != 0.0 and math.isfinite(total) else mu
 
 
 def min_norm_simplex(
@@ -183,7 +168,9 @@ def min_norm_simplex(
     P. Wolfe, "Finding the nearest point in a polytope", Math. Programming 11, 1976. Written on
     the Gramian: a corral (affinely independent support) is grown by the most violated point and
     shrunk by line searches toward the affine minimizer, which ends in finitely many steps at
-    the optimum; termination is the KKT condition ``g_j . x >= ||x||^2`` for every row ``j``.
+    the optimum; termination is the KKT condition ``g_j . x >= ||x||^2`` for every row ``j``,
+    tested relative to the size of the terms of ``g_j . x`` and ``||x||^2`` (their round-off):
+    a fixed tolerance would stop early when ``||x||`` is far below the largest row norm.
 
     Args:
         gram: the Gramian ``G``, ``[T, T]`` symmetric positive semi-definite float64.
@@ -200,22 +187,30 @@ def min_norm_simplex(
         return np.ones(1)
     if scale == 0.0:
         return np.full(n, 1.0 / n)
+    diag = np.diag(Gn)
+    balanced = bool(diag.min() >= 1e-4)  # every row within 100x of the longest (max(diag) == 1)
     if start is None:
-        support = [int(np.argmin(np.diag(Gn)))]
+        support = [int(np.argmin(diag))]
         lam = np.ones(1)
     else:
         support = [int(i) for i in np.flatnonzero(start > 0.0)]
         lam = start[support] / start[support].sum()
         if len(support) > 1:  # the affine minimizer of the old corral for this Gramian
-            support, lam = _minor_cycle(Gn, support, lam)
+            support, lam = _minor_cycle(Gn, support, lam, balanced)
     for _ in range(max_iter or 50 * n + 50):
-        Gx = Gn[:, support] @ lam
+        cols = Gn[:, support]
+        Gx = cols @ lam
         xx = float(lam @ Gx[support])
-        j = int(np.argmin(Gx))
-        if Gx[j] >= xx - _TOL or j in support:
+        # the KKT test g_j . x >= ||x||^2, violated by less than the round-off of its terms
+        # (sum_k lam_k |G_jk| and sum_kl lam_k lam_l |G_kl|, not the largest entry of G): the
+        # most violated row relative to its own terms enters, so a short row is not overlooked
+        size = np.abs(cols) @ lam
+        slack = Gx - xx + _KKT_TOL * (size + float(lam @ size[support]))
+        j = int(np.argmin(slack))
+        if slack[j] >= 0.0 or j in support:
             break
         support.append(j)
-        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0))
+        support, lam = _minor_cycle(Gn, support, np.append(lam, 0.0), balanced)
         if j not in support:  # round-off: the entering point was dropped at once, no progress left
             break
     w = np.zeros(n)
@@ -223,11 +218,13 @@ def min_norm_simplex(
     return w
 
 
-def _minor_cycle(gram: np.ndarray, support: list[int], lam: np.ndarray) -> tuple[list[int], np.ndarray]:
+def _minor_cycle(
+    gram: np.ndarray, support: list[int], lam: np.ndarray, balanced: bool = False
+) -> tuple[list[int], np.ndarray]:
     """Wolfe's minor cycle: move from ``lam`` toward the support's affine minimizer, dropping the
     points whose weight reaches 0 (at most ``len(support)`` removals)."""
     while True:
-        mu = _affine_minimizer(gram[np.ix_(support, support)])
+        mu = _affine_minimizer(gram[np.ix_(support, support)], balanced)
         if np.all(mu > 0.0):
             return support, mu
         out = mu <= 0.0
@@ -269,25 +266,40 @@ def nnls_lower_bound(gram: np.ndarray, u: np.ndarray, *, max_iter: int | None = 
     Gn, scale = _scaled(gram)
     if scale == 0.0:
         return u.astype(np.float64).copy()
-    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10)
+    return u + _nnls_scaled(Gn, Gn @ u, max_iter or 10 * n + 10, _TOL)
 
 
-def upgrad_weights(gram: np.ndarray) -> np.ndarray:
-    """UPGrad's weights ``(1/T) sum_i v_i`` with ``v_i = argmin_{v >= e_i} v^T G v`` (one
-    :func:`nnls_lower_bound` per row, sharing the scaling of ``G``)."""
+def upgrad_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarray:
+    """UPGrad's weights ``(1/T) sum_i v_i`` with ``v_i = argmin_{v >= e_i} v^T G v``.
+
+    The projections do not depend on the rows' lengths: with ``G = D C D`` (``C`` the cosine
+    Gramian, ``D = diag(||g_i||)``), ``v_i = ||g_i|| D^-1 z_i`` where
+    ``z_i = argmin_{z >= e_i} z^T C z``, so the ``T`` active-set solves run on ``C`` (tolerances
+    relative to unit rows). Zero rows are left out of the solves (their ``v_i`` is ``e_i``).
+    """
     n = gram.shape[0]
-    Gn, scale = _scaled(gram)
-    if scale == 0.0:
-        return np.full(n, 1.0 / n)
-    total = np.eye(n).sum(0)  # sum_i e_i
-    for i in range(n):
-        total += _nnls_scaled(Gn, Gn[:, i].copy(), 10 * n + 10)  # G e_i = column i
+    C, norms = unit_diagonal(gram, precision)
+    active = np.flatnonzero(norms > 0.0)
+    total = np.ones(n)  # sum_i e_i
+    if len(active) == 0:
+        return total / n
+    full = len(active) == n
+    Ca, na = (C, norms) if full else (C[np.ix_(active, active)], norms[active])
+    inner = np.zeros(len(active))
+    # C is exact to ~eps of the Gramian's dtype: a dual below that is round-off (with a fixed
+    # 1e-14 a float32 Gramian made the active set cycle to its iteration limit)
+    tol = max(_TOL, 10.0 * precision.eps)
+    for k in range(len(active)):
+        y = _nnls_scaled(Ca, Ca[:, k].copy(), 10 * n + 10, tol)  # z_k - e_k, from C e_k = column k
+        inner += y * na[k]
+    total[active] += inner / na
     return total / n
 
 
-def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  # noqa: N803
+def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int, tol: float) -> np.ndarray:  # noqa: N803
     """The Lawson-Hanson loop of :func:`nnls_lower_bound`: ``y >= 0`` minimising
-    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``."""
+    ``(u + y)^T G (u + y)``, given ``G`` (scaled) and ``G u``; a variable enters when its dual
+    exceeds ``tol`` times ``1 + sum(y)`` (the size of the terms of ``G (u + y)``)."""
     n = Gu.shape[0]
     y = np.zeros(n)
     free = np.zeros(n, dtype=bool)
@@ -295,7 +307,7 @@ def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  
         dual = -(Gu + Gn @ y)
         dual[free] = -np.inf
         j = int(dual.argmax())
-        if dual[j] <= _TOL:
+        if dual[j] <= tol or dual[j] <= tol * (1.0 + float(y.sum())):
             break
         free[j] = True
         while True:
@@ -325,16 +337,23 @@ def _nnls_scaled(Gn: np.ndarray, Gu: np.ndarray, max_iter: int) -> np.ndarray:  
 # --------------------------------------------------------------------------- Nash bargaining
 
 
-def nash_bargaining(gram: np.ndarray, *, ridge: float = 1e-10, max_iter: int = 200) -> np.ndarray:
+def nash_bargaining(
+    gram: np.ndarray, precision: Precision = FLOAT64, *, ridge: float = 1e-10, max_iter: int = 200
+) -> np.ndarray:
     """The Nash bargaining weights: ``alpha > 0`` with ``(G alpha)_i = 1 / alpha_i``.
 
     They are the stationary point of the strictly convex ``f(a) = 1/2 a^T G a - sum_i log a_i``
     (its gradient is ``G a - 1/a``), found by Newton's method with a backtracking (Armijo)
-    line search that keeps ``a > 0``; it converges quadratically near the solution. ``G`` is
-    scaled to ``max(diag) = 1``. Newton first runs on ``G + ridge * I``, which always has a
-    solution, then is polished on ``G`` itself: that converges (to machine precision) whenever
-    the exact problem has a solution; when it has none (a non-negative combination of rows
-    vanishes, e.g. two opposite rows: ``f`` is unbounded below) the ridge solution is kept.
+    line search that keeps ``a > 0``; it converges quadratically near the solution.
+
+    The equations are invariant to rescaling the rows: with ``G = D C D`` (``C`` the cosine
+    Gramian, ``D = diag(||g_i||)``), ``alpha = D^-1 b`` where ``C b = 1 / b``, so Newton runs on
+    ``C`` (a row 1e12 times shorter than another is an ordinary row there). It first runs on
+    ``C + ridge I``, which always has a solution, then is polished on ``C`` itself: that
+    converges (to machine precision) whenever the exact problem has a solution; when it has none
+    (a non-negative combination of rows vanishes, e.g. two opposite rows: ``f`` is unbounded
+    below) the ridge solution is kept. The start is the best multiple of ``1`` for ``C + ridge I``
+    (with unit rows summing to zero, as for two opposite rows, that is ``1 / sqrt(ridge)``).
 
     A zero row has no bargaining utility (``log 0``): it gets weight 0 and the others are
     solved without it.
@@ -343,26 +362,28 @@ def nash_bargaining(gram: np.ndarray, *, ridge: float = 1e-10, max_iter: int = 2
         gram: the Gramian ``G``, ``[T, T]`` symmetric positive semi-definite float64.
 
     Returns:
-        ``[T]`` weights for the unscaled ``G``, positive for the non-zero rows. All ones when
-        every row is zero.
+        ``[T]`` weights, positive for the non-zero rows. All ones when every row is zero.
     """
     n = gram.shape[0]
-    Gn, scale = _scaled(gram)
-    if scale == 0.0:
+    C, norms = unit_diagonal(gram, precision)
+    active = np.flatnonzero(norms > 0.0)
+    if len(active) == 0:
         return np.ones(n)
-    active = np.flatnonzero(np.diag(Gn) > 1e-24)
-    if len(active) < n:
-        out = np.zeros(n)
-        out[active] = nash_bargaining(Gn[np.ix_(active, active)], ridge=ridge, max_iter=max_iter)
-        return out / math.sqrt(scale)
-    a0 = 1.0 / np.sqrt(np.diag(Gn))
-    a0 = a0 * math.sqrt(n / float(a0 @ Gn @ a0))  # the best multiple of 1 / sqrt(diag G)
-    a, _ = _newton_log_barrier(Gn + ridge * np.eye(n), a0, max_iter)
+    Ca, k = C[np.ix_(active, active)], len(active)
+    ridged = Ca + ridge * np.eye(k)
+    spread = float(ridged.sum())  # 1^T (C + ridge I) 1 >= ridge k, up to round-off
+    b0 = np.full(k, math.sqrt(k / max(spread, ridge * k)))
+    b, _ = _newton_log_barrier(ridged, b0, max_iter)
     # polish on the exact problem; it converges from there unless the problem is unbounded
-    exact, converged = _newton_log_barrier(Gn, a, 30)
-    if converged and np.all(np.isfinite(exact)) and np.all(exact > 0):
-        a = exact
-    return a / math.sqrt(scale)
+    exact, converged = _newton_log_barrier(Ca, b, 30)
+    # an unbounded problem can stall where C + diag(1 / b^2) is singular to round-off: keep the
+    # polished point only if it solves the equations b_i (C b)_i = 1
+    solved = converged and np.all(np.isfinite(exact)) and np.all(exact > 0)
+    if solved and float(np.abs(exact * (Ca @ exact) - 1.0).max()) <= 1e-6:
+        b = exact
+    out = np.zeros(n)
+    out[active] = b / norms[active]
+    return out
 
 
 def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple[np.ndarray, bool]:
@@ -377,12 +398,18 @@ def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple
         return float(0.5 * x @ gram @ x - np.log(x).sum())
 
     fa = f(a)
+    previous = math.inf
     for _ in range(max_iter):
         grad = gram @ a - 1.0 / a
         d = -_solve(gram + np.diag(1.0 / a**2), grad)
         decrement = float(-grad @ d)  # squared Newton decrement
         if not decrement > 1e-26:
             return a, bool(abs(decrement) <= 1e-26)
+        # near the solution the decrement squares at every full step; when it stops shrinking
+        # it is the round-off of large terms (e.g. a ridge solution ~1e5), not progress
+        if decrement < 1e-8 and decrement > 0.25 * previous:
+            return a, True
+        previous = decrement
         if decrement < 0.25:
             cand = a + d
             if np.all(cand > 0):
@@ -405,10 +432,26 @@ def _newton_log_barrier(gram: np.ndarray, a: np.ndarray, max_iter: int) -> tuple
 # --------------------------------------------------------------------------- CAGrad
 
 
-def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[np.ndarray, float]:
-    """CAGrad's inner problem ``w* = argmin_{w in simplex} g_w . g_0 + c ||g_0|| ||g_w||``.
+def cagrad_weights(
+    gram: np.ndarray, c: float, precision: Precision = FLOAT64, *, max_iter: int = 200
+) -> np.ndarray:
+    """CAGrad's direction ``d = J^T v``: ``max_d min_i g_i . d`` subject to ``||d - g_0|| <= c ||g_0||``.
 
-    ``g_w = J^T w``, ``g_0 = J^T 1/T``. Writing ``||x|| = min_t (||x||^2 / (2t) + t/2)``, the
+    ``g_0 = J^T 1/T`` is the mean row. Through the dual (the paper's eq. 6),
+    ``w* = argmin_{w in simplex} g_w . g_0 + c ||g_0|| ||g_w||`` (``g_w = J^T w``) and
+    ``d = g_0 + (c ||g_0|| / ||g_w*||) g_w*``, i.e. ``v = 1/T + lam w*``.
+
+    Pareto-stationary rows (0 in their convex hull, ``g_w* = 0``) with ``c >= 1``: the dual's
+    value is ``F(w) >= (c - 1) ||g_0|| ||g_w|| >= 0``, attained at ``g_w = 0``, so the optimum
+    ``max_d min_i g_i . d`` is 0 and ``d = 0`` attains it (it is in the ball); every ``d`` has
+    ``min_i g_i . d <= 0`` there, and the mean row usually conflicts with a task. The paper's
+    formula is undefined (``g_w* / ||g_w*||``), so ``v = 0`` is returned (as TorchJD). The test
+    is on MGDA's min-norm point, whose norm is exact to ``sqrt(eps)`` of the largest row only
+    (a norm computed from a Gramian): below :attr:`Precision.zero_norm` it is 0, which costs at
+    most that much (relative) of the optimal value. With ``c < 1`` and ``g_w* = 0`` the mean row
+    is returned (``lam = 0``; ``d = 0`` is outside the ball).
+
+    The dual: Writing ``||x|| = min_t (||x||^2 / (2t) + t/2)``, the
     problem for a fixed ``t = c ||g_0|| beta`` is the min-norm point of the shifted rows
     ``g_i + beta g_0`` (solved exactly by :func:`min_norm_simplex` on the shifted Gramian), and
     the optimal ``beta`` is the root of ``||g_w(beta)|| = c ||g_0|| beta``; this ratio crosses 1
@@ -420,19 +463,24 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     to an Illinois (regula falsi) or bisection step when it leaves the bracket.
 
     Returns:
-        ``(w*, lam)`` with ``lam = c ||g_0|| / ||g_w*||`` (0 when ``g_w* = 0`` or ``c ||g_0|| = 0``),
-        so that CAGrad's direction is ``g_0 + lam g_w* = J^T (1/T + lam w*)``.
+        ``[T]`` weights ``v`` (``1/T`` when ``c ||g_0|| = 0``; 0 at Pareto-stationary rows with
+        ``c >= 1``).
     """
     n = gram.shape[0]
     Gn, scale = _scaled(gram)
     b = np.full(n, 1.0 / n)
     if scale == 0.0:
-        return b, 0.0
+        return b
     a = Gn @ b  # J g_0
     g0g0 = max(float(b @ a), 0.0)
     kappa = c * math.sqrt(g0g0)
     if kappa <= 1e-12:
-        return b, 0.0
+        return b
+    zero_norm = precision.zero_norm
+    if c >= 1.0:
+        m = min_norm_simplex(Gn)
+        if math.sqrt(max(float(m @ Gn @ m), 0.0)) <= zero_norm:  # 0 in the hull: d = 0 is optimal
+            return np.zeros(n)
     ones = np.ones(n)
     cross = np.outer(a, ones) + np.outer(ones, a)  # shifted Gramian: Gn + beta cross + beta^2 g0g0 11^T
     last: list[np.ndarray | None] = [None]  # the previous solution: its support (a corral) warm-starts the next
@@ -518,42 +566,47 @@ def cagrad_weights(gram: np.ndarray, c: float, *, max_iter: int = 200) -> tuple[
     if hi <= 1e-13 / kappa:  # the root is beta = 0: the optimum is g_w = 0 (0 is in the hull)
         best = (0.0, min_norm_simplex(Gn), 0.0)
     _, w, norm = best
-    # g_w = 0 (to round-off): CAGrad's g_w / ||g_w|| is undefined there; the update is g_0. The
-    # norm comes from the quadratic form w^T G w, whose round-off (~T eps, G scaled to max diag 1)
-    # puts the norm of a zero point near 1e-8: below 1e-7 the direction is noise
-    lam = kappa / norm if norm > _ZERO_NORM else 0.0
-    return w, lam
+    # g_w = 0 (to round-off; c < 1 here): CAGrad's g_w / ||g_w|| is undefined, the update is g_0.
+    # The norm comes from the quadratic form w^T G w: below zero_norm the direction is noise
+    lam = kappa / norm if norm > zero_norm else 0.0
+    return b + lam * w
 
 
 # --------------------------------------------------------------------------- IMTL-G
 
 
-def imtl_g_weights(gram: np.ndarray) -> np.ndarray:
+def imtl_g_weights(gram: np.ndarray, precision: Precision = FLOAT64) -> np.ndarray:
     """IMTL-G: ``alpha`` with ``sum(alpha) = 1`` and equal ``J^T alpha . u_i`` for every unit row ``u_i``.
 
     The closed form of Liu et al. (``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``) solves the same
-    equations as the symmetric system ``[N G, -1; 1^T, 0] [alpha; c] = [0; 1]`` with
-    ``N = diag(1 / ||g_i||)``, used here because it does not single out task 1; when it is
-    singular (e.g. identical rows) its minimum-norm least-squares solution is taken. Zero rows
-    get weight 0 (their direction is undefined); all-zero rows give uniform weights.
+    equations as a task-symmetric linear system, used here because it does not single out
+    task 1. The equations only involve the rows' directions: with ``d = sum_i b_i u_i``
+    (``alpha_i = b_i / ||g_i||``) they read ``C b = t 1`` (``C`` the cosine Gramian) and
+    ``sum_i b_i / ||g_i|| = 1``, solved as ``[C, -1; m^T, 0] [b; t] = [0; 1]`` with
+    ``m = (1 / ||g_i||)`` scaled to ``max(m) = 1`` (entries of order 1 whatever the ratio of the
+    row norms). When it is singular (e.g. identical rows) its minimum-norm least-squares solution
+    is taken. Zero rows get weight 0 (their direction is undefined); all-zero rows give uniform
+    weights.
     """
     n = gram.shape[0]
-    Gn, scale = _scaled(gram)
-    if scale == 0.0:
+    C, norms = unit_diagonal(gram, precision)
+    active = np.flatnonzero(norms > 0.0)
+    if len(active) == 0:
         return np.full(n, 1.0 / n)
-    norms = np.sqrt(np.clip(np.diag(Gn), 0.0, None))
-    active = np.flatnonzero(norms > 1e-12)
-    m = len(active)
-    M = Gn[np.ix_(active, active)] / norms[active, None]
-    K = np.zeros((m + 1, m + 1))
-    K[:m, :m] = M
-    K[:m, m] = -1.0
-    K[m, :m] = 1.0
-    rhs = np.zeros(m + 1)
-    rhs[m] = 1.0
+    k = len(active)
+    inv = 1.0 / norms[active]
+    top = float(inv.max())
+    K = np.zeros((k + 1, k + 1))
+    K[:k, :k] = C[np.ix_(active, active)]
+    K[:k, k] = -1.0
+    K[k, :k] = inv / top
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
     alpha = np.zeros(n)
-    # lstsq with a relative cut-off: exact when well posed, minimum-norm when (nearly) singular
-    alpha[active] = np.linalg.lstsq(K, rhs, rcond=1e-12)[0][:m]
+    # lstsq with a relative cut-off: exact when well posed, minimum-norm when (nearly) singular;
+    # C is exact to ~eps of the Gramian's dtype, so singular values below 10 eps are round-off
+    rcond = max(1e-12, 10.0 * precision.eps)
+    alpha[active] = np.linalg.lstsq(K, rhs, rcond=rcond)[0][:k] * (inv / top)
     return alpha
 
 
@@ -585,39 +638,3 @@ def aligned_weights(
         s2 = float(lam.mean())
     B = (V * (math.sqrt(s2) / np.sqrt(lam))) @ V.T
     return B.sum(axis=1)
-
-
-# --------------------------------------------------------------------------- randomness and state
-
-
-def random_orders(k: int, generator: torch.Generator | None) -> Tensor:
-    """``[k, k - 1]`` CPU long tensor: row ``i`` is a uniformly random order of the tasks ``!= i``."""
-    keys = torch.rand(k, k, generator=generator, dtype=torch.float64)
-    keys.fill_diagonal_(2.0)  # task i sorts last, then is cut off
-    return keys.argsort(dim=1)[:, : k - 1]
-
-
-def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    """A generator drawing on ``device``, seeded from the (CPU) ``generator``.
-
-    On the CPU this is ``generator`` itself; elsewhere a fresh device generator is seeded with
-    one 63-bit draw from it, so large random tensors are drawn where they are used (no transfer)
-    and the stream stays determined by ``generator``.
-    """
-    if device.type == "cpu":
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
-def grow_square(buf: Tensor, n: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``buf`` (``[m, m]``) on ``device`` in ``dtype``, zero-padded to ``[n, n]`` when ``n > m``."""
-    buf = buf.to(device=device, dtype=dtype)
-    m = buf.shape[0]
-    if n <= m:
-        return buf
-    out = torch.zeros(n, n, dtype=dtype, device=device)
-    out[:m, :m] = buf
-    return out

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from mtlkit.aggregation._base import Aggregation, Aggregator
-from mtlkit.aggregation._solvers import gramian_of, to_device, to_host, upgrad_weights
-from mtlkit.state import TrainState
+from mtlkit.aggregation._solvers import Precision, upgrad_weights
+from mtlkit.aggregation._weighting import GramianWeightedAggregator, GramianWeighting
 
-__all__ = ["UPGrad"]
+__all__ = ["UPGrad", "UPGradWeighting"]
 
 
-class UPGrad(Aggregator):
+class UPGradWeighting(GramianWeighting):
+    """``w = (1/T) sum_i v_i``, ``v_i = argmin_{v >= e_i} v^T G v`` (exact active sets)."""
+
+    def __call__(self, gramian: np.ndarray, /, *, precision: Precision) -> np.ndarray:
+        return upgrad_weights(gramian, precision)
+
+
+class UPGrad(GramianWeightedAggregator):
     """Unconflicting projection of gradients.
 
     Paper: P. Quinton, V. Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
@@ -24,9 +29,11 @@ class UPGrad(Aggregator):
     weights are ``w = (1/T) sum_i v_i`` and ``d = J^T w``. ``d`` has a non-negative inner product
     with every row (it lies in the dual cone), and ``d = mean`` when no two rows conflict.
 
-    Each ``v_i`` is computed **exactly** by a Lawson-Hanson active-set method on the Gramian
-    (a non-negative least-squares problem in ``v - e_i``), written for this library; it
-    handles singular Gramians (identical or linearly dependent rows) without regularisation.
+    Each ``v_i`` is computed **exactly** by a Lawson-Hanson active-set method (a non-negative
+    least-squares problem in ``v - e_i``), written for this library; it handles singular
+    Gramians (identical or linearly dependent rows) without regularisation. The projections do
+    not depend on the rows' lengths, so the solves run on the unit-diagonal (cosine) Gramian:
+    a row 1e12 times shorter than another is projected as accurately as an equal one.
 
     Hyper-parameters: none (TorchJD's ``pref_vector`` is fixed to uniform, the paper's UPGrad).
 
@@ -35,13 +42,8 @@ class UPGrad(Aggregator):
 
     Departures from the reference implementation (TorchJD, and LibMTL's copy): they normalise
     ``G`` by its trace, add ``1e-4 I`` and call the ``quadprog`` solver, which perturbs the
-    solution; here the unregularised problem is solved exactly (after scaling ``G`` by its
-    largest diagonal entry, which does not change the solution).
+    solution; here the unregularised problem is solved exactly.
     """
 
-    def combine(self, jacobian: Tensor, state: TrainState, rows: Tensor) -> Aggregation:
-        T = jacobian.shape[0]
-        if T == 1:
-            return Aggregation(jacobian[0], torch.ones(1, dtype=jacobian.dtype, device=jacobian.device))
-        weights = to_device(upgrad_weights(to_host(gramian_of(jacobian))), jacobian)
-        return Aggregation(weights @ jacobian, weights)
+    def __init__(self) -> None:
+        super().__init__(UPGradWeighting())

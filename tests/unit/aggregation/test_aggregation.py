@@ -26,7 +26,7 @@ from mtlkit.aggregation import (
     PCGrad,
     UPGrad,
 )
-from mtlkit.aggregation._solvers import random_orders
+from mtlkit.aggregation._device import random_orders
 from mtlkit.errors import ShapeError
 from mtlkit.state import TrainState
 
@@ -459,18 +459,29 @@ def test_cagrad_solves_its_primal_and_dual(c: float, k: int) -> None:
         np.testing.assert_allclose((Jn @ d).min(), f_star, rtol=1e-7)  # strong duality
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [1.0, 5.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_cagrad_at_a_pareto_stationary_point_with_c_above_one_returns_the_mean(seed: int) -> None:
-    """When 0 is in the convex hull of the rows and c > 1, the dual's minimum is at g_w = 0
-    (F(w) >= ||g_w|| ||g0|| (c - 1)), where CAGrad's update is g0: the round-off of a zero
-    min-norm point must not be taken for a direction (it gave updates of size ~c ||g0||)."""
+def test_cagrad_at_a_pareto_stationary_point_with_c_at_least_one_returns_zero(
+    seed: int, c: float, dtype: torch.dtype
+) -> None:
+    """When 0 is in the convex hull of the rows and c >= 1, d = 0 is in the ball
+    (||0 - g0|| <= c ||g0||) and attains the optimum max_d min_i g_i . d = 0 (no d does better:
+    a non-negative combination of the rows vanishes). The paper's optimum, not the mean: the mean
+    conflicts with some task here (this test used to expect the mean, and an AVX-512 CPU's
+    round-off turned the zero min-norm point into a direction of size c ||g0||)."""
     g = torch.Generator().manual_seed(seed)
     k = 5 + seed % 3
     J = torch.randn(k, 3, generator=g, dtype=torch.float64)
     J[-1] = -(torch.rand(k - 1, generator=g, dtype=torch.float64) + 0.1) @ J[:-1]  # 0 in the hull
     J[-1] /= J[-1].norm() / 2  # a non-negative combination still vanishes
-    out = CAGrad(c=5.0, rescale=0).aggregate(J)
-    torch.testing.assert_close(out.vector, J.mean(0), rtol=1e-9, atol=1e-12)
+    J = J.to(dtype)
+    out = CAGrad(c=c, rescale=0).aggregate(J)
+    scale = float(J.double().norm(dim=1).max())
+    tol = 100 * math.sqrt(torch.finfo(dtype).eps)
+    assert float(out.vector.double().norm()) <= tol * scale, out.vector
+    assert float((J.double() @ out.vector.double()).min()) >= -tol * scale**2  # no task conflicts
+    assert float((J.double() @ J.double().mean(0)).min()) < -1e-3 * scale**2  # the mean would conflict
 
 
 def test_cagrad_rescale_options_divide_as_the_authors_code() -> None:
