@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 import mtlkit
+from _datasets import shared_data as _shared_data
 from mtlkit.cli.main import main
 from mtlkit.config import load_config, resolve
 from mtlkit.config.build import build_data, build_model
 from mtlkit.models import AITM, ESMM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny MLPs gain nothing from intra-op threads, which only spin on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shared_data() -> Path:
-    root = Path(os.environ.get("MTLKIT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-    if not (root / "ali-ccp-sample").is_dir() or not (root / "aliexpress-sample").is_dir():
-        pytest.skip(f"the CTR/CVR samples are not in {root} (set MTLKIT_SHARED_DATA)")
-    return root
+    return _shared_data("ali-ccp-sample", "aliexpress-sample")
 
 
 def test_ali_ccp_esmm_preset_runs_through_the_cli(tmp_path: Path) -> None:

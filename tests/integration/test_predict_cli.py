@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
+from _helpers import MiniESMM
 from mtlkit import Task
 from mtlkit.cli.main import main
 from mtlkit.config.build import build_model
 from mtlkit.config.load import resolve
 from mtlkit.data import DataSplits, MultiTaskDataset, TabularPreprocessor
-from mtlkit.models import MultiTaskModel
 from mtlkit.predict import load_predictor
 from mtlkit.registries import DATASETS, MODELS
 
@@ -73,28 +73,6 @@ def tiny_clicks(*, seed: int = 0) -> DataSplits:
     tasks = (Task(name="ctr", kind="binary", logits=False), Task(name="ctcvr", kind="binary", logits=False))
     train, test = MultiTaskDataset(x, {"ctr": ctr, "ctcvr": ctcvr}, tasks=tasks).split([160, 40])
     return DataSplits(train, None, test, tasks, len(FEATURES), {"feature_names": list(FEATURES)})
-
-
-class MiniESMM(MultiTaskModel):
-    """ESMM-shaped: pCTR and pCVR towers, pCTCVR = pCTR * pCVR; pCVR is an output but not a task."""
-
-    task_names = ("ctr", "ctcvr")
-
-    def __init__(self, input_dim: int) -> None:
-        super().__init__()
-        self.bottom = nn.Linear(input_dim, 8)
-        self.ctr = nn.Linear(8, 1)
-        self.cvr = nn.Linear(8, 1)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = torch.relu(self.bottom(x))
-        ctr = torch.sigmoid(self.ctr(h)).squeeze(-1)
-        cvr = torch.sigmoid(self.cvr(h)).squeeze(-1)
-        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        self._check_task(task)
-        return list((self.ctr if task == "ctr" else self.cvr).parameters())
 
 
 def mini_esmm(input_dim: int, tasks: Any) -> MiniESMM:

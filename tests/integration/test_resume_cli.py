@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from mtlkit.cli.main import main
@@ -46,18 +45,15 @@ def only_dir(parent: Path) -> Path:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread_env(one_thread: None) -> dict[str, str]:
     """One intra-op thread here and in the subprocess: same arithmetic, and tiny models run fastest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield {**os.environ, "OMP_NUM_THREADS": "1"}
-    torch.set_num_threads(threads)
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys, one_thread) -> None:
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys, one_thread_env: dict[str, str]) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY, sort_keys=False))
-    env = one_thread
+    env = one_thread_env
     proc = subprocess.Popen(
         [sys.executable, "-m", "mtlkit", "run", str(cfg), "--out", str(tmp_path / "killed"), "--no-progress"],
         cwd=tmp_path,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,22 +13,15 @@ import pytest
 import torch
 from rich.console import Console
 
+import _architectures as arch  # how to build and feed each registered model
 import mtlkit
+from _helpers import assert_loss_decreased
 from mtlkit.cli.main import main
 from mtlkit.config import apply_overrides, load_preset, resolve
 from mtlkit.data import DataSplits, MultiTaskDataset, synthetic_correlation
 from mtlkit.experiment import evaluate_run_dir, run_experiment
 from mtlkit.registries import DATASETS, MODELS
 from mtlkit.training import Alternating, Sampling
-
-# the architecture suite's CASES say how to build and feed each registered model
-_spec = importlib.util.spec_from_file_location(
-    "_architecture_cases", Path(__file__).resolve().parents[1] / "unit" / "test_architectures_common.py"
-)
-assert _spec is not None and _spec.loader is not None
-arch = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = arch  # dataclasses look their module up
-_spec.loader.exec_module(arch)
 
 SCHEMES: dict[str, tuple[Any, bool, str]] = {
     # name: (schedule, per-task optimizers, data layout)
@@ -107,8 +98,9 @@ SMALL = [
     "data.n_val=64",
     "data.n_test=64",
     "data.dim=10",
-    "trainer.epochs=2",
+    "trainer.epochs=3",
     "trainer.batch_size=64",
+    "optimizer.lr=0.03",  # a few steps that lower the training loss clearly
 ]
 
 
@@ -134,6 +126,7 @@ def test_cli_runs_and_evaluates_a_scheme(overrides: list[str], tmp_path: Path) -
     assert all(math.isfinite(v) for ms in run.metrics.values() for v in ms.values())
     history = json.loads((run.run_dir / "history.json").read_text())
     assert sum(history[0]["steps"].values()) == 2 * math.ceil(256 / 64)  # both tasks label every row
+    assert_loss_decreased(history, 0.8, str(overrides))
     again = evaluate_run_dir(run.run_dir, console=Console(file=io.StringIO()))
     assert next(iter(again.values())) == run.metrics
 
@@ -181,6 +174,7 @@ def test_per_task_splits_run_from_a_config(schedule: str, two_sources: str, tmp_
     history = json.loads((run.run_dir / "history.json").read_text())
     if schedule == "alternating":  # ceil(120/64) + ceil(360/64) steps, every epoch
         assert history[0]["steps"] == {"y1": 2, "y2": 6}
+    assert_loss_decreased(history, 0.8, schedule)
 
 
 def test_joint_schedule_on_per_task_splits_says_what_to_use(two_sources: str, tmp_path: Path) -> None:

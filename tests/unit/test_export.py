@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_architectures_common import build
 from torch import Tensor, nn
 
+from _architectures import build
+from _helpers import REPO, MiniESMM
 from mtlkit import Task
 from mtlkit.data import FeatureSchema, TabularPreprocessor
 from mtlkit.errors import DataError, IncompatibleComponentsError
 from mtlkit.export import example_inputs, export_model, raw_example_columns, relative_error, verify_export
-from mtlkit.models import MultiTaskModel
 from mtlkit.models.backbones import embedding
 from mtlkit.predict import Predictor
 from mtlkit.registries import MODELS
@@ -31,7 +31,7 @@ NOT_TRACEABLE: dict[str, str] = {}
 """Registered models that cannot be exported, with the reason (none so far; docs/deploy.md lists them)."""
 SLOW_TORCHSCRIPT = {"mtan"}
 """Models whose TorchScript check takes more than a few seconds (marked slow; ONNX stays in the default run)."""
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+DOCS = REPO / "docs" / "deploy.md"
 
 
 def export_cases() -> list[Any]:
@@ -194,28 +194,6 @@ def test_raw_outputs_and_the_manifest(tmp_path: Path) -> None:
     check = verify_export(folder, predictor)
     assert check.passed and check.max_abs <= ATOL and not check.raw_inputs
     assert set(check.outputs) == {"ctr", "topic", "value"}
-
-
-class MiniESMM(MultiTaskModel):
-    """ESMM-shaped test model: pCTR and pCVR towers, pCTCVR = pCTR * pCVR; pCVR is not a task."""
-
-    task_names = ("ctr", "ctcvr")
-
-    def __init__(self, input_dim: int) -> None:
-        super().__init__()
-        self.bottom = nn.Linear(input_dim, 8)
-        self.ctr = nn.Linear(8, 1)
-        self.cvr = nn.Linear(8, 1)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = torch.relu(self.bottom(x))
-        ctr = torch.sigmoid(self.ctr(h)).squeeze(-1)
-        cvr = torch.sigmoid(self.cvr(h)).squeeze(-1)
-        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        self._check_task(task)
-        return list((self.ctr if task == "ctr" else self.cvr).parameters())
 
 
 ESMM_TASKS = (Task(name="ctr", kind="binary", logits=False), Task(name="ctcvr", kind="binary", logits=False))

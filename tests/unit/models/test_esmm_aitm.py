@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlkit
+from _helpers import param_ids as ids
 from mtlkit import Task
 from mtlkit.config import resolve
 from mtlkit.data import Batch, MultiTaskDataset
@@ -39,10 +40,6 @@ def ctr_targets(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     click = (torch.rand(n, generator=g) < 0.5).float()
     conv = click * (torch.rand(n, generator=g) < 0.5).float()
     return {"ctr": click, "ctcvr": conv, "cvr": torch.where(click > 0, conv, torch.full_like(conv, math.nan))}
-
-
-def ids(params) -> set[int]:
-    return {id(p) for p in params}
 
 
 # ---------------------------------------------------------------------------------------------- ESMM outputs

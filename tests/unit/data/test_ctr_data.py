@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from _datasets import shared_data as _shared_data
 from mtlkit.data import ali_ccp_sample, aliexpress_sample, ctr_cvr_targets, ctr_cvr_tasks
 from mtlkit.data.ctr import ALI_CCP_SAMPLE, ALIEXPRESS_SAMPLE
 from mtlkit.data.schema import FeatureSchema
@@ -22,10 +22,7 @@ from mtlkit.registries import DATASETS
 
 
 def shared_data() -> Path:
-    root = Path(os.environ.get("MTLKIT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-    if not (root / "ali-ccp-sample").is_dir() or not (root / "aliexpress-sample").is_dir():
-        pytest.skip(f"the CTR/CVR samples are not in {root} (set MTLKIT_SHARED_DATA)")
-    return root
+    return _shared_data("ali-ccp-sample", "aliexpress-sample")
 
 
 # ---------------------------------------------------------------------------------------------- task sets

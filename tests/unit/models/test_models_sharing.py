@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlkit
+from _architectures import TASKS
+from _helpers import REPO, n_params
+from _helpers import mlp_params as mlp_count
+from _helpers import param_ids as ids
 from mtlkit import Task
 from mtlkit.aggregation import AGGREGATORS
 from mtlkit.data.schema import FeatureSchema
@@ -32,25 +35,7 @@ from mtlkit.models.shared_private import orthogonality_penalty
 from mtlkit.models.soft_sharing import l2_coupling, trace_norm_coupling
 from mtlkit.registries import MODELS
 
-TASKS = (
-    Task(name="ctr", kind="binary"),
-    Task(name="topic", kind="multiclass", num_classes=4),
-    Task(name="value", kind="regression"),
-)
 D = 10
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def mlp_count(dims: list[int]) -> int:
-    """Parameters of a chain of linear layers with biases: sum (a * b + b)."""
-    return sum(a * b + b for a, b in itertools.pairwise(dims))
-
-
-def ids(params: list[nn.Parameter]) -> set[int]:
-    return {id(p) for p in params}
 
 
 def linear_chain(mlp: nn.Module) -> list[nn.Linear]:
@@ -447,17 +432,16 @@ def test_mtan_errors() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- hierarchical
+def three_level_hierarchy() -> nn.Module:
+    """Three shared layers: ctr reads the first, topic the second, value (unnamed) the top."""
+    return MODELS.build(
+        "hierarchical", input_dim=D, tasks=TASKS, hidden_dims=(7, 6, 5), task_depths={"ctr": 1, "topic": 2}, tower_dims=(3,)
+    )
+
 
 
 def test_hierarchical_outputs_read_the_stack_at_each_tasks_depth() -> None:
-    model = MODELS.build(
-        "hierarchical",
-        input_dim=D,
-        tasks=TASKS,
-        hidden_dims=(7, 6, 5),
-        task_depths={"ctr": 1, "topic": 2},
-        tower_dims=(3,),
-    ).double()
+    model = three_level_hierarchy().double()
     assert model.depths == {"ctr": 1, "topic": 2, "value": 3}  # unnamed tasks attach at the top
     x = torch.randn(9, D, dtype=torch.float64)
     out = model(x)
@@ -470,14 +454,7 @@ def test_hierarchical_outputs_read_the_stack_at_each_tasks_depth() -> None:
 
 
 def test_hierarchical_ownership_by_use_and_parameter_count() -> None:
-    model = MODELS.build(
-        "hierarchical",
-        input_dim=D,
-        tasks=TASKS,
-        hidden_dims=(7, 6, 5),
-        task_depths={"ctr": 1, "topic": 2},
-        tower_dims=(3,),
-    )
+    model = three_level_hierarchy()
     layers = model.layers
     # layer 1: all three tasks; layer 2: topic and value (shared); layer 3: value only (owned)
     assert ids(model.shared_parameters()) == ids([*layers[0].parameters(), *layers[1].parameters()])
@@ -651,7 +628,7 @@ def test_sharing_models_build_from_configs() -> None:
 
 
 def test_docs_example_runs() -> None:
-    doc = Path(__file__).resolve().parents[2] / "docs" / "arch_sharing.md"
+    doc = REPO / "docs" / "arch_sharing.md"
     (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
     ns: dict = {}
     exec(compile(code, "docs/arch_sharing.md", "exec"), ns)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch import nn
 
+from _architectures import TASKS
+from _helpers import ACTIVATIONS as ACT
+from _helpers import mlp_params, reference_experts
 from mtlkit import Task
 from mtlkit.errors import ShapeError
 from mtlkit.models import (
@@ -25,41 +26,12 @@ from mtlkit.models import (
 from mtlkit.models._kernels import can_group_mlps
 from mtlkit.registries import MODELS
 
-TASKS = (
-    Task(name="ctr", kind="binary"),
-    Task(name="topic", kind="multiclass", num_classes=4),
-    Task(name="value", kind="regression"),
-)
-
-
-ACT = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "gelu": torch.nn.functional.gelu,
-    "leaky_relu": torch.nn.functional.leaky_relu,
-    "elu": torch.nn.functional.elu,
-    "silu": torch.nn.functional.silu,
-}
-
-
-def reference_experts(bank: ExpertMLPs, x: torch.Tensor) -> torch.Tensor:
-    """Each expert evaluated on its own, in a Python loop, from its weights."""
-    act = ACT[bank.activation]
-    outs = []
-    for e in range(bank.num_experts):
-        h = x
-        for w, b in bank.expert_layers(e):
-            h = act(h @ w + b)
-        outs.append(h)
-    return torch.stack(outs, dim=1)
-
 
 @pytest.mark.parametrize("dims", [(16,), (12, 8), (6, 5, 4)])
 def test_expert_bank_equals_loop_reference(dims: tuple[int, ...]) -> None:
     bank = ExpertMLPs(5, 7, dims).double()
     x = torch.randn(9, 7, dtype=torch.float64)
-    torch.testing.assert_close(bank(x), reference_experts(bank, x))
+    torch.testing.assert_close(bank(x), torch.stack(reference_experts(bank, x), dim=1))
 
 
 @pytest.mark.parametrize("activation", sorted(ACT))
@@ -70,7 +42,7 @@ def test_expert_bank_gradients_equal_loop_reference(activation: str, dims: tuple
     upstream = torch.randn(7, 3, dims[-1], dtype=torch.float64)
     params = [x, *bank.parameters()]
     got = torch.autograd.grad((bank(x) * upstream).sum(), params)
-    want = torch.autograd.grad((reference_experts(bank, x) * upstream).sum(), params)
+    want = torch.autograd.grad((torch.stack(reference_experts(bank, x), dim=1) * upstream).sum(), params)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
 
@@ -81,7 +53,7 @@ def test_mmoe_equals_per_expert_reference_and_gates_sum_to_one() -> None:
     ).double()
     x = torch.randn(13, 10, dtype=torch.float64)
     out = model(x)
-    experts = reference_experts(model.experts, x)  # (N, E, D)
+    experts = torch.stack(reference_experts(model.experts, x), dim=1)  # (N, E, D)
     for t in TASKS:
         gate = model.gate.gates[t.name]
         g = torch.softmax(x @ gate.weight.T + gate.bias, dim=-1)
@@ -98,7 +70,7 @@ def test_mmoe_equals_per_expert_reference_and_gates_sum_to_one() -> None:
 def test_omoe_equals_reference_with_one_shared_gate() -> None:
     model = MODELS.build("omoe", input_dim=10, tasks=TASKS, num_experts=3, expert_dims=(8,)).double()
     x = torch.randn(6, 10, dtype=torch.float64)
-    experts = reference_experts(model.experts, x)
+    experts = torch.stack(reference_experts(model.experts, x), dim=1)
     gate = model.gate.gates["shared"]
     g = torch.softmax(x @ gate.weight.T + gate.bias, dim=-1)
     mixed = (g.unsqueeze(-1) * experts).sum(1)
@@ -122,10 +94,6 @@ def test_user_modules_as_experts_and_towers() -> None:
     torch.testing.assert_close(out["a"], towers["a"]((g["a"].unsqueeze(-1) * stacked).sum(1)))
     omoe = OMoE(experts, SoftmaxGates(["s"], 4, 2), towers)
     assert omoe(x)["b"].shape == (5, 1)
-
-
-def mlp_params(dims: list[int]) -> int:
-    return sum(a * b + b for a, b in itertools.pairwise(dims))
 
 
 def test_parameter_counts_match_formulas() -> None:

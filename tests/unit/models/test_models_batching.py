@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_architectures_common import N, build
 from torch import nn
 from torch.profiler import profile
 
 import mtlkit
+from _architectures import N, build
 from mtlkit import Task
 from mtlkit.aggregation import Sum
 from mtlkit.analysis import gate_statistics
@@ -268,7 +268,7 @@ def step_grads(model: nn.Module, x: Any, target: str, *, one_pass: bool) -> list
         preds, aux, rep = model.forward_parts(x, representation=True)
     else:
         rep, _ = model._encode(x)
-        preds, aux = model._decode(rep, model._features(x))
+        preds, aux = model._decode(rep, model.input_layer(x))  # the input layer evaluated again
     tl = mtlkit.task_losses(TASKS, preds, targets(6))
     mtlkit.backward(
         tl.losses,
@@ -356,9 +356,12 @@ def test_mtan_gates_give_one_weight_per_channel_for_the_gate_statistics() -> Non
     assert {k: tuple(v.shape) for k, v in gates.items()} == {
         f"{t.name}/block{j}": (5, c) for t in TASKS for j, c in enumerate((4, 6))
     }
-    feats = model.shared_features(x)
-    masks = model._task_path("b", feats)[1]
-    torch.testing.assert_close(gates["b/block1"], masks[1].mean(dim=(2, 3)))
+    # task b's second attention mask, computed from the model's public modules (the MTAN paper's path)
+    (u0, p0), (u1, _) = model.shared_features(x)
+    mask0 = model.attention["b"][0](u0)
+    prev = torch.nn.functional.max_pool2d(model.shared_f[0](mask0 * p0), 2)
+    mask1 = model.attention["b"][1](torch.cat([u1, prev], dim=1))
+    torch.testing.assert_close(gates["b/block1"], mask1.mean(dim=(2, 3)))
     model.eval()
     stats = gate_statistics(model, x)
     assert stats["a/block0"].num_experts == 4 and stats["c/block1"].num_experts == 6

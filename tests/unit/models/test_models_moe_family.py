@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import mtlkit
+from _helpers import mlp_params
+from _helpers import reference_experts as ref_experts
 from mtlkit import Task
 from mtlkit.data import Batch
 from mtlkit.errors import IncompatibleComponentsError, ShapeError
@@ -45,22 +47,9 @@ TASKS = (
     Task(name="c", kind="multiclass", num_classes=4),
 )
 NAMES = tuple(t.name for t in TASKS)
-ACT = {"relu": torch.relu, "tanh": torch.tanh}
 
 
 # ---------------------------------------------------------------------- independent references
-def ref_experts(bank: ExpertMLPs, x: torch.Tensor) -> list[torch.Tensor]:
-    """Each expert on its own, from its weights: a list of (N, D)."""
-    act = ACT[bank.activation]
-    outs = []
-    for e in range(bank.num_experts):
-        h = x
-        for w, b in bank.expert_layers(e):
-            h = act(h @ w + b)
-        outs.append(h)
-    return outs
-
-
 def ref_softmax_gate(gate: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     logits = x @ gate.weight.T + gate.bias
     e = torch.exp(logits - logits.max(-1, keepdim=True).values)
@@ -126,10 +115,6 @@ def assert_ownership_is_exact(model: nn.Module, x: Any) -> None:
             assert len(d) >= 2, (
                 f"a shared parameter {tuple(p.shape)} reaches only {sorted(d)}: it should be owned"
             )
-
-
-def mlp_params(dims: list[int]) -> int:
-    return sum(a * b + b for a, b in itertools.pairwise(dims))
 
 
 def tower_params(width: int, tower_dims: list[int]) -> int:

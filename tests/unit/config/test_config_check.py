@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from _helpers import REPO
 from mtlkit._registry import Registry
 from mtlkit._sections import SECTIONS
 from mtlkit.argcheck import check_model_args, positive, positive_int, positive_ints, probability
@@ -84,7 +85,7 @@ def test_json_writer_never_emits_nan_or_infinity(tmp_path: Path) -> None:
 
 
 def test_no_module_writes_json_without_the_writer() -> None:
-    root = Path(__file__).resolve().parents[2] / "src" / "mtlkit"
+    root = REPO / "src" / "mtlkit"
     offenders = [
         str(p.relative_to(root))
         for p in root.rglob("*.py")

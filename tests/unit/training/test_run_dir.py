@@ -127,14 +127,15 @@ def test_a_real_enospc_from_the_kernel_is_reported_the_same_way(tmp_path: Path, 
     """The temporary file is /dev/full, whose writes fail with ENOSPC: torch.save's own error path."""
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"tag": 1}, path)
-    real_open_temp = ckpt_module._open_temp
+    real_open = os.open
 
-    def dev_full(target: Path) -> tuple[int, str]:
-        fd, tmp = real_open_temp(target)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), tmp
+    def dev_full(target, flags, *args):  # the temporary file is created, then /dev/full written instead
+        if flags & os.O_EXCL and str(target).endswith(".tmp"):
+            os.close(real_open(target, flags, *args))
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(target, flags, *args)
 
-    monkeypatch.setattr(ckpt_module, "_open_temp", dev_full)
+    monkeypatch.setattr(os, "open", dev_full)
     with pytest.raises(RunDirectoryError, match=r"checkpoint\.pt': the disk is full \(No space left on device\)"):
         save_checkpoint({"tag": 2, "values": torch.zeros(100_000)}, path)
     assert load_checkpoint(path)["tag"] == 1 and sorted(tmp_path.glob(".*.tmp")) == []

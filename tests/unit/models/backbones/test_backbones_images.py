@@ -8,15 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _helpers import n_params as _params
 from mtlkit.config.build import backbone_factory, build_model
 from mtlkit.data import DataSplits, FeatureSchema, MultiTaskDataset
 from mtlkit.errors import ConfigError, ShapeError
 from mtlkit.models.backbones import BACKBONES, ResNet, SmallCNN, cnn, resnet
 from mtlkit.tasks import Task
-
-
-def _params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 # ---------------------------------------------------------------------------------------------- CNN
