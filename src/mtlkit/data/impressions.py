@@ -36,7 +36,6 @@ whatever ``rows`` is: shards are written block by block and never held whole.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mtlkit.errors import DataError
+from mtlkit.jsonio import write_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -286,5 +286,5 @@ def impression_log(
             writer.close()
     meta = {"rows": rows, "shard_rows": shard_rows, "seed": seed, "users": users, "items": items,
             "oracle": oracle, "files": [f.name for f in files], "generator": "mtlkit.data.impression_log"}  # fmt: skip
-    (out / "_log.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta, out / "_log.json", indent=2)
     return ImpressionLog(files=tuple(files), rows=rows, users=users, items=items, seed=seed)
