@@ -30,7 +30,7 @@ from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training import evaluation
 from mtlkit.training.balancer import Balancer, unwrap
-from mtlkit.training.checkpoint import Checkpointer, as_checkpointer, load_trainer_state, trainer_state
+from mtlkit.training.checkpoint import Checkpointer, as_checkpointer
 from mtlkit.training.divergence import TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_monitor, monitored
 from mtlkit.training.epoch import EpochStats, epoch_line
@@ -41,6 +41,7 @@ from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible,
 from mtlkit.training.source import TrainSource, as_source
 from mtlkit.training.step import StepStats, prepare_batch, train_step, trained_subset
 from mtlkit.training.task_data import PerTaskData
+from mtlkit.training.trainer_state import load_trainer_state, trainer_state
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
@@ -369,7 +370,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume training exactly (see :func:`~mtlkit.training.checkpoint.trainer_state`)."""
+        """Everything needed to resume training exactly (see :func:`~mtlkit.training.trainer_state.trainer_state`)."""
         return trainer_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:
