@@ -17,6 +17,7 @@ that names the file and what is wrong (empty, truncated or corrupt, code or fore
 not an mtlkit checkpoint, newer format). :func:`state_mismatch` and :func:`component_mismatch`
 describe a checkpoint that does not fit the model or trainer it is loaded into;
 :func:`model_weights` is the one rule for which weights a finished run is used with.
+What a trainer's checkpoint holds is :mod:`mtlkit.training.trainer_state`'s job.
 
 :class:`Checkpointer` ties these together for one run: it writes and reads its checkpoint file,
 locks the run directory against a second writer (:class:`~mtlkit.training.run_lock.RunLock`)

@@ -25,12 +25,12 @@ from mtlkit.autograd import GradientTarget
 from mtlkit.data.batch import Batch, Inputs
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.distributed import world
-from mtlkit.errors import CheckpointError, DataError, UnknownComponentError
+from mtlkit.errors import DataError, UnknownComponentError
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task, task_names
 from mtlkit.training import evaluation
 from mtlkit.training.balancer import Balancer, unwrap
-from mtlkit.training.checkpoint import Checkpointer, as_checkpointer, component_mismatch, state_mismatch
+from mtlkit.training.checkpoint import Checkpointer, as_checkpointer
 from mtlkit.training.divergence import TrainingDivergedError
 from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_monitor, monitored
 from mtlkit.training.epoch import EpochStats, epoch_line
@@ -41,6 +41,7 @@ from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible,
 from mtlkit.training.source import TrainSource, as_source
 from mtlkit.training.step import StepStats, prepare_batch, train_step, trained_subset
 from mtlkit.training.task_data import PerTaskData
+from mtlkit.training.trainer_state import load_trainer_state, trainer_state
 from mtlkit.weighting._base import LossWeighting
 from mtlkit.weighting.basic import EqualWeighting
 
@@ -57,10 +58,8 @@ def default_device() -> torch.device:
 class Trainer:
     """Trains a multi-task model: a weighted sum of task losses, under any training schedule.
 
-    Under torch.distributed (e.g. ``torchrun``) every step equals a single-process step on the
-    global batch: datasets are sharded by rank, the task losses and per-task gradients are
-    reduced across ranks before weighting and aggregation (:class:`mtlkit.distributed.GradientSync`),
-    metrics are reduced over the ranks' shards, and rank 0 writes the checkpoints.
+    Under torch.distributed every step equals a single-process step on the global batch, and
+    rank 0 writes the checkpoints (README, "Distributed training").
 
     Args:
         model: a :class:`~mtlkit.models.MultiTaskModel` (any ``nn.Module`` returning
@@ -87,9 +86,8 @@ class Trainer:
         grad_clip_norm: clip the global gradient norm to this value (off by default).
         progress: show a live progress bar (default: when stderr is a terminal).
         log_epochs: print a one-line summary after every epoch.
-        log_dir: write TensorBoard events here (losses, weights, metrics, learning rate, gate
-            histograms; see :class:`~mtlkit.training.TensorBoardLogger`; needs
-            ``pip install 'mtlkit[tensorboard]'``).
+        log_dir: write TensorBoard events here (:class:`~mtlkit.training.TensorBoardLogger`;
+            needs ``pip install 'mtlkit[tensorboard]'``).
         logger: an :class:`~mtlkit.training.EpochLogger` to call instead (overrides ``log_dir``).
         console: rich console for the epoch lines and the progress bar.
         schedule: which task(s) each step trains and where its batch comes from: a
@@ -372,95 +370,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume training exactly."""
-        return {
-            "task_names": list(self.task_names),
-            "components": self._components(),
-            "model": unwrap(self.model).state_dict(),  # without a DDP wrapper's "module." prefix
-            **self.optimizers.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "weighting": self.weighting.state_dict(),
-            "aggregator": self.aggregator.state_dict() if self.aggregator is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "seed": self.seed,
-            "history": self.history,
-            "epoch_losses": [list(x) for x in self.epoch_losses],
-            "best": self.stopper.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "trainer": self.generator.get_state(),
-            },
-        }
+        """Everything needed to resume training exactly (see :func:`~mtlkit.training.trainer_state.trainer_state`)."""
+        return trainer_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:
-        """Restore :meth:`state_dict` output; raises :class:`CheckpointError` on a mismatch."""
-        names = list(state.get("task_names", []))
-        if names != list(self.task_names):
-            raise CheckpointError(
-                f"The {source} was written for tasks {names}, but this trainer has {list(self.task_names)}."
-            )
-        components = self._components()
-        saved_model = (state.get("components") or {}).get("model")
-        if saved_model is not None and saved_model != components["model"]:
-            raise CheckpointError(
-                f"The {source} does not fit this model: it holds the weights of a {saved_model}, and this "
-                f"model is a {components['model']}. Build the same architecture as the run that wrote it."
-            )
-        diff = component_mismatch(state.get("components") or {}, components)
-        if diff:
-            raise CheckpointError(
-                f"The {source} was written by a different setup: {diff}. Use the same model, optimizer, "
-                "scheduler, loss weighting and aggregator as the run that wrote it (see its config.yaml)."
-            )
-        mismatch = state_mismatch(state["model"], unwrap(self.model).state_dict())
-        if mismatch:
-            raise CheckpointError(
-                f"The {source} does not fit this model ({type(unwrap(self.model)).__name__}): {mismatch}. "
-                "Build the model with the same architecture and sizes as the run that wrote it."
-            )
-        unwrap(self.model).load_state_dict(state["model"])
-        try:
-            self.weighting.load_state_dict(state["weighting"])
-            if self.aggregator is not None and state.get("aggregator") is not None:
-                self.aggregator.load_state_dict(state["aggregator"])
-            self.optimizers.load_state_dict(state, source=source)
-        except CheckpointError:
-            raise
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"The {source}'s optimizer or loss-weighting state does not fit this trainer ({exc}). "
-                "Use the same optimizer and weighting as the run that wrote it."
-            ) from None
-        self.optimizers.load_schedulers(state)
-        if state.get("schedule") is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.seed = int(state.get("seed", self.seed))  # the data order of the resumed run
-        self.history = list(state.get("history", []))
-        self.epoch_losses = [tuple(x) for x in state.get("epoch_losses", [])]
-        self.stopper.load_state_dict(state.get("best"))
-        rng = state.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if "trainer" in rng:
-            self.generator.set_state(rng["trainer"])
-
-    def _components(self) -> dict[str, str | None]:
-        """Class names of what a checkpoint's state belongs to (checked when loading)."""
-
-        def name(obj: Any) -> str | None:
-            return type(obj).__name__ if obj is not None else None
-
-        return {
-            "model": name(unwrap(self.model)),
-            **self.optimizers.component_names(),
-            "weighting": name(self.weighting),
-            "aggregator": name(self.aggregator),
-        }
+        """Restore :meth:`state_dict` output; raises :class:`~mtlkit.errors.CheckpointError` on a mismatch."""
+        load_trainer_state(self, state, source=source)
 
     def save_checkpoint(
         self, path: str | os.PathLike[str] | Checkpointer, *, extra: Mapping[str, Any] | None = None
