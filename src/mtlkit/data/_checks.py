@@ -56,15 +56,7 @@ def check_numeric(values: np.ndarray, *, column: str, origin: Origin) -> None:
                         f"{origin.file}: numeric column {column!r} holds the non-numeric value {str(s[i])!r} in "
                         f"{origin.row(i)}; list the column as categorical, or clean the value."
                     ) from None
-    bad = np.flatnonzero(np.isinf(x))
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(
-            f"{origin.file}: numeric column {column!r} holds {float(x[i])!r} in {origin.row(i)}"
-            + (f" ({bad.size} infinite values in all)" if bad.size > 1 else "")
-            + "; numeric features must be finite numbers. Clean the value, or leave the cell blank "
-            "(blank, NA and NaN mark a missing value, which becomes the training mean)."
-        )
+    refuse_infinite(x, column, origin)
 
 
 def check_split_sizes(
@@ -159,3 +151,17 @@ else:
             from pydantic_core import core_schema
 
             return core_schema.float_schema(ge=0.0, lt=1.0)
+
+
+def refuse_infinite(x: np.ndarray, column: str, origin: Any) -> None:
+    """Refuse ±inf in the float values ``x`` of numeric column ``column`` (NaN is a missing value),
+    naming the file and the first row (``origin``: where the rows came from)."""
+    bad = np.flatnonzero(np.isinf(x))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{origin.file}: numeric column {column!r} holds {float(x[i])!r} in {origin.row(i)}"
+            + (f" ({bad.size} infinite values in all)" if bad.size > 1 else "")
+            + "; numeric features must be finite numbers. Clean the value, or leave the cell blank "
+            "(blank, NA and NaN mark a missing value, which becomes the training mean)."
+        )

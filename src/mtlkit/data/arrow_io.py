@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from mtlkit.data._checks import refuse_infinite
 from mtlkit.data.preprocessing import MISSING_VALUES
-from mtlkit.data.sources import delimiter_hint
+from mtlkit.data.sources import csv_header_row, delimiter_hint
 from mtlkit.errors import DataError, did_you_mean
 
 if TYPE_CHECKING:
@@ -186,24 +187,12 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             raise DataError(f"{path} is empty; expected a CSV header row.") from None
-        return _header_fallback(path, delimiter)
+        return csv_header_row(path, delimiter)
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise _arrow_error(path, exc) from None
     names = list(reader.schema.names)
     reader.close()
     return names
-
-
-def _header_fallback(path: Path, delimiter: str) -> list[str]:
-    import csv
-
-    from mtlkit.data.sources import open_text
-
-    with open_text(path, encoding="utf-8-sig") as fh:
-        for row in csv.reader(fh, delimiter=delimiter):
-            if row and any(c.strip() for c in row):
-                return row
-    raise DataError(f"{path} is empty; expected a CSV header row.")
 
 
 def _check_columns(path: Path, names: Sequence[str], wanted: Sequence[str], delimiter: str) -> None:
@@ -309,15 +298,7 @@ def column_floats(array: pa.Array | pa.ChunkedArray, *, column: str, origin: Bat
         text = pc.cast(array, pa.string()) if not pa.types.is_string(array.type) else array
         x = _text_floats(text, column=column, origin=origin)
     x = np.asarray(x, dtype=np.float64)
-    bad = np.flatnonzero(np.isinf(x))
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(
-            f"{origin.file}: numeric column {column!r} holds {float(x[i])!r} in {origin.row(i)}"
-            + (f" ({bad.size} infinite values in all)" if bad.size > 1 else "")
-            + "; numeric features must be finite numbers. Clean the value, or leave the cell blank "
-            "(blank, NA and NaN mark a missing value, which becomes the training mean)."
-        )
+    refuse_infinite(x, column, origin)
     return x
 
 

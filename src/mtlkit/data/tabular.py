@@ -32,7 +32,6 @@ unknown bucket in each epoch, so the embedding of unseen values is trained.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import lzma
@@ -58,7 +57,7 @@ from mtlkit.data._checks import (
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
-from mtlkit.data.sources import delimiter_hint, open_text, read_csv
+from mtlkit.data.sources import csv_header_row, delimiter_hint, read_csv
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError, did_you_mean
 from mtlkit.registries import DATASETS
@@ -259,7 +258,7 @@ def _fast_csv(
     if len(delimiter) != 1:
         return None
     try:
-        header = _csv_header_row(p, delimiter)
+        header = csv_header_row(p, delimiter)
     except DataError:
         return None
     names = [h.strip() for h in header]
@@ -304,15 +303,6 @@ def _fast_csv(
     if blank.any():  # a row with nothing in the wanted columns: the csv module skips all-blank rows
         return None
     return out
-
-
-def _csv_header_row(p: Path, delimiter: str) -> list[str]:
-    """The header row as the csv module reads it (the first row with a non-blank cell)."""
-    with open_text(p, encoding="utf-8-sig") as fh:
-        for row in csv.reader(fh, delimiter=delimiter):
-            if row and any(c.strip() for c in row):
-                return row
-    raise DataError(f"{p} is empty.")
 
 
 def _csv_input(p: Path) -> Any:
