@@ -28,8 +28,8 @@ import numpy as np
 
 from mtlkit.data._checks import refuse_infinite
 from mtlkit.data.preprocessing import MISSING_VALUES
-from mtlkit.data.sources import csv_header_row, delimiter_hint
-from mtlkit.errors import DataError, did_you_mean
+from mtlkit.data.sources import csv_header_row, require_columns
+from mtlkit.errors import DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -195,19 +195,6 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
     return names
 
 
-def _check_columns(path: Path, names: Sequence[str], wanted: Sequence[str], delimiter: str) -> None:
-    absent = [c for c in wanted if c not in names]
-    if absent:
-        hints = "".join(
-            did_you_mean(c, names).replace(" Did you mean", f" For {c!r}, did you mean") for c in absent
-        )
-        raise DataError(
-            f"{path} has no column(s) {', '.join(map(repr, absent))}.{hints} Its columns are: "
-            f"{', '.join(map(repr, names))}{delimiter_hint(names, delimiter)}."
-        )
-
-
-# ---------------------------------------------------------------------------------------------- batches
 def iter_batches(
     files: Sequence[Path],
     columns: Sequence[str],
@@ -229,7 +216,7 @@ def iter_batches(
 
     for path in files:
         names = file_columns(path, delimiter=delimiter)
-        _check_columns(path, names, columns, delimiter)
+        require_columns(path, names, columns, delimiter)
         row = 0
         if file_format(path) == "parquet":
             import pyarrow.dataset as pads

@@ -30,7 +30,7 @@ from typing import IO
 
 import numpy as np
 
-from mtlkit.errors import DataError
+from mtlkit.errors import DataError, did_you_mean
 
 __all__ = [
     "DATA_ENV",
@@ -335,3 +335,20 @@ def csv_header_row(path: Path, delimiter: str) -> list[str]:
             if row and any(c.strip() for c in row):
                 return row
     raise DataError(f"{path} is empty; expected a CSV header row.")
+
+
+def require_columns(path: Path, names: Sequence[str], wanted: Sequence[str], delimiter: str) -> None:
+    """Refuse a file that lacks some ``wanted`` columns, listing its columns with ``repr`` (invisible
+    characters show), the closest match and a delimiter hint."""
+    absent = [c for c in wanted if c not in names]
+    if absent:
+        hints = "".join(
+            did_you_mean(c, names).replace(" Did you mean", f" For {c!r}, did you mean") for c in absent
+        )
+        raise DataError(
+            f"{path} has no column(s) {', '.join(map(repr, absent))}.{hints} Its columns are: "
+            f"{', '.join(map(repr, names))}{delimiter_hint(names, delimiter)}."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- batches

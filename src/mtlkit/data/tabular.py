@@ -57,9 +57,9 @@ from mtlkit.data._checks import (
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
-from mtlkit.data.sources import csv_header_row, delimiter_hint, read_csv
+from mtlkit.data.sources import csv_header_row, read_csv, require_columns
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import DataError, did_you_mean
+from mtlkit.errors import DataError
 from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
 
@@ -111,15 +111,7 @@ def read_table(path: str | Path, columns: Sequence[str], *, delimiter: str = ","
     else:
         table = read_csv(p, delimiter=delimiter)
         names = list(table)
-    absent = [c for c in columns if c not in table]
-    if absent:
-        hints = "".join(
-            did_you_mean(c, names).replace(" Did you mean", f" For {c!r}, did you mean") for c in absent
-        )
-        raise DataError(
-            f"{p} has no column(s) {', '.join(map(repr, absent))}.{hints} Its columns are: "
-            f"{', '.join(map(repr, names))}{delimiter_hint(names, delimiter)}."
-        )
+    require_columns(p, names, columns, delimiter)
     if columns and len(table[columns[0]]) == 0:
         raise DataError(f"{p} has a header but no data rows; it holds nothing to train or evaluate on.")
     return {c: table[c] for c in columns}
