@@ -328,8 +328,6 @@ def columns_as_float(columns: Mapping[str, np.ndarray], names: Sequence[str], *,
 
 def csv_header_row(path: Path, delimiter: str) -> list[str]:
     """The header row of a CSV file as the csv module reads it (the first row with a non-blank cell)."""
-    import csv
-
     with open_text(path, encoding="utf-8-sig") as fh:
         for row in csv.reader(fh, delimiter=delimiter):
             if row and any(c.strip() for c in row):
