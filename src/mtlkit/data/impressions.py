@@ -241,6 +241,7 @@ def impression_log(
         ("rows", rows, 1),
         ("shard_rows", shard_rows, 1),
         ("row_group_rows", row_group_rows, 1),
+        ("seed", seed, 0),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise DataError(f"impression_log: {name} must be an integer >= {low}; got {value!r}.")

@@ -83,3 +83,20 @@ def test_the_cli_writes_the_same_log_and_refuses_a_used_folder(tmp_path: Path, c
     assert "already holds 3 Parquet file(s)" in capsys.readouterr().err
     with pytest.raises(DataError, match="rows must be an integer >= 1; got 0"):
         impression_log(tmp_path / "z", 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rows", "0"], "rows must be an integer >= 1; got 0"),
+        (["--rows", "10", "--shard-rows", "0"], "shard_rows must be an integer >= 1; got 0"),
+        (["--rows", "10", "--seed", "-1"], "seed must be an integer >= 0; got -1"),
+    ],
+)
+def test_bad_arguments_are_refused_clearly_from_the_cli(
+    tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
+    assert main(["generate", "impressions", str(tmp_path / "log"), *argv]) == 1  # a data error, as in run
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list((tmp_path).glob("log/*.parquet"))
