@@ -16,7 +16,10 @@ __all__ = ["EarlyStopper", "EarlyStopping", "check_monitor", "monitored", "resol
 
 @dataclass(slots=True, kw_only=True)
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved for ``patience`` consecutive epochs.
+
+    With ``patience=3`` and the best value at epoch 10, training stops after epoch 13 (as Keras'
+    and Lightning's rules do); ``patience=0`` stops at the first epoch without improvement (as 1).
 
     Args:
         monitor: ``"<task>/<metric>"`` (e.g. ``"ctr/auc"``) or ``"mean/<metric>"`` (mean over
@@ -135,7 +138,9 @@ class EarlyStopper:
     def stopped(self) -> bool:
         """True when the rule has stopped training (e.g. in a run resumed from its checkpoint)."""
         return (
-            self.rule is not None and self.best is not None and self.best["bad_epochs"] > self.rule.patience
+            self.rule is not None
+            and self.best is not None
+            and self.best["bad_epochs"] >= max(1, self.rule.patience)
         )
 
     @property
@@ -147,7 +152,7 @@ class EarlyStopper:
         """Record epoch ``epoch``'s monitored ``value``; True when training should stop.
 
         A non-finite value never improves on a finite best. Training stops once the value has not
-        improved by more than ``min_delta`` for more than ``patience`` epochs.
+        improved by more than ``min_delta`` for ``patience`` consecutive epochs (at least one).
         """
         rule = self.rule
         if rule is None:

@@ -95,7 +95,7 @@ def test_early_stopping_restores_best_epoch(data) -> None:
     values = [h["val"]["y1"]["mse"] for h in history]
     best = min(range(len(values)), key=values.__getitem__)
     assert len(history) < 30
-    assert len(history) == best + 1 + es.patience + 1
+    assert len(history) == best + 1 + es.patience  # stops after `patience` epochs without improvement
     assert t.evaluate(val)["y1"]["mse"] == pytest.approx(values[best], rel=1e-6)
 
 

@@ -99,15 +99,15 @@ def test_per_task_optimizer_set_steps_only_the_trained_tasks_optimizer() -> None
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_early_stopper_stops_after_patience_plus_one_epochs_without_improvement() -> None:
+def test_early_stopper_stops_after_patience_epochs_without_improvement() -> None:
     snaps = []
     stopper = EarlyStopper(
         lambda with_model: snaps.append(with_model) or {"state": {"w": 1}, "weighting": {}}
     )
-    stopper.start(EarlyStopping(patience=1, min_delta=0.1))
+    stopper.start(EarlyStopping(patience=2, min_delta=0.1))
     values = [1.0, 0.5, 0.45, math.nan]  # 0.45 is not better by more than min_delta, NaN never is
     stops = [stopper.update(v, higher=False, epoch=i + 1) for i, v in enumerate(values)]
-    assert stops == [False, False, False, True]
+    assert stops == [False, False, False, True]  # epochs 3 and 4 without improvement: patience 2
     assert stopper.best_epoch == 2 and stopper.stopped and snaps == [True, True]
     again = EarlyStopper(lambda _: {})
     again.load_state_dict(stopper.state_dict())
@@ -179,3 +179,15 @@ def test_one_seed_mixer() -> None:
 
     assert mix_seed(3, 7) == epoch_seed(3, 7) and mix_seed(3, 7, 1) == epoch_seed(3, 7, stream=1)
     assert len({mix_seed(0, e) for e in range(100)}) == 100 and 0 <= mix_seed(-1, 2) < 2**63
+
+
+@pytest.mark.parametrize(("patience", "bad_epochs_run"), [(0, 1), (1, 1), (3, 3)])
+def test_early_stopper_runs_exactly_patience_bad_epochs(patience: int, bad_epochs_run: int) -> None:
+    """A hand-counted case: best at epoch 2, then only worse values; the stop comes after
+    ``patience`` further epochs (at least one)."""
+    stopper = EarlyStopper(lambda _: {"state": None, "weighting": {}})
+    stopper.start(EarlyStopping(patience=patience))
+    values = [2.0, 1.0] + [5.0] * 10
+    stopped_at = next(i + 1 for i, v in enumerate(values) if stopper.update(v, higher=False, epoch=i + 1))
+    assert stopped_at == 2 + bad_epochs_run
+    assert stopper.best_epoch == 2
