@@ -26,6 +26,7 @@ from mtlkit.data.preprocessing import (
     MISSING_VALUES,
     TabularPreprocessor,
     first_non_finite,
+    number_strings,
     standardisation,
     standardise,
     vocabulary,
@@ -92,14 +93,13 @@ def _is_float(v: str) -> bool:
 
 def as_coded(values: np.ndarray | CodedColumn) -> CodedColumn:
     """A column as a :class:`CodedColumn` of category strings, as ``TabularPreprocessor`` reads them:
-    numbers written with ``%.12g`` (NaN -> ``""``, missing), text as it is."""
+    numbers by :func:`~mtlkit.data.preprocessing.number_strings` (NaN -> ``""``, missing), text as it is."""
     if isinstance(values, CodedColumn):
         return values
     arr = np.asarray(values)
-    if arr.dtype.kind in "fc":  # as TabularPreprocessor: floats as %.12g, other values as str()
-        x = arr.astype(np.float64)
-        uniq, inverse = np.unique(x, return_inverse=True)  # NaN values sort last, one entry each
-        strings = np.where(np.isnan(uniq), "", np.char.mod("%.12g", np.nan_to_num(uniq))).astype(str)
+    if arr.dtype.kind in "fciu":  # as TabularPreprocessor: numbers by number_strings, other values as str()
+        uniq, inverse = np.unique(arr, return_inverse=True)  # NaN values sort last, one entry each
+        strings = number_strings(uniq)
     else:
         uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
         strings = uniq

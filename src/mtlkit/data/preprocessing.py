@@ -49,12 +49,32 @@ MISSING_VALUES = frozenset({"", "?", "na", "nan", "null", "none"})
 Columns = Mapping[str, Sequence[Any] | np.ndarray]
 
 
+_EXACT_INTEGERS = 2.0**53  # every integer below this in magnitude is exact in float64
+
+
+def number_strings(x: np.ndarray) -> np.ndarray:
+    """Numbers as category strings: integers exactly (``3.0`` and ``3`` -> ``"3"``, an id such as
+    ``123456789012345`` keeps every digit), other values with ``%.12g``; NaN -> ``""`` (missing).
+
+    Integer arrays are written as they are; integer-valued floats up to 2**53 (exact in float64)
+    as integers; other floats with 12 significant digits (so 0.1 + 0.2 and 0.3 are one category).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64).astype(str)
+    f = arr.astype(np.float64)
+    whole = np.isfinite(f) & (np.abs(f) < _EXACT_INTEGERS) & (np.floor(f) == f)
+    out = np.where(np.isnan(f), "", np.char.mod("%.12g", np.nan_to_num(f))).astype(object)
+    if whole.any():
+        out[whole] = f[whole].astype(np.int64).astype(str)
+    return out.astype(str)
+
+
 def _as_strings(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     arr = np.asarray(values)
-    if arr.dtype.kind in "fc":
+    if arr.dtype.kind in "fciub":
         # numeric codes of a categorical column: 3.0 and 3 are the same category; NaN is missing
-        out = np.where(np.isnan(arr), "", np.char.mod("%.12g", np.nan_to_num(arr)))
-        return out.astype(str)
+        return number_strings(arr)
     return np.char.strip(arr.astype(str))
 
 

@@ -110,7 +110,7 @@ class CategoryCounts:
     """How often each value of a categorical column occurs, over a stream of pyarrow arrays.
 
     :meth:`result` returns the counts per value as :class:`TabularPreprocessor` sees the values:
-    text stripped of surrounding blanks, numbers written with ``%.12g`` (3.0 and 3 are one
+    text stripped of surrounding blanks, numbers as :func:`~mtlkit.data.preprocessing.number_strings` writes them (3.0 and 3 are one
     category), missing markers (``""``, ``?``, ``NA``, ``NaN``, ...) and nulls left out.
     """
 
@@ -128,7 +128,9 @@ class CategoryCounts:
         from mtlkit.data.arrow_io import is_numeric_type
 
         numeric = is_numeric_type(array.type)
-        if numeric:
+        if pa.types.is_integer(array.type):  # ids: exact as text (a float64 would round beyond 2**53)
+            array, numeric = pc.cast(array, pa.string()), False
+        elif numeric:
             array = pc.cast(array, pa.float64())
         elif not pa.types.is_string(array.type):
             array = pc.cast(array, pa.string())
@@ -191,7 +193,7 @@ class CategoryCounts:
 
 
 def _format_numbers(x: np.ndarray) -> np.ndarray:
-    """Numbers as category strings (``%.12g``); NaN -> ``""`` (missing)."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.where(np.isnan(x), "", np.char.mod("%.12g", np.nan_to_num(x)))
-    return out.astype(object)
+    """Numbers as category strings (:func:`~mtlkit.data.preprocessing.number_strings`); NaN -> ``""``."""
+    from mtlkit.data.preprocessing import number_strings
+
+    return number_strings(np.asarray(x, dtype=np.float64)).astype(object)

@@ -229,7 +229,9 @@ def _parquet_frame(
     for name in columns:
         col = table.column(name)
         t = col.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        if pa.types.is_integer(t) and name not in numeric and name not in labels and not col.null_count:
+            out[name] = col.cast(pa.int64()).to_numpy()  # ids stay exact (float64 rounds beyond 2**53)
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             out[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
         elif name in numeric:
             out[name] = np.asarray(col.cast(pa.string()).fill_null("").to_pylist(), dtype=str)

@@ -187,3 +187,27 @@ def test_streaming_fit_errors_name_the_file_and_row(tmp_path: Path) -> None:
     ]
     with pytest.raises(DataError, match="listed twice"):
         expand_paths([tmp_path / "a.csv", tmp_path / "a.csv"])
+
+
+def test_large_integer_ids_stay_distinct_in_both_fits(tmp_path: Path) -> None:
+    """Ids beyond 1e12 (and up to 2**62) are distinct categories, in the in-memory and the
+    streaming fit alike; before, ``%.12g`` wrote 1000000000001 and 1000000000002 as one value."""
+    base = np.array([10**12 + 1, 10**12 + 2, 2**53 + 1, 2**53 + 2, 2**62 + 3, 7], dtype=np.int64)
+    users = np.repeat(base, [5, 4, 3, 2, 2, 1])
+    n = users.size
+    table = pa.table({"user": pa.array(users, pa.int64()), "x": np.arange(n, dtype=float),
+                      "click": np.arange(n) % 2})  # fmt: skip
+    pq.write_table(table, tmp_path / "ids.parquet", row_group_size=5)
+    counts = dict(zip([str(int(v)) for v in base], [5, 4, 3, 2, 2, 1]))
+    expected = sorted(counts, key=lambda v: (-counts[v], v))  # by frequency, ties by value; every digit kept
+    streamed = fit_streaming(tmp_path / "ids.parquet", categorical=["user"], numeric=["x"])
+    assert streamed.vocabularies["user"] == expected
+    splits = tabular(train=str(tmp_path / "ids.parquet"), tasks={"click": {"column": "click", "kind": "binary"}},
+                     categorical=["user"], numeric=["x"], unknown_fraction=0.0)  # fmt: skip
+    assert splits.preprocessor.vocabularies["user"] == expected
+    codes = splits.train.inputs["categorical"][:, 0]
+    assert codes.unique().numel() == base.size  # six ids, six codes
+    # a float column holding integer ids up to 2**53 is written the same way
+    from mtlkit.data.preprocessing import number_strings
+
+    assert number_strings(np.array([1e12 + 1, 3.0, 0.5, np.nan])).tolist() == ["1000000000001", "3", "0.5", ""]
