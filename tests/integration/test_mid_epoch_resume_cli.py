@@ -56,7 +56,9 @@ def position(path: Path) -> tuple[int, int] | None:
 
 
 @pytest.mark.slow  # ~14 s: a subprocess, a watcher and two more runs; the in-process variant below is fast
-def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys, one_thread) -> None:
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, capsys, one_thread
+) -> None:
     cfg = tmp_path / "mid.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -121,13 +123,19 @@ def test_validate_and_run_refuse_a_bad_checkpoint_every_steps(bad: str, tmp_path
     assert not (tmp_path / "r").exists()
 
 
-def test_a_run_stopped_mid_epoch_resumes_from_the_cli(tmp_path: Path, capsys, monkeypatch, one_thread) -> None:
+def test_a_run_stopped_mid_epoch_resumes_from_the_cli(
+    tmp_path: Path, capsys, monkeypatch, one_thread
+) -> None:
     """The fast variant, in-process: the run fails at a step inside epoch 2 (as a crash would), then
     `mtlkit run --resume` continues from the mid-epoch checkpoint."""
     from mtlkit.training.trainer import Trainer
 
     cfg = tmp_path / "mid.yaml"
-    small = {**CONFIG, "data": {**CONFIG["data"], "n_train": 256}, "trainer": {**CONFIG["trainer"], "epochs": 2}}
+    small = {
+        **CONFIG,
+        "data": {**CONFIG["data"], "n_train": 256},
+        "trainer": {**CONFIG["trainer"], "epochs": 2},
+    }
     cfg.write_text(yaml.safe_dump(small, sort_keys=False))  # 8 steps per epoch
     original = Trainer.train_step
 

@@ -86,13 +86,17 @@ class EpochStats:
             CheckpointError: ``state`` was written for another number of tasks.
         """
         losses, weights = state["losses"], state["weights"]
-        if tuple(losses.shape) != tuple(self._losses.shape) or tuple(weights.shape) != tuple(self._weights.shape):
+        if losses.shape != self._losses.shape or weights.shape != self._weights.shape:
             raise CheckpointError(
                 f"The checkpoint's epoch statistics hold {losses.shape[-1]} tasks, but this trainer has "
                 f"{len(self.task_names)}; resume with the tasks of the run that wrote it."
             )
         device = self._losses.device
-        self.epoch, self.first_step, self.steps = int(state["epoch"]), int(state["first_step"]), int(state["steps"])
+        self.epoch, self.first_step, self.steps = (
+            int(state["epoch"]),
+            int(state["first_step"]),
+            int(state["steps"]),
+        )
         self._losses = losses.to(device, torch.float64).clone()
         self._weights = weights.to(device, torch.float64).clone()
         self._aux = {str(k): v.to(device, torch.float64).clone() for k, v in (state.get("aux") or {}).items()}

@@ -337,9 +337,7 @@ class Alternating(TaskSchedule):
                 if step >= start:  # the skipped steps of a resumed epoch only move the positions
                     yield ScheduledStep(streams[name].batch(e, i), (name,))
 
-        return EpochPlan(
-            epoch, sum(counts), sizes={n: s.num_samples for n, s in streams.items()}, skips=True
-        )
+        return EpochPlan(epoch, sum(counts), sizes={n: s.num_samples for n, s in streams.items()}, skips=True)
 
     def __repr__(self) -> str:
         return f"Alternating(order={self.order!r})"

@@ -239,7 +239,11 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
         if checkpoint_every is not None:
-            if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            if (
+                isinstance(checkpoint_every, bool)
+                or not isinstance(checkpoint_every, int)
+                or checkpoint_every < 1
+            ):
                 raise ValueError(
                     f"checkpoint_every must be an int >= 1 (optimizer steps between checkpoints) or None; "
                     f"got {checkpoint_every!r}."
@@ -327,7 +331,11 @@ class Trainer:
         start = stats.steps
         started = time.perf_counter() - (float(position.get("seconds", 0.0)) if position is not None else 0.0)
         # the schedule's state at the start of the epoch: a mid-epoch checkpoint replays the epoch from it
-        self._open = {"schedule": copy.deepcopy(self.schedule.state_dict()), "stats": stats, "started": started}
+        self._open = {
+            "schedule": copy.deepcopy(self.schedule.state_dict()),
+            "stats": stats,
+            "started": started,
+        }
         display.start_epoch(self.epoch, epochs, plan.steps_per_epoch)
         display.update(start)
         refresh = max(1, (plan.steps_per_epoch or 50) // 20)
@@ -340,10 +348,10 @@ class Trainer:
                     self.logger.log_step(self.step, step.result)
                 if stats.steps % refresh == 0:
                     display.update(refresh, self.task_names, stats.means())
-                if save is not None and every is not None and self.step % every == 0:
-                    if stats.steps != plan.steps_per_epoch:
-                        stats.means()  # a diverged loss raises here: the checkpoint on disk stays the last good one
-                        save()
+                last = stats.steps == plan.steps_per_epoch  # the end-of-epoch checkpoint follows
+                if save is not None and every is not None and self.step % every == 0 and not last:
+                    stats.means()  # a diverged loss raises here: the checkpoint on disk stays the last good one
+                    save()
         finally:
             self._open = None
         if stats.steps == 0:

@@ -43,7 +43,10 @@ def dataset(n: int, seed: int, *, missing_b: int = 0) -> MultiTaskDataset:
 
 def per_task_data() -> dict[str, MultiTaskDataset]:
     a, b = dataset(70, 1), dataset(110, 2)
-    return {"a": MultiTaskDataset(a.inputs, {"a": a.targets["a"]}), "b": MultiTaskDataset(b.inputs, {"b": b.targets["b"]})}
+    return {
+        "a": MultiTaskDataset(a.inputs, {"a": a.targets["a"]}),
+        "b": MultiTaskDataset(b.inputs, {"b": b.targets["b"]}),
+    }
 
 
 # name: (schedule factory, weighting factory, aggregator factory, per-task optimizers, data factory)
@@ -80,7 +83,7 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any], 
 }
 
 
-class Interrupted(Exception):
+class Interrupted(Exception):  # noqa: N818 - a simulated stop, not an error
     pass
 
 
@@ -151,7 +154,9 @@ def assert_same_parameters(p: Trainer, q: Trainer) -> None:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_an_epoch_interrupted_mid_way_resumes_to_the_uninterrupted_run(case: str, tmp_path: Path, one_thread) -> None:
+def test_an_epoch_interrupted_mid_way_resumes_to_the_uninterrupted_run(
+    case: str, tmp_path: Path, one_thread
+) -> None:
     data = CASES[case][4]()
     full = build(case, 0)
     full.fit(data, data, epochs=3, batch_size=16)
@@ -267,11 +272,13 @@ def test_tensor_batch_loader_set_start_skips_without_gathering(monkeypatch) -> N
     want = [b.inputs for b in loader][3:]
     taken: list[int] = []
     original = MultiTaskDataset.take
-    monkeypatch.setattr(MultiTaskDataset, "take", lambda self, idx: taken.append(len(idx)) or original(self, idx))
+    monkeypatch.setattr(
+        MultiTaskDataset, "take", lambda self, idx: taken.append(len(idx)) or original(self, idx)
+    )
     loader.set_start(3)
     got = [b.inputs for b in loader]
     assert len(taken) == len(want) == 4 and all(torch.equal(g, w) for g, w in zip(got, want))
-    assert len([b for b in loader]) == 7  # set_start applies to one iteration only
+    assert len(list(loader)) == 7  # set_start applies to one iteration only
     with pytest.raises(ValueError, match="set_start takes a batch index >= 0"):
         loader.set_start(-1)
 
@@ -307,7 +314,9 @@ def test_epoch_stats_state_round_trip() -> None:
         a.add(s, None)
         b.add(s, None)
     assert b.steps == 4 and b.first_step == 10 and b.epoch == 1
-    assert b.means() == a.means() and b.summary(b.means(), steps_per_task=True) == a.summary(a.means(), steps_per_task=True)
+    assert b.means() == a.means() and b.summary(b.means(), steps_per_task=True) == a.summary(
+        a.means(), steps_per_task=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------- kill -9
