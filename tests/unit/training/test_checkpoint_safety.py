@@ -145,7 +145,7 @@ def test_damaged_files_give_errors_that_name_the_file(tmp_path: Path) -> None:
         garbage: r"garbage\.pt' could not be read .*corrupt, truncated or not an mtlkit checkpoint",
         foreign: r"foreign\.pt' holds a Python object of type datetime\.date.*weights_only=True",
         other: r"other\.pt' is not an mtlkit checkpoint \(no 'mtlkit-checkpoint' marker\)",
-        newer: r"newer\.pt' has format version 99, newer than this mtlkit understands \(1\)",
+        newer: r"newer\.pt' has format version 99, newer than this mtlkit understands \(2\)",
         tmp_path / "absent.pt": r"absent\.pt' does not exist",
     }
     for path, message in cases.items():
