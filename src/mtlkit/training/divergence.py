@@ -73,6 +73,6 @@ class DivergenceGuard:
         raise TrainingDivergedError(
             f"Training diverged: the loss of task {name!r} became {value} in epoch {epoch + 1} at step "
             f"{step + 1} (batch {step - epoch_start + 1} of the epoch).{others} The last checkpoint written "
-            "(if any) is from before this epoch. Lower the learning rate, set grad_clip_norm, or check the "
+            "(if any) is from before that step. Lower the learning rate, set grad_clip_norm, or check the "
             "inputs for NaN/inf values."
         )

@@ -257,7 +257,7 @@ def test_nan_or_inf_loss_stops_training_at_its_step_and_keeps_the_last_good_chec
     with pytest.raises(
         TrainingDivergedError,
         match=r"^Training diverged: the loss of task 'y2' became inf in epoch 2 at step 10 \(batch 4 of the epoch\)\. "
-        r"The last checkpoint written \(if any\) is from before this epoch\.",
+        r"The last checkpoint written \(if any\) is from before that step\.",
     ) as info:
         t.fit(bad, epochs=3, checkpoint=path)
     assert "'y1'" not in str(info.value)

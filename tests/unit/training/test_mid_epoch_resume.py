@@ -241,6 +241,16 @@ def test_a_damaged_position_is_refused(tmp_path: Path) -> None:
         build("joint_uncertainty", 0).load_state_dict(saved)
 
 
+def test_a_diverged_loss_is_never_checkpointed_mid_epoch(tmp_path: Path) -> None:
+    batches = list(TensorBatchLoader(dataset(128, 0), 16))
+    batches[4].inputs[0, 0] = float("inf")  # step 5 gives a non-finite loss
+    t = build("joint_uncertainty", 0)
+    with pytest.raises(mtlkit.training.TrainingDivergedError, match="at step 5 .*from before that step"):
+        t.fit(batches, epochs=1, checkpoint=tmp_path / "ck.pt", checkpoint_every=2)
+    saved = load_checkpoint(tmp_path / "ck.pt")
+    assert saved["step"] == 4 and saved["position"]["steps"] == 4  # the last good one
+
+
 # ---------------------------------------------------------------------------------------------- parts
 @pytest.mark.parametrize(
     "schedule",
