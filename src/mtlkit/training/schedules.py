@@ -25,6 +25,12 @@ name            one step trains              one epoch is
 ``B`` is the batch size. Random choices use generators seeded from ``(seed, epoch)`` (task
 order, identical on every DDP rank) and ``(seed, task, pass)`` (each task's shuffle; each rank
 reads its shard), never the global RNG; the sampling cursors and generator are checkpointed.
+
+``EpochPlan.epoch(e, start)`` continues epoch ``e`` after its first ``start`` steps (a mid-epoch
+checkpoint's position): the task order and draws are recomputed from ``(seed, e)``, the skipped
+steps move the per-task positions and cursors without reading their batches, and a joint loader
+with ``set_start(k)`` (:class:`~mtlkit.data.TensorBatchLoader`, the streaming loader) starts at
+batch ``k`` without reading the earlier ones; other iterables are read and the batches discarded.
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ class EpochPlan:
 def skip_batches(loader: Any, start: int) -> Iterator[Any]:
     """Iterate ``loader`` from its batch ``start``: through ``loader.set_start(start)`` when it
     has one (the data before it is not read), else by drawing and discarding the first batches."""
-    if start and hasattr(loader, "set_start"):
+    if hasattr(loader, "set_start"):  # told even when 0: the epoch starts at its first batch
         loader.set_start(start)
         return iter(loader)
     return itertools.islice(iter(loader), start, None)
