@@ -251,10 +251,15 @@ def _train_one(
         console=console,
     )
     restored = 0.0
-    if state is not None:  # an interrupted run: continue from the end of its last finished epoch
+    if state is not None:  # an interrupted run: continue where its checkpoint was written
         trainer.load_state_dict(state, source=f"checkpoint {str(run_dir / 'checkpoint.pt')!r}")
         restored = sum(float(h.get("seconds", 0.0)) for h in trainer.history)
-        console.print(f"  {label:<16} seed {seed:<3} resuming after epoch {trainer.epoch}")
+        position = state.get("position") or {}
+        restored += float(position.get("seconds", 0.0))
+        where = f"after epoch {trainer.epoch}"
+        if position.get("steps"):  # written inside an epoch (trainer.checkpoint_every_steps)
+            where += f", at step {position['steps']} of epoch {trainer.epoch + 1}"
+        console.print(f"  {label:<16} seed {seed:<3} resuming {where}")
         if checkpointer.data_changes:
             console.print(
                 f"  {label:<16} seed {seed:<3} [bold]continuing on changed data[/bold] (--allow-data-change): "
@@ -270,6 +275,7 @@ def _train_one(
         early_stopping=early_stopping(cfg),
         checkpoint=checkpointer,
         extra_state=_extra_state(config_dict, label, splits, run_dir),
+        checkpoint_every=cfg.trainer.checkpoint_every_steps,
     )
     seconds = time.perf_counter() - started + restored
     split, data = ("test", splits.test) if splits.test is not None else ("val", splits.val or splits.train)
@@ -499,7 +505,9 @@ def resume_experiment(
     Reads the run directory's ``config.yaml``; every variant/seed run whose ``metrics.json``
     exists is finished and kept as it is; a run with a ``checkpoint.pt`` but no ``metrics.json``
     continues from that checkpoint (the end of its last finished epoch, so an epoch interrupted
-    half-way is trained again from its start, with the same data order and random state); runs
+    half-way is trained again from its start, with the same data order and random state; with
+    ``trainer.checkpoint_every_steps`` the last checkpoint written inside the epoch, continued
+    from its next step); runs
     not started yet are trained. Then the comparison is written as :func:`run_experiment` does.
     With the same seed, the resumed experiment ends with the same metrics as an uninterrupted one.
 

@@ -60,6 +60,18 @@ class TrainerConfig(_Strict):
     log_epochs: bool = False
     progress: bool | None = None
     tensorboard: bool = False
+    checkpoint_every_steps: int | None = None  # also checkpoint every N optimizer steps inside an epoch
+
+    @field_validator("checkpoint_every_steps", mode="before")
+    @classmethod
+    def _checkpoint_every_steps(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(
+                "must be a whole number of optimizer steps >= 1: the checkpoint is then also "
+                "written every that many steps inside an epoch; leave it out to checkpoint at the end of "
+                "every epoch only"
+            )
+        return v
 
     @field_validator("device")
     @classmethod

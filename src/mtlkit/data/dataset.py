@@ -264,9 +264,18 @@ class TensorBatchLoader:
         self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
         self.apply_augment = shuffle if augment is None else augment
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, batch_index: int) -> None:
+        """Begin the next iteration at batch ``batch_index`` of the epoch (exact mid-epoch resume):
+        the earlier batches are not gathered (with an ``augment`` transform they are, so that its
+        generator advances as in the full epoch). Applies to the next ``__iter__`` only."""
+        if not isinstance(batch_index, int) or batch_index < 0:
+            raise ValueError(f"set_start takes a batch index >= 0; got {batch_index!r}.")
+        self.start = batch_index
 
     def _indices(self) -> Tensor:
         n = len(self.dataset)
@@ -278,18 +287,25 @@ class TensorBatchLoader:
         return shard(order, self.num_replicas, self.rank, pad=self.pad)
 
     def __iter__(self) -> Iterator[Batch]:
+        start, self.start = self.start, 0  # taken now: set_start applies to this iteration only
+        return self._batches(start)
+
+    def _batches(self, start: int) -> Iterator[Batch]:
         order = self._indices()
         transform = getattr(self.dataset, "augment", None) if self.apply_augment else None
         generator = None
         if transform is not None:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream=1))
-        for chunk in order.split(self.batch_size):
+        for i, chunk in enumerate(order.split(self.batch_size)):
             if self.drop_last and chunk.numel() < self.batch_size:
                 break
+            if i < start and transform is None:
+                continue
             batch = self.dataset.take(chunk)
             if transform is not None:
                 batch = Batch(transform(batch.inputs, generator), batch.targets, batch.masks)
-            yield batch
+            if i >= start:
+                yield batch
 
     def __len__(self) -> int:
         n = len(self.dataset)

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 FORMAT = "mtlkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: may hold a mid-epoch position (checkpoints between epochs are still written as 1)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -158,7 +158,9 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
         RunDirectoryError: the file cannot be written (full disk, read-only folder...); a
             previous checkpoint at ``path`` is left intact.
     """
-    data = {"format": FORMAT, "version": VERSION, **payload}
+    # a checkpoint written inside an epoch is version 2: an mtlkit that cannot continue it refuses it
+    version = VERSION if payload.get("position") else 1
+    data = {"format": FORMAT, "version": version, **payload}
     return _atomic_write(Path(path), lambda fh: torch.save(data, fh))
 
 

@@ -44,6 +44,16 @@ class DivergenceGuard:
         self._first = torch.where(new, step, self._first)
         self._value = torch.where(new, losses.to(self._value.dtype), self._value)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The first non-finite step and value of every task (CPU copies), for mid-epoch checkpoints."""
+        return {"first": self._first.detach().cpu().clone(), "value": self._value.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict` output."""
+        device = self._first.device
+        self._first = state["first"].to(device, torch.long).clone()
+        self._value = state["value"].to(device, self._value.dtype).clone()
+
     def check(self, *, epoch: int, epoch_start: int) -> None:
         """Raise :class:`TrainingDivergedError` if some loss was not finite.
 
@@ -63,6 +73,6 @@ class DivergenceGuard:
         raise TrainingDivergedError(
             f"Training diverged: the loss of task {name!r} became {value} in epoch {epoch + 1} at step "
             f"{step + 1} (batch {step - epoch_start + 1} of the epoch).{others} The last checkpoint written "
-            "(if any) is from before this epoch. Lower the learning rate, set grad_clip_norm, or check the "
+            "(if any) is from before that step. Lower the learning rate, set grad_clip_norm, or check the "
             "inputs for NaN/inf values."
         )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mtlkit.errors import CheckpointError
 from mtlkit.losses import check_epoch_labels
 from mtlkit.tasks import Task
 from mtlkit.training.divergence import DivergenceGuard
@@ -64,6 +65,45 @@ class EpochStats:
         self.guard.check(epoch=self.epoch, epoch_start=self.first_step)
         means = (self._losses[0] / self._losses[1].clamp_min(1)).tolist()
         return [m if n > 0 else math.nan for m, n in zip(means, self._losses[1].tolist())]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far (CPU copies), for a checkpoint written in the middle of the epoch."""
+        return {
+            "epoch": self.epoch,
+            "first_step": self.first_step,
+            "steps": self.steps,
+            "losses": self._losses.detach().cpu().clone(),
+            "weights": self._weights.detach().cpu().clone(),
+            "aux": {k: v.detach().cpu().clone() for k, v in self._aux.items()},
+            "per_task": dict(self._per_task),
+            "guard": self.guard.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the epoch continues from where it was written).
+
+        Raises:
+            CheckpointError: ``state`` was written for another number of tasks.
+        """
+        losses, weights = state["losses"], state["weights"]
+        if losses.shape != self._losses.shape or weights.shape != self._weights.shape:
+            raise CheckpointError(
+                f"The checkpoint's epoch statistics hold {losses.shape[-1]} tasks, but this trainer has "
+                f"{len(self.task_names)}; resume with the tasks of the run that wrote it."
+            )
+        device = self._losses.device
+        self.epoch, self.first_step, self.steps = (
+            int(state["epoch"]),
+            int(state["first_step"]),
+            int(state["steps"]),
+        )
+        self._losses = losses.to(device, torch.float64).clone()
+        self._weights = weights.to(device, torch.float64).clone()
+        self._aux = {str(k): v.to(device, torch.float64).clone() for k, v in (state.get("aux") or {}).items()}
+        per_task = state.get("per_task") or {}
+        self._per_task = {n: int(per_task.get(n, 0)) for n in self.task_names}
+        if state.get("guard") is not None:
+            self.guard.load_state_dict(state["guard"])
 
     def check_labels(self, tasks: Sequence[Task]) -> None:
         """Every trained task received a label this epoch (:func:`~mtlkit.losses.check_epoch_labels`)."""

@@ -25,10 +25,17 @@ name            one step trains              one epoch is
 ``B`` is the batch size. Random choices use generators seeded from ``(seed, epoch)`` (task
 order, identical on every DDP rank) and ``(seed, task, pass)`` (each task's shuffle; each rank
 reads its shard), never the global RNG; the sampling cursors and generator are checkpointed.
+
+``EpochPlan.epoch(e, start)`` continues epoch ``e`` after its first ``start`` steps (a mid-epoch
+checkpoint's position): the task order and draws are recomputed from ``(seed, e)``, the skipped
+steps move the per-task positions and cursors without reading their batches, and a joint loader
+with ``set_start(k)`` (:class:`~mtlkit.data.TensorBatchLoader`, the streaming loader) starts at
+batch ``k`` without reading the earlier ones; other iterables are read and the batches discarded.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,6 +62,7 @@ __all__ = [
     "check_compatible",
     "compatibility_problems",
     "resolve_schedule",
+    "skip_batches",
 ]
 
 _ORDER_SALT = 0x5EED_0A17  # keeps the task-order generator apart from the data shuffles
@@ -72,6 +80,11 @@ class ScheduledStep(NamedTuple):
 class EpochPlan:
     """A schedule bound to training data: the steps of each epoch.
 
+    ``epoch_fn(epoch, start)`` yields the steps of ``epoch`` from step ``start`` on (the steps
+    before ``start`` are skipped without reading their batches where the data allows, and the
+    schedule's state advances as if they had been taken). A function of the epoch alone
+    (``skips=False``) is iterated from the start and the first ``start`` steps discarded.
+
     Attributes:
         steps_per_epoch: optimizer steps per epoch (``None`` for an iterable without length).
         validate: the batches come from a user iterable and must be checked one by one.
@@ -80,20 +93,41 @@ class EpochPlan:
 
     def __init__(
         self,
-        epoch_fn: Callable[[int], Iterator[ScheduledStep]],
+        epoch_fn: Callable[..., Iterator[ScheduledStep]],
         steps_per_epoch: int | None,
         *,
         validate: bool = False,
         sizes: dict[str, int] | None = None,
+        skips: bool = False,
     ) -> None:
         self._epoch_fn = epoch_fn
+        self._skips = skips
         self.steps_per_epoch = steps_per_epoch
         self.validate = validate
         self.sizes = sizes
 
-    def epoch(self, epoch: int) -> Iterator[ScheduledStep]:
-        """The steps of epoch ``epoch`` (0-based)."""
-        return self._epoch_fn(epoch)
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[ScheduledStep]:
+        """The steps of epoch ``epoch`` (0-based), from its step ``start`` (0-based) on.
+
+        ``start > 0`` continues an epoch interrupted after ``start`` steps (exact mid-epoch
+        resume): the remaining steps are those the uninterrupted epoch takes, in the same order,
+        and the schedule's state (e.g. the sampling cursors) ends the epoch as it would have.
+        The schedule's state must be the one it had at the start of the epoch.
+        """
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be an int >= 0; got {start!r}.")
+        if self._skips:
+            return self._epoch_fn(epoch, start)
+        return itertools.islice(self._epoch_fn(epoch), start, None)
+
+
+def skip_batches(loader: Any, start: int) -> Iterator[Any]:
+    """Iterate ``loader`` from its batch ``start``: through ``loader.set_start(start)`` when it
+    has one (the data before it is not read), else by drawing and discarding the first batches."""
+    if hasattr(loader, "set_start"):  # told even when 0: the epoch starts at its first batch
+        loader.set_start(start)
+        return iter(loader)
+    return itertools.islice(iter(loader), start, None)
 
 
 class TaskSchedule(ABC):
@@ -174,16 +208,16 @@ def _joint_plan(
 ) -> EpochPlan:
     loader = data.loader(tasks, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
 
-    def epoch(e: int) -> Iterator[ScheduledStep]:
+    def epoch(e: int, start: int = 0) -> Iterator[ScheduledStep]:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(e)
         elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(e)  # type: ignore[attr-defined]
-        for raw in loader:
+        for raw in skip_batches(loader, start):
             yield ScheduledStep(raw)
 
     steps = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    return EpochPlan(epoch, steps, validate=not isinstance(loader, TensorBatchLoader))
+    return EpochPlan(epoch, steps, validate=not isinstance(loader, TensorBatchLoader), skips=True)
 
 
 class Joint(TaskSchedule):
@@ -246,12 +280,12 @@ class Mixed(TaskSchedule):
             pool, batch_size, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
         )
 
-        def epoch(e: int) -> Iterator[ScheduledStep]:
+        def epoch(e: int, start: int = 0) -> Iterator[ScheduledStep]:
             loader.set_epoch(e)
-            for batch in loader:
+            for batch in skip_batches(loader, start):
                 yield ScheduledStep(batch)
 
-        return EpochPlan(epoch, len(loader), sizes=dict(pool.info["mixed_from"]))
+        return EpochPlan(epoch, len(loader), sizes=dict(pool.info["mixed_from"]), skips=True)
 
 
 class Alternating(TaskSchedule):
@@ -300,15 +334,16 @@ class Alternating(TaskSchedule):
         names = list(streams)
         counts = [len(s) for s in streams.values()]
 
-        def epoch(e: int) -> Iterator[ScheduledStep]:
+        def epoch(e: int, start: int = 0) -> Iterator[ScheduledStep]:
             position = dict.fromkeys(names, 0)
-            for k in self.task_order(counts, e, seed):
+            for step, k in enumerate(self.task_order(counts, e, seed)):
                 name = names[k]
                 i = position[name]
                 position[name] = i + 1
-                yield ScheduledStep(streams[name].batch(e, i), (name,))
+                if step >= start:  # the skipped steps of a resumed epoch only move the positions
+                    yield ScheduledStep(streams[name].batch(e, i), (name,))
 
-        return EpochPlan(epoch, sum(counts), sizes={n: s.num_samples for n, s in streams.items()})
+        return EpochPlan(epoch, sum(counts), sizes={n: s.num_samples for n, s in streams.items()}, skips=True)
 
     def __repr__(self) -> str:
         return f"Alternating(order={self.order!r})"
@@ -402,21 +437,23 @@ class Sampling(TaskSchedule):
         for name in names:
             self._cursors.setdefault(name, [0, 0])
 
-        def epoch(e: int) -> Iterator[ScheduledStep]:
+        def epoch(e: int, start: int = 0) -> Iterator[ScheduledStep]:
             self._generator.manual_seed(mix_seed(seed, e, _SAMPLING_SALT))
             draws = torch.multinomial(probs, steps, replacement=True, generator=self._generator)
-            for k in draws.tolist():
+            for step, k in enumerate(draws.tolist()):
                 name = names[k]
                 stream, cursor = streams[name], self._cursors[name]
                 if cursor[1] >= len(stream):  # e.g. resumed with other data
                     cursor[0], cursor[1] = cursor[0] + 1, 0
-                batch = stream.batch(cursor[0], cursor[1])
+                # the skipped steps of a resumed epoch only move the cursors
+                batch = stream.batch(cursor[0], cursor[1]) if step >= start else None
                 cursor[1] += 1
                 if cursor[1] == len(stream):
                     cursor[0], cursor[1] = cursor[0] + 1, 0
-                yield ScheduledStep(batch, (name,))
+                if batch is not None:
+                    yield ScheduledStep(batch, (name,))
 
-        return EpochPlan(epoch, steps, sizes=dict(zip(names, sizes)))
+        return EpochPlan(epoch, steps, sizes=dict(zip(names, sizes)), skips=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {

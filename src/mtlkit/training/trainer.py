@@ -10,6 +10,7 @@ schedule is :func:`~mtlkit.training.step.train_step`.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -171,6 +172,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.epoch_losses: list[tuple[float, ...]] = []  # every epoch's mean task losses (DWA reads them)
+        self._open: dict[str, Any] | None = None  # the epoch in progress (for mid-epoch checkpoints)
+        self._resume_position: dict[str, Any] | None = None  # where a loaded mid-epoch checkpoint stopped
 
     # ------------------------------------------------------------------ parts
     weighting = property(lambda self: self.balancer.weighting, doc="The loss weighting.")
@@ -200,6 +203,7 @@ class Trainer:
         checkpoint: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
         extra_state: Mapping[str, Any] | None = None,
+        checkpoint_every: int | None = None,
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
 
@@ -217,8 +221,16 @@ class Trainer:
             batch_size: batch size when ``train``/``val`` are datasets.
             early_stopping: stop on a monitored metric and restore the best weights.
             checkpoint: write a checkpoint here after every epoch (everything needed to resume).
-            resume: a checkpoint to continue from.
+            resume: a checkpoint to continue from. A checkpoint written in the middle of an epoch
+                (``checkpoint_every``) continues that epoch from its next step: the remaining
+                batches, task draws and random numbers are those of the uninterrupted run, so the
+                final parameters and history are the same (a checkpoint loaded with
+                :meth:`load_checkpoint` or :meth:`load_state_dict` before ``fit`` does the same).
             extra_state: stored in every checkpoint under ``"extra"`` (e.g. the run's config).
+            checkpoint_every: also write the checkpoint every this many optimizer steps (counted
+                over the whole run: steps ``N, 2N, ...``) inside an epoch, besides the one written
+                at the end of every epoch; it records the position in the epoch (``None``: only
+                at the end of epochs). Needs ``checkpoint``. Under torch.distributed rank 0 writes.
 
         Returns:
             The history: one dict per epoch with ``train`` losses, ``val`` metrics, ``weights``,
@@ -226,6 +238,18 @@ class Trainer:
         """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
+        if checkpoint_every is not None:
+            if (
+                isinstance(checkpoint_every, bool)
+                or not isinstance(checkpoint_every, int)
+                or checkpoint_every < 1
+            ):
+                raise ValueError(
+                    f"checkpoint_every must be an int >= 1 (optimizer steps between checkpoints) or None; "
+                    f"got {checkpoint_every!r}."
+                )
+            if checkpoint is None:
+                raise ValueError("checkpoint_every needs checkpoint=<file or Checkpointer> to write to.")
         if early_stopping is not None:
             check_monitor(early_stopping.monitor, self.tasks, has_val=val is not None)
         if resume is not None:
@@ -242,10 +266,20 @@ class Trainer:
         if self.logger is not None:
             self.logger.watch(val_loader)
         display = ProgressDisplay(self.progress, self.console)
+
+        def save_mid_epoch() -> None:
+            self.save_checkpoint(checkpoint, extra=extra_state)  # type: ignore[arg-type]
+
+        mid_epoch = save_mid_epoch if checkpoint_every is not None and rank == 0 else None
         try:
             while self.epoch < epochs and not self.stopper.stopped:
-                started = time.perf_counter()
-                record = {"epoch": self.epoch + 1, **self._train_epoch(plan, epochs, display)}
+                position = self._resume_position
+                before = float(position.get("seconds", 0.0)) if position is not None else 0.0
+                started = time.perf_counter() - before  # a resumed epoch counts its time before the stop
+                record = {
+                    "epoch": self.epoch + 1,
+                    **self._train_epoch(plan, epochs, display, every=checkpoint_every, save=mid_epoch),
+                }
                 if val_loader is not None:
                     record["val"] = self._evaluate(val_loader)
                 record["seconds"] = time.perf_counter() - started
@@ -274,21 +308,52 @@ class Trainer:
             "weighting": _cpu_state(self.weighting),
         }
 
-    def _train_epoch(self, plan: EpochPlan, epochs: int, display: ProgressDisplay) -> dict[str, Any]:
-        """One epoch of ``plan``: the record's ``train``, ``weights``, ``lr`` (and ``aux``, ``steps``)."""
+    def _train_epoch(
+        self,
+        plan: EpochPlan,
+        epochs: int,
+        display: ProgressDisplay,
+        *,
+        every: int | None = None,
+        save: Any = None,
+    ) -> dict[str, Any]:
+        """One epoch of ``plan``: the record's ``train``, ``weights``, ``lr`` (and ``aux``, ``steps``).
+
+        Continues the epoch of a loaded mid-epoch checkpoint from its position; ``save()`` writes
+        the checkpoint every ``every`` optimizer steps (not after the epoch's last step: the
+        end-of-epoch checkpoint follows)."""
         self.model.train()
         self.weighting.train()
         stats = EpochStats(self.task_names, self.device, epoch=self.epoch, first_step=self.step)
+        position, self._resume_position = self._resume_position, None
+        if position is not None and int(position["epoch"]) == self.epoch:
+            stats.load_state_dict(position["stats"])
+        start = stats.steps
+        started = time.perf_counter() - (float(position.get("seconds", 0.0)) if position is not None else 0.0)
+        # the schedule's state at the start of the epoch: a mid-epoch checkpoint replays the epoch from it
+        self._open = {
+            "schedule": copy.deepcopy(self.schedule.state_dict()),
+            "stats": stats,
+            "started": started,
+        }
         display.start_epoch(self.epoch, epochs, plan.steps_per_epoch)
+        display.update(start)
         refresh = max(1, (plan.steps_per_epoch or 50) // 20)
-        for item in plan.epoch(self.epoch):
-            batch = prepare_batch(item.batch, self.tasks, self.device, validate=plan.validate)
-            step = self.train_step(batch, tasks=item.tasks)
-            stats.add(step, item.tasks)
-            if self.logger is not None:
-                self.logger.log_step(self.step, step.result)
-            if stats.steps % refresh == 0:
-                display.update(refresh, self.task_names, stats.means())
+        try:
+            for item in plan.epoch(self.epoch, start):
+                batch = prepare_batch(item.batch, self.tasks, self.device, validate=plan.validate)
+                step = self.train_step(batch, tasks=item.tasks)
+                stats.add(step, item.tasks)
+                if self.logger is not None:
+                    self.logger.log_step(self.step, step.result)
+                if stats.steps % refresh == 0:
+                    display.update(refresh, self.task_names, stats.means())
+                last = stats.steps == plan.steps_per_epoch  # the end-of-epoch checkpoint follows
+                if save is not None and every is not None and self.step % every == 0 and not last:
+                    stats.means()  # a diverged loss raises here: the checkpoint on disk stays the last good one
+                    save()
+        finally:
+            self._open = None
         if stats.steps == 0:
             raise DataError("The training data yielded no batches; check its size and batch_size.")
         means = stats.means()
@@ -369,6 +434,22 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def position(self) -> dict[str, Any] | None:
+        """Where training stands inside the epoch in progress, for a mid-epoch checkpoint; ``None``
+        between epochs. ``{"epoch": 0-based epoch, "steps": steps done in it, "stats": the epoch's
+        running sums, "schedule": the schedule's state at the start of the epoch, "seconds":
+        time spent in it so far}``."""
+        if self._open is None:
+            return None
+        stats: EpochStats = self._open["stats"]
+        return {
+            "epoch": self.epoch,
+            "steps": stats.steps,
+            "stats": stats.state_dict(),
+            "schedule": copy.deepcopy(self._open["schedule"]),
+            "seconds": time.perf_counter() - self._open["started"],
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume training exactly (see :func:`~mtlkit.training.trainer_state.trainer_state`)."""
         return trainer_state(self)

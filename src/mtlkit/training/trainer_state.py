@@ -46,6 +46,8 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "aggregator": trainer.aggregator.state_dict() if trainer.aggregator is not None else None,
         "epoch": trainer.epoch,
         "step": trainer.step,
+        # inside an epoch (Trainer.fit(checkpoint_every=...)): the epoch's position; None between epochs
+        "position": trainer.position(),
         "seed": trainer.seed,
         "history": trainer.history,
         "epoch_losses": [list(x) for x in trainer.epoch_losses],
@@ -87,6 +89,22 @@ def _check_fits(trainer: Trainer, state: Mapping[str, Any], source: str) -> None
         )
 
 
+def _position(state: Mapping[str, Any], source: str) -> dict[str, Any] | None:
+    """The checked mid-epoch position of ``state`` (``None``: written between epochs, or by an
+    mtlkit without mid-epoch checkpoints)."""
+    position = state.get("position")
+    if not position or not int(position.get("steps", 0)):
+        return None
+    keys = ("epoch", "steps", "stats", "schedule")
+    if any(k not in position for k in keys) or int(position["epoch"]) != int(state["epoch"]):
+        raise CheckpointError(
+            f"The {source} records a position inside an epoch that is incomplete or inconsistent "
+            f"(it needs {', '.join(keys)} and the epoch of the checkpoint). It is damaged; resume from "
+            "an earlier copy or train again."
+        )
+    return dict(position)
+
+
 def load_trainer_state(trainer: Trainer, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:
     """Restore :func:`trainer_state` output into ``trainer`` (:meth:`Trainer.load_state_dict`).
 
@@ -109,8 +127,12 @@ def load_trainer_state(trainer: Trainer, state: Mapping[str, Any], *, source: st
             "Use the same optimizer and weighting as the run that wrote it."
         ) from None
     trainer.optimizers.load_schedulers(state)
-    if state.get("schedule") is not None:
+    position = _position(state, source)
+    if position is not None:  # the epoch is replayed from the schedule's state at its start
+        trainer.schedule.load_state_dict(position["schedule"])
+    elif state.get("schedule") is not None:
         trainer.schedule.load_state_dict(state["schedule"])
+    trainer._resume_position = position
     trainer.epoch, trainer.step = int(state["epoch"]), int(state["step"])
     trainer.seed = int(state.get("seed", trainer.seed))  # the data order of the resumed run
     trainer.history = list(state.get("history", []))

@@ -145,7 +145,7 @@ def test_damaged_files_give_errors_that_name_the_file(tmp_path: Path) -> None:
         garbage: r"garbage\.pt' could not be read .*corrupt, truncated or not an mtlkit checkpoint",
         foreign: r"foreign\.pt' holds a Python object of type datetime\.date.*weights_only=True",
         other: r"other\.pt' is not an mtlkit checkpoint \(no 'mtlkit-checkpoint' marker\)",
-        newer: r"newer\.pt' has format version 99, newer than this mtlkit understands \(1\)",
+        newer: r"newer\.pt' has format version 99, newer than this mtlkit understands \(2\)",
         tmp_path / "absent.pt": r"absent\.pt' does not exist",
     }
     for path, message in cases.items():
@@ -257,7 +257,7 @@ def test_nan_or_inf_loss_stops_training_at_its_step_and_keeps_the_last_good_chec
     with pytest.raises(
         TrainingDivergedError,
         match=r"^Training diverged: the loss of task 'y2' became inf in epoch 2 at step 10 \(batch 4 of the epoch\)\. "
-        r"The last checkpoint written \(if any\) is from before this epoch\.",
+        r"The last checkpoint written \(if any\) is from before that step\.",
     ) as info:
         t.fit(bad, epochs=3, checkpoint=path)
     assert "'y1'" not in str(info.value)
