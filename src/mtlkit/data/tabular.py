@@ -55,9 +55,9 @@ from mtlkit.data._checks import (
     check_task_labels,
 )
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
+from mtlkit.data.arrow_io import expand_paths, file_columns
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
-from mtlkit.data.arrow_io import expand_paths, file_columns
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
 from mtlkit.data.splits import DataSplits
 from mtlkit.errors import DataError
