@@ -22,12 +22,12 @@ __all__ = ["evaluate", "loader", "predict"]
 
 def loader(data: Any, tasks: Sequence[Task], batch_size: int, *, shard: bool = True) -> Iterable[Any]:
     """Evaluation batches, in order: per-task datasets give each task's labelled rows with only its
-    targets; a stream gives its ``eval_loader``; under torch.distributed (and ``shard``) each rank reads its unpadded shard of a
+    targets; under torch.distributed (and ``shard``) each rank reads its unpadded shard of a
     dataset (metrics are reduced over the ranks)."""
     if is_per_task(data):
         return PerTaskLoader(data, tasks, batch_size)
     num_replicas, rank = world() if shard else (1, 0)
-    if hasattr(data, "eval_loader"):  # a stream (mtlkit.data.streaming.TabularStream): file order, no shuffle
+    if hasattr(data, "eval_loader"):  # a stream (mtlkit.data.streaming.TabularStream)
         return data.eval_loader(tasks, batch_size, num_replicas=num_replicas, rank=rank)
     return batch_loader(
         data, tasks, batch_size, shuffle=False, seed=0, num_replicas=num_replicas, rank=rank, pad=False
