@@ -22,6 +22,9 @@ from mtlkit.cli.main import main
 from mtlkit.data import impression_log
 from mtlkit.predict import load_predictor
 
+# the test and CSV logs hold users the training log never saw (prediction warns about them)
+pytestmark = pytest.mark.filterwarnings("ignore:.*categories not seen in training")
+
 TASKS = {
     "click": {"column": "click", "kind": "binary"},
     "conversion": {"column": "conversion", "kind": "binary"},
@@ -143,6 +146,34 @@ def test_predict_a_glob_of_shards_to_parquet_and_csv_in_input_order(
     np.testing.assert_allclose([float(r[1]) for r in rows[1:]], preds.column("click").to_numpy(), rtol=1e-6)
 
 
+def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUC as the Mann-Whitney statistic (average ranks for ties), independent of mtlkit's metric."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_predictions_reproduce_the_streamed_test_metrics(trained: Path, logs: Path, tmp_path: Path) -> None:
+    """Prediction reads the files with its own code path; the run evaluated the test stream with the
+    training encoding. The same AUC from both shows they encode the rows alike."""
+    out = tmp_path / "test.parquet"
+    assert main(["predict", str(trained), str(logs / "test"), "--out", str(out), "--batch-size", "97"]) == 0
+    click = pq.read_table(out).column("click").to_numpy()
+    labels = read_all(shards(logs / "test"), ["click"])["click"]
+    saved = json.loads((trained / "metrics.json").read_text())["metrics"]["click"]["auc"]
+    assert rank_auc(click.astype(np.float64), labels) == pytest.approx(saved, abs=1e-6)
+
+
 def test_predict_refuses_a_shard_without_a_needed_column_and_leaves_no_file(
     trained: Path, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -167,7 +198,7 @@ def test_csv_shards_stream_too(logs: Path, tmp_path: Path, capsys: pytest.Captur
         for f in shards(logs / split):
             pacsv.write_csv(pq.read_table(f), folders[split] / f"{f.stem}.csv")
     cfg = config(str(folders["train"] / "*.csv"), str(folders["val"]), [str(p) for p in sorted(folders["test"].iterdir())])
-    cfg["trainer"]["epochs"] = 2
+    cfg["trainer"].update(epochs=2, batch_size=256)
     path = write(tmp_path / "csv.yaml", cfg)
     assert main(["validate", str(path)]) == 0
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
@@ -225,3 +256,10 @@ def test_a_shard_missing_a_column_is_refused_by_both(
     cfg = config(str(folder), str(logs / "val"), str(logs / "test"), fit_rows=500)  # the fit never reads shard 2
     err = _both(tmp_path, capsys, write(tmp_path / "c.yaml", cfg))
     assert "part-00001.parquet has no column(s) 'user_activity'" in err
+
+
+def test_a_per_task_schedule_is_refused_by_both(logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(str(logs / "train"), str(logs / "val"), str(logs / "test"))
+    cfg["schedule"] = {"name": "alternating"}
+    err = _both(tmp_path, capsys, write(tmp_path / "c.yaml", cfg))
+    assert "schedule (alternating): Schedule 'alternating'" in err and "use schedule 'joint'" in err
