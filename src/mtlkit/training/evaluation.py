@@ -74,7 +74,9 @@ def predict(
         return out
     model.eval()
     chunks: Iterable[Inputs]
-    if isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
+    if hasattr(data, "chunks"):  # a stream: its inputs in file order, never held whole
+        chunks = (inputs for inputs, _ in data.chunks(batch_size))
+    elif isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
         n = data.shape[0] if isinstance(data, Tensor) else len(next(iter(data.values())))
         chunks = (
             data[i : i + batch_size]
