@@ -262,20 +262,27 @@ def test_a_missing_column_names_the_file_and_the_closest_column(log_dir: Path) -
         tabular_stream(train=log_dir, tasks=TASKS, categorical=["user_idd"], numeric=NUM)
 
 
-def test_a_non_numeric_value_in_the_second_file_is_named(csv_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_non_numeric_value_in_the_second_file_is_named(tmp_path: Path, workers: int) -> None:
     good = tmp_path / "a.csv"
     good.write_text("x,c,y\n1,a,0\n2,b,1\n3,a,1\n")
     bad = tmp_path / "b.csv"
     bad.write_text("x,c,y\n4,a,0\n5,b,1\nfive,a,1\n")
-    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3"):  # noqa: PT012
-        splits = tabular_stream(
-            train=[good, bad],
-            tasks={"y": {"column": "y", "kind": "binary"}},
-            categorical=["c"],
-            numeric=["x"],
-            num_workers=0,
-        )
-        list(splits.train.loader(splits.tasks, 2, seed=0))
+    spec = {"tasks": {"y": {"column": "y", "kind": "binary"}}, "categorical": ["c"], "numeric": ["x"]}
+    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3"):  # found by the fit pass
+        tabular_stream(train=[good, bad], **spec)
+    clean = tabular_stream(train=good, num_workers=0, **spec)
+    stream = TabularStream(
+        [good, bad],
+        tasks=clean.tasks,
+        labels=clean.train.encoder.labels,
+        preprocessor=clean.preprocessor,
+        num_workers=workers,
+        shuffle_buffer=2,
+    )
+    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3") as err:  # found when streaming
+        list(stream.loader(clean.tasks, 2, seed=0))
+    assert "Traceback" not in str(err.value)
 
 
 def test_a_bad_label_is_named_with_its_file_and_row(tmp_path: Path) -> None:
