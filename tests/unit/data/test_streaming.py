@@ -327,3 +327,35 @@ def test_unlabelled_rows_are_kept(tmp_path: Path) -> None:
     assert len(batch) == 4
     assert torch.isnan(batch.targets["y"][[1, 3]]).all() and batch.targets["y"][[0, 2]].tolist() == [0.0, 1.0]
     assert read_table(f, ["x"])["x"].shape == (4,)
+
+
+def test_integer_multiclass_labels_get_the_classes_of_tabular(tmp_path: Path) -> None:
+    f = tmp_path / "m.csv"
+    f.write_text("x,k\n1,0\n2,2\n3, 1.0\n4,2\n")
+    for spec in (
+        {"column": "k", "kind": "multiclass"},
+        {"column": "k", "kind": "multiclass", "num_classes": 5},
+    ):
+        streamed = tabular_stream(train=f, tasks={"k": spec}, numeric=["x"], num_workers=0)
+        memory = tabular(train=str(f), tasks={"k": spec}, numeric=["x"])
+        assert streamed.tasks == memory.tasks
+        assert streamed.info["tasks"]["k"]["classes"] == memory.info["tasks"]["k"]["classes"]
+        (batch,) = list(streamed.train.eval_loader(streamed.tasks, 10))
+        _same(batch.targets["k"], memory.train.targets["k"])
+        assert batch.targets["k"].tolist() == [0, 2, 1, 2]
+
+
+def test_a_parquet_row_group_is_read_once_per_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    impression_log(tmp_path / "big", 1200, shard_rows=1200, row_group_rows=600, seed=1)
+    splits = _stream(tmp_path / "big", tasks=ID_TASK, shuffle_buffer=50)  # 24 windows over 2 row groups
+    reads = []
+    original = pq.ParquetFile.read_row_group
+
+    def counting(self, i, *args, **kwargs):
+        reads.append(i)
+        return original(self, i, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    loader = splits.train.loader(splits.tasks, 64, seed=0)
+    assert sum(len(b) for b in loader) == 1200
+    assert sorted(reads) == [0, 1]
