@@ -116,12 +116,7 @@ class StreamEncoder:
             for j, c in enumerate(self.categorical):
                 col = table.column(c)
                 if is_numeric_type(col.type):
-                    u, inverse, _ = _distinct(col)
-                    ua = np.asarray(u, dtype=np.float64)
-                    text = np.where(np.isnan(ua), "", np.char.mod("%.12g", np.nan_to_num(ua))).astype(str)
-                    idx = pc.index_in(pa.array(text.tolist(), pa.string()), value_set=vocab[c])
-                    lookup = idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-                    codes[:, j] = lookup[inverse] if n else 0
+                    codes[:, j] = self._numeric_codes(c, col)
                 else:
                     text = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
                     trimmed = pc.utf8_trim_whitespace(text.fill_null(""))
@@ -138,6 +133,52 @@ class StreamEncoder:
                     x, mean, std, column=c, source=f"{origin.file} (from {origin.row(0)})"
                 )
             out[NUMERIC] = mat
+        return out
+
+    def _integer_vocabulary(self, c: str) -> tuple[Any, np.ndarray]:
+        """The entries of ``c``'s vocabulary that are integers written as ``%.12g`` writes them
+        (``"42"``), as float64 values, and their codes."""
+        import pyarrow as pa
+
+        key = f"int:{c}"
+        vocab = self._vocabularies()
+        if key not in vocab:
+            values, codes = [], []
+            for i, v in enumerate(self.state["vocabularies"][c]):
+                try:
+                    x = float(v)
+                except ValueError:
+                    continue
+                if x.is_integer() and abs(x) < 1e12 and f"{x:.12g}" == v:
+                    values.append(x), codes.append(i + 1)
+            vocab[key] = (pa.array(values, pa.float64()), np.asarray(codes, dtype=np.int64))
+        return vocab[key]
+
+    def _numeric_codes(self, c: str, col: Any) -> np.ndarray:
+        """Codes of a numeric-typed categorical column: a value is the category ``"%.12g" % value``.
+        Integers below 1e12 (ids) are looked up as numbers; other values by their text, once per
+        distinct value."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        x = pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        out = np.zeros(x.shape[0], dtype=np.int64)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(x) & (np.abs(x) < 1e12) & (x == np.floor(x))
+        values, codes = self._integer_vocabulary(c)
+        if whole.any():
+            pos = (
+                pc.index_in(pa.array(x[whole]), value_set=values).fill_null(-1).to_numpy(zero_copy_only=False)
+            )
+            out[whole] = np.where(pos >= 0, codes[np.maximum(pos, 0)] if codes.size else 0, 0)
+        rest = np.flatnonzero(~whole & ~np.isnan(x))
+        if rest.size:
+            u, inverse = np.unique(x[rest], return_inverse=True)
+            text = np.char.mod("%.12g", u).astype(str)
+            idx = pc.index_in(pa.array(text.tolist(), pa.string()), value_set=self._vocabularies()[c])
+            out[rest] = (idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1)[
+                inverse.reshape(-1)
+            ]
         return out
 
     # ------------------------------------------------------------------ labels

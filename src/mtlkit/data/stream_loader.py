@@ -25,6 +25,7 @@ from mtlkit.data.stream_encode import StreamEncoder
 from mtlkit.data.stream_plan import EpochLayout, window_permutation
 from mtlkit.data.stream_read import FragmentReader, Fragments
 from mtlkit.distributed import mix_seed
+from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 
 if TYPE_CHECKING:
@@ -72,7 +73,16 @@ class WindowSource(torch.utils.data.IterableDataset):
         )
         try:
             for j in range(self.first + wid, self.layout.num_windows, count):
-                yield self.window(j, reader)
+                try:
+                    window = self.window(j, reader)
+                except DataError as exc:
+                    if info is None:
+                        raise
+                    # handed to the main process as a value: it re-raises the DataError itself (the
+                    # DataLoader would wrap it in a worker traceback)
+                    yield {"window": j, "error": exc}
+                    return
+                yield window
         finally:
             reader.close()
 
@@ -181,7 +191,10 @@ class StreamLoader:
         for window in loader:
             held[int(window["window"])] = window
             while expect in held:
-                yield held.pop(expect)
+                window = held.pop(expect)
+                if "error" in window:
+                    raise window["error"]
+                yield window
                 expect += 1
 
     def __iter__(self) -> Iterator[Batch]:

@@ -262,20 +262,27 @@ def test_a_missing_column_names_the_file_and_the_closest_column(log_dir: Path) -
         tabular_stream(train=log_dir, tasks=TASKS, categorical=["user_idd"], numeric=NUM)
 
 
-def test_a_non_numeric_value_in_the_second_file_is_named(csv_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_non_numeric_value_in_the_second_file_is_named(tmp_path: Path, workers: int) -> None:
     good = tmp_path / "a.csv"
     good.write_text("x,c,y\n1,a,0\n2,b,1\n3,a,1\n")
     bad = tmp_path / "b.csv"
     bad.write_text("x,c,y\n4,a,0\n5,b,1\nfive,a,1\n")
-    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3"):  # noqa: PT012
-        splits = tabular_stream(
-            train=[good, bad],
-            tasks={"y": {"column": "y", "kind": "binary"}},
-            categorical=["c"],
-            numeric=["x"],
-            num_workers=0,
-        )
-        list(splits.train.loader(splits.tasks, 2, seed=0))
+    spec = {"tasks": {"y": {"column": "y", "kind": "binary"}}, "categorical": ["c"], "numeric": ["x"]}
+    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3"):  # found by the fit pass
+        tabular_stream(train=[good, bad], **spec)
+    clean = tabular_stream(train=good, num_workers=0, **spec)
+    stream = TabularStream(
+        [good, bad],
+        tasks=clean.tasks,
+        labels=clean.train.encoder.labels,
+        preprocessor=clean.preprocessor,
+        num_workers=workers,
+        shuffle_buffer=2,
+    )
+    with pytest.raises(DataError, match=r"b\.csv.*'x'.*'five'.*data row 3") as err:  # found when streaming
+        list(stream.loader(clean.tasks, 2, seed=0))
+    assert "Traceback" not in str(err.value)
 
 
 def test_a_bad_label_is_named_with_its_file_and_row(tmp_path: Path) -> None:
@@ -320,3 +327,35 @@ def test_unlabelled_rows_are_kept(tmp_path: Path) -> None:
     assert len(batch) == 4
     assert torch.isnan(batch.targets["y"][[1, 3]]).all() and batch.targets["y"][[0, 2]].tolist() == [0.0, 1.0]
     assert read_table(f, ["x"])["x"].shape == (4,)
+
+
+def test_integer_multiclass_labels_get_the_classes_of_tabular(tmp_path: Path) -> None:
+    f = tmp_path / "m.csv"
+    f.write_text("x,k\n1,0\n2,2\n3, 1.0\n4,2\n")
+    for spec in (
+        {"column": "k", "kind": "multiclass"},
+        {"column": "k", "kind": "multiclass", "num_classes": 5},
+    ):
+        streamed = tabular_stream(train=f, tasks={"k": spec}, numeric=["x"], num_workers=0)
+        memory = tabular(train=str(f), tasks={"k": spec}, numeric=["x"])
+        assert streamed.tasks == memory.tasks
+        assert streamed.info["tasks"]["k"]["classes"] == memory.info["tasks"]["k"]["classes"]
+        (batch,) = list(streamed.train.eval_loader(streamed.tasks, 10))
+        _same(batch.targets["k"], memory.train.targets["k"])
+        assert batch.targets["k"].tolist() == [0, 2, 1, 2]
+
+
+def test_a_parquet_row_group_is_read_once_per_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    impression_log(tmp_path / "big", 1200, shard_rows=1200, row_group_rows=600, seed=1)
+    splits = _stream(tmp_path / "big", tasks=ID_TASK, shuffle_buffer=50)  # 24 windows over 2 row groups
+    reads = []
+    original = pq.ParquetFile.read_row_group
+
+    def counting(self, i, *args, **kwargs):
+        reads.append(i)
+        return original(self, i, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    loader = splits.train.loader(splits.tasks, 64, seed=0)
+    assert sum(len(b) for b in loader) == 1200
+    assert sorted(reads) == [0, 1]
