@@ -196,9 +196,9 @@ def test_same_seed_same_batches_for_any_workers_and_epochs_differ(log_dir: Path)
     assert 0.002 < dropped.float().mean().item() < 0.03
 
 
-@pytest.mark.parametrize("start", [0, 3, 7, 11])
-def test_set_start_gives_the_rest_of_the_epoch(log_dir: Path, start: int) -> None:
-    splits = _stream(log_dir, tasks=ID_TASK, shuffle_buffer=250)
+@pytest.mark.parametrize(("start", "workers"), [(0, 0), (3, 0), (7, 2), (11, 0), (14, 0)])
+def test_set_start_gives_the_rest_of_the_epoch(log_dir: Path, start: int, workers: int) -> None:
+    splits = _stream(log_dir, tasks=ID_TASK, shuffle_buffer=250, num_workers=workers)
     loader = splits.train.loader(splits.tasks, 80, seed=9, num_replicas=2, rank=1)
     loader.set_epoch(2)
     full = list(loader)
