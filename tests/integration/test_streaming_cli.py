@@ -110,6 +110,8 @@ def test_evaluate_streams_the_test_files(trained: Path, capsys: pytest.CaptureFi
     assert "test metrics" in out
     saved = json.loads((trained / "metrics.json").read_text())["metrics"]
     assert f"{saved['click']['auc']:.4f}" in out  # the same model on the same test rows
+    assert main(["evaluate", str(trained), "--split", "val"]) == 0
+    assert "val metrics" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- predict

@@ -55,7 +55,7 @@ from mtlkit.data._checks import (
     check_task_labels,
 )
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
-from mtlkit.data.arrow_io import expand_paths, file_columns
+from mtlkit.data.arrow_io import expand_paths
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
@@ -697,9 +697,9 @@ def _streamed(
     delimiter: str,
     **options: Any,
 ) -> DataSplits:
-    """``streaming: true``: the files of each split are checked (they exist, each has every
-    configured column: only headers and Parquet schemas are read), then
-    :func:`mtlkit.data.streaming.tabular_stream` builds the streams."""
+    """``streaming: true``: :func:`mtlkit.data.streaming.tabular_stream` builds the streams (it
+    checks every file's header or Parquet schema first); a split naming no file is refused here,
+    naming the split."""
     for what, frac in (("val", val_fraction), ("test", test_fraction)):
         if frac:
             raise DataError(
@@ -707,18 +707,13 @@ def _streamed(
                 f"in memory to be split); give the {SPLIT_NAMES[what]} rows as files: {what}: <file, folder, "
                 "glob or list>."
             )
-    features = [*categorical, *numeric]
-    wanted = list(dict.fromkeys([*features, *(s.column for s in specs.values())]))
     for what, spec in (("train", train), ("val", val), ("test", test)):
-        if spec is None:
-            continue
-        try:
-            files = expand_paths(spec)
-        except DataError as exc:
-            raise DataError(f"tabular: {what}: {exc}") from None
-        for path in files:
-            require_columns(path, file_columns(path, delimiter=delimiter), wanted, delimiter)
-    from mtlkit.data.streaming import tabular_stream
+        if spec is not None:
+            try:
+                expand_paths(spec)
+            except DataError as exc:  # name the split
+                raise DataError(f"tabular: {what}: {exc}") from None
+    from mtlkit.data.streaming import tabular_stream  # checks every file's columns before reading rows
 
     return tabular_stream(
         train=train,
