@@ -299,7 +299,7 @@ def _train_one(
     )
     if main:
         if cfg.plots:
-            _write_run_plots(model, data, run_dir, f"{label} seed {seed}")
+            _write_run_plots(model, data, run_dir, f"{label} seed {seed}", splits.tasks)
         _dump_json(history, run_dir / "history.json")
         record = {**_run_record(result, splits), "data_fingerprint": fingerprint}
         _dump_json(record, run_dir / "metrics.json")  # last: marks the run finished
@@ -332,12 +332,16 @@ def _extra_state(config: dict[str, Any], label: str, splits: DataSplits, run_dir
     return extra
 
 
-def _write_run_plots(model: torch.nn.Module, data: Any, run_dir: Path, title: str) -> None:
+def _write_run_plots(
+    model: torch.nn.Module, data: Any, run_dir: Path, title: str, tasks: tuple[Any, ...] = ()
+) -> None:
     """``gates.json`` and ``gates.png`` (per-expert gate distributions) for a gated model."""
     from mtlkit.analysis import gate_statistics, plot_gate_distributions
 
     if not getattr(getattr(model, "module", model), "gates", None):
         return
+    if hasattr(data, "eval_loader"):  # a stream: its batches in file order (the first rows are used)
+        data = data.eval_loader(tasks, 1024)
     try:
         stats = gate_statistics(model, data, max_samples=_GATE_SAMPLES)
     except IncompatibleComponentsError:  # gates(x) returned {}: not a gated model

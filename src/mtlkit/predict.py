@@ -29,7 +29,6 @@ ESMM's pCVR) as the model gives them.
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -145,12 +144,6 @@ def output_columns(preds: Mapping[str, Tensor], tasks: Sequence[Task]) -> dict[s
     return out
 
 
-def _format(v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        return format(float(v), ".9g")  # float32 round-trips with 9 significant digits
-    return str(v)
-
-
 # ---------------------------------------------------------------------------------------------- predictor
 @dataclass
 class Predictor:
@@ -204,13 +197,9 @@ class Predictor:
                 f"{', '.join(wanted)} (got: {', '.join(map(str, columns)) or 'none'})."
             )
         if self.preprocessor is not None:
-            raw = {c: columns[c] for c in wanted}
-            try:
-                inputs = self.preprocessor.transform(raw)
-            except DataError as exc:  # rows are the input's data rows: name the input
-                raise DataError(f"{source}: {exc}") from None
-            if self.preprocessor.categorical:
-                _warn_unseen(self.preprocessor, raw, inputs, source)
+            inputs, unseen = self._transform_tabular(columns, source)
+            if unseen.rows:
+                unseen.warn(source)
             return inputs
         x = np.empty((len(columns[wanted[0]]), len(wanted)), dtype=np.float32)
         for j, c in enumerate(wanted):
@@ -228,6 +217,19 @@ class Predictor:
                 "flat features must all be finite numbers."
             )
         return torch.from_numpy(x)
+
+    def _transform_tabular(self, columns: Mapping[str, Any], source: str) -> tuple[Inputs, _Unseen]:
+        """The preprocessed columns and a tally of categories unseen in training."""
+        assert self.preprocessor is not None
+        raw = {c: columns[c] for c in self.input_columns}
+        try:
+            inputs = self.preprocessor.transform(raw)
+        except DataError as exc:  # rows are the input's data rows: name the input
+            raise DataError(f"{source}: {exc}") from None
+        unseen = _Unseen()
+        if self.preprocessor.categorical:
+            unseen.add(self.preprocessor, raw, inputs)
+        return inputs, unseen
 
     @torch.no_grad()
     def predict_inputs(self, inputs: Inputs, *, batch_size: int = 4096) -> dict[str, Tensor]:
@@ -261,6 +263,81 @@ class Predictor:
         """
         return self.predict_inputs(self.transform(columns), batch_size=batch_size)
 
+    def predict_files(
+        self,
+        inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        *,
+        keep: Sequence[str] = (),
+        ignore_extra: bool = False,
+        batch_size: int = 4096,
+    ) -> Path:
+        """Predict every row of CSV / Parquet files of any size, writing the predictions chunk by chunk.
+
+        The files are read window by window (:func:`mtlkit.data.arrow_io.iter_batches`: Parquet row
+        groups, CSV blocks; only the needed columns), so memory does not grow with the input. The
+        output has the rows in input order (files in the order of
+        :func:`~mtlkit.data.arrow_io.expand_paths`), the ``keep`` columns first, then one column per
+        prediction (see :func:`output_columns`).
+
+        Args:
+            inputs: a file, a folder, a glob pattern or a list of them (CSV with a header row, plain
+                or ``.gz``/``.bz2``/``.xz``, or Parquet).
+            out: the predictions file: Parquet when it ends in ``.parquet``/``.pq``, else CSV. Written
+                as ``<out>.partial`` and renamed when complete (nothing is left after an error).
+            keep: input columns copied into the output first (e.g. an id column).
+            ignore_extra: CSV inputs: drop columns the model does not read instead of refusing them
+                (Parquet files are read by column, their other columns are ignored).
+            batch_size: rows per model call.
+
+        Raises:
+            DataError: a file lacks a needed or kept column, a CSV file has columns the model does not
+                read (without ``ignore_extra``), a value cannot be read (naming the file and data row),
+                or the files hold no data rows.
+        """
+        from mtlkit.data.arrow_io import expand_paths, file_columns, file_format, iter_batches
+        from mtlkit.predict_io import PredictionWriter, arrow_values, shift_rows
+
+        files = expand_paths(inputs)
+        source = str(inputs) if isinstance(inputs, (str, os.PathLike)) else ", ".join(map(str, inputs))
+        wanted = self.input_columns
+        if not wanted:
+            raise DataError(
+                f"This model reads {describe_input_spec(self.input_spec)}, not named columns; pass a tensor "
+                "to Predictor.predict_inputs."
+            )
+        for f in files:
+            self._check_file_columns(f, file_columns(f), keep, ignore_extra or file_format(f) == "parquet")
+        read = list(dict.fromkeys([*keep, *wanted]))
+        writer = PredictionWriter(out)
+        unseen = _Unseen()
+        try:
+            for origin, batch in iter_batches(files, read, batch_rows=max(batch_size, 65_536)):
+                columns = {c: arrow_values(batch.column(c)) for c in wanted}
+                where = str(origin.file)
+                try:
+                    if self.preprocessor is not None:
+                        model_inputs, part = self._transform_tabular(columns, where)
+                        unseen.merge(part)
+                    else:
+                        model_inputs = self.transform(columns, source=where)
+                except DataError as exc:
+                    raise DataError(shift_rows(str(exc), origin.first_row)) from None
+                preds = output_columns(self.predict_inputs(model_inputs, batch_size=batch_size), self.tasks)
+                clash = sorted(set(keep) & set(preds))
+                if clash:
+                    raise DataError(f"Kept column(s) {clash} have the names of prediction columns; rename them.")
+                writer.write({**{c: batch.column(c) for c in keep}, **preds})
+            if writer.rows == 0:
+                raise DataError(f"{source} has no data rows; nothing to predict.")
+            path = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if unseen.rows:
+            unseen.warn(source)
+        return path
+
     def predict_csv(
         self,
         path: str | os.PathLike[str],
@@ -270,69 +347,69 @@ class Predictor:
         ignore_extra: bool = False,
         batch_size: int = 4096,
     ) -> Path:
-        """Read a CSV of raw columns, write one column per prediction (see :func:`output_columns`).
+        """Read a CSV of raw columns, write one column per prediction: :meth:`predict_files` (which
+        also reads folders, glob patterns, lists and Parquet, and writes Parquet)."""
+        return self.predict_files(path, out, keep=keep, ignore_extra=ignore_extra, batch_size=batch_size)
 
-        Args:
-            path: CSV with a header row (may be ``.gz``/``.bz2``/``.xz`` compressed).
-            out: where to write the predictions CSV.
-            keep: input columns copied into the output first (e.g. an id column).
-            ignore_extra: drop input columns the model does not read instead of refusing them.
-        """
-        from mtlkit.data.sources import read_csv
-
-        path = Path(path)
-        columns = read_csv(path)
-        source = str(path)
-        absent = [c for c in keep if c not in columns]
+    def _check_file_columns(self, path: Path, names: Sequence[str], keep: Sequence[str], ignore_extra: bool) -> None:
+        absent = [c for c in keep if c not in names]
         if absent:
-            raise DataError(f"{source} has no column(s) {absent} to keep (columns: {', '.join(columns)}).")
-        extra = [c for c in columns if c not in self.input_columns and c not in keep]
-        if extra and not ignore_extra and self.input_columns:
+            raise DataError(f"{path} has no column(s) {absent} to keep (columns: {', '.join(names)}).")
+        wanted = self.input_columns
+        missing = [c for c in wanted if c not in names]
+        if missing:
             raise DataError(
-                f"{source} has column(s) {extra} that the model does not read. Remove them, copy them to the "
-                "output with --keep COLUMN (keep=...), or pass --ignore-extra (ignore_extra=True). "
-                f"The model reads: {', '.join(self.input_columns)}."
+                f"{path} lacks column(s) {missing} that the model needs. Expected columns: "
+                f"{', '.join(wanted)} (got: {', '.join(map(str, names)) or 'none'})."
             )
-        if not columns or len(next(iter(columns.values()))) == 0:
-            raise DataError(f"{source} has no data rows; nothing to predict.")
-        preds = self.predict_inputs(self.transform(columns, source=source), batch_size=batch_size)
-        table = {c: columns[c] for c in keep}
-        pred_cols = output_columns(preds, self.tasks)
-        clash = sorted(set(table) & set(pred_cols))
-        if clash:
-            raise DataError(f"Kept column(s) {clash} have the names of prediction columns; rename them.")
-        table.update(pred_cols)
-        names = list(table)
-        rows = zip(*(table[c] for c in names))
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(names)
-            writer.writerows([_format(v) for v in row] for row in rows)
-        return out
+        extra = [c for c in names if c not in wanted and c not in keep]
+        if extra and not ignore_extra:
+            raise DataError(
+                f"{path} has column(s) {extra} that the model does not read. Remove them, copy them to the "
+                "output with --keep COLUMN (keep=...), or pass --ignore-extra (ignore_extra=True). "
+                f"The model reads: {', '.join(wanted)}."
+            )
 
 
-def _warn_unseen(
-    pre: TabularPreprocessor, columns: Mapping[str, Any], inputs: Mapping[str, Tensor], source: str
-) -> None:
-    """Warn (:class:`UnknownCategoryWarning`) when rows hold categories outside the training vocabulary."""
-    per_column, rows = pre.unseen_counts(columns)
-    if not rows:
-        return
-    n = len(next(iter(columns.values())))
-    hit = ", ".join(f"{c!r}: {k}" for c, k in per_column.items() if k)
-    all_zero = int((inputs["categorical"] == 0).all(dim=1).sum())
-    all_unknown = f"; {all_zero} rows have no known category in any column" if all_zero else ""
-    warnings.warn(
-        UnknownCategoryWarning(
-            f"{source}: {rows} of {n} rows hold categories not seen in training (values per column: {hit})"
-            f"{all_unknown}. The model reads them through the shared unknown-category embedding (index 0), "
-            "trained only by rare or missing training values and the unknown_fraction dropout; their "
-            "predictions rest on less information."
-        ),
-        stacklevel=3,
-    )
+class _Unseen:
+    """A tally of rows holding categories outside the training vocabulary, over chunks."""
+
+    def __init__(self) -> None:
+        self.per_column: dict[str, int] = {}
+        self.rows = 0
+        self.total = 0
+        self.all_unknown = 0
+
+    def add(self, pre: TabularPreprocessor, columns: Mapping[str, Any], inputs: Mapping[str, Tensor]) -> None:
+        per_column, rows = pre.unseen_counts(columns)
+        self.total += len(next(iter(columns.values())))
+        if not rows:
+            return
+        for c, k in per_column.items():
+            self.per_column[c] = self.per_column.get(c, 0) + k
+        self.rows += rows
+        self.all_unknown += int((inputs["categorical"] == 0).all(dim=1).sum())
+
+    def merge(self, other: _Unseen) -> None:
+        for c, k in other.per_column.items():
+            self.per_column[c] = self.per_column.get(c, 0) + k
+        self.rows += other.rows
+        self.total += other.total
+        self.all_unknown += other.all_unknown
+
+    def warn(self, source: str) -> None:
+        """Warn (:class:`UnknownCategoryWarning`) about the rows with unseen categories."""
+        hit = ", ".join(f"{c!r}: {k}" for c, k in self.per_column.items() if k)
+        all_zero = f"; {self.all_unknown} rows have no known category in any column" if self.all_unknown else ""
+        warnings.warn(
+            UnknownCategoryWarning(
+                f"{source}: {self.rows} of {self.total} rows hold categories not seen in training (values per "
+                f"column: {hit}){all_zero}. The model reads them through the shared unknown-category embedding "
+                "(index 0), trained only by rare or missing training values and the unknown_fraction dropout; "
+                "their predictions rest on less information."
+            ),
+            stacklevel=3,
+        )
 
 
 def load_predictor(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Predictor:

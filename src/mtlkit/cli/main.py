@@ -111,20 +111,27 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "predict",
-        help="predict every task for the rows of a CSV file",
-        description="Read raw columns from INPUT.csv, apply the run's saved preprocessing and model, and "
-        "write one column per prediction (probabilities for classification tasks) to --out.",
+        help="predict every task for the rows of CSV / Parquet files of any size",
+        description="Read raw columns from INPUT (a CSV or Parquet file, a folder, or a glob pattern such as "
+        "'data/*.parquet'), apply the run's saved preprocessing and model, and write one column per prediction "
+        "(probabilities for classification tasks) to --out, chunk by chunk, rows in input order.",
     )
     pr.add_argument(
         "run_dir", help="a run directory (for comparisons: one variant/seed, e.g. RUN/mmoe/seed0)"
     )
-    pr.add_argument("input", metavar="INPUT.csv", help="CSV with a header row (may be .gz/.bz2/.xz)")
-    pr.add_argument("--out", required=True, help="the predictions CSV to write")
+    pr.add_argument(
+        "input",
+        metavar="INPUT",
+        help="CSV with a header row (may be .gz/.bz2/.xz) or Parquet: a file, a folder or a glob pattern",
+    )
+    pr.add_argument("--out", required=True, help="the predictions file: Parquet if it ends in .parquet, else CSV")
     pr.add_argument(
         "--keep", action="append", default=[], metavar="COLUMN", help="copy this input column to the output"
     )
-    pr.add_argument("--ignore-extra", action="store_true", help="drop input columns the model does not read")
-    pr.add_argument("--batch-size", type=int, default=4096)
+    pr.add_argument(
+        "--ignore-extra", action="store_true", help="CSV input: drop columns the model does not read"
+    )
+    pr.add_argument("--batch-size", type=int, default=4096, help="rows per model call (default 4096)")
 
     rep = sub.add_parser(
         "reproduce",
@@ -341,8 +348,10 @@ def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
 def _cmd_predict(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.predict import load_predictor
 
+    if ns.batch_size < 1:
+        raise ConfigError([f"--batch-size: must be >= 1; got {ns.batch_size}."])
     predictor = load_predictor(ns.run_dir)
-    out = predictor.predict_csv(
+    out = predictor.predict_files(
         ns.input, ns.out, keep=ns.keep, ignore_extra=ns.ignore_extra, batch_size=ns.batch_size
     )
     console.print(f"Wrote predictions to {out}", highlight=False)

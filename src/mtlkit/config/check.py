@@ -29,10 +29,11 @@ from mtlkit.config.build import (
 from mtlkit.config.load import ResolvedExperiment
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import ConfigError, IncompatibleComponentsError, UnknownComponentError
+from mtlkit.errors import ConfigError, DataError, IncompatibleComponentsError, UnknownComponentError
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.metrics.functional import select_metrics
 from mtlkit.training.early_stopping import resolve_monitor
+from mtlkit.training.source import DataSource, TrainSource
 
 __all__ = ["check_experiment", "device_problem", "run_problems"]
 
@@ -101,7 +102,28 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
         problems += exc.problems
     problems += _trainer_problems(cfg, model, splits)
     problems += _monitor_problems(cfg, splits)
+    problems += _stream_problems(cfg, splits)
     return problems
+
+
+def _stream_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
+    """A streamed training split (data larger than memory) gives joint batches; another schedule
+    asks it for per-task data, which it refuses (a DataError saying why) unless it can give it."""
+    train = splits.train
+    if not isinstance(train, TrainSource) or isinstance(train, DataSource):
+        return []
+    try:
+        schedule = build_schedule(cfg.schedule)
+    except ConfigError:
+        return []  # reported with the trainer's problems
+    if schedule.name == "joint":
+        return []
+    trained = [t for t in splits.tasks if t.train] or list(splits.tasks)
+    try:
+        train.task_datasets(trained, schedule=schedule.name)
+    except DataError as exc:
+        return [f"schedule ({schedule.name}): {exc}"]
+    return []
 
 
 def _component_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:

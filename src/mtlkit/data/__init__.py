@@ -11,6 +11,7 @@ from mtlkit.data.multilabel import multilabel, read_arff
 from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout, UnknownCategoryWarning
 from mtlkit.data.schema import FeatureSchema, InputSpec
 from mtlkit.data.splits import DataSplits
+from mtlkit.data.streaming import StreamLoader, TabularStream, tabular_stream
 from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
 from mtlkit.data.synthetic_ctr import synthetic_ctr_cvr, synthetic_ctr_cvr_splits
 from mtlkit.data.tabular import TaskColumn, read_table, tabular
@@ -25,7 +26,9 @@ __all__ = [
     "Inputs",
     "MultiTaskDataset",
     "RandomFlipCrop",
+    "StreamLoader",
     "TabularPreprocessor",
+    "TabularStream",
     "TaskColumn",
     "TensorBatchLoader",
     "UnknownCategoryDropout",
@@ -53,4 +56,5 @@ __all__ = [
     "synthetic_ctr_cvr",
     "synthetic_ctr_cvr_splits",
     "tabular",
+    "tabular_stream",
 ]

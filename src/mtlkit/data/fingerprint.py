@@ -11,6 +11,12 @@ reads, after preprocessing: it is the same for the same data whatever the file's
 modification time, and it changes when a data file, the split settings or the preprocessing
 change what the model sees.
 
+A streamed split (:class:`~mtlkit.data.streaming.TabularStream`, data larger than memory) is not
+read for its fingerprint: it is described by its row count and, per file, the path, the size in
+bytes, the modification time (nanoseconds) and, for Parquet, the row count of the file's footer.
+Rewriting a file with other values of the same size and time goes unseen; touching a file
+without changing it is reported as a change (resume with ``--allow-data-change`` then).
+
 :func:`fingerprint_changes` lists, in words, how two fingerprints differ.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,9 +72,27 @@ def _tensors(data: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
             yield from _tensors(ds, f"{prefix}{task}: ")
 
 
+def _is_stream(data: Any) -> bool:
+    """A streamed split: it names its files and row count instead of holding tensors."""
+    return isinstance(getattr(data, "files", None), (tuple, list)) and isinstance(getattr(data, "num_rows", None), int)
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    facts: dict[str, Any] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        facts["rows"] = pq.ParquetFile(path).metadata.num_rows  # the footer only
+    return facts
+
+
 def _split(data: Any) -> dict[str, Any] | None:
     if data is None:
         return None
+    if _is_stream(data):
+        files = {str(Path(f).resolve()): _file_facts(Path(f)) for f in data.files}
+        return {"rows": data.num_rows, "tensors": {}, "files": files}
     if isinstance(data, MultiTaskDataset):
         rows: Any = len(data)
     elif isinstance(data, Mapping) and all(isinstance(v, MultiTaskDataset) for v in data.values()):
@@ -117,6 +142,12 @@ def fingerprint_changes(saved: Mapping[str, Any], now: Mapping[str, Any], *, lim
         if old["rows"] != new["rows"]:
             changes.append(f"{name} had {old['rows']} rows then, {new['rows']} now")
             continue
+        old_files, new_files = old.get("files") or {}, new.get("files") or {}
+        for path in dict.fromkeys([*old_files, *new_files]):
+            a, b = old_files.get(path), new_files.get(path)
+            if a != b:
+                state = "is new" if a is None else "is gone" if b is None else "changed (size, time or rows)"
+                changes.append(f"{name}: file {path} {state}")
         for key in dict.fromkeys([*old["tensors"], *new["tensors"]]):
             a, b = old["tensors"].get(key), new["tensors"].get(key)
             if a == b:

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from mtlkit.data._checks import (
     MIN_TRAIN_ROWS,
@@ -55,6 +55,7 @@ from mtlkit.data._checks import (
     check_task_labels,
 )
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
+from mtlkit.data.arrow_io import expand_paths
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
@@ -66,6 +67,8 @@ from mtlkit.tasks import Task
 __all__ = ["TaskColumn", "load_preprocessor", "read_table", "tabular"]
 
 Column = CodedColumn | np.ndarray
+DEFAULT_SHUFFLE_BUFFER = 65_536
+"""Rows per shuffle window of a streamed training split (``shuffle_buffer``)."""
 _PRE = "TabularPreprocessor"  # the source named by preprocessing errors (as TabularPreprocessor.fit names it)
 
 
@@ -487,12 +490,12 @@ def _encode_labels(
 @DATASETS.register("tabular", aliases=("csv", "parquet"))
 def tabular(
     *,
-    train: str,
+    train: str | list[str],
     tasks: dict[str, TaskColumn],
     numeric: Sequence[str] = (),
     categorical: Sequence[str] = (),
-    val: str | None = None,
-    test: str | None = None,
+    val: str | list[str] | None = None,
+    test: str | list[str] | None = None,
     val_fraction: Fraction = 0.0,
     test_fraction: Fraction = 0.0,
     split_seed: int = 0,
@@ -501,6 +504,10 @@ def tabular(
     max_categories: PositiveInt | None = None,
     unknown_fraction: Fraction = 0.01,
     preprocessor: str | None = None,
+    streaming: bool = False,
+    shuffle_buffer: PositiveInt = DEFAULT_SHUFFLE_BUFFER,
+    num_workers: NonNegativeInt | None = None,
+    fit_rows: PositiveInt | None = None,
 ) -> DataSplits:
     """Your CSV / Parquet files: named numeric and categorical feature columns, one label column per task.
 
@@ -523,6 +530,14 @@ def tabular(
             is trained; 0 turns it off.
         preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
             to use instead of fitting one.
+        streaming: read the files window by window instead of whole (data larger than memory):
+            returns :func:`mtlkit.data.streaming.tabular_stream`'s splits. ``train``/``val``/``test``
+            may then be a file, a folder, a glob pattern or a list of them; ``val_fraction`` and
+            ``test_fraction`` are refused (give ``val``/``test`` files).
+        shuffle_buffer: streaming: rows per shuffle window (default 65,536).
+        num_workers: streaming: DataLoader worker processes (default: chosen from the core count).
+        fit_rows: streaming: fit the preprocessor on the first ``fit_rows`` labelled training rows
+            only (default: all of them).
     """
     if not tasks:
         raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
@@ -556,6 +571,29 @@ def tabular(
             raise DataError(f"tabular: give {what}= (a file) or {what}_fraction=, not both.")
     if val_fraction + test_fraction >= 1.0:
         raise DataError("tabular: val_fraction + test_fraction must leave training rows (sum < 1).")
+    if streaming:
+        return _streamed(
+            train=train,
+            val=val,
+            test=test,
+            specs=specs,
+            numeric=numeric,
+            categorical=categorical,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            delimiter=delimiter,
+            min_frequency=min_frequency,
+            max_categories=max_categories,
+            unknown_fraction=unknown_fraction,
+            preprocessor=preprocessor,
+            shuffle_buffer=shuffle_buffer,
+            num_workers=num_workers,
+            fit_rows=fit_rows,
+        )
+    _refuse_streaming_options(
+        train=train, val=val, test=test, shuffle_buffer=shuffle_buffer, num_workers=num_workers, fit_rows=fit_rows
+    )
+    assert isinstance(train, str)
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
     wanted = list(dict.fromkeys([*features, *label_columns]))
     files = {"train": str(train), "val": val, "test": test}
@@ -646,6 +684,80 @@ def tabular(
         info=info,
         preprocessor=pre,
     )
+
+
+def _streamed(
+    *,
+    train: str | list[str],
+    val: str | list[str] | None,
+    test: str | list[str] | None,
+    specs: dict[str, TaskColumn],
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    val_fraction: float,
+    test_fraction: float,
+    delimiter: str,
+    **options: Any,
+) -> DataSplits:
+    """``streaming: true``: :func:`mtlkit.data.streaming.tabular_stream` builds the streams (it
+    checks every file's header or Parquet schema first); a split naming no file is refused here,
+    naming the split."""
+    for what, frac in (("val", val_fraction), ("test", test_fraction)):
+        if frac:
+            raise DataError(
+                f"tabular: {what}_fraction cannot be used with streaming: true (streamed rows are never held "
+                f"in memory to be split); give the {SPLIT_NAMES[what]} rows as files: {what}: <file, folder, "
+                "glob or list>."
+            )
+    for what, spec in (("train", train), ("val", val), ("test", test)):
+        if spec is not None:
+            try:
+                expand_paths(spec)
+            except DataError as exc:  # name the split
+                raise DataError(f"tabular: {what}: {exc}") from None
+    from mtlkit.data.streaming import tabular_stream  # checks every file's columns before reading rows
+
+    return tabular_stream(
+        train=train,
+        tasks=specs,
+        numeric=numeric,
+        categorical=categorical,
+        val=val,
+        test=test,
+        delimiter=delimiter,
+        **options,
+    )
+
+
+def _refuse_streaming_options(
+    *,
+    train: str | list[str],
+    val: str | list[str] | None,
+    test: str | list[str] | None,
+    shuffle_buffer: int,
+    num_workers: int | None,
+    fit_rows: int | None,
+) -> None:
+    """Without ``streaming: true``: one file per split, and no streaming-only option."""
+    for what, spec in (("train", train), ("val", val), ("test", test)):
+        if spec is None:
+            continue
+        one_file = isinstance(spec, str) and (
+            Path(spec).expanduser().is_file() or not (Path(spec).expanduser().is_dir() or any(c in spec for c in "*?["))
+        )
+        if not one_file:
+            raise DataError(
+                f"tabular: {what}: {spec!r} names several files (a list, a folder or a glob pattern); that needs "
+                "streaming: true. Without streaming, give one file."
+            )
+    given = {
+        "shuffle_buffer": shuffle_buffer != DEFAULT_SHUFFLE_BUFFER,
+        "num_workers": num_workers is not None,
+        "fit_rows": fit_rows is not None,
+    }
+    for name, set_ in given.items():
+        if set_:
+            raise DataError(f"tabular: {name} applies to streaming: true only; add streaming: true or remove it.")
 
 
 def load_preprocessor(

@@ -27,6 +27,8 @@ def loader(data: Any, tasks: Sequence[Task], batch_size: int, *, shard: bool = T
     if is_per_task(data):
         return PerTaskLoader(data, tasks, batch_size)
     num_replicas, rank = world() if shard else (1, 0)
+    if hasattr(data, "eval_loader"):  # a stream (mtlkit.data.streaming.TabularStream)
+        return data.eval_loader(tasks, batch_size, num_replicas=num_replicas, rank=rank)
     return batch_loader(
         data, tasks, batch_size, shuffle=False, seed=0, num_replicas=num_replicas, rank=rank, pad=False
     )
@@ -72,7 +74,9 @@ def predict(
         return out
     model.eval()
     chunks: Iterable[Inputs]
-    if isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
+    if hasattr(data, "chunks"):  # a stream: its inputs in file order, never held whole
+        chunks = (inputs for inputs, _ in data.chunks(batch_size))
+    elif isinstance(data, (Tensor, Mapping)) and not isinstance(data, MultiTaskDataset):
         n = data.shape[0] if isinstance(data, Tensor) else len(next(iter(data.values())))
         chunks = (
             data[i : i + batch_size]
