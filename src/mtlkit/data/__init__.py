@@ -14,6 +14,7 @@ from mtlkit.data.splits import DataSplits
 from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
 from mtlkit.data.synthetic_ctr import synthetic_ctr_cvr, synthetic_ctr_cvr_splits
 from mtlkit.data.tabular import TaskColumn, read_table, tabular
+from mtlkit.data.youtube import YoutubeLog, youtube_log, youtube_log_splits
 
 __all__ = [
     "Batch",
@@ -30,6 +31,7 @@ __all__ = [
     "TensorBatchLoader",
     "UnknownCategoryDropout",
     "UnknownCategoryWarning",
+    "YoutubeLog",
     "ali_ccp_sample",
     "aliexpress_sample",
     "as_batch",
@@ -53,4 +55,6 @@ __all__ = [
     "synthetic_ctr_cvr",
     "synthetic_ctr_cvr_splits",
     "tabular",
+    "youtube_log",
+    "youtube_log_splits",
 ]
