@@ -41,8 +41,11 @@ per-slate ranking metrics) and ``position``.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,6 +142,52 @@ class YoutubeLog:
         }
         inputs = {"categorical": torch.from_numpy(cat), "numeric": torch.from_numpy(num.astype(np.float32))}
         return MultiTaskDataset(inputs, targets, tasks=self.tasks, info=self.info)
+
+
+def write_csv(log: YoutubeLog, path: str | os.PathLike[str]) -> Path:
+    """Write the log as one CSV: ids, features (``u0..``, ``v0..``, ``promo``, ``device`` as its
+    name, ``position``), the logged labels (``watch_time``/``like`` blank when missing) and the
+    truth columns (:data:`TRUTH`, for evaluation only)."""
+    c = log.columns
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = [
+        "slate",
+        "user_id",
+        "item_id",
+        *log.schema.numeric,
+        "device",
+        "position",
+        "click",
+        "watch_time",
+        "like",
+    ]
+    names += [t for t in TRUTH if t not in ("slate", "position")]
+    cols: dict[str, np.ndarray] = {
+        "slate": c["slate"].astype(np.int64),
+        "user_id": c["user_id"],
+        "item_id": c["item_id"],
+    }
+    for j in range(log.dim):
+        cols[f"u{j}"], cols[f"v{j}"] = c["user"][:, j], c["item"][:, j]
+    cols["promo"] = c["promo"]
+    cols["device"] = np.asarray(DEVICES)[c["device"]]
+    cols["position"] = c["position"]
+    for k in ("click", "watch_time", "like", *TRUTH):
+        if k not in ("slate", "position"):
+            cols[k] = c[k]
+
+    def cell(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if math.isnan(float(v)) else format(float(v), ".9g")
+        return str(v)
+
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        for row in zip(*(cols[k].tolist() for k in names)):
+            writer.writerow([cell(v) for v in row])
+    return out
 
 
 def youtube_log(
