@@ -291,3 +291,53 @@ def _pcgrad(tasks: Any) -> Any:
     from mtlkit.registries import AGGREGATORS
 
     return AGGREGATORS.build("pcgrad", tasks=tasks)
+
+
+def _every_method() -> list[tuple[str, str]]:
+    from mtlkit.registries import AGGREGATORS, WEIGHTINGS
+    from mtlkit.reproduce._base import registered_without_required
+
+    weightings, _ = registered_without_required(WEIGHTINGS)
+    aggregators, _ = registered_without_required(AGGREGATORS)
+    return [("weighting", n) for n in weightings] + [("aggregator", n) for n in aggregators]
+
+
+@pytest.mark.parametrize(("family", "name"), _every_method())
+def test_every_balancing_method_trains_the_tower_as_its_tasks_parameters(family: str, name: str) -> None:
+    from mtlkit.data import MultiTaskDataset
+    from mtlkit.registries import AGGREGATORS, WEIGHTINGS
+
+    class Flat(MultiTaskModel):
+        task_names = ("click", "watch")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = nn.Linear(3, 4)
+            self.heads_ = nn.ModuleDict({t: nn.Linear(4, 1) for t in self.task_names})
+
+        def _encode(self, x: Any) -> tuple[Tensor, None]:
+            return torch.tanh(self.shared(x["x"])), None
+
+        def _decode(self, rep: Tensor, ctx: None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+            return {t: self.heads_[t](rep) for t in self.task_names}, {}
+
+        def task_parameters(self, task: str) -> list[nn.Parameter]:
+            return list(self.heads_[task].parameters())
+
+    torch.manual_seed(0)
+    tasks = [Task(name="click", kind="binary"), Task(name="watch", kind="regression")]
+    model = with_bias_tower(Flat(), tasks=["click", "watch"], input_key="bias", num_bias_features=1, dims=[2])
+    n = 64
+    pos = torch.randint(0, 5, (n, 1)).float()
+    data = MultiTaskDataset(
+        {"x": torch.randn(n, 3), "bias": pos},
+        {"click": (torch.rand(n) < 1 / (1 + pos.reshape(-1))).float(), "watch": torch.randn(n)},
+        tasks=tasks,
+    )
+    registry = WEIGHTINGS if family == "weighting" else AGGREGATORS
+    kwargs = {family: registry.build(name, tasks=tasks)}
+    before = [p.detach().clone() for p in model.heads.parameters()]
+    trainer = Trainer(model, tasks, progress=False, device="cpu", **kwargs)
+    trainer.fit(data, epochs=1, batch_size=32)
+    assert all(math.isfinite(v) for v in trainer.history[-1]["train"].values())
+    assert any(not torch.equal(a, b) for a, b in zip(model.heads.parameters(), before))
