@@ -303,6 +303,8 @@ def export_model(
     if predictor.preprocessor is not None:
         (folder / PREPROCESSOR_FILE).write_text(dumps(predictor.preprocessor.state_dict()))
         manifest["preprocessing"] = {"file": PREPROCESSOR_FILE, "embedded": bool(embed_preprocessing)}
+    if format == "onnx":
+        _restore_unused_inputs(path, layout)
     if embed_preprocessing:
         assert predictor.preprocessor is not None
         manifest["inputs"] = _embed_preprocessing(path, predictor.preprocessor, keys)
@@ -375,6 +377,31 @@ def _export_onnx(
             opset_version=opset,
             dynamo=False,
         )
+
+
+def _restore_unused_inputs(path: Path, layout: Sequence[Mapping[str, Any]]) -> None:
+    """Put back the inputs the exporter pruned because the eval graph reads none of their values
+    (e.g. a bias tower's position column, left out at serving), so the graph's inputs are always
+    the manifest's, in its order."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    present = {i.name: i for i in graph.input}
+    if all(spec["name"] in present for spec in layout):
+        return
+    types = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+    inputs = [
+        present.get(spec["name"])
+        or helper.make_tensor_value_info(spec["name"], types[spec["dtype"]], list(spec["shape"]))
+        for spec in layout
+    ]
+    others = [i for i in graph.input if i.name not in {spec["name"] for spec in layout}]
+    del graph.input[:]
+    graph.input.extend([*inputs, *others])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _embed_preprocessing(

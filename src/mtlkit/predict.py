@@ -64,7 +64,17 @@ PREPROCESSOR_FILE = "preprocessor.json"
 
 
 # ---------------------------------------------------------------------------------------------- signature
-_TASK_FIELDS = ("name", "kind", "num_classes", "num_outputs", "label_smoothing", "output", "target", "logits")
+_TASK_FIELDS = (
+    "name",
+    "kind",
+    "num_classes",
+    "num_outputs",
+    "label_smoothing",
+    "output",
+    "target",
+    "logits",
+    "auxiliary",
+)
 
 
 def _task_to_dict(task: Task) -> dict[str, Any]:

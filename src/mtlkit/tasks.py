@@ -76,6 +76,9 @@ class Task:
             evaluation-only task: it gets metrics (and predictions) but never a loss, so it counts
             as a task without labels in every batch (e.g. ESMM's pCVR, which is learnt only through
             ``pCTCVR`` but evaluated on its own).
+        auxiliary: an auxiliary task, trained (with its weight) only to help the main tasks: it is
+            left out of Δm, of the default early-stopping monitor's ``mean/<metric>`` (the mean
+            over main tasks) and of the main comparison table (reported in a separate block).
 
     Example:
         >>> Task(name="ctr", kind="binary").output_dim
@@ -93,6 +96,7 @@ class Task:
     target: str | None = None
     logits: bool = True
     train: bool = True
+    auxiliary: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -141,6 +145,8 @@ class Task:
             raise ValueError(f"Task {self.name!r}: logits=False applies to binary and multilabel tasks only.")
         if not isinstance(self.train, bool):
             raise ValueError(f"Task {self.name!r}: train must be True or False; got {self.train!r}.")
+        if not isinstance(self.auxiliary, bool):
+            raise ValueError(f"Task {self.name!r}: auxiliary must be True or False; got {self.auxiliary!r}.")
         if self.loss is not None and not callable(self.loss):
             raise ValueError(f"Task {self.name!r}: loss must be callable(pred, target); got {self.loss!r}.")
 

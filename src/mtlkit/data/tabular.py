@@ -37,7 +37,7 @@ import json
 import lzma
 import mmap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +81,8 @@ class TaskColumn(BaseModel):
         num_classes: multiclass with integer labels: the number of classes (default: max + 1).
         classes: the label values in class order (binary: ``[negative, positive]``); default for
             multiclass string labels: the sorted values seen in training.
+        auxiliary: an auxiliary task (see :class:`~mtlkit.tasks.Task`): trained, but left out of
+            Δm, of the default ``mean/...`` early-stopping monitor and of the main comparison table.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -89,6 +91,7 @@ class TaskColumn(BaseModel):
     kind: Literal["binary", "multiclass", "regression"]
     num_classes: PositiveInt | None = None
     classes: list[str] | None = None
+    auxiliary: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -632,7 +635,7 @@ def tabular(
         per_split, task, info = _encode_labels(
             name, spec, {s: f[spec.column] for s, f in frames.items()}, origins
         )
-        task_list.append(task)
+        task_list.append(replace(task, auxiliary=True) if spec.auxiliary else task)
         label_info[name] = info
         for s, t in per_split.items():
             targets[s][name] = t

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,12 +54,18 @@ def resolve_monitor(
     monitor: str,
     metrics: dict[str, dict[str, float]],
     directions: dict[str, dict[str, bool]] | None = None,
+    auxiliary: Collection[str] = (),
 ) -> tuple[float, bool]:
-    """Value of ``monitor`` in ``metrics`` and whether higher is better; raises with the choices."""
+    """Value of ``monitor`` in ``metrics`` and whether higher is better; raises with the choices.
+
+    ``mean/<metric>`` averages over the main tasks: the ``auxiliary`` ones are left out (unless
+    every task holding the metric is auxiliary)."""
     task, _, metric = monitor.partition("/")
     if task == "mean":
-        values = [m[metric] for m in metrics.values() if metric in m and not math.isnan(m[metric])]
         holders = [t for t, m in metrics.items() if metric in m]
+        main = [t for t in holders if t not in auxiliary] or holders
+        values = [metrics[t][metric] for t in main if not math.isnan(metrics[t][metric])]
+        holders = main
         if not holders:
             raise KeyError(_unknown(monitor, metrics))
         value = sum(values) / len(values) if values else math.nan
@@ -93,7 +99,7 @@ def monitored(
     directions = MultiTaskMetrics(tasks).directions() if "val" in record else None
     monitor = rule.monitor if rule is not None else "mean/loss"
     try:
-        value, higher = resolve_monitor(monitor, metrics, directions)
+        value, higher = resolve_monitor(monitor, metrics, directions, {t.name for t in tasks if t.auxiliary})
     except KeyError as exc:
         raise ValueError(str(exc.args[0])) from None
     if rule is not None and rule.mode != "auto":
