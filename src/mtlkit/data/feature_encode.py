@@ -68,7 +68,9 @@ class ListColumn:
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             values = flat.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
         else:
-            values = np.asarray(flat.cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False), dtype=str)
+            values = np.asarray(
+                flat.cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False), dtype=str
+            )
         return cls(values, lens)
 
 
@@ -190,7 +192,10 @@ class FeatureFitter:
         v = np.concatenate([old_v.astype(str), values.astype(str)])
         c = np.concatenate([old_c, counts.astype(np.int64)])
         uniq, inverse = np.unique(v, return_inverse=True)
-        self.counts[table] = (uniq, np.bincount(inverse.reshape(-1), weights=c, minlength=uniq.shape[0]).astype(np.int64))
+        self.counts[table] = (
+            uniq,
+            np.bincount(inverse.reshape(-1), weights=c, minlength=uniq.shape[0]).astype(np.int64),
+        )
 
     def finish(self, *, source: str = "data") -> None:
         pre = self.pre
@@ -221,7 +226,9 @@ def _kept_lens(lens: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- transforming
-def _lookup(pre: TabularPreprocessor, owner: CategoricalFeature, strings: np.ndarray, missing: np.ndarray) -> np.ndarray:
+def _lookup(
+    pre: TabularPreprocessor, owner: CategoricalFeature, strings: np.ndarray, missing: np.ndarray
+) -> np.ndarray:
     """Table indices of category strings: hash buckets or the vocabulary; missing -> 0, unseen -> 0."""
     if owner.hash_buckets is not None:
         out = np.zeros(strings.shape[0], dtype=np.int64)
@@ -235,9 +242,7 @@ def _lookup(pre: TabularPreprocessor, owner: CategoricalFeature, strings: np.nda
     return out
 
 
-def list_codes(
-    pre: TabularPreprocessor, f: CategoricalFeature, col: Any, length: int
-) -> np.ndarray:
+def list_codes(pre: TabularPreprocessor, f: CategoricalFeature, col: Any, length: int) -> np.ndarray:
     """``(N, length)`` table indices of a list column's values (missing values dropped, the first
     ``length`` kept), -1 padding."""
     lc = as_list_column(col, f.delimiter)
@@ -254,7 +259,9 @@ def list_codes(
     return out
 
 
-def transform_features(pre: TabularPreprocessor, columns: Mapping[str, Any], *, source: str = "data") -> dict[str, Tensor]:
+def transform_features(
+    pre: TabularPreprocessor, columns: Mapping[str, Any], *, source: str = "data"
+) -> dict[str, Tensor]:
     """The model inputs of ``columns`` under ``pre``'s feature specs (see the module doc)."""
     if not pre.fitted:
         raise DataError("TabularPreprocessor is not fitted; call fit(train_columns) first.")
@@ -264,7 +271,9 @@ def transform_features(pre: TabularPreprocessor, columns: Mapping[str, Any], *, 
     cat_cols: list[np.ndarray] = []
     for f in specs.categorical:
         if f.list:
-            out[LIST_PREFIX + f.name] = torch.from_numpy(list_codes(pre, f, columns[f.name], pre.list_lengths[f.name]))
+            out[LIST_PREFIX + f.name] = torch.from_numpy(
+                list_codes(pre, f, columns[f.name], pre.list_lengths[f.name])
+            )
         else:
             uniq, codes = _category_column(columns[f.name])
             s, missing = canonical(uniq)
@@ -333,12 +342,24 @@ def feature_schema(pre: TabularPreprocessor) -> FeatureSchema:
         owner = specs.owner(f.name)
         if f.list:
             lists.append(
-                ListInput(f.name, card(owner), pre.list_lengths[f.name], f.pooling, owner.dim or 0, f.share or "")
+                ListInput(
+                    f.name, card(owner), pre.list_lengths[f.name], f.pooling, owner.dim or 0, f.share or ""
+                )
             )
         else:
-            names.append(f.name), cards.append(card(owner)), dims.append(owner.dim or 0), tables.append(f.share or "")
+            (
+                names.append(f.name),
+                cards.append(card(owner)),
+                dims.append(owner.dim or 0),
+                tables.append(f.share or ""),
+            )
     for g in specs.numeric:
         if g.bucketize is not None:
-            names.append(g.name), cards.append(len(g.bucketize) + 2), dims.append(g.dim or 0), tables.append("")
+            (
+                names.append(g.name),
+                cards.append(len(g.bucketize) + 2),
+                dims.append(g.dim or 0),
+                tables.append(""),
+            )
     numeric = [g.name for g in specs.numeric if g.bucketize is None]
     return FeatureSchema(tuple(names), tuple(cards), tuple(numeric), tuple(dims), tuple(tables), tuple(lists))

@@ -19,6 +19,7 @@ See :class:`CategoricalFeature` and :class:`NumericFeature` for every option and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -78,7 +79,9 @@ class CategoricalFeature(BaseModel):
         if not self.list:
             given = [k for k in _LIST_OPTIONS if k in self.model_fields_set]
             if given:
-                raise ValueError(f"{', '.join(given)} apply to list columns only; add list: true or remove them")
+                raise ValueError(
+                    f"{', '.join(given)} apply to list columns only; add list: true or remove them"
+                )
         if self.list and not self.delimiter:
             raise ValueError("delimiter must be a non-empty string")
         if self.share is not None:
@@ -125,12 +128,14 @@ class NumericFeature(BaseModel):
                 raise ValueError("bucketize needs at least one boundary")
             if any(x != x or abs(x) == float("inf") for x in b):
                 raise ValueError(f"bucketize boundaries must be finite numbers; got {b}")
-            if any(x >= y for x, y in zip(b, b[1:])):
+            if any(x >= y for x, y in itertools.pairwise(b)):
                 raise ValueError(f"bucketize boundaries must be strictly increasing; got {b}")
             if self.transform != "standardise":
                 raise ValueError("a bucketized column is not transformed; remove transform or bucketize")
         elif self.dim is not None:
-            raise ValueError("dim applies to bucketized columns only (they are embedded); add bucketize or remove dim")
+            raise ValueError(
+                "dim applies to bucketized columns only (they are embedded); add bucketize or remove dim"
+            )
         return self
 
     @property
@@ -163,7 +168,10 @@ class FeatureSpecs(BaseModel):
         return {
             "categorical": [f.model_dump(exclude_defaults=True) for f in self.categorical],
             "numeric": [
-                {**f.model_dump(exclude_defaults=True), **({"bucketize": list(f.bucketize)} if f.bucketize else {})}
+                {
+                    **f.model_dump(exclude_defaults=True),
+                    **({"bucketize": list(f.bucketize)} if f.bucketize else {}),
+                }
                 for f in self.numeric
             ],
         }

@@ -350,7 +350,11 @@ class TabularPreprocessor:
             **({"max_categories": self.max_categories} if self.max_categories is not None else {}),
             "vocabularies": {k: list(v) for k, v in vocabularies.items()},
             "stats": {k: [m, s] for k, (m, s) in stats.items()},
-            **({"features": self.features.to_state(), "list_lengths": dict(self.list_lengths)} if not self.plain else {}),
+            **(
+                {"features": self.features.to_state(), "list_lengths": dict(self.list_lengths)}
+                if not self.plain
+                else {}
+            ),
         }
 
     @classmethod
@@ -374,7 +378,9 @@ class TabularPreprocessor:
             ) from None
         specs = pre.features
         missing = [
-            f.name for f in specs.categorical if f.share is None and f.hash_buckets is None and f.name not in pre.vocabularies
+            f.name
+            for f in specs.categorical
+            if f.share is None and f.hash_buckets is None and f.name not in pre.vocabularies
         ] + [f.name for f in specs.numeric if f.bucketize is None and f.name not in pre.stats]
         missing += [f.name for f in specs.categorical if f.list and f.name not in pre.list_lengths]
         if missing:

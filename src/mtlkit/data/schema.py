@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CATEGORICAL", "LIST_PREFIX", "NUMERIC", "FeatureSchema", "InputSpec", "ListInput", "describe_input_spec"]
+__all__ = [
+    "CATEGORICAL",
+    "LIST_PREFIX",
+    "NUMERIC",
+    "FeatureSchema",
+    "InputSpec",
+    "ListInput",
+    "describe_input_spec",
+]
 
 CATEGORICAL = "categorical"
 """Key of the ``(N, C)`` long tensor of category indices in tabular inputs (0 = unknown)."""
@@ -88,7 +96,9 @@ class FeatureSchema:
         )
         for what, seq in (("dims", self.dims), ("tables", self.tables)):
             if seq and len(seq) != len(self.categorical):
-                raise ValueError(f"FeatureSchema {what} needs one entry per categorical column; got {len(seq)}.")
+                raise ValueError(
+                    f"FeatureSchema {what} needs one entry per categorical column; got {len(seq)}."
+                )
         if len(self.categorical) != len(self.cardinalities):
             raise ValueError(
                 f"FeatureSchema needs one cardinality per categorical column; got {len(self.categorical)} "
@@ -124,8 +134,14 @@ class FeatureSchema:
             out["tables"] = list(self.tables)
         if self.lists:
             out["lists"] = [
-                {"name": x.name, "cardinality": x.cardinality, "length": x.length, "pooling": x.pooling,
-                 "dim": x.dim, "table": x.table}
+                {
+                    "name": x.name,
+                    "cardinality": x.cardinality,
+                    "length": x.length,
+                    "pooling": x.pooling,
+                    "dim": x.dim,
+                    "table": x.table,
+                }
                 for x in self.lists
             ]
         return out
@@ -150,7 +166,9 @@ def describe_input_spec(spec: InputSpec | None) -> str:
     """A short human description, for error messages."""
     if isinstance(spec, FeatureSchema):
         lists = f", {len(spec.lists)} list" if spec.lists else ""
-        return f"tabular inputs ({spec.num_categorical} categorical, {spec.num_numeric} numeric{lists} columns)"
+        return (
+            f"tabular inputs ({spec.num_categorical} categorical, {spec.num_numeric} numeric{lists} columns)"
+        )
     if isinstance(spec, tuple):
         return f"tensor inputs of shape (N, {', '.join(map(str, spec))})"
     if isinstance(spec, int):
