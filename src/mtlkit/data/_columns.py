@@ -271,12 +271,8 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, Column], *, source
         keep = (counts > 0) & ~col.missing_values()
         values, counts = col.values[keep].astype(str), counts[keep]
         if not col.clean:
-            values, inverse = np.unique(
-                np.char.strip(values), return_inverse=True
-            )  # " a" and "a": one category
-            counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.shape[0]).astype(
-                np.int64
-            )
+            values, inverse = np.unique(np.char.strip(values), return_inverse=True)  # " a" and "a": one category
+            counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.shape[0]).astype(np.int64)
         vocabularies[name] = vocabulary(
             values, counts, min_frequency=pre.min_frequency, max_categories=pre.max_categories
         )

@@ -363,3 +363,35 @@ def feature_schema(pre: TabularPreprocessor) -> FeatureSchema:
             )
     numeric = [g.name for g in specs.numeric if g.bucketize is None]
     return FeatureSchema(tuple(names), tuple(cards), tuple(numeric), tuple(dims), tuple(tables), tuple(lists))
+
+
+# ---------------------------------------------------------------------------------------------- arrow columns
+def arrow_columns(pre: TabularPreprocessor, table: Any, origin: Any) -> dict[str, Any]:
+    """The feature columns of a pyarrow table or record batch in the forms the in-memory ``tabular``
+    dataset reads them (text coded and stripped, integer ids exact, numbers as float64 with NaN,
+    list columns as :class:`ListColumn`), so that streaming and in-memory encodings are equal."""
+    import pyarrow as pa
+
+    from mtlkit.data.arrow_io import column_floats
+    from mtlkit.data.tabular import _coded_arrow
+
+    out: dict[str, Any] = {}
+    for f in pre.features.categorical:
+        col = table.column(f.name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        t = col.type
+        if f.list:
+            if pa.types.is_list(t) or pa.types.is_large_list(t):
+                out[f.name] = ListColumn.from_arrow(col)
+            else:
+                out[f.name] = _coded_arrow(col.cast(pa.string()))[0]
+        elif pa.types.is_integer(t) and not col.null_count:
+            out[f.name] = col.cast(pa.int64()).to_numpy()
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out[f.name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        else:
+            out[f.name] = _coded_arrow(col.cast(pa.string()))[0]
+    for g in pre.features.numeric:
+        out[g.name] = column_floats(table.column(g.name), column=g.name, origin=origin)
+    return out
