@@ -61,7 +61,7 @@ def test_backbone_section_sets_its_parameters_and_is_validated(tabular_dataset: 
         "embedding_dim": 3,
         "check_indices": True,
         "init_std": 1e-4,
-        "sparse": False,
+        "sparse_embeddings": False,
     }
     model = build_model(
         {"name": "shared_bottom", "bottom_dims": [8], "tower_dims": [4]}, build_data(cfg.data), cfg.backbone

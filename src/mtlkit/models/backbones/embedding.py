@@ -62,7 +62,8 @@ class EmbeddingFrontEnd(nn.Module):
             batch; turn off to avoid the host synchronisation on accelerators).
         init_std: tables start N(0, init_std**2) (:data:`DEFAULT_INIT_STD`).
         sparse: sparse gradients for the tables (``nn.Embedding(sparse=True)``; needs an optimizer
-            that takes them, see ``sparse_embeddings``).
+            that takes them: the trainer steps them with ``SparseAdam``, see
+            :mod:`mtlkit.training.sparse_optim`).
     """
 
     def __init__(
@@ -243,12 +244,13 @@ def embedding(
     embedding_dim: int | Literal["auto"] = 8,
     check_indices: bool = True,
     init_std: float = DEFAULT_INIT_STD,
-    sparse: bool = False,
+    sparse_embeddings: bool = False,
 ) -> EmbeddingFrontEnd:
     """Embeddings of categorical columns (unknown bucket 0) concatenated with numeric columns.
 
     ``embedding_dim``: the width of columns without their own ``dim`` (``auto``: from each table's
-    cardinality); ``init_std``: tables start N(0, init_std**2); ``sparse``: sparse table gradients."""
+    cardinality); ``init_std``: tables start N(0, init_std**2); ``sparse_embeddings``: sparse table
+    gradients, stepped by ``SparseAdam`` (:mod:`mtlkit.training.sparse_optim`)."""
     if embedding_dim != "auto":
         positive_int("embedding_dim", embedding_dim, who="embedding")
     if not isinstance(input_spec, FeatureSchema):
@@ -256,5 +258,5 @@ def embedding(
             f"the embedding backbone takes tabular inputs (a FeatureSchema); got {describe_input_spec(input_spec)}."
         )
     return EmbeddingFrontEnd(
-        input_spec, embedding_dim, check_indices=check_indices, init_std=init_std, sparse=sparse
+        input_spec, embedding_dim, check_indices=check_indices, init_std=init_std, sparse=sparse_embeddings
     )
