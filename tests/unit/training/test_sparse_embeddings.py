@@ -97,3 +97,22 @@ def test_schedulers_state_and_weighting_parameters_reach_both_optimizers() -> No
 def test_grad_clipping_with_sparse_tables_is_refused() -> None:
     with pytest.raises(ValueError, match="grad_clip_norm needs dense gradients"):
         OptimizerSet(Net(sparse=True), nn.Module(), ["t"], None, clip_norm=1.0)
+
+
+def test_gradient_aggregators_with_sparse_tables_are_refused() -> None:
+    from mtlkit import Task
+    from mtlkit.aggregation import AGGREGATORS
+    from mtlkit.registries import MODELS
+    from mtlkit.training.trainer import Trainer
+
+    tasks = [Task(name="a", kind="regression"), Task(name="b", kind="regression")]
+    schema = FeatureSchema(("c",), (50,), ("x",))
+    model = MODELS.build(
+        "mmoe",
+        input_dim=None,
+        tasks=tasks,
+        num_experts=2,
+        input_layer=lambda: embedding(schema, sparse_embeddings=True),
+    )
+    with pytest.raises(ValueError, match="combines dense per-task gradients"):
+        Trainer(model, tasks, aggregator=AGGREGATORS.build("pcgrad", tasks=tasks), device="cpu")
