@@ -99,11 +99,25 @@ def as_list_column(col: Any, delimiter: str) -> ListColumn:
         return ListColumn.from_arrow(col)
     if isinstance(col, CodedColumn):
         rows = col.values[col.codes] if col.values.size else np.full(len(col), "", dtype=str)
+    elif _holds_lists(col):  # Python lists (or arrays) per row: [["a", "b"], [], ...]
+        cells = [[] if c is None else list(c) for c in col]
+        lens = np.array([len(c) for c in cells], dtype=np.int64)
+        flat = [v for c in cells for v in c]
+        values = np.asarray(flat) if flat else np.zeros(0, dtype=str)
+        if values.dtype.kind not in "fciubU":
+            values = np.asarray([str(v) for v in flat], dtype=str)
+        return ListColumn(values, lens)
     else:
         arr = np.asarray(col)
         rows = number_strings(arr) if arr.dtype.kind in "fciub" else arr.astype(str)
     text = pa.array(rows.tolist(), pa.string()) if rows.size else pa.array([], pa.string())
     return ListColumn.from_arrow(pc.split_pattern(text, pattern=delimiter))
+
+
+def _holds_lists(col: Any) -> bool:
+    if isinstance(col, np.ndarray) and col.dtype != object:
+        return False
+    return any(isinstance(c, (list, tuple, np.ndarray)) for c in col)
 
 
 def canonical(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

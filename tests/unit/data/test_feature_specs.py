@@ -334,3 +334,37 @@ def test_a_model_with_hashed_and_list_inputs_exports_and_checks(fmt: str, tmp_pa
     if fmt == "onnx":
         with pytest.raises(IncompatibleComponentsError, match="embed_preprocessing supports plain"):
             export_model(predictor, tmp_path / "raw", embed_preprocessing=True)
+
+
+def test_list_cells_as_python_lists_equal_delimited_strings() -> None:
+    pre = fitted()
+    cols = columns(12, 4)
+    as_lists = {**cols, "history": [h.split("|") if h else [] for h in cols["history"]]}
+    a, b = pre.transform(cols), pre.transform(as_lists)
+    assert torch.equal(a["list:history"], b["list:history"])
+
+
+def test_predict_files_reads_parquet_list_columns(tmp_path: Path) -> None:
+    from mtlkit.predict import Predictor
+    from mtlkit.registries import MODELS
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = write_data(tmp_path, n=120)["parquet"]
+    pre = fitted()
+    tasks = (Task(name="click", kind="binary"),)
+    schema = pre.schema
+    model = MODELS.build(
+        "mmoe", input_dim=None, tasks=tasks, num_experts=2, input_layer=lambda: embedding(schema)
+    )
+    predictor = Predictor(model=model, tasks=tasks, input_spec=schema, preprocessor=pre)
+    out = predictor.predict_files(path, tmp_path / "p.parquet", batch_size=50)
+    got = pq.read_table(out).column("click").to_numpy()
+    table = pq.read_table(path)
+    raw = {
+        c: table.column(c).to_numpy(zero_copy_only=False)
+        for c in pre.categorical + pre.numeric
+        if c != "history"
+    }
+    raw["history"] = table.column("history").to_pylist()
+    want = predictor.predict(raw)["click"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
