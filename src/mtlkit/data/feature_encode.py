@@ -213,10 +213,16 @@ class FeatureFitter:
 
     def finish(self, *, source: str = "data") -> None:
         pre = self.pre
-        pre.vocabularies = {
-            t: vocabulary(v, c, min_frequency=pre.min_frequency, max_categories=pre.max_categories)
-            for t, (v, c) in self.counts.items()
-        }
+        vocabularies = {}
+        for t, (v, c) in self.counts.items():
+            f = self.specs.cat(t)
+            vocabularies[t] = vocabulary(
+                v,
+                c,
+                min_frequency=f.min_frequency or pre.min_frequency,
+                max_categories=f.max_categories or pre.max_categories,
+            )
+        pre.vocabularies = vocabularies
         stats = {}
         for name, m in self.moments.items():
             if m.count == 0:

@@ -61,6 +61,10 @@ class CategoricalFeature(BaseModel):
         delimiter: list columns in CSV: the separator of the values (default ``|``).
         pooling: list columns: ``mean`` (default), ``sum`` or ``max`` of the values' embeddings.
         max_length: list columns: at most this many values per row are read (the first ones).
+        min_frequency: this column's vocabulary keeps values seen at least this often (default: the
+            dataset's ``min_frequency``).
+        max_categories: this column's vocabulary keeps at most this many values, the most frequent
+            (default: the dataset's ``max_categories``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,9 +77,14 @@ class CategoricalFeature(BaseModel):
     delimiter: str = "|"
     pooling: Literal["mean", "sum", "max"] = "mean"
     max_length: PositiveInt = 50
+    min_frequency: PositiveInt | None = None
+    max_categories: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalFeature:
+        vocab = [k for k in ("min_frequency", "max_categories") if getattr(self, k) is not None]
+        if vocab and self.hash_buckets is not None:
+            raise ValueError(f"{', '.join(vocab)} apply to vocabularies; a hashed column has none")
         if not self.list:
             given = [k for k in _LIST_OPTIONS if k in self.model_fields_set]
             if given:
@@ -85,10 +94,14 @@ class CategoricalFeature(BaseModel):
         if self.list and not self.delimiter:
             raise ValueError("delimiter must be a non-empty string")
         if self.share is not None:
-            given = [k for k in ("hash_buckets", "dim") if getattr(self, k) is not None]
+            given = [
+                k
+                for k in ("hash_buckets", "dim", "min_frequency", "max_categories")
+                if getattr(self, k) is not None
+            ]
             if given:
                 raise ValueError(
-                    f"a column that shares another's table takes its {' and '.join(given)} from it; remove "
+                    f"a column that shares another's table takes its {', '.join(given)} from it; remove "
                     f"{', '.join(given)} (or set them on {self.share!r})"
                 )
             if self.share == self.name:

@@ -157,6 +157,7 @@ def test_state_round_trip_and_plain_state_unchanged() -> None:
         ({"name": "user", "hash_buckets": 0}, r"categorical\[1\] \('user'\).hash_buckets"),
         ({"name": "user", "pooling": "mean"}, "apply to list columns only"),
         ({"name": "user", "share": "item", "dim": 3}, "takes its dim from it"),
+        ({"name": "user", "hash_buckets": 9, "min_frequency": 2}, "a hashed column has none"),
         ({"name": "user", "hashbuckets": 5}, "Allowed keys"),
     ],
 )
@@ -368,3 +369,13 @@ def test_predict_files_reads_parquet_list_columns(tmp_path: Path) -> None:
     raw["history"] = table.column("history").to_pylist()
     want = predictor.predict(raw)["click"].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_per_column_min_frequency_and_max_categories() -> None:
+    cols = {"a": np.array(["x", "x", "x", "y", "y", "z"]), "b": np.array(["p", "p", "q", "r", "s", "t"])}
+    pre = TabularPreprocessor(
+        categorical=[{"name": "a", "min_frequency": 2}, {"name": "b", "max_categories": 2}], min_frequency=1
+    ).fit(cols)
+    assert pre.vocabularies == {"a": ["x", "y"], "b": ["p", "q"]}  # b: the most frequent, ties by value
+    back = TabularPreprocessor.from_state_dict(pre.state_dict())
+    assert back.features == pre.features
