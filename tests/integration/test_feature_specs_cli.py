@@ -75,13 +75,16 @@ def config(root: Path, **data: Any) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("variant", ["memory", "streaming", "sparse"])
 def test_feature_specs_run_predict_and_export_from_yaml(
-    streaming: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    variant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    extra = {"streaming": True, "num_workers": 0, "shuffle_buffer": 256} if streaming else {}
+    extra = {"streaming": True, "num_workers": 0, "shuffle_buffer": 256} if variant == "streaming" else {}
+    spec = config(tmp_path, **extra)
+    if variant == "sparse":  # sparse-gradient tables (SparseAdam) and widths from the cardinality
+        spec["backbone"] = {"name": "embedding", "sparse_embeddings": True, "embedding_dim": "auto"}
     cfg = tmp_path / "specs.yaml"
-    cfg.write_text(yaml.safe_dump(config(tmp_path, **extra), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert main(["validate", str(cfg)]) == 0
     assert main(["run", str(cfg), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
     run = next((tmp_path / "runs").glob("specs-*"))
