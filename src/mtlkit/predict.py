@@ -398,7 +398,8 @@ class _Unseen:
         for c, k in per_column.items():
             self.per_column[c] = self.per_column.get(c, 0) + k
         self.rows += rows
-        self.all_unknown += int((inputs["categorical"] == 0).all(dim=1).sum())
+        if "categorical" in inputs:  # (list-only categorical features have no (N, C) tensor)
+            self.all_unknown += int((inputs["categorical"] == 0).all(dim=1).sum())
 
     def merge(self, other: _Unseen) -> None:
         for c, k in other.per_column.items():
