@@ -183,8 +183,14 @@ class StreamLoader:
         if workers <= 0:
             yield from source
             return
+        # its own generator: the DataLoader draws the workers' base seed from it, not from torch's
+        # global generator, which dropout uses (a resumed epoch would otherwise draw other masks)
         loader = torch.utils.data.DataLoader(
-            source, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available()
+            source,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, first)),
         )
         held: dict[int, dict[str, Any]] = {}
         expect = first

@@ -359,3 +359,17 @@ def test_a_parquet_row_group_is_read_once_per_epoch(tmp_path: Path, monkeypatch:
     loader = splits.train.loader(splits.tasks, 64, seed=0)
     assert sum(len(b) for b in loader) == 1200
     assert sorted(reads) == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterating_leaves_the_global_generator_alone(log_dir: Path, workers: int) -> None:
+    """Dropout draws from torch's global generator: a loader that drew from it too (the DataLoader's
+    worker seed) would make a resumed epoch draw other dropout masks than the uninterrupted one."""
+    splits = _stream(log_dir, tasks=ID_TASK, num_workers=workers)
+    loader = splits.train.loader(splits.tasks, 500, seed=1)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    assert len(list(loader)) == len(loader)
+    loader.set_start(2)
+    assert len(list(loader)) == len(loader) - 2
+    assert torch.equal(torch.get_rng_state(), before)
