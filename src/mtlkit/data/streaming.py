@@ -112,9 +112,10 @@ class TabularStream(TrainSource):
 
     def task_datasets(self, tasks: Sequence[Task], *, schedule: str) -> dict[str, Any]:
         raise DataError(
-            f"Schedule {schedule!r} draws each task's batches from that task's own labelled rows, which a stream "
-            "cannot give without reading the data for every task; use schedule 'joint' with streaming data "
-            "(or the in-memory tabular dataset)."
+            f"Schedule {schedule!r} draws each task's batches from that task's own labelled rows, which one stream "
+            "cannot give without reading the data for every task. With one stream use schedule 'joint' or "
+            "'mixed' (every batch carries every task's labels); for 'alternating' or 'sampling' give each task "
+            "its own stream, {task: TabularStream} (Python), or use the in-memory tabular dataset."
         )
 
     # ------------------------------------------------------------------ evaluation and prediction
