@@ -205,7 +205,10 @@ def _joint_plan(
             yield ScheduledStep(raw)
 
     steps = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    return EpochPlan(epoch, steps, validate=not isinstance(loader, TensorBatchLoader), skips=True)
+    # a dataset's loader, and a loader marked ``prevalidated`` (a stream's: its labels are checked
+    # when encoded), need no per-batch target check
+    checked = isinstance(loader, TensorBatchLoader) or getattr(loader, "prevalidated", False) is True
+    return EpochPlan(epoch, steps, validate=not checked, skips=True)
 
 
 class Joint(TaskSchedule):
