@@ -174,6 +174,11 @@ class PerTaskSources(TrainSource):
             loader = src.loader(
                 [task], batch_size, seed=mix_seed(seed, i), num_replicas=num_replicas, rank=rank
             )
+            if not hasattr(src, "__len__"):
+                raise TypeError(
+                    f"The source of task {task.name!r} ({type(src).__name__}) has no length (its rows), which the "
+                    "per-task schedules need; give a TabularStream."
+                )
             out[task.name] = LoaderTaskStream(loader, task, num_samples=len(src))  # type: ignore[arg-type]
         return out
 
