@@ -264,4 +264,10 @@ def test_a_per_task_schedule_is_refused_by_both(logs: Path, tmp_path: Path, caps
     cfg = config(str(logs / "train"), str(logs / "val"), str(logs / "test"))
     cfg["schedule"] = {"name": "alternating"}
     err = _both(tmp_path, capsys, write(tmp_path / "c.yaml", cfg))
-    assert "schedule (alternating): Schedule 'alternating'" in err and "use schedule 'joint'" in err
+    assert "schedule (alternating): Schedule 'alternating'" in err and "use schedule 'joint' or 'mixed'" in err
+
+
+def test_the_mixed_schedule_validates_on_a_stream(logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(str(logs / "train"), str(logs / "val"), str(logs / "test"))
+    cfg["schedule"] = {"name": "mixed"}  # one stream: the joint plan
+    assert main(["validate", str(write(tmp_path / "c.yaml", cfg))]) == 0, capsys.readouterr().err

@@ -107,8 +107,9 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
 
 
 def _stream_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
-    """A streamed training split (data larger than memory) gives joint batches; another schedule
-    asks it for per-task data, which it refuses (a DataError saying why) unless it can give it."""
+    """A streamed training split (data larger than memory) gives joint batches (schedules 'joint'
+    and 'mixed'); a per-task schedule asks it for per-task data, which it refuses (a DataError saying
+    why). The schedule is bound to the stream as ``run`` binds it (no data is read)."""
     train = splits.train
     if not isinstance(train, TrainSource) or isinstance(train, DataSource):
         return []
@@ -116,11 +117,9 @@ def _stream_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
         schedule = build_schedule(cfg.schedule)
     except ConfigError:
         return []  # reported with the trainer's problems
-    if schedule.name == "joint":
-        return []
     trained = [t for t in splits.tasks if t.train] or list(splits.tasks)
     try:
-        train.task_datasets(trained, schedule=schedule.name)
+        schedule.bind(train, trained, batch_size=cfg.trainer.batch_size, seed=cfg.seed)
     except DataError as exc:
         return [f"schedule ({schedule.name}): {exc}"]
     return []

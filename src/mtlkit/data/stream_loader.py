@@ -113,7 +113,12 @@ class StreamLoader:
     ``(seed, epoch)``; every rank has :meth:`__len__` steps. Evaluation: file order, this rank's
     contiguous share, nothing padded. :meth:`set_start` makes the next iteration begin at a batch
     of the epoch without reading the windows before it.
+
+    ``prevalidated``: the batches' targets are valid by construction (the encoder refuses a bad
+    label, naming its file and row), so the trainer does not check them batch by batch.
     """
+
+    prevalidated = True
 
     def __init__(
         self,
@@ -183,8 +188,14 @@ class StreamLoader:
         if workers <= 0:
             yield from source
             return
+        # its own generator: the DataLoader draws the workers' base seed from it, not from torch's
+        # global generator, which dropout uses (a resumed epoch would otherwise draw other masks)
         loader = torch.utils.data.DataLoader(
-            source, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available()
+            source,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, first)),
         )
         held: dict[int, dict[str, Any]] = {}
         expect = first

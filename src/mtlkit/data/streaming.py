@@ -34,7 +34,7 @@ from mtlkit.data.splits import DataSplits
 from mtlkit.data.stream_encode import LabelSpec, StreamEncoder, _distinct, canonical_label
 from mtlkit.data.stream_loader import StreamLoader, default_workers
 from mtlkit.data.stream_read import FragmentReader, fragment_table
-from mtlkit.data.streaming_fit import fit_streaming
+from mtlkit.data.streaming_fit import LabelCounts, fit_streaming, label_present
 from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
@@ -112,9 +112,10 @@ class TabularStream(TrainSource):
 
     def task_datasets(self, tasks: Sequence[Task], *, schedule: str) -> dict[str, Any]:
         raise DataError(
-            f"Schedule {schedule!r} draws each task's batches from that task's own labelled rows, which a stream "
-            "cannot give without reading the data for every task; use schedule 'joint' with streaming data "
-            "(or the in-memory tabular dataset)."
+            f"Schedule {schedule!r} draws each task's batches from that task's own labelled rows, which one stream "
+            "cannot give without reading the data for every task. With one stream use schedule 'joint' or "
+            "'mixed' (every batch carries every task's labels); for 'alternating' or 'sampling' give each task "
+            "its own stream, {task: TabularStream} (Python), or use the in-memory tabular dataset."
         )
 
     # ------------------------------------------------------------------ evaluation and prediction
@@ -207,6 +208,43 @@ def discover_classes(
     return out
 
 
+def check_labels(
+    files: Sequence[Path],
+    specs: Mapping[str, TaskColumn],
+    counts: LabelCounts,
+    *,
+    complete: bool,
+    delimiter: str,
+) -> None:
+    """Every task has at least one label in the training files (the check of ``tabular``).
+
+    ``counts`` come from the preprocessor's fit pass; where that pass did not read every row
+    (``fit_rows``, or a given preprocessor) and found no label for a task, the task's label column
+    alone is read until a label turns up.
+
+    Raises:
+        DataError: a task without any label, naming the files and the column.
+    """
+    missing = {n: s.column for n, s in specs.items() if counts.labelled.get(s.column, 0) == 0}
+    rows = counts.rows
+    if missing and not complete:
+        rows = 0
+        columns = list(dict.fromkeys(missing.values()))
+        for _, batch in iter_batches(files, columns, delimiter=delimiter):
+            rows += batch.num_rows
+            found = {c for c in columns if label_present(batch.column(c)).any()}
+            missing = {n: c for n, c in missing.items() if c not in found}
+            columns = [c for c in columns if c not in found]
+            if not missing:
+                return
+    for name, column in missing.items():
+        shown = ", ".join(map(str, files[:3])) + (", ..." if len(files) > 3 else "")
+        raise DataError(
+            f"Task {name!r} has no label in {shown} (training data, {rows} row{'s' if rows != 1 else ''}): every "
+            f"value of column {column!r} is blank, NA or NaN. Fill in labels, fix the column name, or remove the task."
+        )
+
+
 def _number(v: str) -> float | None:
     try:
         return float(v)
@@ -273,6 +311,7 @@ def tabular_stream(
             files[what] = expand_paths(spec)
     for paths in files.values():
         check_columns(paths, [*features, *label_columns], delimiter)
+    counts = LabelCounts()
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
     else:
@@ -285,12 +324,17 @@ def tabular_stream(
             label_columns=label_columns,
             max_rows=fit_rows,
             delimiter=delimiter,
+            label_counts=counts,
         )
+    # the fit pass read every training row (no preprocessor given, no fit_rows): its counts are complete
+    check_labels(
+        files["train"], specs, counts, complete=preprocessor is None and fit_rows is None, delimiter=delimiter
+    )
     classes = discover_classes(files["train"], specs, delimiter=delimiter)
     task_list = tuple(
-        Task(name=n, kind="multiclass", num_classes=len(classes[n]))
+        Task(name=n, kind="multiclass", num_classes=len(classes[n]), auxiliary=s.auxiliary)
         if s.kind == "multiclass"
-        else Task(name=n, kind=s.kind)
+        else Task(name=n, kind=s.kind, auxiliary=s.auxiliary)
         for n, s in specs.items()
     )
     labels = tuple(LabelSpec(n, s.column, s.kind, tuple(classes.get(n, ()))) for n, s in specs.items())

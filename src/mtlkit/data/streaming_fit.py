@@ -17,12 +17,13 @@ training rows only); ``max_rows`` fits on the first rows of the files (in file o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mtlkit.data.arrow_io import BatchOrigin, column_floats, expand_paths, iter_batches
+from mtlkit.data.arrow_io import column_floats, expand_paths, iter_batches
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, vocabulary
 from mtlkit.data.streaming_stats import CategoryCounts, RunningMoments
 from mtlkit.errors import DataError
@@ -30,7 +31,16 @@ from mtlkit.errors import DataError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["fit_streaming"]
+__all__ = ["LabelCounts", "fit_streaming", "label_present"]
+
+
+@dataclass
+class LabelCounts:
+    """Filled by :func:`fit_streaming`: the rows its pass read and, per label column, how many of
+    them hold a label (a task without any is refused, as the ``tabular`` dataset refuses it)."""
+
+    rows: int = 0
+    labelled: dict[str, int] = field(default_factory=dict)
 
 
 def fit_streaming(
@@ -44,6 +54,7 @@ def fit_streaming(
     max_rows: int | None = None,
     delimiter: str = ",",
     batch_rows: int = 65_536,
+    label_counts: LabelCounts | None = None,
 ) -> TabularPreprocessor:
     """A :class:`TabularPreprocessor` fitted in one pass over ``files``, without loading them whole.
 
@@ -60,6 +71,8 @@ def fit_streaming(
             unlabelled rows).
         delimiter: CSV field separator.
         batch_rows: rows per Parquet batch.
+        label_counts: when given, filled with the rows read and the labelled rows per column of
+            ``label_columns`` among them (every row when ``max_rows`` is None).
 
     Raises:
         DataError: as the in-memory fit (non-numeric or infinite numeric values, a numeric column
@@ -77,7 +90,7 @@ def fit_streaming(
     labels = [c for c in labels_all if c not in features]
     if not pre.plain:  # feature specs: hashed, shared, list, log1p, bucketized columns
         return _fit_features(
-            pre, paths, features, labels, labels_all, label_columns, max_rows, delimiter, batch_rows
+            pre, paths, features, labels, labels_all, max_rows, delimiter, batch_rows, label_counts
         )
     counts = {c: CategoryCounts() for c in pre.categorical}
     moments = {c: RunningMoments() for c in pre.numeric}
@@ -87,7 +100,7 @@ def fit_streaming(
     ):
         # numeric values are checked on every row, labelled or not (as the tabular dataset does)
         floats = {c: column_floats(batch.column(c), column=c, origin=origin) for c in pre.numeric}
-        rows = _labelled_rows(batch, labels_all, origin) if label_columns else np.arange(batch.num_rows)
+        rows = _labelled_rows(batch, labels_all, label_counts)
         if max_rows is not None:
             rows = rows[: max_rows - seen]
         if rows.size == 0:
@@ -122,10 +135,10 @@ def _fit_features(
     features: Sequence[str],
     labels: Sequence[str],
     labels_all: Sequence[str],
-    label_columns: Sequence[str],
     max_rows: int | None,
     delimiter: str,
     batch_rows: int,
+    label_counts: LabelCounts | None,
 ) -> TabularPreprocessor:
     """:func:`fit_streaming` under feature specs: the in-memory fitter fed batch by batch."""
     from mtlkit.data.feature_encode import FeatureFitter, arrow_columns
@@ -137,7 +150,7 @@ def _fit_features(
     ):
         for c in pre.numeric:  # numeric values are checked on every row, labelled or not
             column_floats(batch.column(c), column=c, origin=origin)
-        rows = _labelled_rows(batch, labels_all, origin) if label_columns else np.arange(batch.num_rows)
+        rows = _labelled_rows(batch, labels_all, label_counts)
         if max_rows is not None:
             rows = rows[: max_rows - seen]
         if rows.size == 0:
@@ -151,22 +164,30 @@ def _fit_features(
     return pre
 
 
-def _labelled_rows(batch: pa.RecordBatch, label_columns: Sequence[str], origin: BatchOrigin) -> np.ndarray:
-    """Indices of the rows with at least one label present."""
+def _labelled_rows(
+    batch: pa.RecordBatch, label_columns: Sequence[str], label_counts: LabelCounts | None
+) -> np.ndarray:
+    """Indices of the rows with at least one label present (every row without label columns);
+    counts the rows and the labelled rows per column into ``label_counts``."""
+    if not label_columns:
+        return np.arange(batch.num_rows)
+    present = {c: label_present(batch.column(c)) for c in label_columns}
+    if label_counts is not None:
+        label_counts.rows += batch.num_rows
+        for c, has in present.items():
+            label_counts.labelled[c] = label_counts.labelled.get(c, 0) + int(has.sum())
+    return np.flatnonzero(np.any(np.stack(list(present.values())), axis=0))
+
+
+def label_present(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per row, whether the label column holds a label (not null, NaN, blank or a missing marker)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from mtlkit.data.arrow_io import is_numeric_type
 
-    present = np.zeros(batch.num_rows, dtype=bool)
-    for c in label_columns:
-        col = batch.column(c)
-        if is_numeric_type(col.type):
-            x = pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-            present |= ~np.isnan(x)
-        else:
-            text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string()).fill_null("")))
-            present |= ~pc.is_in(text, value_set=pa.array(sorted(MISSING_VALUES))).to_numpy(
-                zero_copy_only=False
-            )
-    return np.flatnonzero(present)
+    if is_numeric_type(col.type):
+        x = pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        return ~np.isnan(x)
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(col, pa.string()).fill_null("")))
+    return ~pc.is_in(text, value_set=pa.array(sorted(MISSING_VALUES))).to_numpy(zero_copy_only=False)

@@ -12,7 +12,7 @@ from mtlkit.training.schedules import (
     ScheduledStep,
     TaskSchedule,
 )
-from mtlkit.training.source import TrainSource, as_source
+from mtlkit.training.source import PerTaskSources, TrainSource, as_source
 from mtlkit.training.task_data import PerTaskData, mixed_dataset
 from mtlkit.training.trainer import Trainer, TrainingDivergedError, default_device
 
@@ -25,6 +25,7 @@ __all__ = [
     "Joint",
     "Mixed",
     "PerTaskData",
+    "PerTaskSources",
     "Sampling",
     "ScheduledStep",
     "TaskSchedule",

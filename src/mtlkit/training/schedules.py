@@ -48,7 +48,7 @@ from mtlkit.distributed import mix_seed
 from mtlkit.errors import CheckpointError, DataError, IncompatibleComponentsError
 from mtlkit.registries import SCHEDULES
 from mtlkit.tasks import Task
-from mtlkit.training.source import TrainSource
+from mtlkit.training.source import PerTaskSources, TrainSource
 from mtlkit.training.task_data import TaskStream, mixed_dataset
 
 __all__ = [
@@ -186,21 +186,9 @@ def _per_task_streams(
     num_replicas: int,
     rank: int,
 ) -> dict[str, TaskStream]:
-    sources = data.task_datasets(tasks, schedule=schedule)
-    index = {t.name: i for i, t in enumerate(tasks)}
-    by_name = {t.name: t for t in tasks}
-    return {
-        name: TaskStream(
-            ds,
-            by_name[name],
-            batch_size=batch_size,
-            seed=seed,
-            salt=index[name],
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        for name, ds in sources.items()
-    }
+    return data.task_streams(
+        tasks, schedule=schedule, batch_size=batch_size, seed=seed, num_replicas=num_replicas, rank=rank
+    )
 
 
 def _joint_plan(
@@ -217,7 +205,10 @@ def _joint_plan(
             yield ScheduledStep(raw)
 
     steps = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    return EpochPlan(epoch, steps, validate=not isinstance(loader, TensorBatchLoader), skips=True)
+    # a dataset's loader, and a loader marked ``prevalidated`` (a stream's: its labels are checked
+    # when encoded), need no per-batch target check
+    checked = isinstance(loader, TensorBatchLoader) or getattr(loader, "prevalidated", False) is True
+    return EpochPlan(epoch, steps, validate=not checked, skips=True)
 
 
 class Joint(TaskSchedule):
@@ -240,6 +231,8 @@ class Joint(TaskSchedule):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> EpochPlan:
+        if isinstance(data, PerTaskSources):
+            data.loader(tasks, batch_size, seed=seed)  # refuses, saying which schedules it trains with
         if data.per_task_names is not None:
             raise DataError(
                 f"Schedule 'joint' trains on one dataset whose batches carry every task's labels, but got "

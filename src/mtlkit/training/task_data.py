@@ -26,6 +26,7 @@ from mtlkit.errors import DataError, did_you_mean
 from mtlkit.tasks import Task, TaskKind
 
 __all__ = [
+    "LoaderTaskStream",
     "PerTaskData",
     "PerTaskLoader",
     "TaskStream",
@@ -248,6 +249,54 @@ class TaskStream:
         """Every batch of pass ``p``."""
         for i in range(len(self)):
             yield self.batch(p, i)
+
+
+class LoaderTaskStream:
+    """One task's batches from a loader of its own data (e.g. its stream's), with the interface of
+    :class:`TaskStream`: pass ``p`` is the loader's epoch ``p``, batch ``i`` its ``i``-th batch.
+
+    Batches are read in order; a jump (the first batch after a resume, or a pass left unfinished)
+    restarts the loader at ``(p, i)`` through ``set_epoch`` / ``set_start`` (the loader must have
+    both and a length that does not change between passes). Only the task's targets are kept.
+
+    Args:
+        loader: the loader (a :class:`~mtlkit.data.stream_loader.StreamLoader`).
+        task: the task it feeds.
+        num_samples: the task's size for the sampling schedules (its source's rows).
+    """
+
+    def __init__(self, loader: Any, task: Task, *, num_samples: int) -> None:
+        for need in ("set_epoch", "set_start", "__len__"):
+            if not hasattr(loader, need):
+                raise TypeError(f"LoaderTaskStream needs a loader with {need}; got {type(loader).__name__}.")
+        self.loader, self.task, self._num_samples = loader, task, int(num_samples)
+        self._iter: Iterator[Any] | None = None
+        self._at: tuple[int, int] | None = None  # (pass, batch) the open iterator yields next
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def batch(self, p: int, i: int) -> Batch:
+        """Batch ``i`` of pass ``p``, restricted to this stream's task."""
+        if self._iter is None or self._at != (p, i):
+            self.close()
+            self.loader.set_epoch(p)
+            self.loader.set_start(i)
+            self._iter = iter(self.loader)
+        batch = next(self._iter)
+        self._at = (p, i + 1)
+        return restrict(batch, [self.task])
+
+    def close(self) -> None:
+        """Close the open pass (its reader and worker processes)."""
+        close = getattr(self._iter, "close", None)
+        if close is not None:
+            close()
+        self._iter = self._at = None
 
 
 class PerTaskLoader:

@@ -219,8 +219,9 @@ class Trainer:
                 ``alternating``, ``sampling``), any iterable of batches (a
                 :class:`TensorBatchLoader`, a torch ``DataLoader`` with
                 ``collate_fn=mtlkit.data.collate``...; schedule ``joint``) or a
-                :class:`~mtlkit.training.source.TrainSource`. The schedule decides how it is
-                batched and what an epoch is.
+                :class:`~mtlkit.training.source.TrainSource` (a stream), or a dict ``{task name:
+                TrainSource}`` of per-task streams (schedules ``alternating``, ``sampling``). The
+                schedule decides how it is batched and what an epoch is.
             val: validation data (a dataset, per-task datasets or batches), evaluated after
                 every epoch.
             epochs: total number of epochs.

@@ -359,3 +359,69 @@ def test_a_parquet_row_group_is_read_once_per_epoch(tmp_path: Path, monkeypatch:
     loader = splits.train.loader(splits.tasks, 64, seed=0)
     assert sum(len(b) for b in loader) == 1200
     assert sorted(reads) == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterating_leaves_the_global_generator_alone(log_dir: Path, workers: int) -> None:
+    """Dropout draws from torch's global generator: a loader that drew from it too (the DataLoader's
+    worker seed) would make a resumed epoch draw other dropout masks than the uninterrupted one."""
+    splits = _stream(log_dir, tasks=ID_TASK, num_workers=workers)
+    loader = splits.train.loader(splits.tasks, 500, seed=1)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    assert len(list(loader)) == len(loader)
+    loader.set_start(2)
+    assert len(list(loader)) == len(loader) - 2
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_stream_batches_are_not_rechecked_but_a_bad_label_still_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtlkit.tasks import Task
+    from mtlkit.training import Joint
+
+    good = tmp_path / "a.csv"
+    good.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    bad = tmp_path / "b.csv"
+    bad.write_text("x,y\n1,0\n2,1\n3,2\n4,0\n")
+    spec = {"tasks": {"y": {"column": "y", "kind": "binary"}}, "numeric": ["x"], "num_workers": 0}
+    clean = tabular_stream(train=good, **spec)
+    assert Joint().bind(clean.train, clean.tasks, batch_size=8).validate is False  # encoded = validated
+    calls = []
+    check = Task.check_targets
+    monkeypatch.setattr(
+        Task, "check_targets", lambda self, *a, **kw: calls.append(1) or check(self, *a, **kw)
+    )
+    front = lambda: mtlkit.models.EmbeddingFrontEnd(clean.input_spec, 2)  # noqa: E731
+    model = mtlkit.models.shared_bottom(
+        None, clean.tasks, bottom_dims=(4,), tower_dims=(2,), input_layer=front
+    )
+    mtlkit.Trainer(model, clean.tasks, progress=False).fit(clean.train, epochs=1, batch_size=8)
+    assert calls == []
+    splits = tabular_stream(train=[good, bad], **spec)  # the label is found when its batch is encoded
+    trainer = mtlkit.Trainer(model, splits.tasks, progress=False)
+    with pytest.raises(DataError, match=r"b\.csv.*'y'.*'2'.*data row 3"):
+        trainer.fit(splits.train, epochs=1, batch_size=8)
+
+
+def test_a_task_without_any_label_in_the_training_files_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_text("x,y,z\n1,0,\n2,1,NA\n3,1,\n4,0,nan\n")
+    tasks = {"y": {"column": "y", "kind": "binary"}, "z": {"column": "z", "kind": "regression"}}
+    message = (
+        r"Task 'z' has no label in .*d\.csv \(training data, 4 rows\): every value of column 'z' is blank, NA "
+        r"or NaN\. Fill in labels"
+    )
+    with pytest.raises(DataError, match=message):
+        tabular_stream(train=f, tasks=tasks, numeric=["x"], num_workers=0)
+    with pytest.raises(DataError, match=message):  # the fit pass stops early: the column alone is read
+        tabular_stream(train=f, tasks=tasks, numeric=["x"], num_workers=0, fit_rows=1)
+    g = tmp_path / "e.csv"
+    g.write_text("x,y,z\n1,0,\n2,1,\n3,1,\n4,0,2.5\n")  # its only label after the fit rows
+    splits = tabular_stream(train=[f, g], tasks=tasks, numeric=["x"], num_workers=0, fit_rows=1)
+    assert splits.train.num_rows == 8
+    saved = tmp_path / "pre.json"
+    saved.write_text(json.dumps(splits.preprocessor.state_dict()))
+    with pytest.raises(DataError, match=message):  # a given preprocessor: no fit pass
+        tabular_stream(train=f, tasks=tasks, numeric=["x"], num_workers=0, preprocessor=saved)
