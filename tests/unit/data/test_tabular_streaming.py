@@ -97,3 +97,21 @@ def test_fingerprint_of_streams_is_file_facts_and_sees_a_rewritten_shard(shards:
     pq.write_table(table, second)  # the same rows, written again: the time changed
     changes = fingerprint_changes(before, data_fingerprint(build()))
     assert len(changes) == 1 and "part-00001.parquet changed (size, time or rows)" in changes[0]
+
+
+def test_a_streamed_auxiliary_task_stays_auxiliary(tmp_path) -> None:
+    from mtlkit.data.impressions import impression_log
+    from mtlkit.data.streaming import tabular_stream
+
+    log = impression_log(tmp_path / "log", 600, shard_rows=300, seed=0)
+    splits = tabular_stream(
+        train=[str(f) for f in log.files],
+        tasks={
+            "click": {"column": "click", "kind": "binary"},
+            "device_aux": {"column": "position", "kind": "regression", "auxiliary": True},
+        },
+        categorical=["device"],
+        numeric=["price"],
+        num_workers=0,
+    )
+    assert [t.auxiliary for t in splits.tasks] == [False, True]
