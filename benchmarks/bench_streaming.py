@@ -248,7 +248,7 @@ def job_train(job: dict[str, Any]) -> dict[str, Any]:
               "max_categories": job.get("max_categories")}  # fmt: skip
     if job["path"] == "stream":
         splits = tabular_stream(train=job["train"], shuffle_buffer=job.get("shuffle_buffer", 65_536),
-                                num_workers=job["workers"], **common)  # fmt: skip
+                                num_workers=job["workers"], fit_rows=job.get("fit_rows"), **common)  # fmt: skip
     else:
         splits = tabular(train=job["train"], **common)
     build_s = time.perf_counter() - t0
@@ -385,14 +385,21 @@ def fmt_mb(x: float) -> str:
 
 def part_memory(logs: dict[str, Path], tmp: Path, args: argparse.Namespace, res: dict[str, Any]) -> None:
     rows = res.setdefault("memory", {})
-    for name in ("log1m", "log5m", "log20m"):
+    runs = [(name, None) for name in ("log1m", "log5m", "log20m")] + [("log20m", 1_000_000)]
+    for name, fit_rows in runs:
+        if args.memory_runs and name + ("-fit1m" if fit_rows else "") not in args.memory_runs.split(","):
+            continue
         steps = args.steps_20m if name == "log20m" else None
         job = {"kind": "train", "path": "stream", "train": str(logs[name]), "workers": 1, "batch_size": 2048,
-               "max_categories": args.max_categories, "steps": steps}  # fmt: skip
+               "max_categories": args.max_categories, "steps": steps, "fit_rows": fit_rows}  # fmt: skip
+        if fit_rows:
+            name += "-fit1m"
         rows[f"stream {name}"] = r = child(job)
         print(f"memory stream {name}: {r['peak_rss_mb']:.0f} MB RSS, {r['peak_pss_mb']:.0f} MB PSS, "
               f"{r['steps']} steps, {r['rows_per_s']:.0f} rows/s, build {r['build_s']:.1f}s", flush=True)  # fmt: skip
     for name in ("log1m", "log5m"):
+        if args.memory_runs and f"memory-{name}" not in args.memory_runs.split(","):
+            continue
         job = {"kind": "train", "path": "memory", "train": str(one_file(logs[name], tmp)), "batch_size": 2048,
                "max_categories": args.max_categories, "steps": None}  # fmt: skip
         rows[f"memory {name}"] = r = child(job)
@@ -498,34 +505,32 @@ def part_cli(logs: dict[str, Path], tmp: Path, args: argparse.Namespace, res: di
 
 
 def part_resume(logs: dict[str, Path], tmp: Path, args: argparse.Namespace, res: dict[str, Any]) -> None:
-    """kill -9 inside the second file of a streamed CLI run, --resume, compare with the uninterrupted run."""
-    import torch
+    """kill -9 of a streamed CLI run (1M log, checkpoint every 20 steps) at about 45 % of its wall
+    time, ``mtlkit run --resume``, then the final parameters against the uninterrupted run's."""
+    from mtlkit.training.checkpoint import load_checkpoint
 
     log = logs["log1m"]
-    test = log / "part-00003.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    extra = "  checkpoint_every_steps: 20\n"
-    # shuffle_buffer / row groups: with 4 files of 250k rows the second file's rows are read from
-    # step ~122 of 489 (fragments permuted, so "the second file" = the second quarter of the epoch)
-    cfg = write_cli_config(tmp / "resume.yaml", log, test, batch_size=2048, workers=1,
-                           max_categories=args.max_categories, extra=extra)  # fmt: skip
+    cfg = write_cli_config(tmp / "resume.yaml", log, log / "part-00003.parquet", batch_size=2048, workers=1,
+                           max_categories=args.max_categories, extra="  checkpoint_every_steps: 20\n")  # fmt: skip
     full = run_measured(mtlkit_cmd("run", str(cfg), "--no-progress", "--out", str(tmp / "full")), env=env)
     cut = run_measured(mtlkit_cmd("run", str(cfg), "--no-progress", "--out", str(tmp / "cut")), env=env,
                        kill_after=full["wall_s"] * 0.45)  # fmt: skip
     (run_dir,) = [p for p in (tmp / "cut").iterdir() if p.is_dir()]
-    ckpt = json.dumps(sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")))
-    resumed = run_measured(mtlkit_cmd("run", str(cfg), "--no-progress", "--out", str(tmp / "cut"),
-                                      "--resume", str(run_dir)), env=env)  # fmt: skip
+    at_kill = load_checkpoint(run_dir)
+    position = {k: v for k, v in at_kill.items() if isinstance(v, (int, float, str))}
+    position.update({k: v for k, v in (at_kill.get("position") or {}).items() if isinstance(v, (int, float, str))})
+    resumed = run_measured(mtlkit_cmd("run", "--resume", str(run_dir), "--no-progress"), env=env)
     (full_dir,) = [p for p in (tmp / "full").iterdir() if p.is_dir()]
-    a = torch.load(next(full_dir.rglob("model.pt")), map_location="cpu", weights_only=False)
-    b = torch.load(next(run_dir.rglob("model.pt")), map_location="cpu", weights_only=False)
-    sa = a.get("model", a) if isinstance(a, dict) else a
-    sb = b.get("model", b) if isinstance(b, dict) else b
-    diff = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if hasattr(sa[k], "double"))
+    sa, sb = load_checkpoint(full_dir)["model"], load_checkpoint(run_dir)["model"]
+    diff = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa)
+    scale = max(float(v.double().abs().max()) for v in sa.values())
     res["resume"] = {"full_s": full["wall_s"], "killed_at_s": full["wall_s"] * 0.45, "killed": cut["killed"],
-                     "files_after_kill": ckpt, "resume_s": resumed["wall_s"], "max_abs_param_diff": diff,
-                     "stdout": resumed["stdout_tail"]}  # fmt: skip
-    print(f"resume: killed {cut['killed']}, max |param diff| {diff:.3g}", flush=True)
+                     "checkpoint_at_kill": position, "resume_s": resumed["wall_s"],
+                     "resume_peak_pss_mb": resumed["peak_pss_mb"], "max_abs_param_diff": diff,
+                     "max_abs_param": scale}  # fmt: skip
+    print(f"resume: killed {cut['killed']} at {position}, max |param diff| {diff:.3g} (max |param| {scale:.3g})",
+          flush=True)  # fmt: skip
 
 
 # ============================================================================ report
@@ -534,24 +539,26 @@ def report(res: dict[str, Any]) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {res['load']}")
     mem = res.get("memory")
     if mem:
-        base = mem["stream log1m"]["peak_rss_mb"]
-        print("| path | log | steps | rows/s | build s | peak RSS MB (tree) | peak PSS MB | vs stream 1M |")
+        base = mem.get("stream log1m", {}).get("peak_pss_mb", float("nan"))
+        print("| path | log | steps | rows/s | build s | peak RSS MB (sum over tree) | peak PSS MB | PSS vs stream 1M |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for k, r in mem.items():
             path, log = k.split()
             print(f"| {path} | {log} | {r['steps']} | {r['rows_per_s']:,.0f} | {r['build_s']:.1f} | "
-                  f"{fmt_mb(r['peak_rss_mb'])} | {fmt_mb(r['peak_pss_mb'])} | {r['peak_rss_mb'] / base:.2f}x |")  # fmt: skip
+                  f"{fmt_mb(r['peak_rss_mb'])} | {fmt_mb(r['peak_pss_mb'])} | {r['peak_pss_mb'] / base:.2f}x |")  # fmt: skip
     thr = res.get("throughput")
     if thr:
-        print("| 1M rows, one epoch | rows/s median (rounds) | vs in-memory (per round) | data wait share | build s |")
-        print("|---|---:|---:|---:|---:|")
+        print("| 1M rows, one epoch | rows/s median (rounds) | vs in-memory (per round) | data wait share | build s "
+              "| rows per CPU s (main + workers) |")
+        print("|---|---:|---:|---:|---:|---:|")
         for k, rs in thr.items():
             ratios = [r["rows_per_s"] / m["rows_per_s"] for r, m in zip(rs, thr["memory"])]
             print(f"| {k} | {statistics.median(r['rows_per_s'] for r in rs):,.0f} "
                   f"({', '.join(format(r['rows_per_s'], ',.0f') for r in rs)}) | "
                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
                   f"{100 * statistics.median(r['wait_share'] for r in rs):.1f} % | "
-                  f"{statistics.median(r['build_s'] for r in rs):.1f} |")  # fmt: skip
+                  f"{statistics.median(r['build_s'] for r in rs):.1f} | "
+                  f"{statistics.median(r.get('rows_per_cpu_s', float('nan')) for r in rs):,.0f} |")  # fmt: skip
     cen = res.get("census")
     if isinstance(cen, dict):
         print("| census task | in-memory AUC | streaming AUC | stream - memory (per seed) |")
@@ -580,6 +587,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="benchdata", help="holds log1m/log5m/log20m (generated when absent)")
     ap.add_argument("--parts", default="memory,throughput,census,cli")
     ap.add_argument("--steps-20m", type=int, default=None, help="steps of the 20M streaming memory run (default: an epoch)")
+    ap.add_argument("--memory-runs", help="only these memory runs, e.g. log1m,log20m-fit1m,memory-log5m")
     ap.add_argument("--max-categories", type=int, default=100_000, help="vocabulary cap per categorical column")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--census-seeds", type=int, default=3)
