@@ -22,7 +22,15 @@ process and all its descendants (DataLoader workers, torchrun ranks) every 0.1 s
 (sum of RSS, and sum of PSS, which counts shared pages once) and reports the peak.
 
     python benchmarks/bench_streaming.py [--data-dir DIR] [--parts memory,throughput,census,cli,resume]
-        [--steps-20m N] [--census-seeds 3] [--census-epochs 2] [--json OUT]
+        [--steps-20m N] [--memory-runs log1m,log20m-fit1m,...] [--rounds 3] [--census-seeds 3]
+        [--census-epochs 2] [--cli-log log20m] [--json OUT]
+
+Parts: ``memory`` (peak memory, streaming at 1M/5M/20M rows and with ``fit_rows`` at 20M,
+in-memory at 1M/5M), ``throughput`` (1M rows, in-memory vs streaming with 0 and 1 workers,
+interleaved rounds), ``census`` (census-income as Parquet, test AUCs of both paths over seeds;
+skipped when the data is absent), ``cli`` (``mtlkit run`` and ``torchrun --nproc_per_node=2``
+on ``--cli-log``, one epoch), ``resume`` (kill -9 of a streamed CLI run, ``--resume``, the
+parameters against the uninterrupted run's). Results in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -148,6 +156,7 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeo
         if line.startswith("RESULT "):
             result.update(json.loads(line[7:]))
     result["stdout_tail"] = out[-600:]
+    result["resume_lines"] = [x for x in (out + err).splitlines() if "resum" in x.lower()][:5]
     return result
 
 
@@ -528,7 +537,7 @@ def part_resume(logs: dict[str, Path], tmp: Path, args: argparse.Namespace, res:
     res["resume"] = {"full_s": full["wall_s"], "killed_at_s": full["wall_s"] * 0.45, "killed": cut["killed"],
                      "checkpoint_at_kill": position, "resume_s": resumed["wall_s"],
                      "resume_peak_pss_mb": resumed["peak_pss_mb"], "max_abs_param_diff": diff,
-                     "max_abs_param": scale}  # fmt: skip
+                     "max_abs_param": scale, "resume_said": resumed["resume_lines"]}  # fmt: skip
     print(f"resume: killed {cut['killed']} at {position}, max |param diff| {diff:.3g} (max |param| {scale:.3g})",
           flush=True)  # fmt: skip
 
