@@ -19,7 +19,7 @@ sorted label strings).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,37 @@ def _task_specs(tasks: Mapping[str, Any]) -> dict[str, TaskColumn]:
     return specs
 
 
+def fit_on_rank_zero(
+    fit: Callable[[LabelCounts], TabularPreprocessor],
+) -> tuple[TabularPreprocessor, LabelCounts]:
+    """``fit(counts)`` run once: under torch.distributed with more than one process, rank 0 fits
+    and broadcasts the fitted state (and the label counts) to the other ranks, which would
+    otherwise each repeat the pass over every training row and hold its category counts; a
+    :class:`~mtlkit.errors.DataError` on rank 0 is raised on every rank (none waits forever)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        counts = LabelCounts()
+        return fit(counts), counts
+    payload: list[Any] = [None]
+    failure: Exception | None = None
+    if dist.get_rank() == 0:
+        counts = LabelCounts()
+        try:
+            payload = [("ok", fit(counts).state_dict(), counts)]
+        except Exception as exc:  # every rank must leave the broadcast, also on an error
+            failure = exc
+            message = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+            payload = [("error", f"rank 0 could not fit the preprocessor: {message}", None)]
+    dist.broadcast_object_list(payload, src=0)
+    if failure is not None:
+        raise failure
+    kind, state, counts = payload[0]
+    if kind == "error":
+        raise DataError(state)
+    return TabularPreprocessor.from_state_dict(state), counts
+
+
 def tabular_stream(
     *,
     train: str | Path | Sequence[str | Path],
@@ -315,16 +346,18 @@ def tabular_stream(
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
     else:
-        pre = fit_streaming(
-            files["train"],
-            categorical=feature_specs.categorical,
-            numeric=feature_specs.numeric,
-            min_frequency=min_frequency,
-            max_categories=max_categories,
-            label_columns=label_columns,
-            max_rows=fit_rows,
-            delimiter=delimiter,
-            label_counts=counts,
+        pre, counts = fit_on_rank_zero(
+            lambda counts: fit_streaming(
+                files["train"],
+                categorical=feature_specs.categorical,
+                numeric=feature_specs.numeric,
+                min_frequency=min_frequency,
+                max_categories=max_categories,
+                label_columns=label_columns,
+                max_rows=fit_rows,
+                delimiter=delimiter,
+                label_counts=counts,
+            )
         )
     # the fit pass read every training row (no preprocessor given, no fit_rows): its counts are complete
     check_labels(
