@@ -210,7 +210,7 @@ def _weights(
     if weights is None:
         return None
     if isinstance(weights, Mapping):
-        out = {k: _as_tensor(v, f"weights[{k!r}]", dtype) for k, v in weights.items()}
+        out = _moved(weights, lambda v: _as_tensor(v, "weights", dtype))  # a shared column stays shared
         unknown = sorted(set(out) - set(targets))
         if unknown:
             raise DataError(f"weights name tasks without targets: {unknown}; key them by task name.")
@@ -218,7 +218,7 @@ def _weights(
         w = _as_tensor(weights, "weights", dtype)
         out = dict.fromkeys(targets, w)
     check_weights(out, n, where="the dataset")
-    return {k: v.reshape(-1) for k, v in out.items()} if out else None
+    return _moved(out, lambda v: v.reshape(-1)) if out else None
 
 
 def _as_tensor(x: Any, what: str, dtype: torch.dtype | None) -> Any:
