@@ -50,7 +50,12 @@ _SPECS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "tweedie": (("regression",), {"power": 1.5}),
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_SPECS)
-_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "binary_cross_entropy": "bce", "l2": "mse"}
+_ALIASES = {
+    "ce": "cross_entropy",
+    "crossentropy": "cross_entropy",
+    "binary_cross_entropy": "bce",
+    "l2": "mse",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +93,11 @@ class NamedLoss:
         p = self.params
         if self.name == "bce":
             if logits:
-                pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=pred.dtype, device=pred.device)
+                pw = (
+                    None
+                    if pos_weight is None
+                    else torch.tensor(pos_weight, dtype=pred.dtype, device=pred.device)
+                )
                 return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw, reduction="none")
             q = pred.clamp(_EPS, 1 - _EPS)
             pw = 1.0 if pos_weight is None else pos_weight
@@ -140,7 +149,9 @@ def named_loss(spec: str | Mapping[str, Any], *, task: str, kind: str) -> NamedL
         name, given = spec, {}
     elif isinstance(spec, Mapping):
         if "name" not in spec:
-            raise ValueError(f"{where} needs a name: {{name: <one of {', '.join(LOSS_NAMES)}>, ...}}; got {dict(spec)!r}.")
+            raise ValueError(
+                f"{where} needs a name: {{name: <one of {', '.join(LOSS_NAMES)}>, ...}}; got {dict(spec)!r}."
+            )
         name, given = spec["name"], {k: v for k, v in spec.items() if k != "name"}
     else:
         raise ValueError(f"{where} must be a name or {{name: ..., <parameters>}}; got {spec!r}.")

@@ -37,7 +37,9 @@ class TargetTransform:
 
     def __post_init__(self) -> None:
         if self.name not in TRANSFORM_NAMES:
-            raise ValueError(f"Unknown target transform {self.name!r}; choices: {', '.join(TRANSFORM_NAMES)}.")
+            raise ValueError(
+                f"Unknown target transform {self.name!r}; choices: {', '.join(TRANSFORM_NAMES)}."
+            )
         if self.name == "standardise":
             if self.mean is None or self.std is None:
                 raise ValueError(
@@ -63,7 +65,9 @@ class TargetTransform:
         mean = float(y.mean())
         std = float(((y - mean) ** 2).mean().sqrt())
         if not std > 0:
-            raise ValueError(f"standardise: the training labels are all {mean!r}; a constant cannot be standardised.")
+            raise ValueError(
+                f"standardise: the training labels are all {mean!r}; a constant cannot be standardised."
+            )
         return cls(name, mean, std)
 
     def forward(self, y: Tensor) -> Tensor:

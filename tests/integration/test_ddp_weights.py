@@ -57,7 +57,9 @@ def _train(method: tuple[str, str, str | None, str], world: int, rank: int) -> t
     _, weighting, aggregator, target = method
     data = _data()
     torch.manual_seed(0)
-    model = MODELS.build("mmoe", input_dim=6, tasks=data.tasks, num_experts=3, expert_dims=[8], tower_dims=[4])
+    model = MODELS.build(
+        "mmoe", input_dim=6, tasks=data.tasks, num_experts=3, expert_dims=[8], tower_dims=[4]
+    )
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     trainer = mtlkit.Trainer(
         net,
@@ -70,7 +72,9 @@ def _train(method: tuple[str, str, str | None, str], world: int, rank: int) -> t
         device="cpu",
         seed=0,
     )
-    loader = TensorBatchLoader(data, RANK_BATCH * (WORLD // world), shuffle=True, seed=1, num_replicas=world, rank=rank)
+    loader = TensorBatchLoader(
+        data, RANK_BATCH * (WORLD // world), shuffle=True, seed=1, num_replicas=world, rank=rank
+    )
     trainer.fit(loader, epochs=2)
     metrics = trainer.evaluate(data, batch_size=20)
     return [p.detach().clone() for p in model.parameters()], metrics, [h["train"] for h in trainer.history]
@@ -100,7 +104,9 @@ def test_two_processes_with_sample_weights_equal_one_process(tmp_path: Path) -> 
         for rank in range(WORLD):
             r_params, r_metrics, r_losses = ranks[rank][label]
             for a, b in zip(r_params, params, strict=True):
-                torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m, w=f"{label} rank {rank}": f"{w}: {m}")
+                torch.testing.assert_close(
+                    a, b, atol=1e-5, rtol=0, msg=lambda m, w=f"{label} rank {rank}": f"{w}: {m}"
+                )
             for task, values in metrics.items():
                 for name, v in values.items():
                     assert r_metrics[task][name] == pytest.approx(v, rel=1e-5, abs=1e-6), (label, task, name)

@@ -61,7 +61,9 @@ def test_class_weights_and_label_smoothing_match_torch_cross_entropy() -> None:
     loss, n = task.compute_loss(x, y)
     _close(loss, ref)
     _close(n, sum(cw[i] for i in y.tolist()))  # the count is the class-weight sum, as torch's mean
-    named = Task(name="m", kind="multiclass", num_classes=3, loss={"name": "cross_entropy", "label_smoothing": 0.1})
+    named = Task(
+        name="m", kind="multiclass", num_classes=3, loss={"name": "cross_entropy", "label_smoothing": 0.1}
+    )
     _close(named.compute_loss(x, y)[0], F.cross_entropy(x, y, label_smoothing=0.1))
 
 
@@ -188,7 +190,11 @@ def test_standardise_transform_is_fitted_and_inverted() -> None:
         ({"kind": "binary", "transform": "log1p"}, "transform applies to regression tasks only"),
         ({"kind": "regression", "transform": "standardise"}, "needs the training labels' mean and std"),
         (
-            {"kind": "regression", "loss": "poisson", "transform": {"name": "standardise", "mean": 0, "std": 1}},
+            {
+                "kind": "regression",
+                "loss": "poisson",
+                "transform": {"name": "standardise", "mean": 0, "std": 1},
+            },
             "standardised labels are negative",
         ),
     ],

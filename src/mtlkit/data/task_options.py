@@ -32,13 +32,17 @@ class WeightsSpec(BaseModel):
     column: str
 
 
-def weight_columns(specs: Mapping[str, Any], weights: WeightsSpec | Mapping[str, Any] | None) -> dict[str, str]:
+def weight_columns(
+    specs: Mapping[str, Any], weights: WeightsSpec | Mapping[str, Any] | None
+) -> dict[str, str]:
     """``{task: weight column}`` for the tasks that have one (a task's ``weight_column`` first)."""
     if weights is not None and not isinstance(weights, WeightsSpec):
         try:
             weights = WeightsSpec.model_validate(weights)
         except Exception:
-            raise DataError(f"tabular: weights must be {{column: <weight column>}}; got {weights!r}.") from None
+            raise DataError(
+                f"tabular: weights must be {{column: <weight column>}}; got {weights!r}."
+            ) from None
     default = weights.column if isinstance(weights, WeightsSpec) else None
     out = {}
     for name, spec in specs.items():
@@ -48,7 +52,9 @@ def weight_columns(specs: Mapping[str, Any], weights: WeightsSpec | Mapping[str,
     label_columns = {s.column for s in specs.values()}
     clash = sorted(set(out.values()) & label_columns)
     if clash:
-        raise DataError(f"tabular: weight column(s) {clash} are also label columns; a weight column holds weights.")
+        raise DataError(
+            f"tabular: weight column(s) {clash} are also label columns; a weight column holds weights."
+        )
     return out
 
 
@@ -113,7 +119,11 @@ def refuse_stream_options(specs: Mapping[str, Any], weights: Any) -> None:
             "tabular: sample weights (weights: / weight_column:) are not supported with streaming: true yet; "
             "load the data in memory (streaming: false) or drop the weights."
         )
-    std = [n for n, s in specs.items() if str(getattr(s, "transform", None)).lower() in ("standardise", "standardize")]
+    std = [
+        n
+        for n, s in specs.items()
+        if str(getattr(s, "transform", None)).lower() in ("standardise", "standardize")
+    ]
     if std:
         raise DataError(
             f"tabular: tasks.{std[0]}.transform: standardise is not supported with streaming: true yet (its mean "

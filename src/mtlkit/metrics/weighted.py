@@ -49,7 +49,9 @@ class _WeightedMean(Metric):
         self.weight += w.sum()
 
     def compute(self) -> Tensor:
-        return self.total / self.weight if self.weight > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        return (
+            self.total / self.weight if self.weight > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        )
 
 
 class Accuracy(_WeightedMean):
@@ -115,7 +117,9 @@ class MulticlassF1Macro(Metric):
         seen = denom > 0
         if not seen.any():
             return torch.tensor(float("nan"), dtype=torch.float64)
-        f1 = torch.where(seen, 2 * self.tp / torch.where(seen, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+        f1 = torch.where(
+            seen, 2 * self.tp / torch.where(seen, denom, torch.ones_like(denom)), torch.zeros_like(denom)
+        )
         return f1[seen].mean()
 
 

@@ -35,8 +35,18 @@ def test_losses_transforms_and_weights_reach_the_tasks_and_the_batches(tmp_path:
     s = tabular(
         train=_write(tmp_path),
         tasks={
-            "click": {"column": "clicked", "kind": "binary", "loss": {"name": "focal", "gamma": 1.5}, "weight_column": "wc"},
-            "watch": {"column": "watch", "kind": "regression", "loss": {"name": "huber", "delta": 2.0}, "transform": "log1p"},
+            "click": {
+                "column": "clicked",
+                "kind": "binary",
+                "loss": {"name": "focal", "gamma": 1.5},
+                "weight_column": "wc",
+            },
+            "watch": {
+                "column": "watch",
+                "kind": "regression",
+                "loss": {"name": "huber", "delta": 2.0},
+                "transform": "log1p",
+            },
             "spend": {"column": "spend", "kind": "regression", "transform": "standardise"},
         },
         categorical=["city"],
@@ -58,6 +68,7 @@ def test_losses_transforms_and_weights_reach_the_tasks_and_the_batches(tmp_path:
     # the loss the trainer computes: weighted huber on log1p of the labels
     pred = torch.zeros(8, 1)
     loss, n = watch.compute_loss(pred, b.targets["watch"], None, b.weights["watch"])
+    assert float(n) == pytest.approx(1.0 + 0.5 + 2.0 + 1.5 + 1.0 + 3.0 + 1.0)  # the blank label is out
     y = b.targets["watch"]
     ok = ~torch.isnan(y)
     z = torch.log1p(y[ok])
@@ -69,28 +80,55 @@ def test_losses_transforms_and_weights_reach_the_tasks_and_the_batches(tmp_path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("10.5,1.0,2", "10.5,-1,2"), r"train.csv: the sample-weight column 'w' holds '-1' in data row 1; weights must be finite"),
+        (
+            ("10.5,1.0,2", "10.5,-1,2"),
+            r"train.csv: the sample-weight column 'w' holds '-1' in data row 1; weights must be finite",
+        ),
         (("10.5,1.0,2", "10.5,,2"), r"the sample-weight column 'w' holds no value in data row 1"),
         (("4.0,0.0,3", "4.0,x,3"), r"the sample-weight column 'w' holds 'x' in data row 5"),
     ],
 )
-def test_bad_weights_are_refused_naming_the_file_and_row(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+def test_bad_weights_are_refused_naming_the_file_and_row(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
     train = _write(tmp_path, CSV.replace(*change))
     with pytest.raises(DataError, match=message):
-        tabular(train=train, tasks={"c": {"column": "clicked", "kind": "binary"}}, numeric=["age"], weights={"column": "w"})
+        tabular(
+            train=train,
+            tasks={"c": {"column": "clicked", "kind": "binary"}},
+            numeric=["age"],
+            weights={"column": "w"},
+        )
 
 
 def test_bad_task_options_are_data_errors_naming_the_task(tmp_path: Path) -> None:
     train = _write(tmp_path)
     with pytest.raises(DataError, match=r"tabular: tasks.c: loss: 'huber' applies to regression tasks"):
-        tabular(train=train, tasks={"c": {"column": "clicked", "kind": "binary", "loss": "huber"}}, numeric=["age"])
+        tabular(
+            train=train,
+            tasks={"c": {"column": "clicked", "kind": "binary", "loss": "huber"}},
+            numeric=["age"],
+        )
     with pytest.raises(DataError, match=r"tabular: tasks.c: class_weights apply to multiclass tasks only"):
-        tabular(train=train, tasks={"c": {"column": "clicked", "kind": "binary", "class_weights": [1, 2]}}, numeric=["age"])
+        tabular(
+            train=train,
+            tasks={"c": {"column": "clicked", "kind": "binary", "class_weights": [1, 2]}},
+            numeric=["age"],
+        )
     with pytest.raises(DataError, match=r"weight column\(s\) \['clicked'\] are also label columns"):
-        tabular(train=train, tasks={"c": {"column": "clicked", "kind": "binary"}}, numeric=["age"], weights={"column": "clicked"})
+        tabular(
+            train=train,
+            tasks={"c": {"column": "clicked", "kind": "binary"}},
+            numeric=["age"],
+            weights={"column": "clicked"},
+        )
+    bad = _write(tmp_path, CSV.replace("oslo,22,,15", "oslo,22,,-15"))
     with pytest.raises(DataError, match=r"the poisson loss needs labels >= 0"):
-        bad = _write(tmp_path, CSV.replace("oslo,22,,15", "oslo,22,,-15"))
-        tabular(train=bad, tasks={"t": {"column": "watch", "kind": "regression", "loss": "poisson"}}, numeric=["age"])
+        tabular(
+            train=bad,
+            tasks={"t": {"column": "watch", "kind": "regression", "loss": "poisson"}},
+            numeric=["age"],
+        )
 
 
 def test_streaming_refuses_weights_and_standardise_clearly(tmp_path: Path) -> None:
@@ -102,7 +140,12 @@ def test_streaming_refuses_weights_and_standardise_clearly(tmp_path: Path) -> No
     std = {"s": {"column": "spend", "kind": "regression", "transform": "standardise"}}
     with pytest.raises(DataError, match="tasks.s.transform: standardise is not supported with streaming"):
         tabular(train=train, tasks=std, numeric=["age"], streaming=True)
-    ok = tabular(train=train, tasks={"s": {"column": "watch", "kind": "regression", "transform": "log1p"}}, numeric=["age"], streaming=True)
+    ok = tabular(
+        train=train,
+        tasks={"s": {"column": "watch", "kind": "regression", "transform": "log1p"}},
+        numeric=["age"],
+        streaming=True,
+    )
     assert ok.tasks[0].transform.name == "log1p"
 
 
@@ -117,7 +160,9 @@ def test_the_config_validates_the_new_keys(tmp_path: Path) -> None:
         "model: {name: shared_bottom}\n"
     )
     splits = build_data(load_config(cfg).config.data)
-    assert splits.tasks[0].transform.name == "log1p" and math.isclose(splits.tasks[0].loss.params["delta"], 1.0)
+    assert splits.tasks[0].transform.name == "log1p" and math.isclose(
+        splits.tasks[0].loss.params["delta"], 1.0
+    )
     cfg.write_text(cfg.read_text().replace("transform: log1p", "transform: log2"))
     with pytest.raises(ConfigError, match=r"data.tasks.watch.transform"):
         load_config(cfg)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassF1Score
-from torchmetrics.regression import MeanSquaredError as TMMSE
+from torchmetrics.regression import MeanSquaredError as TorchmetricsMSE
 
 from mtlkit import Task
 from mtlkit.errors import DataError
@@ -60,9 +60,9 @@ def test_collection_with_weights_matches_hand_computations() -> None:
     assert math.isclose(res["c"]["accuracy"], acc, rel_tol=1e-6)
     auc = _pair_auc([float(p[i]) for i in lab], [int(yc[i]) for i in lab], [float(w[i]) for i in lab])
     assert math.isclose(res["c"]["auc"], auc, rel_tol=1e-6)
-    ll = -sum(
-        float(w[i]) * (math.log(p[i]) if yc[i] == 1 else math.log(1 - p[i])) for i in lab
-    ) / float(ww.sum())
+    ll = -sum(float(w[i]) * (math.log(p[i]) if yc[i] == 1 else math.log(1 - p[i])) for i in lab) / float(
+        ww.sum()
+    )
     assert math.isclose(res["c"]["logloss"], ll, rel_tol=1e-6)
     assert math.isclose(res["c"]["loss"], ll, rel_tol=1e-5)  # the loss is weighted too
     lr = [0, 1, 2, 4, 5]
@@ -95,7 +95,11 @@ def test_without_weights_the_defaults_equal_torchmetrics() -> None:
         Task(name="r", kind="regression"),
     ]
     mt = MultiTaskMetrics(tasks)
-    out = {"c": torch.randn(50, 1, generator=g), "m": torch.randn(50, 4, generator=g), "r": torch.randn(50, 1, generator=g)}
+    out = {
+        "c": torch.randn(50, 1, generator=g),
+        "m": torch.randn(50, 4, generator=g),
+        "r": torch.randn(50, 1, generator=g),
+    }
     tg = {
         "c": torch.randint(0, 2, (50,), generator=g).float(),
         "m": torch.tensor([0, 1, 2] * 16 + [0, 1]),  # class 3 never occurs
@@ -108,7 +112,7 @@ def test_without_weights_the_defaults_equal_torchmetrics() -> None:
     assert math.isclose(res["c"]["accuracy"], float(BinaryAccuracy()(p, tg["c"].long())), rel_tol=1e-6)
     f1 = MulticlassF1Score(num_classes=4, average="macro")(torch.softmax(out["m"], 1), tg["m"])
     assert math.isclose(res["m"]["f1_macro"], float(f1), rel_tol=1e-5)
-    assert math.isclose(res["r"]["mse"], float(TMMSE()(out["r"].reshape(-1), tg["r"])), rel_tol=1e-5)
+    assert math.isclose(res["r"]["mse"], float(TorchmetricsMSE()(out["r"].reshape(-1), tg["r"])), rel_tol=1e-5)
 
 
 def test_a_metric_without_weight_support_is_refused_for_a_weighted_task() -> None:
