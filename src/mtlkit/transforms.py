@@ -81,7 +81,10 @@ class TargetTransform:
     def inverse(self, z: Tensor) -> Tensor:
         """Training scale -> label scale (traceable: used in exported graphs)."""
         if self.name == "log1p":
-            return torch.expm1(z)
+            # expm1 from operations ONNX has (it has no expm1): near 0, expm1(z) = 2t / (1 - t) with
+            # t = tanh(z/2) keeps the digits that exp(z) - 1 would cancel; elsewhere exp(z) - 1
+            t = torch.tanh(z / 2)
+            return torch.where(z.abs() < 0.5, 2 * t / (1 - t), torch.exp(z) - 1)
         assert self.mean is not None
         assert self.std is not None
         return z * self.std + self.mean

@@ -159,6 +159,8 @@ def test_log1p_transform_trains_on_log1p_and_predicts_on_the_label_scale() -> No
     z = torch.tensor([0.5, 2.0, 4.0])
     _close(task.compute_loss(z, y)[0], F.mse_loss(z, torch.log1p(y)))
     torch.testing.assert_close(task.activate(torch.log1p(y).reshape(-1, 1)), y)
+    tiny = torch.tensor([1e-7, -1e-6, 3e-5, 20.0], dtype=torch.float64)  # the inverse is expm1, digits kept
+    torch.testing.assert_close(task.transform.inverse(tiny), torch.expm1(tiny), rtol=1e-12, atol=0)
     with pytest.raises(DataError, match="log1p needs labels > -1"):
         task.check_targets(torch.tensor([1.0, -3.0]))
 
