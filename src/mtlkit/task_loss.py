@@ -70,6 +70,9 @@ class NamedLoss:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # params is a dict: hash its items, so a Task holding this stays hashable
+        return hash((self.name, tuple(sorted(self.params.items()))))
+
     @property
     def link(self) -> str:
         return "log" if self.name in ("poisson", "tweedie") else "identity"
