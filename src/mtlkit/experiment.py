@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -412,7 +412,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(
-    runs: list[RunResult], baseline: str | None, *, metrics: MetricSelection = None
+    runs: list[RunResult],
+    baseline: str | None,
+    *,
+    metrics: MetricSelection = None,
+    auxiliary: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Mean and std over seeds of every metric of every label and task; Δm against the baseline label.
 
@@ -421,6 +425,8 @@ def aggregate(
         baseline: the label Δm compares against (``None``: no Δm).
         metrics: the metrics Δm averages per task (default: all but the loss); see
             :func:`mtlkit.metrics.select_metrics`.
+        auxiliary: auxiliary tasks (``Task.auxiliary``): reported, but left out of Δm (listed
+            under ``"auxiliary"``; the report shows them in a separate block).
 
     Returns:
         ``{"labels": {label: entry}, "baseline", "primary", "directions", "delta_m_metrics"}``.
@@ -433,7 +439,8 @@ def aggregate(
     labels = list(dict.fromkeys(r.label for r in runs))
     first = runs[0]
     primary = _primary(first.directions, first.metrics)
-    out: dict[str, Any] = {"labels": {}, "baseline": baseline, "primary": primary}
+    aux = [t for t in dict.fromkeys(auxiliary) if t in first.metrics]
+    out: dict[str, Any] = {"labels": {}, "baseline": baseline, "primary": primary, "auxiliary": aux}
     out["directions"] = {t: dict(d) for t, d in first.directions.items()}
     for label in labels:
         rs = [r for r in runs if r.label == label]
@@ -453,23 +460,28 @@ def aggregate(
         }
     if baseline is not None and baseline in out["labels"]:
         base_entry = out["labels"][baseline]["metrics"]
-        base = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in base_entry.items()}
+        base = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in base_entry.items() if t not in aux}
         used = select_metrics(base, metrics)
         out["delta_m_metrics"] = used
-        base_primary = {t: base[t][m] for t, m in primary.items()}
-        higher_primary = {t: first.directions[t][m] for t, m in primary.items()}
+        main_primary = {t: m for t, m in primary.items() if t not in aux}
+        base_primary = {t: base[t][m] for t, m in main_primary.items()}
+        higher_primary = {t: first.directions[t][m] for t, m in main_primary.items()}
         for label, entry in out["labels"].items():
             directions = next(r.directions for r in runs if r.label == label)
-            means = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in entry["metrics"].items()}
+            means = {
+                t: {m: st["mean"] for m, st in ms.items()} for t, ms in entry["metrics"].items() if t not in aux
+            }
             try:
                 entry["delta_m"] = delta_m(means, base, directions, metrics=used)
                 entry["delta_m_tasks"] = delta_m_per_task(means, base, directions, metrics=used)
                 per_seed = [
-                    delta_m(r.metrics, base, directions, metrics=used) for r in runs if r.label == label
+                    delta_m({t: v for t, v in r.metrics.items() if t not in aux}, base, directions, metrics=used)
+                    for r in runs
+                    if r.label == label
                 ]
                 entry["delta_m_std"] = _mean_std(per_seed)[1]
                 entry["delta_m_primary"] = delta_m(
-                    {t: means[t][m] for t, m in primary.items()}, base_primary, higher_primary
+                    {t: means[t][m] for t, m in main_primary.items()}, base_primary, higher_primary
                 )
             except (DataError, KeyError) as exc:  # e.g. a variant trained on other tasks
                 entry["delta_m"] = math.nan
@@ -636,8 +648,13 @@ def _run_variants(
                     f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
                 )
             )
-    comparison = aggregate(runs, baseline if len(labels) > 1 else None, metrics=cfg.delta_m_metrics)
     first_data = data_cache[_data_key(next(iter(experiment.variants.values())).data)]
+    comparison = aggregate(
+        runs,
+        baseline if len(labels) > 1 else None,
+        metrics=cfg.delta_m_metrics,
+        auxiliary=[t.name for t in first_data.tasks if t.auxiliary],
+    )
     comparison["data"] = dict(first_data.info.items())
     if main:
         write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
@@ -653,6 +670,8 @@ def _run_variants(
     else:
         table = metrics_table(runs[0].metrics, title=f"{cfg.name}: {runs[0].split} metrics")
     console.print(table)
+    if multi and comparison.get("auxiliary"):
+        console.print(comparison_table(comparison, title="auxiliary tasks (not in Δm)", auxiliary=True))
     if main:
         (root / STATUS_FILE).unlink(missing_ok=True)  # every run finished
     console.print(f"Run directory: {root}")

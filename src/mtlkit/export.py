@@ -153,6 +153,18 @@ def _input_layout(p: Predictor) -> list[dict[str, Any]]:
                     "cardinalities": list(spec.cardinalities),
                 }
             )
+        for x in spec.lists:  # list columns: (N, L) int64 indices, -1 padding
+            out.append(
+                {
+                    "name": x.key,
+                    "dtype": "int64",
+                    "shape": ["batch", x.length],
+                    "columns": [x.name],
+                    "cardinalities": [x.cardinality],
+                    "padding": -1,
+                    "pooling": x.pooling,
+                }
+            )
         if spec.num_numeric:
             out.append(
                 {
@@ -185,6 +197,12 @@ def example_inputs(p: Predictor, n: int, *, seed: int = 0) -> tuple[Tensor, ...]
         if spec["name"] == CATEGORICAL:
             cards = torch.tensor(spec["cardinalities"])
             out.append((torch.rand(n, len(cards), generator=g) * cards).long().clamp_max(cards - 1))
+        elif "padding" in spec:  # a list column: values in 0..card-1, some -1 padding (a row of only padding)
+            card, length = spec["cardinalities"][0], spec["shape"][1]
+            codes = (torch.rand(n, length, generator=g) * card).long().clamp_max(card - 1)
+            pad = torch.rand(n, length, generator=g) < 0.3
+            pad[0] = True
+            out.append(codes.masked_fill(pad, -1))
         else:
             out.append(torch.randn(n, *spec["shape"][1:], generator=g))
     return tuple(out)
@@ -235,6 +253,12 @@ def export_model(
         raise IncompatibleComponentsError(
             "embed_preprocessing applies to tabular data with a fitted preprocessor; this model reads "
             f"{_input_layout(predictor)[0]['shape']} tensors directly."
+        )
+    if embed_preprocessing and not predictor.preprocessor.plain:
+        raise IncompatibleComponentsError(
+            "embed_preprocessing supports plain vocabulary and standardised columns only; this model's features "
+            "use hashing, shared tables, lists, log1p or bucketizing. Export without embed_preprocessing and apply "
+            "preprocessor.json (TabularPreprocessor.from_state_dict) outside the graph."
         )
     if format == "onnx":
         _require("onnx", "ONNX export")
@@ -308,6 +332,8 @@ def export_model(
     if predictor.preprocessor is not None:
         (folder / PREPROCESSOR_FILE).write_text(dumps(predictor.preprocessor.state_dict()))
         manifest["preprocessing"] = {"file": PREPROCESSOR_FILE, "embedded": bool(embed_preprocessing)}
+    if format == "onnx":
+        _restore_unused_inputs(path, layout)
     if embed_preprocessing:
         assert predictor.preprocessor is not None
         manifest["inputs"] = _embed_preprocessing(path, predictor.preprocessor, keys)
@@ -382,6 +408,31 @@ def _export_onnx(
         )
 
 
+def _restore_unused_inputs(path: Path, layout: Sequence[Mapping[str, Any]]) -> None:
+    """Put back the inputs the exporter pruned because the eval graph reads none of their values
+    (e.g. a bias tower's position column, left out at serving), so the graph's inputs are always
+    the manifest's, in its order."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    present = {i.name: i for i in graph.input}
+    if all(spec["name"] in present for spec in layout):
+        return
+    types = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+    inputs = [
+        present.get(spec["name"])
+        or helper.make_tensor_value_info(spec["name"], types[spec["dtype"]], list(spec["shape"]))
+        for spec in layout
+    ]
+    others = [i for i in graph.input if i.name not in {spec["name"] for spec in layout}]
+    del graph.input[:]
+    graph.input.extend([*inputs, *others])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def _embed_preprocessing(
     path: Path, pre: TabularPreprocessor, output_names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -389,6 +440,12 @@ def _embed_preprocessing(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    if not pre.plain:
+        raise ShapeError(
+            "embed_preprocessing supports plain vocabulary and standardised columns only; this model's features "
+            "use hashing, shared tables, lists, log1p or bucketizing. Export without embed_preprocessing and apply "
+            "preprocessor.json (TabularPreprocessor.from_state_dict) outside the graph."
+        )
     vocabularies, stats = pre.vocabularies or {}, pre.stats or {}
     columns = [*pre.categorical, *pre.numeric]
     taken = sorted(set(columns) & {CATEGORICAL, NUMERIC, *output_names})

@@ -64,7 +64,17 @@ PREPROCESSOR_FILE = "preprocessor.json"
 
 
 # ---------------------------------------------------------------------------------------------- signature
-_TASK_FIELDS = ("name", "kind", "num_classes", "num_outputs", "label_smoothing", "output", "target", "logits")
+_TASK_FIELDS = (
+    "name",
+    "kind",
+    "num_classes",
+    "num_outputs",
+    "label_smoothing",
+    "output",
+    "target",
+    "logits",
+    "auxiliary",
+)
 _TASK_OPTIONS = ("loss", "pos_weight", "class_weights", "transform")
 """Saved when set: a named loss (its link decides the predictions of poisson/tweedie) and the
 target transform (inverted at prediction); custom losses and metrics cannot be stored."""
@@ -397,7 +407,8 @@ class _Unseen:
         for c, k in per_column.items():
             self.per_column[c] = self.per_column.get(c, 0) + k
         self.rows += rows
-        self.all_unknown += int((inputs["categorical"] == 0).all(dim=1).sum())
+        if "categorical" in inputs:  # (list-only categorical features have no (N, C) tensor)
+            self.all_unknown += int((inputs["categorical"] == 0).all(dim=1).sum())
 
     def merge(self, other: _Unseen) -> None:
         for c, k in other.per_column.items():

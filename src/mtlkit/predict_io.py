@@ -35,6 +35,10 @@ def arrow_values(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
     from mtlkit.data.arrow_io import is_numeric_type
 
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):  # a list-valued feature
+        from mtlkit.data.feature_encode import ListColumn
+
+        return ListColumn.from_arrow(array)  # type: ignore[return-value]
     if is_numeric_type(array.type):
         return np.asarray(pc.cast(array, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
     text = array if pa.types.is_string(array.type) else pc.cast(array, pa.string())

@@ -48,15 +48,24 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "m
     return table
 
 
-def _columns(comparison: Mapping[str, Any], *, all_metrics: bool) -> list[tuple[str, str]]:
-    """``(task, metric)`` columns: every metric of every task, or each task's main metric."""
+def _columns(
+    comparison: Mapping[str, Any], *, all_metrics: bool, auxiliary: bool | None = None
+) -> list[tuple[str, str]]:
+    """``(task, metric)`` columns: every metric of every task, or each task's main metric; only
+    the main tasks (``auxiliary=False``), only the auxiliary ones (``True``) or all (``None``)."""
+    aux = set(comparison.get("auxiliary") or ())
+
+    def keep(task: str) -> bool:
+        return auxiliary is None or (task in aux) == auxiliary
+
     if not all_metrics:
-        return list(comparison["primary"].items())
+        return [(t, m) for t, m in comparison["primary"].items() if keep(t)]
     seen: dict[tuple[str, str], None] = {}
     for entry in comparison["labels"].values():
         for task, ms in entry["metrics"].items():
             for m in ms:
-                seen[(task, m)] = None
+                if keep(task):
+                    seen[(task, m)] = None
     return list(seen)
 
 
@@ -90,18 +99,23 @@ def _delta_note(comparison: Mapping[str, Any]) -> str:
 
 
 def comparison_table(
-    comparison: Mapping[str, Any], *, title: str = "comparison", all_metrics: bool = False
+    comparison: Mapping[str, Any],
+    *,
+    title: str = "comparison",
+    all_metrics: bool = False,
+    auxiliary: bool = False,
 ) -> Table:
-    """One row per variant: each task's main metric (or all metrics) as mean ± std over seeds,
-    Δm vs the baseline (mean ± std over seeds), size and time."""
+    """One row per variant: each main task's main metric (or all metrics) as mean ± std over
+    seeds, Δm vs the baseline (mean ± std over seeds), size and time. ``auxiliary=True``: the
+    separate block of the auxiliary tasks (their metrics only, no Δm)."""
     labels: Mapping[str, Any] = comparison["labels"]
-    cols = _columns(comparison, all_metrics=all_metrics)
-    note = _delta_note(comparison)
+    cols = _columns(comparison, all_metrics=all_metrics, auxiliary=auxiliary)
+    note = "" if auxiliary else _delta_note(comparison)
     table = Table(title=title, title_justify="left", caption=note or None, caption_justify="left")
     table.add_column("model", style="bold")
     for task, metric in cols:
         table.add_column(f"{task} {metric}{_arrow(comparison, task, metric)}", justify="right")
-    has_delta = any("delta_m" in e for e in labels.values())
+    has_delta = not auxiliary and any("delta_m" in e for e in labels.values())
     if has_delta:
         table.add_column(f"Δm vs {comparison.get('baseline')}", justify="right")
     table.add_column("params", justify="right")
@@ -118,7 +132,7 @@ def comparison_table(
 def comparison_markdown(comparison: Mapping[str, Any], *, title: str | None = None) -> str:
     """The comparison as a markdown table: every task metric (mean ± std over seeds), Δm, size, time."""
     labels: Mapping[str, Any] = comparison["labels"]
-    cols = _columns(comparison, all_metrics=True)
+    cols = _columns(comparison, all_metrics=True, auxiliary=False)
     has_delta = any("delta_m" in e for e in labels.values())
     header = ["model", "seeds", *(f"{t} {m}{_arrow(comparison, t, m)}" for t, m in cols)]
     if has_delta:
@@ -141,6 +155,13 @@ def comparison_markdown(comparison: Mapping[str, Any], *, title: str | None = No
     note = _delta_note(comparison)
     if note:
         lines += ["", note]
+    aux_cols = _columns(comparison, all_metrics=True, auxiliary=True)
+    if aux_cols:
+        lines += ["", "Auxiliary tasks (trained to help the main tasks; not in Δm):", ""]
+        lines.append("| " + " | ".join(["model", *(f"{t} {m}{_arrow(comparison, t, m)}" for t, m in aux_cols)]) + " |")
+        lines.append("|" + "|".join(["---", *(["---:"] * len(aux_cols))]) + "|")
+        for label, entry in labels.items():
+            lines.append("| " + " | ".join([label, *(_cell(entry, t, m) for t, m in aux_cols)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +175,8 @@ def comparison_csv(comparison: Mapping[str, Any]) -> str:
     labels: Mapping[str, Any] = comparison["labels"]
     cols = _columns(comparison, all_metrics=True)
     has_delta = any("delta_m" in e for e in labels.values())
-    tasks = list(dict.fromkeys(t for t, _ in cols))
+    aux = set(comparison.get("auxiliary") or ())
+    tasks = [t for t in dict.fromkeys(t for t, _ in cols) if t not in aux]  # Δm_t: main tasks only
     header = ["model", "seeds", "split", "params", "seconds"]
     if has_delta:
         header += ["delta_m", "delta_m_std", *(f"delta_m/{t}" for t in tasks)]

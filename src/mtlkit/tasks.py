@@ -94,6 +94,9 @@ class Task:
     Sample weights: :meth:`compute_loss` takes per-row weights ``w`` and returns the weighted
     mean ``Σ w·l / Σ w`` over the labelled elements, with ``Σ w`` as its count (the label count
     when there are no weights), which the distributed reductions weigh the ranks' losses by.
+        auxiliary: an auxiliary task, trained (with its weight) only to help the main tasks: it is
+            left out of Δm, of the default early-stopping monitor's ``mean/<metric>`` (the mean
+            over main tasks) and of the main comparison table (reported in a separate block).
 
     Example:
         >>> Task(name="ctr", kind="binary").output_dim
@@ -114,6 +117,7 @@ class Task:
     pos_weight: float | None = None
     class_weights: tuple[float, ...] | None = None
     transform: TargetTransform | str | Mapping[str, object] | None = None
+    auxiliary: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -162,6 +166,8 @@ class Task:
             raise ValueError(f"Task {self.name!r}: logits=False applies to binary and multilabel tasks only.")
         if not isinstance(self.train, bool):
             raise ValueError(f"Task {self.name!r}: train must be True or False; got {self.train!r}.")
+        if not isinstance(self.auxiliary, bool):
+            raise ValueError(f"Task {self.name!r}: auxiliary must be True or False; got {self.auxiliary!r}.")
         self._set_loss(kind)
 
     def _set_loss(self, kind: TaskKind) -> None:

@@ -166,6 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--users", type=int, help="distinct user ids (default rows/20 within 1,000..1,000,000)")
     imp.add_argument("--items", type=int, help="distinct item ids (default rows/100 within 200..200,000)")
     imp.add_argument("--oracle", action="store_true", help="also write the true p_click and p_conversion")
+    yt = gen_sub.add_parser(
+        "youtube-log",
+        help="logged ranking slates with position bias and the known truth, as one CSV",
+        description="Write logged slates (clicks biased by position, watch time and likes on clicks, and "
+        "the unbiased truth columns) as one CSV; see mtlkit.data.youtube. Deterministic from --seed.",
+    )
+    yt.add_argument("out", metavar="OUT_CSV", help="the CSV file to write")
+    yt.add_argument("--slates", type=int, default=1000, help="number of slates (default 1000)")
+    yt.add_argument("--slate-size", type=int, default=10, help="impressions per slate (default 10)")
+    yt.add_argument("--eta", type=float, default=1.0, help="position-bias exponent (default 1.0)")
+    yt.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -360,6 +371,14 @@ def _cmd_predict(ns: argparse.Namespace, console: Console) -> int:
 
 def _cmd_generate(ns: argparse.Namespace, console: Console) -> int:
     from mtlkit.data.impressions import impression_log
+
+    if ns.what == "youtube-log":
+        from mtlkit.data.youtube import write_csv, youtube_log
+
+        ylog = youtube_log(ns.slates, slate_size=ns.slate_size, eta=ns.eta, seed=ns.seed)
+        write_csv(ylog, ns.out)
+        console.print(f"Wrote {len(ylog):,} impressions ({ns.slates:,} slates) to {ns.out}", highlight=False)
+        return 0
 
     log = impression_log(
         ns.out_dir, ns.rows, shard_rows=ns.shard_rows, seed=ns.seed, users=ns.users, items=ns.items, oracle=ns.oracle

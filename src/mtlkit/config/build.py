@@ -129,6 +129,11 @@ def build_model(
     The builder receives whichever of ``input_dim``, ``input_spec``, ``input_layer`` (a backbone
     factory) and ``tasks`` its signature declares.
     """
+    from mtlkit.config.model_wrappers import base_splits, split_wrappers, wrap_model
+
+    spec, wrappers = split_wrappers(spec)  # bias_tower / fusion wrap the model built below
+    if wrappers:
+        return wrap_model(build_model(spec, base_splits(splits, wrappers), backbone), splits, wrappers)
     builder = FAMILIES["model"].registry.get(spec["name"])
     accepts = set(inspect.signature(builder).parameters)
     injected: dict[str, Any] = {"tasks": splits.tasks}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from mtlkit._sections import SECTIONS
 from mtlkit.config.build import schedule_problems
 from mtlkit.config.components import FAMILIES, format_error, validate_component
+from mtlkit.config.model_wrappers import WRAPPER_KEYS, validate_wrappers
 from mtlkit.config.schema import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
 from mtlkit.errors import ConfigError, did_you_mean
 
@@ -200,10 +201,15 @@ def _validate_one(raw: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list
             continue  # missing or not a mapping: reported by the schema below
         if "name" not in spec and section in _DEFAULT_NAMES:
             spec = {"name": _DEFAULT_NAMES[section], **spec}  # e.g. `optimizer: {lr: 0.01}` keeps Adam
+        wrappers: dict[str, Any] = {}
+        if section == "model":  # bias_tower / fusion: checked apart from the builder's parameters
+            wrappers, errs = validate_wrappers(spec)
+            problems += errs
+            spec = {k: v for k, v in spec.items() if k not in WRAPPER_KEYS}
         comp, errs = validate_component(spec, FAMILIES[section], section)
         problems += errs
         if comp is not None:
-            resolved[section] = comp
+            resolved[section] = {**comp, **wrappers}
     try:
         cfg = ExperimentConfig.model_validate(resolved)
     except ValidationError as exc:

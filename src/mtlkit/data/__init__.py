@@ -15,6 +15,7 @@ from mtlkit.data.streaming import StreamLoader, TabularStream, tabular_stream
 from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
 from mtlkit.data.synthetic_ctr import synthetic_ctr_cvr, synthetic_ctr_cvr_splits
 from mtlkit.data.tabular import TaskColumn, read_table, tabular
+from mtlkit.data.youtube import YoutubeLog, youtube_log, youtube_log_splits
 
 __all__ = [
     "Batch",
@@ -33,6 +34,7 @@ __all__ = [
     "TensorBatchLoader",
     "UnknownCategoryDropout",
     "UnknownCategoryWarning",
+    "YoutubeLog",
     "ali_ccp_sample",
     "aliexpress_sample",
     "as_batch",
@@ -57,4 +59,6 @@ __all__ = [
     "synthetic_ctr_cvr_splits",
     "tabular",
     "tabular_stream",
+    "youtube_log",
+    "youtube_log_splits",
 ]

@@ -256,6 +256,14 @@ def fit_coded(pre: TabularPreprocessor, columns: Mapping[str, Column], *, source
 
     Columns may also be arrays (as ``pre.fit`` takes them): numeric ones are used as they are,
     categorical ones are coded first (:func:`as_coded`)."""
+    pre._index_cache = {}
+    if not pre.plain:  # feature specs (hashed, shared, list, log1p, bucketized columns)
+        from mtlkit.data.feature_encode import FeatureFitter
+
+        fitter = FeatureFitter(pre)
+        fitter.update(columns, source=source)
+        fitter.finish(source=source)
+        return
     vocabularies: dict[str, list[str]] = {}
     for name in pre.categorical:
         col = as_coded(columns[name])
@@ -289,6 +297,10 @@ def transform_coded(
         raise DataError("TabularPreprocessor is not fitted; call fit(train_columns) first.")
     assert pre.vocabularies is not None
     assert pre.stats is not None
+    if not pre.plain:
+        from mtlkit.data.feature_encode import transform_features
+
+        return transform_features(pre, columns, source=source)
     n = len(next(iter(columns.values())))
     out: dict[str, Tensor] = {}
     if pre.categorical:

@@ -177,8 +177,10 @@ class TabularPreprocessor:
     """Categorical vocabularies and numeric standardisation, fitted on training data only.
 
     Args:
-        categorical: categorical column names (order = column order of the output tensor).
-        numeric: numeric column names.
+        categorical: categorical column names (order = column order of the output tensor), or
+            feature specs (:class:`~mtlkit.data.features.CategoricalFeature` or mappings: hashed,
+            shared, list-valued columns; see :mod:`mtlkit.data.features`).
+        numeric: numeric column names, or specs (``transform: log1p``, ``bucketize: [...]``).
         min_frequency: categories seen fewer times than this in training map to the unknown
             bucket (index 0).
         max_categories: keep at most this many categories per column (the most frequent; ties by
@@ -188,13 +190,18 @@ class TabularPreprocessor:
     def __init__(
         self,
         *,
-        categorical: Sequence[str] = (),
-        numeric: Sequence[str] = (),
+        categorical: Sequence[Any] = (),
+        numeric: Sequence[Any] = (),
         min_frequency: int = 1,
         max_categories: int | None = None,
     ) -> None:
-        self.categorical = tuple(categorical)
-        self.numeric = tuple(numeric)
+        from mtlkit.data.features import parse_features
+
+        self.features = parse_features(categorical, numeric, who="TabularPreprocessor")
+        self.categorical = tuple(f.name for f in self.features.categorical)
+        self.numeric = tuple(f.name for f in self.features.numeric)
+        self.list_lengths: dict[str, int] = {}
+        self._index_cache: dict[str, dict[str, int]] = {}
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"TabularPreprocessor min_frequency must be an int >= 1; got {min_frequency!r}.")
         self.min_frequency = min_frequency
@@ -214,9 +221,30 @@ class TabularPreprocessor:
     def fitted(self) -> bool:
         return self.vocabularies is not None and self.stats is not None
 
+    @property
+    def plain(self) -> bool:
+        """Every column a plain name (no feature-spec options)."""
+        return self.features.plain
+
+    def _vocab_index(self, table: str) -> dict[str, int]:
+        """``{category: index}`` of a vocabulary table (cached)."""
+        index = self._index_cache.get(table)
+        if index is None:
+            vocab = (self.vocabularies or {})[table]
+            index = self._index_cache[table] = {v: i + 1 for i, v in enumerate(vocab)}
+        return index
+
     def fit(self, columns: Columns) -> TabularPreprocessor:
         """Learn vocabularies and numeric statistics from the training columns; returns ``self``."""
         self._check_columns(columns, "fit")
+        self._index_cache = {}
+        if not self.plain:
+            from mtlkit.data.feature_encode import FeatureFitter
+
+            fitter = FeatureFitter(self)
+            fitter.update(columns, source="TabularPreprocessor")
+            fitter.finish(source="TabularPreprocessor")
+            return self
         vocabularies: dict[str, list[str]] = {}
         for name in self.categorical:
             s = _as_strings(columns[name])
@@ -243,6 +271,10 @@ class TabularPreprocessor:
     def schema(self) -> FeatureSchema:
         """The :class:`FeatureSchema` of the transformed inputs (needs a fitted preprocessor)."""
         vocabularies, _ = self._fitted_state()
+        if not self.plain:
+            from mtlkit.data.feature_encode import feature_schema
+
+            return feature_schema(self)
         return FeatureSchema(
             self.categorical,
             tuple(len(vocabularies[c]) + 1 for c in self.categorical),
@@ -257,6 +289,10 @@ class TabularPreprocessor:
         """
         vocabularies, stats = self._fitted_state()
         n = self._check_columns(columns, "transform")
+        if not self.plain:
+            from mtlkit.data.feature_encode import transform_features
+
+            return transform_features(self, columns, source="TabularPreprocessor")
         out: dict[str, Tensor] = {}
         if self.categorical:
             codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
@@ -283,6 +319,10 @@ class TabularPreprocessor:
         Rare training values cut by ``min_frequency`` count too (they share the bucket)."""
         vocabularies, _ = self._fitted_state()
         n = self._check_columns(columns, "unseen_counts")
+        if not self.plain:
+            from mtlkit.data.feature_encode import unseen_features
+
+            return unseen_features(self, columns)
         per_column: dict[str, int] = {}
         any_row = np.zeros(n, dtype=bool)
         for name in self.categorical:
@@ -310,28 +350,39 @@ class TabularPreprocessor:
             **({"max_categories": self.max_categories} if self.max_categories is not None else {}),
             "vocabularies": {k: list(v) for k, v in vocabularies.items()},
             "stats": {k: [m, s] for k, (m, s) in stats.items()},
+            **(
+                {"features": self.features.to_state(), "list_lengths": dict(self.list_lengths)}
+                if not self.plain
+                else {}
+            ),
         }
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> TabularPreprocessor:
         """Rebuild a fitted preprocessor from :meth:`state_dict` output."""
         try:
+            feats = state.get("features")
             pre = cls(
-                categorical=state["categorical"],
-                numeric=state["numeric"],
+                categorical=feats["categorical"] if feats else state["categorical"],
+                numeric=feats["numeric"] if feats else state["numeric"],
                 min_frequency=int(state.get("min_frequency", 1)),
                 max_categories=state.get("max_categories"),
             )
             pre.vocabularies = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
             pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}
+            pre.list_lengths = {k: int(v) for k, v in state.get("list_lengths", {}).items()}
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(
                 f"Cannot restore a TabularPreprocessor from this state ({type(exc).__name__}: {exc}); "
                 "it was not written by TabularPreprocessor.state_dict()."
             ) from None
-        missing = [c for c in pre.categorical if c not in pre.vocabularies] + [
-            c for c in pre.numeric if c not in pre.stats
-        ]
+        specs = pre.features
+        missing = [
+            f.name
+            for f in specs.categorical
+            if f.share is None and f.hash_buckets is None and f.name not in pre.vocabularies
+        ] + [f.name for f in specs.numeric if f.bucketize is None and f.name not in pre.stats]
+        missing += [f.name for f in specs.categorical if f.list and f.name not in pre.list_lengths]
         if missing:
             raise DataError(f"TabularPreprocessor state lacks the fitted values of columns {missing}.")
         return pre

@@ -79,6 +79,9 @@ class StreamEncoder:
 
     def __init__(self, preprocessor: TabularPreprocessor, labels: Sequence[LabelSpec] = ()) -> None:
         self.state = preprocessor.state_dict()
+        self.preprocessor = (
+            None if preprocessor.plain else preprocessor
+        )  # feature specs: encoded by feature_encode
         self.categorical: tuple[str, ...] = tuple(preprocessor.categorical)
         self.numeric: tuple[str, ...] = tuple(preprocessor.numeric)
         self.labels = tuple(labels)
@@ -108,6 +111,14 @@ class StreamEncoder:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        if self.preprocessor is not None:
+            from mtlkit.data.feature_encode import arrow_columns, transform_features
+
+            columns = arrow_columns(self.preprocessor, table, origin)
+            source = f"{origin.file} (from {origin.row(0)})"
+            return {
+                k: v.numpy() for k, v in transform_features(self.preprocessor, columns, source=source).items()
+            }
         n = table.num_rows
         out: dict[str, np.ndarray] = {}
         if self.categorical:

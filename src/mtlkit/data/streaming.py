@@ -35,7 +35,7 @@ from mtlkit.data.stream_encode import LabelSpec, StreamEncoder, _distinct, canon
 from mtlkit.data.stream_loader import StreamLoader, default_workers
 from mtlkit.data.stream_read import FragmentReader, fragment_table
 from mtlkit.data.streaming_fit import fit_streaming
-from mtlkit.data.tabular import TaskColumn, load_preprocessor
+from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor
 from mtlkit.data.task_options import apply_task_options, refuse_stream_options
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
@@ -233,8 +233,8 @@ def tabular_stream(
     *,
     train: str | Path | Sequence[str | Path],
     tasks: Mapping[str, TaskColumn | Mapping[str, Any]],
-    numeric: Sequence[str] = (),
-    categorical: Sequence[str] = (),
+    numeric: Sequence[Any] = (),
+    categorical: Sequence[Any] = (),
     val: str | Path | Sequence[str | Path] | None = None,
     test: str | Path | Sequence[str | Path] | None = None,
     delimiter: str = ",",
@@ -261,13 +261,8 @@ def tabular_stream(
     refuse_stream_options(specs, weights)
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
-    features = [*categorical, *numeric]
-    dup = sorted({c for c in features if features.count(c) > 1})
-    if dup:
-        raise DataError(
-            f"tabular: feature column(s) {dup} are listed more than once (in categorical and/or numeric); "
-            "list each column once, as categorical or as numeric."
-        )
+    feature_specs, categorical_names, numeric_names = _feature_specs(categorical, numeric)
+    features = [*categorical_names, *numeric_names]
     overlap = sorted({s.column for s in specs.values()} & set(features))
     if overlap:
         raise DataError(
@@ -282,12 +277,12 @@ def tabular_stream(
     for paths in files.values():
         check_columns(paths, [*features, *label_columns], delimiter)
     if preprocessor is not None:
-        pre = load_preprocessor(preprocessor, categorical=categorical, numeric=numeric)
+        pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
     else:
         pre = fit_streaming(
             files["train"],
-            categorical=categorical,
-            numeric=numeric,
+            categorical=feature_specs.categorical,
+            numeric=feature_specs.numeric,
             min_frequency=min_frequency,
             max_categories=max_categories,
             label_columns=label_columns,
@@ -329,8 +324,8 @@ def tabular_stream(
             n: {"column": s.column, "kind": s.kind, **({"classes": classes[n]} if n in classes else {})}
             for n, s in specs.items()
         },
-        "categorical": list(categorical),
-        "numeric": list(numeric),
+        "categorical": categorical_names,
+        "numeric": numeric_names,
     }
     train_stream = streams["train"]
     assert train_stream is not None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,8 +36,8 @@ __all__ = ["fit_streaming"]
 def fit_streaming(
     files: str | Path | Sequence[str | Path],
     *,
-    categorical: Sequence[str] = (),
-    numeric: Sequence[str] = (),
+    categorical: Sequence[Any] = (),
+    numeric: Sequence[Any] = (),
     min_frequency: int = 1,
     max_categories: int | None = None,
     label_columns: Sequence[str] = (),
@@ -75,6 +75,10 @@ def fit_streaming(
     features = [*pre.categorical, *pre.numeric]
     labels_all = list(dict.fromkeys(label_columns))
     labels = [c for c in labels_all if c not in features]
+    if not pre.plain:  # feature specs: hashed, shared, list, log1p, bucketized columns
+        return _fit_features(
+            pre, paths, features, labels, labels_all, label_columns, max_rows, delimiter, batch_rows
+        )
     counts = {c: CategoryCounts() for c in pre.categorical}
     moments = {c: RunningMoments() for c in pre.numeric}
     seen = 0
@@ -109,6 +113,41 @@ def fit_streaming(
             )
         stats[c] = moments[c].standardisation()
     pre.vocabularies, pre.stats = vocabularies, stats
+    return pre
+
+
+def _fit_features(
+    pre: TabularPreprocessor,
+    paths: Sequence[Path],
+    features: Sequence[str],
+    labels: Sequence[str],
+    labels_all: Sequence[str],
+    label_columns: Sequence[str],
+    max_rows: int | None,
+    delimiter: str,
+    batch_rows: int,
+) -> TabularPreprocessor:
+    """:func:`fit_streaming` under feature specs: the in-memory fitter fed batch by batch."""
+    from mtlkit.data.feature_encode import FeatureFitter, arrow_columns
+
+    fitter = FeatureFitter(pre)
+    seen = 0
+    for origin, batch in iter_batches(
+        paths, [*features, *labels], delimiter=delimiter, batch_rows=batch_rows
+    ):
+        for c in pre.numeric:  # numeric values are checked on every row, labelled or not
+            column_floats(batch.column(c), column=c, origin=origin)
+        rows = _labelled_rows(batch, labels_all, origin) if label_columns else np.arange(batch.num_rows)
+        if max_rows is not None:
+            rows = rows[: max_rows - seen]
+        if rows.size == 0:
+            continue
+        part = batch.take(rows) if rows.size < batch.num_rows else batch
+        fitter.update(arrow_columns(pre, part, origin), source=f"{origin.file} (from {origin.row(0)})")
+        seen += int(rows.size)
+        if max_rows is not None and seen >= max_rows:
+            break
+    fitter.finish(source=", ".join(map(str, paths[:3])) + (", ..." if len(paths) > 3 else ""))
     return pre
 
 

@@ -37,7 +37,7 @@ import json
 import lzma
 import mmap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ from mtlkit.data._checks import (
 from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_coded
 from mtlkit.data.arrow_io import expand_paths
 from mtlkit.data.dataset import MultiTaskDataset
+from mtlkit.data.features import FeatureSpecs, parse_features
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
 from mtlkit.data.splits import DataSplits
@@ -88,6 +89,8 @@ class TaskColumn(BaseModel):
         transform: regression: ``log1p`` or ``standardise`` (fitted on the training labels) of the
             labels for training; predictions and metrics stay on the label's scale.
         weight_column: this task's sample-weight column (default: ``weights.column`` of the data section).
+        auxiliary: an auxiliary task (see :class:`~mtlkit.tasks.Task`): trained, but left out of
+            Δm, of the default ``mean/...`` early-stopping monitor and of the main comparison table.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -101,6 +104,7 @@ class TaskColumn(BaseModel):
     class_weights: list[float] | None = None
     transform: Literal["log1p", "standardise", "standardize"] | None = None
     weight_column: str | None = None
+    auxiliary: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -244,7 +248,11 @@ def _parquet_frame(
     for name in columns:
         col = table.column(name)
         t = col.type
-        if pa.types.is_integer(t) and name not in numeric and name not in labels and not col.null_count:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            from mtlkit.data.feature_encode import ListColumn
+
+            out[name] = ListColumn.from_arrow(col)  # type: ignore[assignment]
+        elif pa.types.is_integer(t) and name not in numeric and name not in labels and not col.null_count:
             out[name] = col.cast(pa.int64()).to_numpy()  # ids stay exact (float64 rounds beyond 2**53)
         elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             out[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
@@ -341,7 +349,7 @@ def _all_rows(rows: np.ndarray, n: int) -> bool:
 def _take(col: Column, rows: np.ndarray) -> Column:
     if _all_rows(rows, len(col)):
         return col
-    return col.take(rows) if isinstance(col, CodedColumn) else col[rows]
+    return col[rows] if isinstance(col, np.ndarray) else col.take(rows)  # CodedColumn, ListColumn
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -504,8 +512,8 @@ def tabular(
     *,
     train: str | list[str],
     tasks: dict[str, TaskColumn],
-    numeric: Sequence[str] = (),
-    categorical: Sequence[str] = (),
+    numeric: Sequence[str | dict[str, Any]] = (),
+    categorical: Sequence[str | dict[str, Any]] = (),
     val: str | list[str] | None = None,
     test: str | list[str] | None = None,
     val_fraction: Fraction = 0.0,
@@ -527,8 +535,10 @@ def tabular(
     Args:
         train: the training file (CSV with a header row, optionally compressed, or Parquet).
         tasks: ``{task name: {column, kind, num_classes?, classes?}}`` (see :class:`TaskColumn`).
-        numeric: numeric feature columns (standardised with training statistics).
-        categorical: categorical feature columns (embedded; unseen values share index 0).
+        numeric: numeric feature columns (standardised with training statistics), names or specs
+            (``{name, transform: log1p}``, ``{name, bucketize: [...]}``; see :mod:`mtlkit.data.features`).
+        categorical: categorical feature columns (embedded; unseen values share index 0), names or
+            specs (``hash_buckets``, ``dim``, ``share``, ``list``; see :mod:`mtlkit.data.features`).
         val: a validation file; or ``val_fraction`` of the training rows.
         test: a test file; or ``test_fraction`` of the training rows.
         val_fraction: share of the training file held out for validation (when ``val`` is not given).
@@ -566,13 +576,8 @@ def tabular(
             raise DataError(f"tabular: tasks.{name}.{where}: {first['msg']}.") from None
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
-    features = [*categorical, *numeric]
-    dup = sorted({c for c in features if features.count(c) > 1})
-    if dup:
-        raise DataError(
-            f"tabular: feature column(s) {dup} are listed more than once (in categorical and/or numeric); "
-            "list each column once, as categorical or as numeric."
-        )
+    feature_specs, categorical_names, numeric_names = _feature_specs(categorical, numeric)
+    features = [*categorical_names, *numeric_names]
     UnknownCategoryDropout(unknown_fraction)  # checks the value
     overlap = sorted({s.column for s in specs.values()} & set(features))
     if overlap:
@@ -614,13 +619,13 @@ def tabular(
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
     wanted = list(dict.fromkeys([*features, *label_columns, *task_weights.values()]))
     files = {"train": str(train), "val": val, "test": test}
-    frames = {"train": _read_frame(train, wanted, features, numeric, delimiter=delimiter)}
+    frames = {"train": _read_frame(train, wanted, features, numeric_names, delimiter=delimiter)}
     for what in ("val", "test"):
         if files[what] is not None:
-            frames[what] = _read_frame(files[what], wanted, features, numeric, delimiter=delimiter)
+            frames[what] = _read_frame(files[what], wanted, features, numeric_names, delimiter=delimiter)
     origins = {s: Origin(str(files[s]), np.arange(len(f[wanted[0]]))) for s, f in frames.items()}
     for s, f in frames.items():
-        for c in numeric:
+        for c in numeric_names:
             check_numeric(f[c], column=c, origin=origins[s])
     n = len(frames["train"][wanted[0]])
     perm = np.random.default_rng(split_seed).permutation(n)
@@ -650,7 +655,8 @@ def tabular(
             name, spec, {s: f[spec.column] for s, f in frames.items()}, origins
         )
         train_labels = per_split["train"] if spec.transform is not None else None
-        task_list.append(apply_task_options(task, spec, train_labels))
+        task = apply_task_options(task, spec, train_labels)
+        task_list.append(replace(task, auxiliary=True) if spec.auxiliary else task)
         label_info[name] = info
         for s, t in per_split.items():
             targets[s][name] = t
@@ -667,10 +673,13 @@ def tabular(
             f"least {MIN_TRAIN_ROWS}. Fill in labels, or add rows."
         )
     if preprocessor is not None:
-        pre = load_preprocessor(preprocessor, categorical=categorical, numeric=numeric)
+        pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
     else:
         pre = TabularPreprocessor(
-            categorical=categorical, numeric=numeric, min_frequency=min_frequency, max_categories=max_categories
+            categorical=feature_specs.categorical,
+            numeric=feature_specs.numeric,
+            min_frequency=min_frequency,
+            max_categories=max_categories,
         )
         fit_coded(pre, {c: _take(frames["train"][c], keep["train"]) for c in features}, source=_PRE)
     augment = UnknownCategoryDropout(unknown_fraction) if categorical and unknown_fraction > 0 else None
@@ -695,8 +704,8 @@ def tabular(
         "rows": {s: (len(d) if d is not None else 0) for s, d in datasets.items()},
         "dropped_unlabelled": {s: len(frames[s][wanted[0]]) - len(keep[s]) for s in frames},
         "tasks": label_info,
-        "categorical": list(categorical),
-        "numeric": list(numeric),
+        "categorical": categorical_names,
+        "numeric": numeric_names,
         **({"weights": task_weights} if task_weights else {}),
     }
     assert datasets["train"] is not None
@@ -711,14 +720,30 @@ def tabular(
     )
 
 
+def _feature_specs(
+    categorical: Sequence[Any], numeric: Sequence[Any]
+) -> tuple[FeatureSpecs, list[str], list[str]]:
+    """The parsed feature specs and the categorical and numeric column names, each listed once."""
+    specs = parse_features(categorical, numeric, who="tabular")
+    cat, num = [f.name for f in specs.categorical], [f.name for f in specs.numeric]
+    features = [*cat, *num]
+    dup = sorted({c for c in features if features.count(c) > 1})
+    if dup:
+        raise DataError(
+            f"tabular: feature column(s) {dup} are listed more than once (in categorical and/or numeric); "
+            "list each column once, as categorical or as numeric."
+        )
+    return specs, cat, num
+
+
 def _streamed(
     *,
     train: str | list[str],
     val: str | list[str] | None,
     test: str | list[str] | None,
     specs: dict[str, TaskColumn],
-    numeric: Sequence[str],
-    categorical: Sequence[str],
+    numeric: Sequence[Any],
+    categorical: Sequence[Any],
     val_fraction: float,
     test_fraction: float,
     delimiter: str,

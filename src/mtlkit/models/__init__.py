@@ -11,9 +11,11 @@ from mtlkit.models._blocks import ACTIVATIONS, MLP, ExpertMLPs, SoftmaxGate, Sof
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
 from mtlkit.models.aitm import AITM, AdaptiveInformationTransfer, aitm
 from mtlkit.models.backbones import BACKBONES, EmbeddingFrontEnd
+from mtlkit.models.bias_tower import BiasTower, BiasTowerHead, split_schema, with_bias_tower
 from mtlkit.models.cross_stitch import CrossStitch, CrossStitchUnit, cross_stitch
 from mtlkit.models.dselect import DSelectK, DSelectKGate, dselect_k
 from mtlkit.models.esmm import ESMM, esmm
+from mtlkit.models.fusion import FusionTerm, ScoreFusion, fuse
 from mtlkit.models.hierarchical import Hierarchical, hierarchical
 from mtlkit.models.moe import MMoE, OMoE, mmoe, omoe
 from mtlkit.models.mtan import MTAN, mtan
@@ -36,6 +38,8 @@ __all__ = [
     "MTAN",
     "PLE",
     "AdaptiveInformationTransfer",
+    "BiasTower",
+    "BiasTowerHead",
     "CrossStitch",
     "CrossStitchUnit",
     "DSelectK",
@@ -44,11 +48,13 @@ __all__ = [
     "ExpertMLPs",
     "ExtractionNetwork",
     "ForwardParts",
+    "FusionTerm",
     "Hierarchical",
     "InputLayerLike",
     "MMoE",
     "MultiTaskModel",
     "OMoE",
+    "ScoreFusion",
     "SharedBottom",
     "SharedPrivate",
     "SingleTask",
@@ -63,6 +69,7 @@ __all__ = [
     "dselect_k",
     "esmm",
     "forward_parts",
+    "fuse",
     "hierarchical",
     "make_activation",
     "make_input_layers",
@@ -74,5 +81,7 @@ __all__ = [
     "shared_private",
     "single_task",
     "soft_sharing",
+    "split_schema",
     "stacked_mmoe",
+    "with_bias_tower",
 ]

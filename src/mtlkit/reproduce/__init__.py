@@ -10,7 +10,14 @@ Example:
     True
 """
 
-from mtlkit.reproduce import balancers, esmm, mmoe_census, mmoe_synthetic, mnist_fashion  # noqa: F401
+from mtlkit.reproduce import (  # noqa: F401
+    balancers,
+    esmm,
+    mmoe_census,
+    mmoe_synthetic,
+    mnist_fashion,
+    youtube_ranking,
+)
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
 from mtlkit.reproduce.runner import (
     ReproductionResult,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,17 +72,23 @@ def resolve_monitor(
     monitor: str,
     metrics: dict[str, dict[str, float]],
     directions: dict[str, dict[str, bool]] | None = None,
+    auxiliary: Collection[str] = (),
     reference: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[float, bool]:
     """Value of ``monitor`` in ``metrics`` and whether higher is better; raises with the choices.
 
-    ``reference``: the first epoch's metrics, for ``mean/relative`` (default: ``metrics``)."""
+    ``mean/<metric>`` averages over the main tasks: the ``auxiliary`` ones are left out (unless
+    every task holding the metric is auxiliary); so does ``mean/relative``, whose ``reference``
+    is the first epoch's metrics (default: ``metrics``)."""
     if monitor == RELATIVE:
-        return _relative(metrics, directions, metrics if reference is None else reference), False
+        main = {t: m for t, m in metrics.items() if t not in auxiliary} or metrics
+        return _relative(main, directions, metrics if reference is None else reference), False
     task, _, metric = monitor.partition("/")
     if task == "mean":
-        values = [m[metric] for m in metrics.values() if metric in m and not math.isnan(m[metric])]
         holders = [t for t, m in metrics.items() if metric in m]
+        main = [t for t in holders if t not in auxiliary] or holders
+        values = [metrics[t][metric] for t in main if not math.isnan(metrics[t][metric])]
+        holders = main
         if not holders:
             raise KeyError(_unknown(monitor, metrics))
         value = sum(values) / len(values) if values else math.nan
@@ -149,7 +155,8 @@ def monitored(
     monitor = rule.monitor if rule is not None else "mean/loss"
     try:
         reference = values(first) if first is not None else None
-        value, higher = resolve_monitor(monitor, metrics, directions, reference)
+        auxiliary = {t.name for t in tasks if t.auxiliary}
+        value, higher = resolve_monitor(monitor, metrics, directions, auxiliary, reference=reference)
     except KeyError as exc:
         raise ValueError(str(exc.args[0])) from None
     if rule is not None and rule.mode != "auto":

@@ -10,6 +10,7 @@ from torch import nn
 
 from mtlkit.errors import CheckpointError
 from mtlkit.training.scope import frozen_rows
+from mtlkit.training.sparse_optim import sparse_parameters, split_optimizer
 
 __all__ = ["OptimizerLike", "OptimizerSet", "SchedulerLike"]
 
@@ -73,7 +74,15 @@ class OptimizerSet:
         }
 
     def _build(self, optimizer: OptimizerLike | None) -> torch.optim.Optimizer:
-        if optimizer is None:  # multi-tensor kernels: the same numbers, faster on CPU too
+        sparse = sparse_parameters(self.model)
+        if sparse and self.clip_norm is not None:
+            raise ValueError(
+                "grad_clip_norm needs dense gradients; the model has sparse embedding tables "
+                "(sparse_embeddings: true). Turn one of them off."
+            )
+        if sparse and not isinstance(optimizer, torch.optim.Optimizer):  # SparseAdam for the tables
+            opt = split_optimizer(optimizer, self.model)
+        elif optimizer is None:  # multi-tensor kernels: the same numbers, faster on CPU too
             opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=True)
         elif isinstance(optimizer, torch.optim.Optimizer):
             opt = optimizer

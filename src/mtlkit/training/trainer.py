@@ -40,6 +40,7 @@ from mtlkit.training.optimizers import OptimizerLike, OptimizerSet, SchedulerLik
 from mtlkit.training.progress import ProgressDisplay
 from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible, resolve_schedule
 from mtlkit.training.source import TrainSource, as_source
+from mtlkit.training.sparse_optim import sparse_parameters
 from mtlkit.training.step import StepStats, prepare_batch, train_step, trained_subset
 from mtlkit.training.task_data import PerTaskData
 from mtlkit.training.trainer_state import load_trainer_state, trainer_state
@@ -148,6 +149,11 @@ class Trainer:
         aggregator = aggregator.to(self.device) if aggregator is not None else None
         self.balancer = Balancer(weighting, aggregator, gradient_target)
         self.balancer.check(self.model)
+        if aggregator is not None and sparse_parameters(self.model):
+            raise ValueError(
+                f"The aggregator {type(aggregator).__name__} combines dense per-task gradients; the model has sparse "
+                "embedding tables (sparse_embeddings: true). Use a loss weighting, or dense tables."
+            )
         self.schedule = resolve_schedule(schedule)
         check_compatible(
             self.schedule, weighting=weighting, aggregator=aggregator, per_task_optimizers=per_task_optimizers

@@ -56,7 +56,13 @@ def test_tabular_data_gets_the_embedding_front_end_by_default(tabular_dataset: s
 
 def test_backbone_section_sets_its_parameters_and_is_validated(tabular_dataset: str) -> None:
     cfg = resolve(_cfg(backbone={"name": "embedding", "embedding_dim": 3})).config
-    assert cfg.backbone == {"name": "embedding", "embedding_dim": 3, "check_indices": True}
+    assert cfg.backbone == {
+        "name": "embedding",
+        "embedding_dim": 3,
+        "check_indices": True,
+        "init_std": 1e-4,
+        "sparse_embeddings": False,
+    }
     model = build_model(
         {"name": "shared_bottom", "bottom_dims": [8], "tower_dims": [4]}, build_data(cfg.data), cfg.backbone
     )
