@@ -83,3 +83,10 @@ def test_trainer_stops_on_the_small_task_with_a_big_task_beside_it(one_thread: N
     monitor = [h["monitor"]["value"] for h in history]
     assert monitor[0] == 0.0 and min(monitor) < -0.2
     assert trainer.stopper.best_epoch == 1 + min(range(4), key=monitor.__getitem__)
+
+
+def test_auxiliary_tasks_are_left_out_of_the_relative_monitor() -> None:
+    tasks = (Task(name="small", kind="regression"), Task(name="big", kind="regression", auxiliary=True))
+    first = _record(1, 1.0, 1.0)
+    second = _record(2, 0.8, 3.0)  # the auxiliary task got 3x worse: it does not count
+    assert monitored(second, tasks, EarlyStopping(), first)[1] == pytest.approx(-0.2)
