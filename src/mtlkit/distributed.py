@@ -155,7 +155,7 @@ class GradientSync:
 
         Args:
             losses: ``[T]`` this rank's masked mean loss per task (differentiable).
-            counts: ``[T]`` this rank's labelled elements per task.
+            counts: ``[T]`` this rank's labelled elements per task (their weight sums with sample weights).
 
         Returns:
             :class:`GlobalLosses`: the losses' *values* are the global means
@@ -169,8 +169,9 @@ class GradientSync:
         stats = torch.stack([losses.detach().to(torch.float64) * local, local])
         self.sum_(stats)
         total = stats[1]
-        mean = (stats[0] / total.clamp_min(1)).to(losses.dtype)
-        share = (self.world_size * local / total.clamp_min(1)).to(losses.dtype)
+        safe = torch.where(total > 0, total, torch.ones_like(total))  # counts may be weight sums < 1
+        mean = (stats[0] / safe).to(losses.dtype)
+        share = (self.world_size * local / safe).to(losses.dtype)
         scaled = losses * share
         return GlobalLosses(scaled + (mean - scaled).detach(), total.to(counts.dtype), share)
 
@@ -349,7 +350,7 @@ class FusedReduction(GradientReduction):
         buf = torch.cat([jacobian.reshape(-1), *flat_own, losses.detach().to(jacobian.dtype) * n, n])
         self.sync.sum_(buf)
         total = buf[-T:]
-        inv = 1.0 / total.clamp_min(1)
+        inv = 1.0 / torch.where(total > 0, total, torch.ones_like(total))  # weight sums may be < 1
         mean = (buf[-2 * T : -T] * inv).to(losses.dtype)
         jacobian.copy_(buf[: jacobian.numel()].view_as(jacobian)).mul_(inv[:, None])
         parts = iter(buf[jacobian.numel() : buf.numel() - 2 * T].split([p.numel() for ps in own for p in ps]))

@@ -91,14 +91,19 @@ def _require(module: str, what: str) -> Any:
 
 
 def activation_of(task: Task | None) -> str:
-    """The activation that turns a model output into the prediction: sigmoid, softmax or none."""
+    """The activation that turns a model output into the prediction: sigmoid, softmax, none, or
+    for regression the inverse link and target transform (e.g. ``exp``, ``expm1``, ``x * std + mean``)."""
     if task is None:
         return "none"
     if task.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
         return "sigmoid" if task.logits else "none"
     if task.kind is TaskKind.MULTICLASS:
         return "softmax"
-    return "none"
+    steps = ["exp"] if task.link == "log" else []  # poisson/tweedie: the output is the log-mean
+    transform = task.transform
+    if transform is not None and not isinstance(transform, (str, dict)):
+        steps.append("expm1" if transform.name == "log1p" else f"x * {transform.std!r} + {transform.mean!r}")
+    return " then ".join(steps) or "none"
 
 
 class ExportWrapper(nn.Module):

@@ -47,8 +47,13 @@ def task_losses(
     outputs: Mapping[str, Tensor],
     targets: Mapping[str, Tensor],
     masks: Mapping[str, Tensor] | None = None,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> TaskLosses:
     """Masked mean loss of every task on one batch.
+
+    ``weights``: optional per-row sample weights ``{task name: (N,) tensor}``; a task's loss is
+    then ``Σ w·l / Σ w`` over its labelled elements and its count ``Σ w`` (see
+    :meth:`~mtlkit.Task.compute_loss`), so the distributed reductions weigh ranks by weight sums.
 
     A task whose targets are absent from ``targets`` (e.g. a batch from another task's
     dataset), and an evaluation-only task (``Task(train=False)``), gets loss 0 and count 0, so
@@ -64,7 +69,7 @@ def task_losses(
         ShapeError: a model output is missing or has the wrong shape for its task.
         DataError: a target or mask key names no task (see :func:`check_keys`).
     """
-    check_keys(tasks, targets, masks)
+    check_keys(tasks, targets, masks, weights)
     losses, counts = [], []
     ref: Tensor | None = None
     for task in tasks:
@@ -81,7 +86,8 @@ def task_losses(
             counts.append(torch.zeros((), dtype=zero.dtype, device=zero.device))
             continue
         mask = masks.get(task.name) if masks else None
-        loss, count = task.compute_loss(pred, targets[task.target_key], mask)
+        weight = weights.get(task.name) if weights else None
+        loss, count = task.compute_loss(pred, targets[task.target_key], mask, weight)
         losses.append(loss)
         counts.append(count.to(loss.dtype))
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in losses))
@@ -139,11 +145,12 @@ def check_keys(
     tasks: Sequence[Task],
     targets: Mapping[str, Tensor],
     masks: Mapping[str, Tensor] | None = None,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Refuse target and mask keys of one batch that no task reads, where ignoring them would
     hide a mistake:
 
-    - a label mask whose key is no task name;
+    - a label mask (or sample-weight) key that is no task name;
     - a target key that is no task's target key (``Task(target=...)``, default its name) while a
       trained task has no targets in the batch: that task would never be trained. When every
       trained task has its targets, other target keys are extra columns (e.g. the ground truth
@@ -152,14 +159,15 @@ def check_keys(
     Raises:
         DataError: an unknown mask key, or unknown target keys while a trained task lacks targets.
     """
-    if masks:
-        names = [t.name for t in tasks]
-        bad = [k for k in masks if k not in names]
-        if bad:
-            raise DataError(
-                f"Label masks are keyed by task name; {_listing(bad)} is no task.{_hints(bad, names)} "
-                f"Tasks: {_listing(names)}."
-            )
+    for what, keyed in (("Label masks", masks), ("Sample weights", weights)):
+        if keyed:
+            names = [t.name for t in tasks]
+            bad = [k for k in keyed if k not in names]
+            if bad:
+                raise DataError(
+                    f"{what} are keyed by task name; {_listing(bad)} is no task.{_hints(bad, names)} "
+                    f"Tasks: {_listing(names)}."
+                )
     target_keys = [t.target_key for t in tasks]
     unknown = [k for k in targets if k not in target_keys]
     if unknown:
@@ -214,7 +222,7 @@ def check_epoch_labels(
                 stacklevel=2,
             )
             continue
-        missing = "all missing (NaN, or -1 for class indices)"
+        missing = "all missing (NaN, or -1 for class indices), or all of weight 0"
         raise DataError(
             f"Task {task.name!r} received no label in epoch {epoch + 1} of training: its targets (key "
             f"{task.target_key!r}) were absent from every batch or {missing}, so it can never be "

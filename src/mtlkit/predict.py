@@ -75,15 +75,24 @@ _TASK_FIELDS = (
     "logits",
     "auxiliary",
 )
+_TASK_OPTIONS = ("loss", "pos_weight", "class_weights", "transform")
+"""Saved when set: a named loss (its link decides the predictions of poisson/tweedie) and the
+target transform (inverted at prediction); custom losses and metrics cannot be stored."""
 
 
 def _task_to_dict(task: Task) -> dict[str, Any]:
-    # the loss and metrics are not needed for prediction (and custom ones cannot be stored)
-    return {k: str(task.kind) if k == "kind" else getattr(task, k) for k in _TASK_FIELDS}
+    out = {k: str(task.kind) if k == "kind" else getattr(task, k) for k in _TASK_FIELDS}
+    for k in _TASK_OPTIONS:
+        v = getattr(task, k)
+        if hasattr(v, "to_dict"):
+            out[k] = v.to_dict()
+        elif isinstance(v, (float, tuple)):
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def _task_from_dict(d: Mapping[str, Any]) -> Task:
-    return Task(**{k: d[k] for k in _TASK_FIELDS if k in d})
+    return Task(**{k: d[k] for k in (*_TASK_FIELDS, *_TASK_OPTIONS) if k in d})
 
 
 def feature_columns(splits_info: Mapping[str, Any], dim: int) -> list[str]:

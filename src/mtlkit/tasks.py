@@ -22,6 +22,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from mtlkit.errors import DataError, ShapeError
+from mtlkit.task_loss import NamedLoss, named_loss
+from mtlkit.transforms import TargetTransform, target_transform
 
 __all__ = ["LossFn", "MetricFactory", "Task", "TaskKind", "task_names"]
 
@@ -57,11 +59,15 @@ class Task:
         kind: ``"binary"``, ``"multiclass"``, ``"multilabel"`` or ``"regression"``.
         num_classes: number of classes (multiclass, >= 2) or labels (multilabel, >= 1).
         num_outputs: output dimension of a regression task (default 1).
-        loss: optional per-element loss ``loss(pred, target)`` with ``reduction='none'``
+        loss: a built-in loss by name (``"focal"``) or ``{"name": "huber", "delta": 1.0}`` (see
+            :mod:`mtlkit.task_loss`: bce, focal, cross_entropy, mse, huber, poisson, tweedie), or
+            a per-element loss ``loss(pred, target)`` with ``reduction='none'``
             semantics, returning shape ``(N,)`` or the target's shape. Defaults: BCE with
             logits (binary), cross-entropy with ``label_smoothing`` (multiclass), per-label
             BCE with logits (multilabel), squared error (regression). Missing labels are
             masked out by mtlkit before averaging, so custom losses need no masking.
+            ``poisson``/``tweedie`` use a log link: the model outputs the log of the mean and
+            :meth:`activate` returns ``exp`` of it.
         label_smoothing: label smoothing of the default multiclass cross-entropy, in [0, 1).
         metrics: ``{name: factory}`` of torchmetrics metrics; ``None`` uses the defaults of the
             kind (binary: auc, accuracy, logloss; multiclass: accuracy, f1_macro; multilabel:
@@ -76,6 +82,18 @@ class Task:
             evaluation-only task: it gets metrics (and predictions) but never a loss, so it counts
             as a task without labels in every batch (e.g. ESMM's pCVR, which is learnt only through
             ``pCTCVR`` but evaluated on its own).
+        pos_weight: binary/multilabel BCE: the weight of the positive labels (as torch's
+            ``BCEWithLogitsLoss(pos_weight=...)``; the mean stays over the labelled rows).
+        class_weights: multiclass cross-entropy: one weight per class (as torch's
+            ``CrossEntropyLoss(weight=...)``: the mean is over the class weights of the labelled rows).
+        transform: regression: ``"log1p"`` or a fitted ``standardise``
+            (:class:`~mtlkit.transforms.TargetTransform`): the loss sees the transformed labels,
+            :meth:`activate` inverts the model's output, so predictions and metrics are on the
+            labels' scale.
+
+    Sample weights: :meth:`compute_loss` takes per-row weights ``w`` and returns the weighted
+    mean ``Σ w·l / Σ w`` over the labelled elements, with ``Σ w`` as its count (the label count
+    when there are no weights), which the distributed reductions weigh the ranks' losses by.
         auxiliary: an auxiliary task, trained (with its weight) only to help the main tasks: it is
             left out of Δm, of the default early-stopping monitor's ``mean/<metric>`` (the mean
             over main tasks) and of the main comparison table (reported in a separate block).
@@ -89,13 +107,16 @@ class Task:
     kind: TaskKind | str
     num_classes: int | None = None
     num_outputs: int = 1
-    loss: LossFn | None = None
+    loss: LossFn | NamedLoss | str | Mapping[str, object] | None = None
     label_smoothing: float = 0.0
     metrics: Mapping[str, MetricFactory] | None = None
     output: str | None = None
     target: str | None = None
     logits: bool = True
     train: bool = True
+    pos_weight: float | None = None
+    class_weights: tuple[float, ...] | None = None
+    transform: TargetTransform | str | Mapping[str, object] | None = None
     auxiliary: bool = False
 
     def __post_init__(self) -> None:
@@ -147,8 +168,77 @@ class Task:
             raise ValueError(f"Task {self.name!r}: train must be True or False; got {self.train!r}.")
         if not isinstance(self.auxiliary, bool):
             raise ValueError(f"Task {self.name!r}: auxiliary must be True or False; got {self.auxiliary!r}.")
-        if self.loss is not None and not callable(self.loss):
-            raise ValueError(f"Task {self.name!r}: loss must be callable(pred, target); got {self.loss!r}.")
+        self._set_loss(kind)
+
+    def _set_loss(self, kind: TaskKind) -> None:
+        """Resolve a named loss, the class/positive weights and the transform (checked)."""
+        name = self.name
+        loss = self.loss
+        if isinstance(loss, (str, Mapping)):
+            loss = named_loss(loss, task=name, kind=kind.value)
+        elif isinstance(loss, NamedLoss):
+            loss = named_loss(loss.to_dict(), task=name, kind=kind.value)
+        elif loss is not None and not callable(loss):
+            raise ValueError(
+                f"Task {name!r}: loss must be a name, {{name: ..., <parameters>}} or callable(pred, target); "
+                f"got {loss!r}."
+            )
+        if self.pos_weight is not None:
+            pw = self.pos_weight
+            if kind not in (TaskKind.BINARY, TaskKind.MULTILABEL):
+                raise ValueError(f"Task {name!r}: pos_weight applies to binary and multilabel tasks only.")
+            if isinstance(pw, bool) or not isinstance(pw, (int, float)) or not (0 < pw < float("inf")):
+                raise ValueError(f"Task {name!r}: pos_weight must be a finite number > 0; got {pw!r}.")
+            object.__setattr__(self, "pos_weight", float(pw))
+            if loss is None:
+                loss = named_loss("bce", task=name, kind=kind.value)
+            if not (isinstance(loss, NamedLoss) and loss.name == "bce"):
+                raise ValueError(
+                    f"Task {name!r}: pos_weight applies to the bce loss only"
+                    + (" (focal weighs the positives with alpha)." if isinstance(loss, NamedLoss) else ".")
+                )
+        if self.class_weights is not None:
+            cw = self.class_weights
+            if kind is not TaskKind.MULTICLASS:
+                raise ValueError(f"Task {name!r}: class_weights apply to multiclass tasks only.")
+            try:
+                values = tuple(float(v) for v in cw)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise ValueError(f"Task {name!r}: class_weights must be a list of numbers; got {cw!r}.") from None
+            if len(values) != self.num_classes:
+                raise ValueError(
+                    f"Task {name!r}: class_weights needs one weight per class ({self.num_classes}); got {len(values)}."
+                )
+            if any(not (0 <= v < float("inf")) for v in values) or not any(v > 0 for v in values):
+                raise ValueError(
+                    f"Task {name!r}: class_weights must be finite and >= 0, at least one > 0; got {list(values)}."
+                )
+            object.__setattr__(self, "class_weights", values)
+            if loss is None:
+                loss = named_loss("cross_entropy", task=name, kind=kind.value)
+            if not isinstance(loss, NamedLoss):
+                raise ValueError(f"Task {name!r}: class_weights apply to the cross_entropy loss only.")
+        if isinstance(loss, NamedLoss) and loss.name == "cross_entropy" and self.label_smoothing:
+            given = loss.params.get("label_smoothing", 0.0)
+            if given and given != self.label_smoothing:
+                raise ValueError(f"Task {name!r}: label_smoothing is given twice (task and loss); give it once.")
+            loss = NamedLoss("cross_entropy", {**loss.params, "label_smoothing": self.label_smoothing})
+        object.__setattr__(self, "loss", loss)
+        if self.transform is not None:
+            if kind is not TaskKind.REGRESSION:
+                raise ValueError(f"Task {name!r}: transform applies to regression tasks only; got kind {kind.value!r}.")
+            tf = target_transform(self.transform, task=name)  # type: ignore[arg-type]
+            if tf.name == "standardise" and self.link == "log":
+                raise ValueError(
+                    f"Task {name!r}: the {loss.name} loss (log link) needs non-negative labels; "  # type: ignore[union-attr]
+                    "standardised labels are negative. Use transform: log1p or none."
+                )
+            object.__setattr__(self, "transform", tf)
+
+    @property
+    def link(self) -> str:
+        """``"log"`` for the poisson/tweedie losses (the model outputs the log of the mean), else ``"identity"``."""
+        return self.loss.link if isinstance(self.loss, NamedLoss) else "identity"
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -238,13 +328,19 @@ class Task:
         return valid
 
     def compute_loss(
-        self, pred: Tensor, target: Tensor, mask: Tensor | None = None, /
+        self, pred: Tensor, target: Tensor, mask: Tensor | None = None, weight: Tensor | None = None, /
     ) -> tuple[Tensor, Tensor]:
         """Mean loss over the labelled elements, and how many there were.
 
+        Args:
+            weight: optional per-row sample weights ``(N,)`` (>= 0): the loss is then the
+                weighted mean ``Σ w·l / Σ w`` over the labelled elements and the count ``Σ w``.
+
         Returns:
-            ``(loss, count)``: scalar tensors. ``loss`` is 0 (with zero gradient) when
-            ``count`` is 0. No host synchronisation happens here.
+            ``(loss, count)``: scalar tensors. ``count`` is the number of labelled elements, or
+            their weight sum (times the class weights of their labels, with ``class_weights``).
+            ``loss`` is 0 (with zero gradient) when ``count`` is 0. No host synchronisation
+            happens here.
         """
         pred, target = self._shapes(pred, target)
         valid = self.valid_mask(target, mask)
@@ -252,6 +348,8 @@ class Task:
             filled = torch.where(valid, target, torch.zeros_like(target)).long()
         else:
             filled = torch.where(valid, target, torch.zeros_like(target)).to(pred.dtype)
+            if isinstance(self.transform, TargetTransform):
+                filled = self.transform.forward(filled)
         elem = self._element_loss(pred, filled)
         if elem.shape != valid.shape:
             if elem.ndim == 1 and elem.shape[0] == valid.shape[0]:
@@ -262,13 +360,35 @@ class Task:
                     f"(reduction='none'), shape ({valid.shape[0]},) or {tuple(valid.shape)}; "
                     f"got {tuple(elem.shape)}."
                 )
-        count = valid.sum().to(elem.dtype)
-        total = torch.where(valid, elem, torch.zeros_like(elem)).sum()
-        return total / count.clamp_min(1.0), count
+        zeros = torch.zeros_like(elem)
+        if weight is None and self.class_weights is None:
+            count = valid.sum().to(elem.dtype)
+            total = torch.where(valid, elem, zeros).sum()
+        else:
+            w = torch.ones(valid.shape[0], dtype=elem.dtype, device=elem.device)
+            if weight is not None:
+                if weight.numel() != valid.shape[0]:
+                    raise ShapeError(
+                        f"Task {self.name!r}: sample weights of shape {tuple(weight.shape)} do not match the "
+                        f"batch of {valid.shape[0]} rows; give one weight per row, shape (N,)."
+                    )
+                w = weight.reshape(-1).to(device=elem.device, dtype=elem.dtype)
+            w = w.reshape(-1, *([1] * (valid.ndim - 1))).expand(valid.shape)
+            total = torch.where(valid, elem * w, zeros).sum()
+            if self.class_weights is not None:  # cross-entropy already holds w[y]; the mean is over them
+                cw = torch.tensor(self.class_weights, dtype=elem.dtype, device=elem.device)
+                w = w * cw[filled]
+            count = torch.where(valid, w, zeros).sum()
+        return total / torch.where(count > 0, count, torch.ones_like(count)), count
 
     def _element_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        if isinstance(self.loss, NamedLoss):
+            cw = None
+            if self.class_weights is not None:
+                cw = torch.tensor(self.class_weights, dtype=pred.dtype, device=pred.device)
+            return self.loss(pred, target, logits=self.logits, pos_weight=self.pos_weight, class_weights=cw)
         if self.loss is not None:
-            return self.loss(pred, target)
+            return self.loss(pred, target)  # type: ignore[operator]
         if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
             if not self.logits:
                 return F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target, reduction="none")
@@ -284,6 +404,10 @@ class Task:
             return out.reshape(-1) if self.kind is TaskKind.BINARY else out
         if self.kind is TaskKind.MULTICLASS:
             return torch.softmax(pred, dim=-1)
+        if self.link == "log":
+            pred = torch.exp(pred)
+        if isinstance(self.transform, TargetTransform):
+            pred = self.transform.inverse(pred)
         return pred.reshape(-1) if self.num_outputs == 1 else pred
 
     def check_targets(self, target: Tensor, mask: Tensor | None = None, *, where: str = "data") -> None:
@@ -329,6 +453,17 @@ class Task:
         t = target if target.is_floating_point() else target.double()
         if torch.isinf(t).any():
             raise DataError(f"{prefix}: infinite labels found; use NaN for a missing label.")
+        if self.link == "log":
+            present = t[~torch.isnan(t)]
+            if (present < 0).any():
+                raise DataError(
+                    f"{prefix}: the {self.loss.name} loss needs labels >= 0 (counts or amounts); "  # type: ignore[union-attr]
+                    f"got {present[present < 0][0].item()!r}. Use mse or huber for signed labels."
+                )
+        if isinstance(self.transform, TargetTransform):
+            problem = self.transform.check(t)
+            if problem:
+                raise DataError(f"{prefix}: transform {problem}.")
         if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
             present = t[~torch.isnan(t)]
             bad = (present < 0) | (present > 1)

@@ -32,7 +32,7 @@ class _Strict(BaseModel):
 class EarlyStoppingConfig(_Strict):
     """Stop when the monitored metric stops improving; restore the best weights."""
 
-    monitor: str = "mean/loss"
+    monitor: str = "mean/relative"
     mode: Literal["auto", "min", "max"] = "auto"
     patience: NonNegativeInt = 5
     min_delta: NonNegativeFloat = 0.0

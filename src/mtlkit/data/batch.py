@@ -1,4 +1,4 @@
-"""A mini-batch: inputs, per-task targets and optional per-task label masks."""
+"""A mini-batch: inputs, per-task targets and optional per-task label masks and sample weights."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Inputs", "as_batch", "collate"]
+__all__ = ["Batch", "Inputs", "as_batch", "check_weights", "collate"]
 
 Inputs = Tensor | dict[str, Tensor]
 """Model inputs: one feature tensor, or named tensors (e.g. categorical and numeric columns)."""
@@ -23,11 +23,15 @@ class Batch:
         inputs: a tensor ``(N, ...)`` or a dict of tensors that all have ``N`` rows.
         targets: ``{target key: tensor}``; a task absent from the dict has no labels here.
         masks: optional ``{task: bool tensor}``; False marks a missing label.
+        weights: optional per-row sample weights ``{task: (N,) float tensor}`` (>= 0); a task
+            without an entry weighs every row 1. One weight column for all tasks is the same
+            tensor under every task name.
     """
 
     inputs: Inputs
     targets: dict[str, Tensor]
     masks: dict[str, Tensor] | None = field(default=None)
+    weights: dict[str, Tensor] | None = field(default=None)
 
     def __len__(self) -> int:
         return _num_rows(self.inputs)
@@ -42,7 +46,38 @@ class Batch:
             mv(self.inputs) if isinstance(self.inputs, Tensor) else {k: mv(v) for k, v in self.inputs.items()}
         )
         masks = None if self.masks is None else {k: mv(v) for k, v in self.masks.items()}
-        return Batch(inputs, {k: mv(v) for k, v in self.targets.items()}, masks)
+        weights = None if self.weights is None else _moved(self.weights, mv)
+        return Batch(inputs, {k: mv(v) for k, v in self.targets.items()}, masks, weights)
+
+
+def _moved(weights: Mapping[str, Tensor], mv: Any) -> dict[str, Tensor]:
+    """``mv`` of every weight tensor, once per distinct tensor (a shared column stays shared)."""
+    done: dict[int, Tensor] = {}
+    return {k: done.setdefault(id(v), mv(v)) for k, v in weights.items()}
+
+
+def check_weights(weights: Mapping[str, Tensor], rows: int, *, where: str = "data") -> None:
+    """Sample weights: one finite, non-negative number per row; raises :class:`DataError` with the fix."""
+    from mtlkit.errors import DataError
+
+    for task, w in weights.items():
+        if not isinstance(w, Tensor) or not w.is_floating_point():
+            raise DataError(
+                f"Sample weights of task {task!r} in {where} must be a floating tensor; got "
+                f"{getattr(w, 'dtype', type(w).__name__)}."
+            )
+        if w.numel() != rows or (w.ndim > 1 and w.shape[0] != rows):
+            raise DataError(
+                f"Sample weights of task {task!r} in {where} have shape {tuple(w.shape)}; expected one weight "
+                f"per row, shape ({rows},)."
+            )
+        bad = ~torch.isfinite(w) | (w < 0)
+        if bad.any():
+            i = int(bad.reshape(-1).nonzero()[0])
+            raise DataError(
+                f"Sample weights of task {task!r} in {where}: row {i} has the weight {w.reshape(-1)[i].item()!r}; "
+                "weights must be finite and >= 0 (0 leaves the row out). Fill or drop the row."
+            )
 
 
 def _num_rows(inputs: Inputs) -> int:
@@ -53,11 +88,16 @@ def _num_rows(inputs: Inputs) -> int:
 
 def as_batch(obj: Any) -> Batch:
     """Accept a :class:`Batch`, ``(inputs, targets)``, ``(inputs, targets, masks)`` or a dict with
-    ``inputs``/``targets``/``masks`` keys, as yielded by any iterable the user passes to the trainer."""
+    ``inputs``/``targets``/``masks``/``weights`` keys, as yielded by any iterable the user passes to the trainer."""
     if isinstance(obj, Batch):
         return obj
     if isinstance(obj, Mapping) and "inputs" in obj and "targets" in obj:
-        return Batch(obj["inputs"], dict(obj["targets"]), dict(obj["masks"]) if obj.get("masks") else None)
+        return Batch(
+            obj["inputs"],
+            dict(obj["targets"]),
+            dict(obj["masks"]) if obj.get("masks") else None,
+            dict(obj["weights"]) if obj.get("weights") else None,
+        )
     if isinstance(obj, (tuple, list)) and len(obj) in (2, 3) and isinstance(obj[1], Mapping):
         masks = dict(obj[2]) if len(obj) == 3 and obj[2] is not None else None
         return Batch(obj[0], dict(obj[1]), masks)
@@ -88,4 +128,7 @@ def collate(items: Sequence[Any] | Batch) -> Batch:
         inputs = {k: stack([b.inputs[k] for b in batches]) for k in first.inputs}  # type: ignore[index]
     targets = {k: stack([b.targets[k] for b in batches]) for k in first.targets}
     masks = None if first.masks is None else {k: stack([b.masks[k] for b in batches]) for k in first.masks}  # type: ignore[index]
-    return Batch(inputs, targets, masks)
+    weights = (
+        None if first.weights is None else {k: stack([b.weights[k] for b in batches]) for k in first.weights}  # type: ignore[index]
+    )
+    return Batch(inputs, targets, masks, weights)

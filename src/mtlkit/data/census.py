@@ -7,7 +7,8 @@ Two task groups, each a main task plus the auxiliary task "never married":
 
 The label source columns of the group's tasks are removed from the inputs (group 1 drops
 ``income_50k`` and ``marital_stat``; group 2 drops ``education`` and ``marital_stat``), and so is
-``instance_weight`` (a sampling weight, not a feature). The other 7 numeric columns are
+``instance_weight`` (a sampling weight, not a feature; ``sample_weight=True`` makes it the
+sample weight of both tasks' losses and metrics). The other 7 numeric columns are
 standardised and the 31 or 32 categorical ones are embedded, with the preprocessing fitted on the
 training rows only. As in the paper, all 199,523 training rows are used for training and the
 99,762 test rows are split 1:1 into validation and test (a permutation seeded by ``split_seed``).
@@ -272,6 +273,37 @@ def _from_arrays(arrays: Mapping[str, np.ndarray], *, verified: bool) -> dict[st
     return columns
 
 
+def _instance_weights(
+    path: str | os.PathLike[str] | None, *, verify: bool, cache: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``instance_weight`` column of the training and test files as float64 (cached apart from
+    the other columns, which never include it)."""
+    paths = _files(path, download_missing=False, verify=False)  # read_census has checked them
+    out = []
+    for role in ("train", "test"):
+        p = paths[role]
+        key = f"weights-{role}-{sha256sum(p)[:40]}-v{_PARSER_VERSION}"
+        arrays = _cache.load_arrays("census-income", key) if cache else None
+        if arrays is None or "w" not in arrays:
+            parsed = parse_delimited(read_bytes(p), COLUMNS, usecols=("instance_weight",), source=str(p))
+            col = parsed["instance_weight"]
+            try:
+                per_value = col.values.astype(np.float64)
+            except ValueError:
+                raise DataError(
+                    f"{p}: the instance_weight column holds non-numeric values; the file is not the original "
+                    "census-income data."
+                ) from None
+            arrays = {"w": per_value[col.codes]}
+            if cache:
+                _cache.save_arrays("census-income", key, arrays)
+        w = np.asarray(arrays["w"], dtype=np.float64)
+        if not np.all(np.isfinite(w) & (w >= 0)):
+            raise DataError(f"{p}: instance_weight holds negative or non-finite values; the file is corrupt.")
+        out.append(w)
+    return out[0], out[1]
+
+
 # ---------------------------------------------------------------------------------------------- labels
 def _label(col: CodedColumn, mapping: Mapping[str, float], *, column: str) -> np.ndarray:
     """Per-row float labels from a per-value mapping; missing markers -> NaN; unknown values raise."""
@@ -318,6 +350,7 @@ def census_income(
     split_seed: int = 0,
     cache: bool = True,
     preprocessor: str | None = None,
+    sample_weight: bool = False,
 ) -> DataSplits:
     """UCI Census-Income (KDD), MMoE paper 6.3: income or college (main) + never married (auxiliary).
 
@@ -335,6 +368,8 @@ def census_income(
         cache: use the parsed-file cache (:mod:`mtlkit.data.cache`).
         preprocessor: a saved preprocessor (``preprocessor.json`` or the run directory holding it)
             to use instead of fitting one, so that a trained model sees the inputs it was trained on.
+        sample_weight: weigh every row by its ``instance_weight`` (the census sampling weight) in
+            both tasks' losses and metrics (weighted means); off by default, as in the paper.
 
     Returns:
         DataSplits with tabular inputs (a FeatureSchema) and the fitted TabularPreprocessor.
@@ -344,6 +379,7 @@ def census_income(
     if n_train is not None and n_train < 1:
         raise DataError(f"census_income: n_train must be >= 1 or None (all rows); got {n_train!r}.")
     train_cols, test_cols, load = read_census(path, download=download, verify=verify, cache=cache)
+    weights = _instance_weights(path, verify=verify, cache=cache) if sample_weight else None
     started = time.perf_counter()
     removed = ("income_50k", "marital_stat") if group == 1 else ("education", "marital_stat")
     categorical = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS + DROPPED_COLUMNS + removed)
@@ -377,16 +413,22 @@ def census_income(
     tasks = tuple(Task(name=t, kind="binary") for t in task_names)
 
     def dataset(
-        cols: Mapping[str, CodedColumn], ys: Mapping[str, np.ndarray], rows: np.ndarray, augment: Any = None
+        cols: Mapping[str, CodedColumn],
+        ys: Mapping[str, np.ndarray],
+        rows: np.ndarray,
+        augment: Any = None,
+        w: np.ndarray | None = None,
     ) -> MultiTaskDataset:
         inputs = transform_coded(pre, {c: cols[c].take(rows) for c in features})
         targets = {t: torch.from_numpy(np.ascontiguousarray(ys[t][rows])) for t in task_names}
-        return MultiTaskDataset(inputs, targets, tasks=tasks, augment=augment)
+        sw = None if w is None else torch.from_numpy(np.ascontiguousarray(w[rows]))
+        return MultiTaskDataset(inputs, targets, tasks=tasks, augment=augment, weights=sw)
 
     dropout = UnknownCategoryDropout(unknown_fraction) if unknown_fraction else None
-    train = dataset(train_cols, y_train, train_rows, dropout)
-    val = dataset(test_cols, y_test, val_rows)
-    test = dataset(test_cols, y_test, test_rows)
+    w_train, w_test = weights if weights is not None else (None, None)
+    train = dataset(train_cols, y_train, train_rows, dropout, w_train)
+    val = dataset(test_cols, y_test, val_rows, None, w_test)
+    test = dataset(test_cols, y_test, test_rows, None, w_test)
 
     def rates(ds: MultiTaskDataset) -> dict[str, float]:
         return {t: float(torch.nanmean(ds.targets[t].double())) for t in task_names}
@@ -403,6 +445,7 @@ def census_income(
         "numeric": list(NUMERIC_COLUMNS),
         "dropped_unlabelled": int(dropped),
         "some_college": some_college,
+        "sample_weight": "instance_weight" if sample_weight else None,
         "load_seconds": round(load["load_seconds"], 3),
         "preprocess_seconds": round(time.perf_counter() - started, 3),
         "cache": load["cache"],

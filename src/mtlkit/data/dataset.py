@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.data.batch import Batch, Inputs
+from mtlkit.data.batch import Batch, Inputs, _moved, check_weights
 from mtlkit.distributed import mix_seed, shard
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
@@ -29,6 +30,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         targets: ``{task: tensor}`` with ``N`` rows each; NaN (or -1 for class indices) marks a
             missing label.
         masks: optional ``{task: bool tensor}`` (``(N,)`` or the target's shape); False = missing.
+        weights: optional per-row sample weights: one ``(N,)`` tensor for every task, or
+            ``{task: (N,) tensor}`` (tasks without an entry weigh every row 1). Finite and >= 0.
         tasks: optional task definitions that describe the targets (used by the CLI and
             :meth:`validate`).
         info: free-form facts about the data (e.g. the label correlation of synthetic data).
@@ -55,6 +58,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         info: Mapping[str, Any] | None = None,
         augment: BatchAugment | None = None,
         dtype: torch.dtype | None = None,
+        weights: Tensor | np.ndarray | Mapping[str, Tensor] | None = None,
     ) -> None:
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -95,6 +99,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         self.inputs: Inputs = inputs
         self.targets: dict[str, Tensor] = dict(targets)
         self.masks: dict[str, Tensor] | None = {k: v.bool() for k, v in masks.items()} if masks else None
+        self.weights: dict[str, Tensor] | None = _weights(weights, targets, dtype, n)
         self.tasks: tuple[Task, ...] | None = tuple(tasks) if tasks is not None else None
         self.info: dict[str, Any] = dict(info or {})
         self.augment: BatchAugment | None = augment
@@ -126,7 +131,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             else {k: v[index] for k, v in self.inputs.items()}
         )
         masks = None if self.masks is None else {k: v[index] for k, v in self.masks.items()}
-        return Batch(inputs, {k: v[index] for k, v in self.targets.items()}, masks)
+        weights = None if self.weights is None else _moved(self.weights, lambda v: v[index])
+        return Batch(inputs, {k: v[index] for k, v in self.targets.items()}, masks, weights)
 
     def __getitem__(self, index: int | Tensor) -> Batch:
         if isinstance(index, int):
@@ -136,7 +142,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             sq = lambda t: t[0]  # noqa: E731
             inputs = sq(b.inputs) if isinstance(b.inputs, Tensor) else {k: sq(v) for k, v in b.inputs.items()}
             masks = None if b.masks is None else {k: sq(v) for k, v in b.masks.items()}
-            return Batch(inputs, {k: sq(v) for k, v in b.targets.items()}, masks)
+            weights = None if b.weights is None else {k: sq(v) for k, v in b.weights.items()}
+            return Batch(inputs, {k: sq(v) for k, v in b.targets.items()}, masks, weights)
         return self.take(torch.as_tensor(index, dtype=torch.long))
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:  # torch DataLoader batched fetch
@@ -153,6 +160,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             info=self.info,
             augment=self.augment,
             dtype=self.dtype,
+            weights=b.weights,
         )
 
     def split(self, sizes: Sequence[int], *, seed: int | None = None) -> tuple[MultiTaskDataset, ...]:
@@ -170,9 +178,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def to(self, device: torch.device | str) -> MultiTaskDataset:
         """A copy with every tensor on ``device`` (keep data on the GPU to avoid host transfers)."""
-        b = Batch(self.inputs, self.targets, self.masks).to(device)
+        b = Batch(self.inputs, self.targets, self.masks, self.weights).to(device)
         out = MultiTaskDataset.__new__(MultiTaskDataset)
-        out.inputs, out.targets, out.masks = b.inputs, b.targets, b.masks
+        out.inputs, out.targets, out.masks, out.weights = b.inputs, b.targets, b.masks, b.weights
         out.tasks, out.info, out._n = self.tasks, dict(self.info), self._n
         out.augment, out.dtype = self.augment, self.dtype
         return out
@@ -190,6 +198,27 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"MultiTaskDataset(n={self._n}, features={self.feature_shape}, tasks={list(self.targets)})"
+
+
+def _weights(
+    weights: Tensor | np.ndarray | Mapping[str, Tensor] | None,
+    targets: Mapping[str, Tensor],
+    dtype: torch.dtype,
+    n: int,
+) -> dict[str, Tensor] | None:
+    """``{task: (N,) weights}`` (one shared tensor for a single column), checked."""
+    if weights is None:
+        return None
+    if isinstance(weights, Mapping):
+        out = _moved(weights, lambda v: _as_tensor(v, "weights", dtype))  # a shared column stays shared
+        unknown = sorted(set(out) - set(targets))
+        if unknown:
+            raise DataError(f"weights name tasks without targets: {unknown}; key them by task name.")
+    else:
+        w = _as_tensor(weights, "weights", dtype)
+        out = dict.fromkeys(targets, w)
+    check_weights(out, n, where="the dataset")
+    return _moved(out, lambda v: v.reshape(-1)) if out else None
 
 
 def _as_tensor(x: Any, what: str, dtype: torch.dtype | None) -> Any:
@@ -303,7 +332,7 @@ class TensorBatchLoader:
                 continue
             batch = self.dataset.take(chunk)
             if transform is not None:
-                batch = Batch(transform(batch.inputs, generator), batch.targets, batch.masks)
+                batch = dataclasses.replace(batch, inputs=transform(batch.inputs, generator))
             if i >= start:
                 yield batch
 

@@ -67,6 +67,8 @@ def _tensors(data: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
             yield f"{prefix}targets[{k!r}]", v
         for k, v in (data.masks or {}).items():
             yield f"{prefix}masks[{k!r}]", v
+        for k, v in (getattr(data, "weights", None) or {}).items():
+            yield f"{prefix}weights[{k!r}]", v
     elif isinstance(data, Mapping):  # per-task datasets
         for task, ds in data.items():
             yield from _tensors(ds, f"{prefix}{task}: ")

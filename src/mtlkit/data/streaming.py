@@ -36,6 +36,7 @@ from mtlkit.data.stream_loader import StreamLoader, default_workers
 from mtlkit.data.stream_read import FragmentReader, fragment_table
 from mtlkit.data.streaming_fit import LabelCounts, fit_streaming, label_present
 from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor
+from mtlkit.data.task_options import apply_task_options, refuse_stream_options
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 from mtlkit.training.source import TrainSource
@@ -313,6 +314,7 @@ def tabular_stream(
     shuffle_buffer: int = 65_536,
     num_workers: int | None = None,
     fit_rows: int | None = None,
+    weights: Any = None,
 ) -> DataSplits:
     """The streaming twin of :func:`mtlkit.data.tabular.tabular`: the same keys and task specs;
     ``train`` / ``val`` / ``test`` each a file, a folder, a glob or a list. Returns
@@ -325,6 +327,7 @@ def tabular_stream(
         (the others as :func:`~mtlkit.data.tabular.tabular`)
     """
     specs = _task_specs(tasks)
+    refuse_stream_options(specs, weights)
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
     feature_specs, categorical_names, numeric_names = _feature_specs(categorical, numeric)
@@ -365,9 +368,13 @@ def tabular_stream(
     )
     classes = discover_classes(files["train"], specs, delimiter=delimiter)
     task_list = tuple(
-        Task(name=n, kind="multiclass", num_classes=len(classes[n]), auxiliary=s.auxiliary)
-        if s.kind == "multiclass"
-        else Task(name=n, kind=s.kind, auxiliary=s.auxiliary)
+        apply_task_options(
+            Task(name=n, kind="multiclass", num_classes=len(classes[n]), auxiliary=s.auxiliary)
+            if s.kind == "multiclass"
+            else Task(name=n, kind=s.kind, auxiliary=s.auxiliary),
+            s,
+            None,
+        )
         for n, s in specs.items()
     )
     labels = tuple(LabelSpec(n, s.column, s.kind, tuple(classes.get(n, ()))) for n, s in specs.items())

@@ -61,6 +61,7 @@ from mtlkit.data.features import FeatureSpecs, parse_features
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
 from mtlkit.data.splits import DataSplits
+from mtlkit.data.task_options import WeightsSpec, apply_task_options, weight_columns, weight_values
 from mtlkit.errors import DataError
 from mtlkit.registries import DATASETS
 from mtlkit.tasks import Task
@@ -82,6 +83,12 @@ class TaskColumn(BaseModel):
         num_classes: multiclass with integer labels: the number of classes (default: max + 1).
         classes: the label values in class order (binary: ``[negative, positive]``); default for
             multiclass string labels: the sorted values seen in training.
+        loss: the task's loss by name, or ``{name: ..., <parameters>}`` (see :mod:`mtlkit.task_loss`).
+        pos_weight: binary: the weight of the positive labels in BCE.
+        class_weights: multiclass: one cross-entropy weight per class.
+        transform: regression: ``log1p`` or ``standardise`` (fitted on the training labels) of the
+            labels for training; predictions and metrics stay on the label's scale.
+        weight_column: this task's sample-weight column (default: ``weights.column`` of the data section).
         auxiliary: an auxiliary task (see :class:`~mtlkit.tasks.Task`): trained, but left out of
             Δm, of the default ``mean/...`` early-stopping monitor and of the main comparison table.
     """
@@ -92,6 +99,11 @@ class TaskColumn(BaseModel):
     kind: Literal["binary", "multiclass", "regression"]
     num_classes: PositiveInt | None = None
     classes: list[str] | None = None
+    loss: str | dict[str, Any] | None = None
+    pos_weight: float | None = None
+    class_weights: list[float] | None = None
+    transform: Literal["log1p", "standardise", "standardize"] | None = None
+    weight_column: str | None = None
     auxiliary: bool = False
 
 
@@ -516,6 +528,7 @@ def tabular(
     shuffle_buffer: PositiveInt = DEFAULT_SHUFFLE_BUFFER,
     num_workers: NonNegativeInt | None = None,
     fit_rows: PositiveInt | None = None,
+    weights: WeightsSpec | None = None,
 ) -> DataSplits:
     """Your CSV / Parquet files: named numeric and categorical feature columns, one label column per task.
 
@@ -548,6 +561,8 @@ def tabular(
         num_workers: streaming: DataLoader worker processes (default: chosen from the core count).
         fit_rows: streaming: fit the preprocessor on the first ``fit_rows`` labelled training rows
             only (default: all of them).
+        weights: ``{column: w}``: a sample-weight column for every task (a task's ``weight_column``
+            overrides it); losses and metrics are then weighted means.
     """
     if not tasks:
         raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
@@ -576,6 +591,7 @@ def tabular(
             raise DataError(f"tabular: give {what}= (a file) or {what}_fraction=, not both.")
     if val_fraction + test_fraction >= 1.0:
         raise DataError("tabular: val_fraction + test_fraction must leave training rows (sum < 1).")
+    task_weights = weight_columns(specs, weights)
     if streaming:
         return _streamed(
             train=train,
@@ -594,13 +610,14 @@ def tabular(
             shuffle_buffer=shuffle_buffer,
             num_workers=num_workers,
             fit_rows=fit_rows,
+            **({"weights": weights} if weights is not None else {}),
         )
     _refuse_streaming_options(
         train=train, val=val, test=test, shuffle_buffer=shuffle_buffer, num_workers=num_workers, fit_rows=fit_rows
     )
     assert isinstance(train, str)
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
-    wanted = list(dict.fromkeys([*features, *label_columns]))
+    wanted = list(dict.fromkeys([*features, *label_columns, *task_weights.values()]))
     files = {"train": str(train), "val": val, "test": test}
     frames = {"train": _read_frame(train, wanted, features, numeric_names, delimiter=delimiter)}
     for what in ("val", "test"):
@@ -637,6 +654,8 @@ def tabular(
         per_split, task, info = _encode_labels(
             name, spec, {s: f[spec.column] for s, f in frames.items()}, origins
         )
+        train_labels = per_split["train"] if spec.transform is not None else None
+        task = apply_task_options(task, spec, train_labels)
         task_list.append(replace(task, auxiliary=True) if spec.auxiliary else task)
         label_info[name] = info
         for s, t in per_split.items():
@@ -667,11 +686,17 @@ def tabular(
     datasets: dict[str, MultiTaskDataset | None] = {"val": None, "test": None}
     for s, rows in keep.items():
         inputs = transform_coded(pre, {c: _take(frames[s][c], rows) for c in features}, source=_PRE)
+        where = Origin(origins[s].file, origins[s].rows[rows])
+        columns = {
+            c: torch.from_numpy(weight_values(_take(frames[s][c], rows), column=c, file=where.file, row=where.row))
+            for c in dict.fromkeys(task_weights.values())
+        }
         datasets[s] = MultiTaskDataset(
             inputs,
             {k: v if _all_rows(rows, len(v)) else v[rows] for k, v in targets[s].items()},
             tasks=task_tuple,
             augment=augment if s == "train" else None,
+            weights={t: columns[c] for t, c in task_weights.items()} or None,
         )
     info = {
         "dataset": "tabular",
@@ -681,6 +706,7 @@ def tabular(
         "tasks": label_info,
         "categorical": categorical_names,
         "numeric": numeric_names,
+        **({"weights": task_weights} if task_weights else {}),
     }
     assert datasets["train"] is not None
     return DataSplits(

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from mtlkit.distributed import GradientSync
-from mtlkit.errors import ShapeError
+from mtlkit.errors import DataError, ShapeError
 from mtlkit.tasks import Task, TaskKind
 
 __all__ = ["MultiTaskMetrics", "higher_is_better"]
@@ -62,8 +62,11 @@ class MultiTaskMetrics:
         outputs: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
         masks: Mapping[str, Tensor] | None = None,
+        weights: Mapping[str, Tensor] | None = None,
     ) -> None:
-        """Add one batch: raw model ``outputs``, ``targets`` and optional label ``masks``."""
+        """Add one batch: raw model ``outputs``, ``targets``, optional label ``masks`` and per-row
+        sample ``weights`` (``{task: (N,)}``: the loss and every metric are weighted means; a
+        metric whose class lacks ``accepts_sample_weight`` is refused for a weighted task)."""
         for task in self.tasks:
             if task.target_key not in targets:
                 continue  # this batch carries no labels for the task
@@ -74,7 +77,8 @@ class MultiTaskMetrics:
                 )
             pred, target = outputs[task.output_key], targets[task.target_key]
             mask = masks.get(task.name) if masks else None
-            loss, count = task.compute_loss(pred, target, mask)
+            weight = weights.get(task.name) if weights else None
+            loss, count = task.compute_loss(pred, target, mask, weight)
             self._to(pred.device)
             s = self._sums.get(task.name)
             pair = torch.stack([loss.detach().double() * count.double(), count.double()])
@@ -82,6 +86,8 @@ class MultiTaskMetrics:
             pred, target = task._shapes(pred.detach(), target)
             valid = task.valid_mask(target, mask)
             probs = task.activate(pred.float())
+            if weight is not None:
+                self._check_weighted(task)
             if task.kind is TaskKind.MULTILABEL:
                 t = torch.where(valid, target, torch.full_like(target, -1)).long()
                 for m in self.metrics[task.name].values():
@@ -92,8 +98,23 @@ class MultiTaskMetrics:
             if p.shape[0] == 0:
                 continue
             t = t.long() if task.kind in (TaskKind.BINARY, TaskKind.MULTICLASS) else t.to(p.dtype)
+            if weight is None:
+                for m in self.metrics[task.name].values():
+                    m.update(p, t)
+                continue
+            w = weight.reshape(-1).to(p.device)
+            w = w.reshape(-1, *([1] * (valid.ndim - 1))).expand(valid.shape)[valid]
             for m in self.metrics[task.name].values():
-                m.update(p, t)
+                m.update(p, t, weight=w)
+
+    def _check_weighted(self, task: Task) -> None:
+        unweighted = [n for n, m in self.metrics[task.name].items() if not getattr(m, "accepts_sample_weight", False)]
+        if unweighted:
+            raise DataError(
+                f"Task {task.name!r} has sample weights, but its metric(s) {unweighted} take none (only metrics "
+                "whose update accepts weight=, e.g. mtlkit.metrics.weighted's, do). Drop the weights for this "
+                "task, or choose weighted metrics."
+            )
 
     def _synced_sums(self) -> dict[str, Tensor]:
         """Loss sums over all processes when torch.distributed is running (torchmetrics syncs the
@@ -106,8 +127,8 @@ class MultiTaskMetrics:
         return {t.name: row for t, row in zip(self.tasks, stacked.unbind(0))}
 
     def counts(self) -> dict[str, int]:
-        """Number of labelled elements seen per task."""
-        return {name: int(s[1].item()) for name, s in self._sums.items()} | {
+        """Number of labelled elements seen per task (their weight sum, rounded, with sample weights)."""
+        return {name: round(float(s[1].item())) for name, s in self._sums.items()} | {
             t.name: 0 for t in self.tasks if t.name not in self._sums
         }
 

@@ -138,7 +138,7 @@ class Balancer:
         if self.weighting.requires_post_step_losses:
             with torch.no_grad():
                 preds = unwrap(model)(batch.inputs)
-                after = task_losses(tasks, preds, batch.targets, batch.masks)
+                after = task_losses(tasks, preds, batch.targets, batch.masks, batch.weights)
                 new_losses = (
                     after.losses if sync is None else sync.global_losses(after.losses, after.counts).losses
                 )

@@ -11,7 +11,18 @@ from typing import Any, Literal
 from mtlkit.metrics.collection import MultiTaskMetrics
 from mtlkit.tasks import Task
 
-__all__ = ["EarlyStopper", "EarlyStopping", "check_monitor", "monitored", "resolve_monitor"]
+__all__ = [
+    "RELATIVE",
+    "EarlyStopper",
+    "EarlyStopping",
+    "check_monitor",
+    "monitored",
+    "primary_metric",
+    "resolve_monitor",
+]
+
+RELATIVE = "mean/relative"
+"""The default monitor: scale-free, see :class:`EarlyStopping`."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -22,16 +33,23 @@ class EarlyStopping:
     and Lightning's rules do); ``patience=0`` stops at the first epoch without improvement (as 1).
 
     Args:
-        monitor: ``"<task>/<metric>"`` (e.g. ``"ctr/auc"``) or ``"mean/<metric>"`` (mean over
-            the tasks that report it, e.g. ``"mean/loss"``). Read from the validation metrics,
-            or from the training losses when there is no validation data.
+        monitor: ``"<task>/<metric>"`` (e.g. ``"ctr/auc"``), ``"mean/<metric>"`` (mean over
+            the tasks that report it, e.g. ``"mean/loss"``) or ``"mean/relative"`` (default).
+            Read from the validation metrics, or from the training losses when there is no
+            validation data. ``mean/relative`` is scale-free, so no task dominates it by the
+            scale of its labels: each task's primary metric (its first metric other than the
+            loss, e.g. ``auc``, ``accuracy``, ``mse``; the loss without validation data)
+            relative to its value in the first epoch, ``d_t = (v_t - v_t,1) / |v_t,1|``, signed
+            so that lower is better (``-d_t`` for higher-is-better metrics) and averaged over the
+            tasks whose first-epoch value is finite and non-zero. It is 0 at the first epoch and
+            -0.1 when the tasks improved by 10 % on average.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (from the metric's direction).
         patience: epochs without improvement before stopping.
         min_delta: the smallest change that counts as an improvement.
         restore_best: load the best epoch's weights at the end of ``fit``.
     """
 
-    monitor: str = "mean/loss"
+    monitor: str = RELATIVE
     mode: Literal["auto", "min", "max"] = "auto"
     patience: int = 5
     min_delta: float = 0.0
@@ -55,11 +73,16 @@ def resolve_monitor(
     metrics: dict[str, dict[str, float]],
     directions: dict[str, dict[str, bool]] | None = None,
     auxiliary: Collection[str] = (),
+    reference: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[float, bool]:
     """Value of ``monitor`` in ``metrics`` and whether higher is better; raises with the choices.
 
     ``mean/<metric>`` averages over the main tasks: the ``auxiliary`` ones are left out (unless
-    every task holding the metric is auxiliary)."""
+    every task holding the metric is auxiliary); so does ``mean/relative``, whose ``reference``
+    is the first epoch's metrics (default: ``metrics``)."""
+    if monitor == RELATIVE:
+        main = {t: m for t, m in metrics.items() if t not in auxiliary} or metrics
+        return _relative(main, directions, metrics if reference is None else reference), False
     task, _, metric = monitor.partition("/")
     if task == "mean":
         holders = [t for t, m in metrics.items() if metric in m]
@@ -78,6 +101,30 @@ def resolve_monitor(
     return value, higher
 
 
+def primary_metric(names: Sequence[str]) -> str:
+    """A task's primary metric: its first metric other than the loss (the loss if it has none)."""
+    return next((n for n in names if n != "loss"), "loss")
+
+
+def _relative(
+    metrics: Mapping[str, Mapping[str, float]],
+    directions: Mapping[str, Mapping[str, bool]] | None,
+    reference: Mapping[str, Mapping[str, float]],
+) -> float:
+    """The ``mean/relative`` value (see :class:`EarlyStopping`); NaN when no task has one."""
+    terms = []
+    for task, values in metrics.items():
+        names = list(directions[task]) if directions and task in directions else list(values)
+        metric = primary_metric([n for n in names if n in values])
+        v, v0 = values.get(metric, math.nan), reference.get(task, {}).get(metric, math.nan)
+        if not (math.isfinite(v) and math.isfinite(v0)) or v0 == 0:
+            continue
+        higher = bool(directions and directions.get(task, {}).get(metric, False))
+        d = (v - v0) / abs(v0)
+        terms.append(-d if higher else d)
+    return sum(terms) / len(terms) if terms else math.nan
+
+
 def check_monitor(monitor: str, tasks: Sequence[Task], *, has_val: bool) -> None:
     """Raise ``ValueError`` (with the choices) before training when ``monitor`` will not exist."""
     directions = MultiTaskMetrics(tasks).directions()
@@ -91,15 +138,25 @@ def check_monitor(monitor: str, tasks: Sequence[Task], *, has_val: bool) -> None
 
 
 def monitored(
-    record: Mapping[str, Any], tasks: Sequence[Task], rule: EarlyStopping | None
+    record: Mapping[str, Any],
+    tasks: Sequence[Task],
+    rule: EarlyStopping | None,
+    first: Mapping[str, Any] | None = None,
 ) -> tuple[str, float, bool]:
     """``(name, value, higher is better)`` of the monitored metric in an epoch's record: the rule's
-    monitor (default ``mean/loss``), from the validation metrics, else the training losses."""
-    metrics = record.get("val") or {t: {"loss": v} for t, v in record["train"].items()}
+    monitor (``mean/loss`` without a rule), from the validation metrics, else the training losses.
+    ``first``: the record of the first epoch (``mean/relative`` is relative to it; default ``record``)."""
+
+    def values(rec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        return rec.get("val") or {t: {"loss": v} for t, v in rec["train"].items()}
+
+    metrics = values(record)
     directions = MultiTaskMetrics(tasks).directions() if "val" in record else None
     monitor = rule.monitor if rule is not None else "mean/loss"
     try:
-        value, higher = resolve_monitor(monitor, metrics, directions, {t.name for t in tasks if t.auxiliary})
+        reference = values(first) if first is not None else None
+        auxiliary = {t.name for t in tasks if t.auxiliary}
+        value, higher = resolve_monitor(monitor, metrics, directions, auxiliary, reference=reference)
     except KeyError as exc:
         raise ValueError(str(exc.args[0])) from None
     if rule is not None and rule.mode != "auto":

@@ -63,7 +63,8 @@ class EpochStats:
     def means(self) -> list[float]:
         """Each task's mean loss so far over its labelled elements (NaN: none); raises if a loss diverged."""
         self.guard.check(epoch=self.epoch, epoch_start=self.first_step)
-        means = (self._losses[0] / self._losses[1].clamp_min(1)).tolist()
+        n = self._losses[1]
+        means = (self._losses[0] / torch.where(n > 0, n, torch.ones_like(n))).tolist()
         return [m if n > 0 else math.nan for m, n in zip(means, self._losses[1].tolist())]
 
     def state_dict(self) -> dict[str, Any]:

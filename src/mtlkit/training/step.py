@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.autograd import BackwardResult
-from mtlkit.data.batch import Batch, Inputs, as_batch
+from mtlkit.data.batch import Batch, Inputs, as_batch, check_weights
 from mtlkit.distributed import GradientSync
 from mtlkit.errors import UnknownComponentError
 from mtlkit.losses import TaskLosses, check_outputs, task_losses
@@ -82,6 +82,8 @@ def prepare_batch(raw: Any, tasks: Sequence[Task], device: torch.device, *, vali
             if t is not None and t.device.type == "cpu":
                 mask = batch.masks.get(task.name) if batch.masks else None
                 task.check_targets(t, mask, where="a batch")
+        if batch.weights:
+            check_weights({k: w for k, w in batch.weights.items() if w.device.type == "cpu"}, len(batch), where="a batch")
     return batch.to(device, non_blocking=True)
 
 
@@ -106,7 +108,7 @@ def train_step(
         batch = restrict(batch, [t for t in tasks if t.name in trained])
     preds, aux, representation = forward(model, batch.inputs, balancer)
     check_outputs(tasks, preds, unwrap(model))
-    tl = task_losses(tasks, preds, batch.targets, batch.masks)
+    tl = task_losses(tasks, preds, batch.targets, batch.masks, batch.weights)
     if trained is not None:
         tl = detach_untrained(tl, [t.name in trained for t in tasks])
     optimizers.zero_grad()

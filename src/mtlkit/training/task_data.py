@@ -13,6 +13,7 @@ global random state, so runs reproduce, resume exactly and agree across DDP rank
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,7 +66,8 @@ def restrict(batch: Batch, tasks: Sequence[Task]) -> Batch:
     keys = {t.target_key for t in tasks}
     names = {t.name for t in tasks}
     masks = None if batch.masks is None else {k: v for k, v in batch.masks.items() if k in names}
-    return Batch(batch.inputs, {k: v for k, v in batch.targets.items() if k in keys}, masks or None)
+    weights = None if batch.weights is None else {k: v for k, v in batch.weights.items() if k in names}
+    return Batch(batch.inputs, {k: v for k, v in batch.targets.items() if k in keys}, masks or None, weights or None)
 
 
 def _tasks_with_targets(data: MultiTaskDataset, tasks: Sequence[Task]) -> list[Task]:
@@ -242,7 +244,7 @@ class TaskStream:
         augment = getattr(self.dataset, "augment", None) if self.shuffle else None
         if augment is not None:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.salt, p, i, 1))
-            batch = Batch(augment(batch.inputs, g), batch.targets, batch.masks)
+            batch = dataclasses.replace(batch, inputs=augment(batch.inputs, g))
         return restrict(batch, [self.task])
 
     def batches(self, p: int) -> Iterator[Batch]:
@@ -368,6 +370,7 @@ def mixed_dataset(data: PerTaskData, tasks: Sequence[Task]) -> MultiTaskDataset:
         inputs = {k: torch.cat([b.inputs[k] for _, b in parts]) for k in first.inputs}  # type: ignore[index]
     targets: dict[str, Tensor] = {}
     masks: dict[str, Tensor] = {}
+    weights: dict[str, Tensor] = {}
     for task, b in parts:
         own = b.targets[task.target_key]
         own_mask = b.masks.get(task.name) if b.masks else None
@@ -380,6 +383,11 @@ def mixed_dataset(data: PerTaskData, tasks: Sequence[Task]) -> MultiTaskDataset:
             flags.append(own_mask if mine else torch.zeros((m, *own_mask.shape[1:]), dtype=torch.bool))
         targets[task.target_key] = torch.cat(pieces)
         masks[task.name] = torch.cat(flags)
+        own_weight = b.weights.get(task.name) if b.weights else None
+        if own_weight is not None:  # other tasks' rows are masked out: their weight is never read
+            weights[task.name] = torch.cat(
+                [own_weight if other is task else own_weight.new_zeros(m) for (other, _), m in zip(parts, sizes)]
+            )
     augments = {id(a): a for a in (getattr(ds, "augment", None) for ds in sources.values())}
     if len(augments) > 1:
         raise DataError(
@@ -393,6 +401,7 @@ def mixed_dataset(data: PerTaskData, tasks: Sequence[Task]) -> MultiTaskDataset:
         tasks=[t for t, _ in parts],
         info={"mixed_from": {t.name: n for (t, _), n in zip(parts, sizes)}},
         augment=next(iter(augments.values())),
+        weights=weights or None,
     )
 
 

@@ -400,7 +400,9 @@ class Trainer:
 
     def _after_epoch(self, record: dict[str, Any], early_stopping: EarlyStopping | None) -> bool:
         """Record the monitored value, step the epoch schedulers; True when early stopping stops."""
-        name, value, higher = monitored(record, self.tasks, early_stopping)
+        name, value, higher = monitored(
+            record, self.tasks, early_stopping, self.history[0] if self.history else None
+        )
         record["monitor"] = {"name": name, "value": value}
         self.optimizers.end_epoch(value)
         return self.stopper.update(value, higher=higher, epoch=record["epoch"])
