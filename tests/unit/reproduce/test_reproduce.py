@@ -124,6 +124,10 @@ def test_mmoe_synthetic_follows_the_paper_setup() -> None:
         assert data["dim"] == 100 and data["correlation"] == job.meta["correlation"]
         assert data["seed"] == job.meta["seed"] == job.config["seeds"][0]  # fresh data every run
         assert set(job.config["compare"]) == {"single_task", "shared_bottom", "omoe", "mmoe"}
+        # trained to convergence: early stopping on a validation split, the cap well above it
+        assert data["n_val"] > 0
+        assert job.config["trainer"]["early_stopping"] == {"monitor": "mean/loss", "patience": 5}
+        assert job.config["trainer"]["epochs"] >= 60
 
 
 def _hist(final: float, epochs: int = 3) -> list[dict[str, Any]]:
