@@ -143,7 +143,12 @@ def plot_panel_histograms(
         ax.set_yticks(rows, labels=labels)
         ax.set_ylim(-0.6, len(labels) - 0.4)
         if log:
+            from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
