@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlkit.analysis.plots import require_matplotlib, save_figure, series
+from mtlkit.analysis.plots import STRIP_MAX_RUNS, draw_final_losses, require_matplotlib, save_figure, series
 
 __all__ = ["mean_train_loss", "plot_bars", "plot_panel_curves", "plot_panel_histograms"]
 
@@ -85,9 +85,6 @@ def plot_panel_curves(
     return fig
 
 
-STRIP_MAX_RUNS = 30  # up to this many runs per model a strip plot shows every run; above, histograms
-
-
 def plot_panel_histograms(
     panels: Mapping[str, Mapping[str, Sequence[float]]],
     *,
@@ -98,58 +95,16 @@ def plot_panel_histograms(
     strip_max_runs: int = STRIP_MAX_RUNS,
 ) -> Any:
     """One panel per setting: the distribution of each model's final losses over runs (MMoE paper,
-    Figure 5: trainability), readable at any number of runs and with no legend over the data.
-
-    With at most ``strip_max_runs`` runs per model (the quick defaults: a few seeds), a strip plot:
-    one row per model (named on the y axis), one dot per run, a bar at the median; a histogram of
-    three values says nothing. With more runs, one histogram per model in its own row over bins
-    shared by the panel (step lines, counts scaled to the row's height), so the models never hide
-    each other. The x axis is logarithmic when the losses span more than a factor of 20.
+    Figure 5: trainability), drawn by :func:`mtlkit.analysis.plots.draw_final_losses`: a strip plot
+    (one dot per run, one row per model) with at most ``strip_max_runs`` runs per model, else one
+    histogram row per model; models named on the y axis, no legend over the data.
 
     Returns:
-        The figure. Strip plot: each model's runs are a ``PathCollection`` labelled with the model's
-        label (its offsets are the values, NaN runs left out). Histograms: each model's counts are a
-        ``StepPatch`` labelled with the model's label.
+        The figure (see :func:`~mtlkit.analysis.plots.draw_final_losses` for its artists).
     """
     fig, axes = _figure(max(1, len(panels)))
     for ax, (name, by_label) in zip(axes, panels.items()):
-        clean = {
-            k: np.asarray([v for v in vs if not math.isnan(v)], dtype=float) for k, vs in by_label.items()
-        }
-        labels = list(clean)
-        every = np.concatenate(list(clean.values())) if clean else np.empty(0)
-        log = bool(every.size) and float(every.min()) > 0 and float(every.max()) > 20 * float(every.min())
-        rows = np.arange(len(labels))[::-1]  # the first model on top
-        if every.size and max(len(v) for v in clean.values()) <= strip_max_runs:
-            rng = np.random.default_rng(0)
-            for i, (label, v) in enumerate(clean.items()):
-                y = rows[i] + rng.uniform(-0.15, 0.15, size=v.size)
-                ax.scatter(v, y, s=22, color=f"C{i % 10}", alpha=0.8, label=label, zorder=3)
-                if v.size:
-                    med = float(np.median(v))
-                    ax.plot([med, med], [rows[i] - 0.3, rows[i] + 0.3], color="black", linewidth=1.5)
-        elif every.size:
-            lo, hi = float(every.min()), float(every.max())
-            if not hi > lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
-            for i, (label, v) in enumerate(clean.items()):
-                counts, _ = np.histogram(v, bins=edges)
-                scale = 0.8 / counts.max() if counts.max() > 0 else 0.0
-                ax.stairs(
-                    counts, edges, baseline=0, label=label, color=f"C{i % 10}", linewidth=1.5
-                ).set_transform(_row_transform(ax, rows[i], scale))
-            ax.set_xlim(lo, hi)
-        ax.set_yticks(rows, labels=labels)
-        ax.set_ylim(-0.6, len(labels) - 0.4)
-        if log:
-            from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(axis="x", alpha=0.3)
+        draw_final_losses(ax, by_label, bins=bins, strip_max_runs=strip_max_runs)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
     if title:
@@ -157,13 +112,6 @@ def plot_panel_histograms(
     if path is not None:
         save_figure(fig, path)
     return fig
-
-
-def _row_transform(ax: Any, row: float, scale: float) -> Any:
-    """Data coordinates with counts scaled by ``scale`` and shifted up to ``row``."""
-    from matplotlib.transforms import Affine2D
-
-    return Affine2D().scale(1.0, scale).translate(0.0, row - 0.4) + ax.transData
 
 
 def plot_bars(
