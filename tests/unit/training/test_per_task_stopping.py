@@ -70,6 +70,26 @@ def test_single_task_networks_stop_and_restore_at_their_own_best_epochs() -> Non
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max() + 1)), k
 
 
+def test_checkpoint_weights_are_each_tasks_best(tmp_path) -> None:
+    """`mtlkit evaluate`/`predict`/`export` read a run's weights from its checkpoint: for per-task
+    stopping, each task's network at its own best epoch, the weights that fit restored."""
+    from mtlkit.training.checkpoint import load_checkpoint, model_weights
+
+    train, val = _data()
+    torch.manual_seed(0)
+    model = single_task(6, TASKS, hidden_dims=[8])
+    trainer = _trainer(model)
+    path = tmp_path / "checkpoint.pt"
+    trainer.fit(train, val, epochs=10, batch_size=64, early_stopping=EarlyStopping(patience=2), checkpoint=path)
+    best = trainer.stopper.best_epochs
+    assert best["y1"] != best["y2"]
+    weights = model_weights(load_checkpoint(path))
+    restored = model.state_dict()
+    assert set(weights) == set(restored)
+    for k, v in restored.items():
+        assert torch.equal(weights[k], v.cpu()), k
+
+
 def test_shared_models_keep_one_stopping_epoch() -> None:
     train, val = _data()
     torch.manual_seed(0)
