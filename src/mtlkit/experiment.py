@@ -53,6 +53,7 @@ from mtlkit.metrics.functional import MetricSelection, delta_m, delta_m_per_task
 from mtlkit.predict import save_run_signature
 from mtlkit.report import comparison_table, metrics_table, write_tables
 from mtlkit.runs import find_runs, load_run, read_config, with_saved_preprocessor
+from mtlkit.seed_report import cap_bound, cap_note, paired_wins, wins_table
 from mtlkit.training.checkpoint import Checkpointer, atomic_write_bytes
 from mtlkit.training.run_lock import RunLock, os_error_message
 from mtlkit.training.schedules import TaskSchedule
@@ -433,7 +434,8 @@ def aggregate(
         Each entry has ``metrics[task][metric] = {"mean", "std", "values"}`` (values per seed,
         std with Bessel's correction, 0 for one seed), ``seeds``, ``params``, ``seconds``,
         ``split`` and, with a baseline: ``delta_m`` (of the seed means, in %), ``delta_m_std``
-        (std over seeds of each seed's Δm against the baseline's means), ``delta_m_tasks``
+        (std over seeds of each seed's Δm against the baseline's means; the values themselves in
+        ``delta_m_values``, in the order of ``seeds``), ``delta_m_tasks``
         (per-task Δm_t of the means) and ``delta_m_primary`` (Δm over each task's main metric).
     """
     labels = list(dict.fromkeys(r.label for r in runs))
@@ -480,6 +482,7 @@ def aggregate(
                     if r.label == label
                 ]
                 entry["delta_m_std"] = _mean_std(per_seed)[1]
+                entry["delta_m_values"] = per_seed  # in the order of entry["seeds"]
                 entry["delta_m_primary"] = delta_m(
                     {t: means[t][m] for t, m in main_primary.items()}, base_primary, higher_primary
                 )
@@ -641,8 +644,9 @@ def _run_variants(
             if main:
                 (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a failed run that a resume finished
             runs.append(r)
+            best = f"(best {r.best_epoch:>3})  " if r.best_epoch is not None else ""
             console.print(
-                f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs  {r.seconds:6.1f}s  "
+                f"  {label:<16} seed {seed:<3} {r.epochs:>3} epochs {best} {r.seconds:6.1f}s  "
                 + ("(finished earlier)  " if done else "")
                 + "  ".join(
                     f"{t}/{m}={r.metrics[t][m]:.4f}" for t, m in _primary(r.directions, r.metrics).items()
@@ -656,6 +660,12 @@ def _run_variants(
         auxiliary=[t.name for t in first_data.tasks if t.auxiliary],
     )
     comparison["data"] = dict(first_data.info.items())
+    caps = {label: v.trainer.epochs for label, v in experiment.variants.items()}
+    comparison["cap_bound"] = cap_bound(runs, caps)  # runs stopped by the epoch cap while improving
+    comparison["epoch_cap"] = cfg.trainer.epochs
+    wins = paired_wins(comparison) if multi else None
+    if wins is not None:
+        comparison["paired"] = wins
     if main:
         write_tables(comparison, root, title=f"{cfg.name}: {runs[0].split} metrics")
     if cfg.plots and main:
@@ -670,6 +680,11 @@ def _run_variants(
     else:
         table = metrics_table(runs[0].metrics, title=f"{cfg.name}: {runs[0].split} metrics")
     console.print(table)
+    if wins is not None:
+        console.print(wins_table(wins, title=f"{cfg.name}: Δm paired over seeds"))
+    note = cap_note(comparison["cap_bound"], len(runs), cfg.trainer.epochs if len(set(caps.values())) == 1 else None)
+    if note:
+        console.print(f"[bold yellow]{note}[/bold yellow]", highlight=False)
     if multi and comparison.get("auxiliary"):
         console.print(comparison_table(comparison, title="auxiliary tasks (not in Δm)", auxiliary=True))
     if main:

@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from mtlkit.jsonio import dumps, json_safe
+from mtlkit.seed_report import cap_note, wins_markdown
 
 __all__ = [
     "comparison_csv",
@@ -112,14 +113,16 @@ def comparison_table(
     cols = _columns(comparison, all_metrics=all_metrics, auxiliary=auxiliary)
     note = "" if auxiliary else _delta_note(comparison)
     table = Table(title=title, title_justify="left", caption=note or None, caption_justify="left")
-    table.add_column("model", style="bold")
+    # names at full width on one line; numbers fold onto more lines rather than lose digits
+    width = max([5, *(len(label) for label in labels)])
+    table.add_column("model", style="bold", no_wrap=True, min_width=width)
     for task, metric in cols:
-        table.add_column(f"{task} {metric}{_arrow(comparison, task, metric)}", justify="right")
+        table.add_column(f"{task} {metric}{_arrow(comparison, task, metric)}", justify="right", overflow="fold")
     has_delta = not auxiliary and any("delta_m" in e for e in labels.values())
     if has_delta:
-        table.add_column(f"Δm vs {comparison.get('baseline')}", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("s/run", justify="right")
+        table.add_column(f"Δm vs {comparison.get('baseline')}", justify="right", overflow="fold")
+    table.add_column("params", justify="right", overflow="fold")
+    table.add_column("s/run", justify="right", overflow="fold")
     for label, entry in labels.items():
         cells = [_cell(entry, task, metric) for task, metric in cols]
         if has_delta:
@@ -155,6 +158,11 @@ def comparison_markdown(comparison: Mapping[str, Any], *, title: str | None = No
     note = _delta_note(comparison)
     if note:
         lines += ["", note]
+    if comparison.get("paired"):
+        lines += ["", wins_markdown(comparison["paired"]).rstrip("\n")]
+    cap = cap_note(comparison.get("cap_bound") or (), _runs(labels), comparison.get("epoch_cap"))
+    if cap:
+        lines += ["", f"**{cap}**"]
     aux_cols = _columns(comparison, all_metrics=True, auxiliary=True)
     if aux_cols:
         lines += ["", "Auxiliary tasks (trained to help the main tasks; not in Δm):", ""]
@@ -163,6 +171,10 @@ def comparison_markdown(comparison: Mapping[str, Any], *, title: str | None = No
         for label, entry in labels.items():
             lines.append("| " + " | ".join([label, *(_cell(entry, t, m) for t, m in aux_cols)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _runs(labels: Mapping[str, Any]) -> int:
+    return sum(len(e["seeds"]) for e in labels.values())
 
 
 def _num(v: Any) -> str:

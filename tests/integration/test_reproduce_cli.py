@@ -85,9 +85,11 @@ def test_mmoe_synthetic_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert header == [
         "correlation", "pearson", "model", "lr", "runs", "params", "y1/mse", "y1/mse_std", "y2/mse",
         "y2/mse_std", "final_train", "final_train_std", "final_train_min", "final_train_max", "delta_m",
-        "delta_m_std", "seconds",
+        "delta_m_std", "epochs", "capped", "seconds",
     ]  # fmt: skip
     rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    # the tiny run trains a few epochs: how many of its runs the cap bound is counted per row
+    assert all(0 <= r["capped"] <= r["runs"] for r in rows)
     assert [(r["correlation"], r["model"]) for r in rows] == [
         (p, m) for p in (1.0, 0.9, 0.5) for m in ("single_task", "shared_bottom", "omoe", "mmoe")
     ]

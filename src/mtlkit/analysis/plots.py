@@ -24,6 +24,8 @@ import numpy as np
 from mtlkit.analysis.gates import QUANTILE_LEVELS, GateStats
 
 __all__ = [
+    "STRIP_MAX_RUNS",
+    "draw_final_losses",
     "final_values",
     "plot_final_loss_histogram",
     "plot_gate_distributions",
@@ -403,6 +405,64 @@ def final_values(
     return out
 
 
+STRIP_MAX_RUNS = 30  # up to this many runs per model a strip plot shows every run; above, histograms
+
+
+def draw_final_losses(
+    ax: Any, values: Mapping[str, Sequence[float]], *, bins: int = 20, strip_max_runs: int = STRIP_MAX_RUNS
+) -> None:
+    """Draw each model's final losses over runs on ``ax`` (MMoE paper, Figure 5: trainability),
+    readable at any number of runs and with no legend over the data: one row per model, named on
+    the y axis (the first model on top).
+
+    With at most ``strip_max_runs`` runs per model (the quick defaults: a few seeds) a strip plot:
+    one dot per run and a bar at the median (a histogram of three values says nothing). With more
+    runs, each model's histogram in its own row over bins shared by the models (step lines, counts
+    scaled to the row's height), so the models never hide each other. The x axis is logarithmic
+    when the losses span more than a factor of 20. NaN values are left out.
+
+    Artists: strip plot: each model's runs are a ``PathCollection`` labelled with the model's label
+    (its offsets are the values); histograms: each model's counts are a ``StepPatch`` labelled with
+    the model's label.
+    """
+    clean = {k: np.asarray([v for v in vs if not math.isnan(v)], dtype=float) for k, vs in values.items()}
+    labels = list(clean)
+    every = np.concatenate(list(clean.values())) if clean else np.empty(0)
+    log = bool(every.size) and float(every.min()) > 0 and float(every.max()) > 20 * float(every.min())
+    rows = np.arange(len(labels))[::-1]
+    if every.size and max(len(v) for v in clean.values()) <= strip_max_runs:
+        rng = np.random.default_rng(0)
+        for i, v in enumerate(clean.values()):
+            y = rows[i] + rng.uniform(-0.15, 0.15, size=v.size)
+            ax.scatter(v, y, s=22, color=f"C{i % 10}", alpha=0.8, label=labels[i], zorder=3)
+            if v.size:
+                med = float(np.median(v))
+                ax.plot([med, med], [rows[i] - 0.3, rows[i] + 0.3], color="black", linewidth=1.5)
+    elif every.size:
+        from matplotlib.transforms import Affine2D
+
+        lo, hi = float(every.min()), float(every.max())
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
+        for i, v in enumerate(clean.values()):
+            counts, _ = np.histogram(v, bins=edges)
+            scale = 0.8 / counts.max() if counts.max() > 0 else 0.0
+            step = ax.stairs(counts, edges, baseline=0, label=labels[i], color=f"C{i % 10}", linewidth=1.5)
+            step.set_transform(Affine2D().scale(1.0, scale).translate(0.0, rows[i] - 0.4) + ax.transData)
+        ax.set_xlim(lo, hi)
+    ax.set_yticks(rows, labels=labels)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    if log:
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(axis="x", alpha=0.3)
+
+
 def plot_final_loss_histogram(
     values: Mapping[str, Sequence[float]],
     *,
@@ -410,33 +470,26 @@ def plot_final_loss_histogram(
     xlabel: str = "final training loss",
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    strip_max_runs: int = STRIP_MAX_RUNS,
 ) -> Any:
-    """Histogram of final losses over runs, one step line per model (MMoE paper, Figure 5:
-    trainability; a model that is easy to train has its runs bunched at low losses).
+    """Final losses over runs per model (MMoE paper, Figure 5: trainability; a model that is easy to
+    train has its runs bunched at low losses), drawn by :func:`draw_final_losses`: a strip plot with
+    at most ``strip_max_runs`` runs per model, else one histogram row per model.
 
     Args:
         values: ``{label: [final loss per run]}`` (see :func:`final_values`); NaN values are left out.
-        bins: number of bins, shared by all models (over the range of all values).
+        bins: number of histogram bins, shared by all models (over the range of all values).
         xlabel, title: axis label and figure title. path: also write a PNG here.
 
     Returns:
-        The figure; each model's counts are a ``StepPatch`` labelled with the model's label.
+        The figure (artists: see :func:`draw_final_losses`).
     """
-    clean = {k: np.asarray([v for v in vs if not math.isnan(v)], dtype=float) for k, vs in values.items()}
-    every = np.concatenate(list(clean.values())) if clean else np.empty(0)
-    if every.size == 0:
+    clean = {k: [v for v in vs if not math.isnan(v)] for k, vs in values.items()}
+    if not any(clean.values()):
         raise ValueError("plot_final_loss_histogram needs at least one finite value.")
-    lo, hi = float(every.min()), float(every.max())
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    fig, (ax,) = _figure(1, panel=(5.5, 3.5))
-    for i, (label, v) in enumerate(clean.items()):
-        counts, _ = np.histogram(v, bins=edges)
-        ax.stairs(counts, edges, label=label, color=f"C{i % 10}", linewidth=1.5)
+    fig, (ax,) = _figure(1, panel=(5.5, max(2.5, 0.55 * len(values) + 1.2)))
+    draw_final_losses(ax, values, bins=bins, strip_max_runs=strip_max_runs)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("runs")
-    ax.legend(fontsize="small")
     return _finish(fig, path, title)
 
 

@@ -23,7 +23,12 @@ class SingleTask(MultiTaskModel):
 
     Args:
         networks: ``{task: module}``; each maps the inputs to that task's output.
+
+    The networks share nothing (``independent_tasks``), so the trainer's early stopping judges each
+    on its own task's validation metric and restores each at its own best epoch.
     """
+
+    independent_tasks: bool = True
 
     def __init__(self, networks: Mapping[str, nn.Module]) -> None:
         super().__init__()
@@ -39,6 +44,12 @@ class SingleTask(MultiTaskModel):
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)
         return list(self.networks[task].parameters())
+
+    def task_state_keys(self, task: str) -> list[str]:
+        """The state-dict keys (parameters and buffers) of ``task``'s network."""
+        self._check_task(task)
+        prefix = f"networks.{task}."
+        return [k for k in self.state_dict() if k.startswith(prefix)]
 
 
 @MODELS.register("single_task", aliases=("single",))

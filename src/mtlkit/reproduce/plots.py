@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlkit.analysis.plots import require_matplotlib, save_figure, series
+from mtlkit.analysis.plots import STRIP_MAX_RUNS, draw_final_losses, require_matplotlib, save_figure, series
 
 __all__ = ["mean_train_loss", "plot_bars", "plot_panel_curves", "plot_panel_histograms"]
 
@@ -92,31 +92,21 @@ def plot_panel_histograms(
     xlabel: str = "final training loss",
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    strip_max_runs: int = STRIP_MAX_RUNS,
 ) -> Any:
-    """One panel per setting: the histogram of each model's final losses over runs, as step
-    lines over bins shared by the panel's models (MMoE paper, Figure 5: trainability).
+    """One panel per setting: the distribution of each model's final losses over runs (MMoE paper,
+    Figure 5: trainability), drawn by :func:`mtlkit.analysis.plots.draw_final_losses`: a strip plot
+    (one dot per run, one row per model) with at most ``strip_max_runs`` runs per model, else one
+    histogram row per model; models named on the y axis, no legend over the data.
 
     Returns:
-        The figure; each model's counts are a ``StepPatch`` labelled with the model's label.
+        The figure (see :func:`~mtlkit.analysis.plots.draw_final_losses` for its artists).
     """
     fig, axes = _figure(max(1, len(panels)))
     for ax, (name, by_label) in zip(axes, panels.items()):
-        clean = {
-            k: np.asarray([v for v in vs if not math.isnan(v)], dtype=float) for k, vs in by_label.items()
-        }
-        every = np.concatenate(list(clean.values())) if clean else np.empty(0)
-        if every.size:
-            lo, hi = float(every.min()), float(every.max())
-            if not hi > lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            edges = np.linspace(lo, hi, bins + 1)
-            for i, (label, v) in enumerate(clean.items()):
-                counts, _ = np.histogram(v, bins=edges)
-                ax.stairs(counts, edges, label=label, color=f"C{i % 10}", linewidth=1.5)
-            ax.legend(fontsize="small")
+        draw_final_losses(ax, by_label, bins=bins, strip_max_runs=strip_max_runs)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("runs")
     if title:
         fig.suptitle(title)
     if path is not None:

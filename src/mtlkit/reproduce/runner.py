@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.markdown import Markdown
 
 from mtlkit import __version__
 from mtlkit.config.load import ResolvedExperiment, apply_overrides, resolve
@@ -23,6 +22,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.experiment import RunResult, run_experiment
 from mtlkit.jsonio import dumps
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Reproduction, Settings
+from mtlkit.reproduce.terminal import print_markdown
 from mtlkit.utils import torch_threads
 
 __all__ = [
@@ -240,7 +240,7 @@ def run_reproduction(
         "files": {"report": "report.md", **files},
     }
     (root / "reproduction.json").write_text(dumps(record), encoding="utf-8")
-    console.print(Markdown(report.markdown))
+    print_markdown(console, report.markdown)  # tables whole: names never cut to 'single_t…'
     console.print(f"Wall time {seconds:.0f}s. Report: {root / 'report.md'}")
     return ReproductionResult(canonical, root, results, report, seconds)
 

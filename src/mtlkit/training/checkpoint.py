@@ -254,13 +254,21 @@ def _foreign_globals(path: Path, *, limit: int = 64 << 20) -> list[str]:
 
 def model_weights(state: Mapping[str, Any], *, source: str = "checkpoint") -> Mapping[str, Any]:
     """The weights a trained run is used with: the best epoch's when the run kept them (early
-    stopping with ``restore_best``), else the last epoch's.
+    stopping with ``restore_best``; with per-task early stopping, each task's network at its own
+    best epoch), else the last epoch's.
 
     Raises:
         CheckpointError: the checkpoint holds no model weights.
     """
     best = state.get("best") or {}
     weights = best.get("state") if best.get("state") is not None else state.get("model")
+    per_task = best.get("per_task")  # independent task networks: each task's keys at its own best epoch
+    if isinstance(per_task, Mapping) and isinstance(state.get("model"), Mapping):
+        parts = [(b or {}).get("state") for b in per_task.values()]
+        if parts and all(isinstance(p, Mapping) for p in parts):
+            weights = dict(state["model"])
+            for part in parts:
+                weights.update(part)
     if not isinstance(weights, Mapping):
         raise CheckpointError(f"The {source} holds no model weights; it was not written by mtlkit run.")
     return weights

@@ -37,6 +37,7 @@ from mtlkit.training.early_stopping import EarlyStopper, EarlyStopping, check_mo
 from mtlkit.training.epoch import EpochStats, epoch_line
 from mtlkit.training.loggers import EpochLogger, TensorBoardLogger
 from mtlkit.training.optimizers import OptimizerLike, OptimizerSet, SchedulerLike
+from mtlkit.training.per_task_stopping import PerTaskEarlyStopper, task_monitored
 from mtlkit.training.progress import ProgressDisplay
 from mtlkit.training.schedules import EpochPlan, TaskSchedule, check_compatible, resolve_schedule
 from mtlkit.training.source import TrainSource, as_source
@@ -173,7 +174,12 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.progress, self.log_epochs = progress, log_epochs
         self.logger = logger if logger is not None or log_dir is None else TensorBoardLogger(Path(log_dir))
-        self.stopper = EarlyStopper(self._snapshot)
+        # independent task networks (the single-task baseline) stop and are restored per task
+        self.stopper: EarlyStopper | PerTaskEarlyStopper = (
+            PerTaskEarlyStopper(self._task_snapshot, self.task_names)
+            if getattr(unwrap(self.model), "independent_tasks", False)
+            else EarlyStopper(self._snapshot)
+        )
         self.epoch = 0  # epochs completed
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -304,7 +310,10 @@ class Trainer:
                 self.logger.flush()
         best = self.stopper.best_state()
         if best is not None:
-            unwrap(self.model).load_state_dict(best["state"])
+            model = unwrap(self.model)
+            state = model.state_dict()
+            state.update(best["state"])  # per task: each task's keys at its own best epoch
+            model.load_state_dict(state)
             self.weighting.load_state_dict(best["weighting"])
         return self.history
 
@@ -312,6 +321,19 @@ class Trainer:
         """Copies of the current weights, for early stopping's best epoch."""
         return {
             "state": _cpu_state(unwrap(self.model)) if with_model else None,
+            "weighting": _cpu_state(self.weighting),
+        }
+
+    def _task_snapshot(self, task: str, with_model: bool) -> dict[str, Any]:
+        """Copies of one task's weights (its network's state-dict keys), for per-task early stopping."""
+        model = unwrap(self.model)
+        keys = set(model.task_state_keys(task))
+        return {
+            "state": (
+                {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in keys}
+                if with_model
+                else None
+            ),
             "weighting": _cpu_state(self.weighting),
         }
 
@@ -405,6 +427,10 @@ class Trainer:
         )
         record["monitor"] = {"name": name, "value": value}
         self.optimizers.end_epoch(value)
+        if isinstance(self.stopper, PerTaskEarlyStopper):
+            values = task_monitored(record, self.tasks, early_stopping)
+            record["monitor"]["tasks"] = {t: v for t, (v, _) in values.items()}
+            return self.stopper.update_tasks(values, epoch=record["epoch"])
         return self.stopper.update(value, higher=higher, epoch=record["epoch"])
 
     def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:

@@ -274,12 +274,18 @@ def test_final_loss_histogram(tmp_path: Path) -> None:
         "B": [pytest.approx(1.5)],
     }  # mean of y1, y2
     assert final_values(HIST, task="y2", split="val", metric="mse") == {"A": [4.0, 9.0], "B": [2.0]}
-    fig = plot_final_loss_histogram({"A": [1.0, 2.0, 4.0, 4.0, math.nan], "B": [3.0]}, bins=3)
+    fig = plot_final_loss_histogram({"A": [1.0, 2.0, 4.0, 4.0, math.nan], "B": [3.0]}, bins=3, strip_max_runs=0)
     patches = {p.get_label(): p for p in fig.axes[0].patches}
     values, edges, _ = patches["A"].get_data()
     np.testing.assert_allclose(edges, [1, 2, 3, 4])
     assert values.tolist() == [1, 1, 2]  # [1,2): 1.0; [2,3): 2.0; [3,4]: 4.0 twice; NaN left out
     assert patches["B"].get_data()[0].tolist() == [0, 0, 1]
+    assert fig.axes[0].get_legend() is None  # one row per model, named on the y axis
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["A", "B"]
+    # few runs per model (the default): every run a dot in its model's row
+    fig = plot_final_loss_histogram({"A": [1.0, 2.0, math.nan], "B": [3.0]})
+    dots = {c.get_label(): np.asarray(c.get_offsets())[:, 0].tolist() for c in fig.axes[0].collections}
+    assert sorted(dots["A"]) == [1.0, 2.0] and dots["B"] == [3.0]
     with pytest.raises(ValueError, match="needs at least one finite value"):
         plot_final_loss_histogram({"A": [math.nan]})
 

@@ -124,6 +124,10 @@ def test_mmoe_synthetic_follows_the_paper_setup() -> None:
         assert data["dim"] == 100 and data["correlation"] == job.meta["correlation"]
         assert data["seed"] == job.meta["seed"] == job.config["seeds"][0]  # fresh data every run
         assert set(job.config["compare"]) == {"single_task", "shared_bottom", "omoe", "mmoe"}
+        # trained to convergence: early stopping on a validation split, the cap well above it
+        assert data["n_val"] > 0
+        assert job.config["trainer"]["early_stopping"] == {"monitor": "mean/loss", "patience": 5}
+        assert job.config["trainer"]["epochs"] >= 60
 
 
 def _hist(final: float, epochs: int = 3) -> list[dict[str, Any]]:
@@ -334,11 +338,24 @@ def test_panel_plots_draw_the_data(tmp_path: Path) -> None:
     np.testing.assert_allclose(line.get_ydata(), [2.6, 1.6, 0.6])  # mean of the two runs per epoch
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG
     vals = {"a": [0.1, 0.2, 0.2, 0.9], "b": [0.5, math.nan]}
-    fig = plot_panel_histograms({"p": vals}, bins=4, path=tmp_path / "h.png")
+    fig = plot_panel_histograms({"p": vals}, bins=4, path=tmp_path / "h.png", strip_max_runs=0)
     patches = {p.get_label(): p for p in fig.axes[0].patches}
     edges = np.linspace(0.1, 0.9, 5)
     np.testing.assert_array_equal(patches["a"].get_data().values, np.histogram(vals["a"], edges)[0])
     np.testing.assert_array_equal(patches["b"].get_data().values, [0, 0, 1, 0])
+    assert fig.axes[0].get_legend() is None  # models are rows named on the y axis: no legend over the data
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
+    # few runs (the default): a strip plot, one dot per run in the model's row, no legend
+    fig = plot_panel_histograms({"p": vals}, path=tmp_path / "s.png")
+    ax = fig.axes[0]
+    dots = {c.get_label(): c.get_offsets() for c in ax.collections}
+    np.testing.assert_allclose(sorted(np.asarray(dots["a"])[:, 0]), sorted(vals["a"]))
+    np.testing.assert_allclose(np.asarray(dots["b"])[:, 0], [0.5])  # the NaN run is left out
+    rows = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
+    assert np.all(np.abs(np.asarray(dots["a"])[:, 1] - rows["a"]) < 0.5)  # a's dots lie in a's row
+    assert ax.get_legend() is None and rows["a"] > rows["b"]  # the first model on top
+    # losses spanning more than a factor of 20 get a logarithmic axis
+    assert plot_panel_histograms({"p": {"a": [0.01, 0.5]}}).axes[0].get_xscale() == "log"
     fig = plot_bars(["x", "y"], [3.0, -1.5], [0.5, math.nan], path=tmp_path / "b.png")
     assert [p.get_width() for p in fig.axes[0].patches] == [3.0, -1.5]
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG
