@@ -77,7 +77,12 @@ class StreamEncoder:
         labels: how each task's label is encoded (empty for prediction).
     """
 
-    def __init__(self, preprocessor: TabularPreprocessor, labels: Sequence[LabelSpec] = ()) -> None:
+    def __init__(
+        self,
+        preprocessor: TabularPreprocessor,
+        labels: Sequence[LabelSpec] = (),
+        weights: Mapping[str, str] | None = None,
+    ) -> None:
         self.state = preprocessor.state_dict()
         self.preprocessor = (
             None if preprocessor.plain else preprocessor
@@ -85,6 +90,7 @@ class StreamEncoder:
         self.categorical: tuple[str, ...] = tuple(preprocessor.categorical)
         self.numeric: tuple[str, ...] = tuple(preprocessor.numeric)
         self.labels = tuple(labels)
+        self.weights = dict(weights or {})  # {task: sample-weight column}
         self._vocab: dict[str, Any] | None = None
 
     @property
@@ -93,7 +99,9 @@ class StreamEncoder:
 
     @property
     def label_columns(self) -> list[str]:
-        return list(dict.fromkeys(s.column for s in self.labels if s.column not in self.feature_columns))
+        """The label and sample-weight columns (those that are not features)."""
+        wanted = [*(s.column for s in self.labels), *self.weights.values()]
+        return list(dict.fromkeys(c for c in wanted if c not in self.feature_columns))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_vocab": None}
@@ -267,10 +275,26 @@ class StreamEncoder:
 
     # ------------------------------------------------------------------ both
     def encode(self, table: pa.Table | pa.RecordBatch, origin: BatchOrigin) -> dict[str, np.ndarray]:
-        """Features and ``"y:<task>"`` targets of one slice of one file."""
+        """Features, ``"y:<task>"`` targets and ``"w:<task>"`` sample weights of one slice of one file."""
         out = self.features(table, origin)
         out.update({f"y:{k}": v for k, v in self.targets(table, origin).items()})
+        out.update({f"w:{k}": v for k, v in self.sample_weights(table, origin).items()})
         return out
+
+    def sample_weights(self, table: pa.Table | pa.RecordBatch, origin: BatchOrigin) -> dict[str, np.ndarray]:
+        """``{task: float32 weights}`` from the weight columns (each column read once), refusing a
+        blank, non-numeric, infinite or negative weight with its file and data row, as ``tabular``."""
+        from mtlkit.data.arrow_io import column_floats
+        from mtlkit.data.task_options import weight_values
+
+        by_column = {
+            c: weight_values(
+                column_floats(table.column(c), column=c, origin=origin), column=c, file=str(origin.file),
+                row=origin.row,
+            ).astype(np.float32)
+            for c in dict.fromkeys(self.weights.values())
+        }
+        return {task: by_column[c] for task, c in self.weights.items()}
 
 
 def label_specs(specs: Mapping[str, Any], classes: Mapping[str, Sequence[str]]) -> tuple[LabelSpec, ...]:

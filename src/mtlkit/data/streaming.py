@@ -36,7 +36,7 @@ from mtlkit.data.stream_loader import StreamLoader, default_workers
 from mtlkit.data.stream_read import FragmentReader, fragment_table
 from mtlkit.data.streaming_fit import LabelCounts, fit_streaming, label_present
 from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor
-from mtlkit.data.task_options import apply_task_options, refuse_stream_options
+from mtlkit.data.task_options import apply_task_options, refuse_stream_options, weight_columns
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 from mtlkit.training.source import TrainSource
@@ -58,6 +58,7 @@ class TabularStream(TrainSource):
             number of windows of an epoch).
         unknown_fraction: :class:`UnknownCategoryDropout` of training batches (0 for val / test).
         delimiter: CSV field separator.
+        weights: ``{task: sample-weight column}`` carried in the batches' ``weights``.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class TabularStream(TrainSource):
         num_workers: int | None = None,
         unknown_fraction: float = 0.0,
         delimiter: str = ",",
+        weights: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(shuffle_buffer, int) or isinstance(shuffle_buffer, bool) or shuffle_buffer < 1:
             raise DataError(f"shuffle_buffer must be an integer >= 1 (rows); got {shuffle_buffer!r}.")
@@ -82,7 +84,7 @@ class TabularStream(TrainSource):
         self.files = tuple(expand_paths(files))
         self.tasks = tuple(tasks)
         self.preprocessor = preprocessor
-        self.encoder = StreamEncoder(preprocessor, labels)
+        self.encoder = StreamEncoder(preprocessor, labels, weights)
         self.delimiter = delimiter
         check_columns(self.files, [*self.encoder.feature_columns, *self.encoder.label_columns], delimiter)
         self.fragments = fragment_table(
@@ -328,6 +330,7 @@ def tabular_stream(
     """
     specs = _task_specs(tasks)
     refuse_stream_options(specs, weights)
+    task_weights = weight_columns(specs, weights)  # {task: sample-weight column}
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
     feature_specs, categorical_names, numeric_names = _feature_specs(categorical, numeric)
@@ -344,7 +347,7 @@ def tabular_stream(
         if spec is not None:
             files[what] = expand_paths(spec)
     for paths in files.values():
-        check_columns(paths, [*features, *label_columns], delimiter)
+        check_columns(paths, [*features, *label_columns, *task_weights.values()], delimiter)
     counts = LabelCounts()
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
@@ -389,10 +392,12 @@ def tabular_stream(
             num_workers=num_workers,
             unknown_fraction=unknown_fraction if what == "train" else 0.0,
             delimiter=delimiter,
+            weights=task_weights,
         )
     info = {
         "dataset": "tabular",
         "streaming": True,
+        **({"weights": task_weights} if task_weights else {}),
         "files": {s: [str(p) for p in f] for s, f in files.items()},
         "rows": {
             s: (st.num_rows if st is not None else 0) for s in ("train", "val", "test") for st in [streams[s]]

@@ -112,13 +112,8 @@ def apply_task_options(task: Task, spec: Any, train_labels: torch.Tensor | None)
 
 
 def refuse_stream_options(specs: Mapping[str, Any], weights: Any) -> None:
-    """``streaming: true`` does not carry sample weights nor fit ``standardise`` yet: refuse them
-    (named losses, ``pos_weight``, ``class_weights`` and ``log1p`` work as in memory)."""
-    if weights is not None or any(getattr(s, "weight_column", None) for s in specs.values()):
-        raise DataError(
-            "tabular: sample weights (weights: / weight_column:) are not supported with streaming: true yet; "
-            "load the data in memory (streaming: false) or drop the weights."
-        )
+    """``streaming: true`` does not fit ``standardise`` yet: refuse it (named losses, ``pos_weight``,
+    ``class_weights``, ``log1p`` and sample weights work as in memory). ``weights`` is unused."""
     std = [
         n
         for n, s in specs.items()

@@ -131,12 +131,33 @@ def test_bad_task_options_are_data_errors_naming_the_task(tmp_path: Path) -> Non
         )
 
 
-def test_streaming_refuses_weights_and_standardise_clearly(tmp_path: Path) -> None:
+def test_streaming_carries_sample_weights_as_the_in_memory_path(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     train = _write(tmp_path)
-    task = {"c": {"column": "clicked", "kind": "binary"}}
-    with pytest.raises(DataError, match="sample weights .* are not supported with streaming: true yet"):
-        tabular(train=train, tasks=task, numeric=["age"], streaming=True, weights={"column": "w"})
+    tasks = {"c": {"column": "clicked", "kind": "binary"},
+             "s": {"column": "spend", "kind": "regression", "weight_column": "wc"}}  # fmt: skip
+    kw = {"train": train, "tasks": tasks, "numeric": ["age"], "weights": {"column": "w"}}
+    memory = tabular(**kw, unknown_fraction=0.0)
+    stream = tabular(**kw, streaming=True, num_workers=0, unknown_fraction=0.0)
+    batches = list(stream.train.eval_loader(stream.tasks, 3))  # file order, every row
+    got = {t: torch.cat([b.weights[t] for b in batches]) for t in ("c", "s")}
+    # the CSV's 8 rows all have a label, so both paths hold the same rows in the same order
+    assert torch.equal(got["c"], memory.train.weights["c"].float())
+    assert torch.equal(got["s"], memory.train.weights["s"].float())
+    assert got["c"].tolist() == [1.0, 0.5, 2.0, 1.5, 0.0, 1.0, 3.0, 1.0]  # the w column, by hand
+    assert got["s"].tolist() == [2.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0]  # wc
+    train_batch = next(iter(stream.train.loader(stream.tasks, 8, seed=0)))
+    assert sorted(train_batch.weights["c"].tolist()) == sorted(got["c"].tolist())  # shuffled with its rows
+    bad = _write(tmp_path, CSV.replace("oslo,41,1,900,0.0,1.0,1", "oslo,41,1,900,0.0,-1.0,1"))
+    broken = tabular(train=bad, tasks=tasks, numeric=["age"], weights={"column": "w"}, streaming=True,
+                     num_workers=0)  # fmt: skip
+    with pytest.raises(DataError, match=r"sample-weight column 'w' holds '-1' in data row 8"):
+        list(broken.train.eval_loader(broken.tasks, 4))
+
+
+def test_streaming_refuses_standardise_clearly(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    train = _write(tmp_path)
     std = {"s": {"column": "spend", "kind": "regression", "transform": "standardise"}}
     with pytest.raises(DataError, match="tasks.s.transform: standardise is not supported with streaming"):
         tabular(train=train, tasks=std, numeric=["age"], streaming=True)
