@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from torch import Tensor
 
 from mtlkit.data.arrow_io import expand_paths, file_columns, iter_batches
@@ -35,7 +34,7 @@ from mtlkit.data.stream_encode import LabelSpec, StreamEncoder, _distinct, canon
 from mtlkit.data.stream_loader import StreamLoader, default_workers
 from mtlkit.data.stream_read import FragmentReader, fragment_table
 from mtlkit.data.streaming_fit import LabelCounts, fit_streaming, label_present
-from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor
+from mtlkit.data.tabular import TaskColumn, _feature_specs, load_preprocessor, task_specs
 from mtlkit.data.task_options import apply_task_options, refuse_stream_options, weight_columns
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
@@ -255,20 +254,6 @@ def _number(v: str) -> float | None:
         return None
 
 
-def _task_specs(tasks: Mapping[str, Any]) -> dict[str, TaskColumn]:
-    if not tasks:
-        raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
-    specs: dict[str, TaskColumn] = {}
-    for name, spec in tasks.items():
-        try:
-            specs[name] = spec if isinstance(spec, TaskColumn) else TaskColumn.model_validate(spec)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise DataError(f"tabular: tasks.{name}.{where}: {first['msg']}.") from None
-    return specs
-
-
 def fit_on_rank_zero(
     fit: Callable[[LabelCounts], TabularPreprocessor],
 ) -> tuple[TabularPreprocessor, LabelCounts]:
@@ -328,7 +313,7 @@ def tabular_stream(
         num_workers: DataLoader worker processes (None: ``min(4, cores - 1)``).
         (the others as :func:`~mtlkit.data.tabular.tabular`)
     """
-    specs = _task_specs(tasks)
+    specs = task_specs(tasks)
     refuse_stream_options(specs, weights)
     task_weights = weight_columns(specs, weights)  # {task: sample-weight column}
     if not numeric and not categorical:

@@ -506,6 +506,22 @@ def _encode_labels(
     return out, task, info
 
 
+def task_specs(tasks: Mapping[str, Any]) -> dict[str, TaskColumn]:
+    """``{task: TaskColumn}`` from the ``tasks`` mapping of a tabular data section (in memory or
+    streamed); a bad entry is a DataError naming ``tasks.<name>.<key>``."""
+    if not tasks:
+        raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
+    specs: dict[str, TaskColumn] = {}
+    for name, spec in tasks.items():
+        try:
+            specs[name] = spec if isinstance(spec, TaskColumn) else TaskColumn.model_validate(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise DataError(f"tabular: tasks.{name}.{where}: {first['msg']}.") from None
+    return specs
+
+
 # ---------------------------------------------------------------------------------------------- builder
 @DATASETS.register("tabular", aliases=("csv", "parquet"))
 def tabular(
@@ -564,16 +580,7 @@ def tabular(
         weights: ``{column: w}``: a sample-weight column for every task (a task's ``weight_column``
             overrides it); losses and metrics are then weighted means.
     """
-    if not tasks:
-        raise DataError("tabular: tasks must name at least one task: {name: {column: ..., kind: ...}}.")
-    specs: dict[str, TaskColumn] = {}
-    for name, spec in tasks.items():
-        try:
-            specs[name] = spec if isinstance(spec, TaskColumn) else TaskColumn.model_validate(spec)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise DataError(f"tabular: tasks.{name}.{where}: {first['msg']}.") from None
+    specs = task_specs(tasks)
     if not numeric and not categorical:
         raise DataError("tabular: name the feature columns: numeric: [...] and/or categorical: [...].")
     feature_specs, categorical_names, numeric_names = _feature_specs(categorical, numeric)

@@ -13,6 +13,8 @@ synchronises them under torch.distributed.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -38,8 +40,9 @@ class _WeightedMean(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("weight", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
+        """The per-sample value that is averaged (each subclass defines it)."""
 
     def update(self, preds: Tensor, target: Tensor, weight: Tensor | None = None) -> None:
         v = self._values(preds, target).double()
