@@ -169,7 +169,9 @@ def funnel_problems(funnel: FunnelLabels, tasks: Sequence[Task]) -> list[str]:
         )
     cvr = by_name.get(funnel.cvr)
     if funnel.keeps_cvr and cvr is not None and cvr.kind is TaskKind.BINARY:
-        set_options = [k for k in ("loss", "pos_weight", "transform") if getattr(cvr, k) is not None]
+        set_options = [k for k in ("pos_weight", "transform") if getattr(cvr, k) is not None]
+        if cvr.loss is not None and cvr.pos_weight is None:  # (pos_weight sets the bce loss itself)
+            set_options.insert(0, "loss")
         if set_options:
             problems.append(
                 f"model.funnel.cvr: task {funnel.cvr!r} sets {', '.join(set_options)}, but under esmm pCVR is "
