@@ -66,6 +66,8 @@ def test_the_funnel_preset_from_generated_log_to_onnx(log: Path, tmp_path: Path,
     assert flags == {"click": (True, True), "ctcvr": (False, True), "purchase": (False, False),
                      "watch_time": (True, True)}  # fmt: skip
     capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0  # rebuilds the funnel's data and labels from config.yaml
+    assert "ctcvr" in capsys.readouterr().out
     out = tmp_path / "pred.csv"
     data = log / "parquet" / "part-00001.parquet"
     assert main(["predict", str(run), str(data), "--out", str(out), "--keep", "sample_id"]) == 0
