@@ -153,12 +153,16 @@ def test_validate_and_run_refuse_the_same_funnel_configs(
         {"model": {"base": {"name": "ple", "num_levels": 1, "expert_dims": [8], "tower_dims": [4]}},
          "schedule": {"name": "mixed"}},
         {"model": {"name": "aitm", "base": None, "tower_dims": [16, 8]}, "aggregator": {"name": "pcgrad"}},
+        {"data": {"streaming": True, "val_fraction": 0.0, "test_fraction": 0.0, "num_workers": 0,
+                  "shuffle_buffer": 500}, "weighting": {"name": "uncertainty"}},
     ],
-    ids=["shared_bottom-uncertainty", "mmoe-pcgrad-representation", "ple-mixed", "aitm-pcgrad"],
+    ids=["shared_bottom-uncertainty", "mmoe-pcgrad-representation", "ple-mixed", "aitm-pcgrad", "mmoe-streamed"],
 )  # fmt: skip
 def test_the_funnel_composes_with_bases_methods_and_schedules(log: Path, variant: dict) -> None:
     raw = load_preset("funnel")
-    raw["data"] = {**raw["data"], "train": str(log / "parquet" / "part-00000.parquet")}
+    raw["data"] = {**raw["data"], "train": str(log / "parquet" / "part-00000.parquet"), **variant.get("data", {})}
+    if raw["data"].get("streaming"):
+        raw["data"]["val"] = str(log / "parquet" / "part-00001.parquet")
     raw["trainer"] = {"epochs": 1, "batch_size": 256, **variant.get("trainer", {})}
     model = {**raw["model"], **variant.get("model", {})}
     raw["model"] = {k: v for k, v in model.items() if v is not None}
