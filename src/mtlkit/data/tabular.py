@@ -704,6 +704,7 @@ def tabular(
             tasks=task_tuple,
             augment=augment if s == "train" else None,
             weights={t: columns[c] for t, c in task_weights.items()} or None,
+            info={"origin": where},  # each row's file and data row (errors found later name them)
         )
     info = {
         "dataset": "tabular",
