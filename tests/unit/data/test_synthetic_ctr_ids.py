@@ -13,12 +13,12 @@ from mtlkit.data.hashing import hash_codes
 from mtlkit.data.schema import CATEGORICAL, FeatureSchema
 from mtlkit.registries import DATASETS
 
-N = 200_000
+N = 80_000
 
 
 @pytest.fixture(scope="module")
 def big() -> dict:
-    return synthetic_ctr_cvr_ids(N, n_users=5_000, n_items=5_000, ctr=0.04, cvr=0.1, correlation=0.7, seed=3)
+    return synthetic_ctr_cvr_ids(N, n_users=4_000, n_items=4_000, ctr=0.04, cvr=0.1, correlation=0.7, seed=3)
 
 
 def _sd(p: float, n: int) -> float:
@@ -59,7 +59,7 @@ def test_conversion_shares_the_click_factors(big: dict) -> None:
     assert r == pytest.approx(0.7, abs=0.05)
     clicked = big["click"] > 0
     assert float(big["would_convert"][clicked].mean()) > 2 * float(big["would_convert"].mean())
-    free = synthetic_ctr_cvr_ids(N, n_users=5_000, n_items=5_000, correlation=0.0, seed=3)
+    free = synthetic_ctr_cvr_ids(N, n_users=4_000, n_items=4_000, correlation=0.0, seed=3)
     lc, lv = torch.logit(free["pctr"]), torch.logit(free["pcvr"])
     assert abs(float(torch.corrcoef(torch.stack([lc, lv]))[0, 1])) < 0.05
     c = free["click"] > 0
