@@ -88,8 +88,18 @@ def synthetic_ctr_cvr_ids(
     for name, level in (("ctr", ctr), ("cvr", cvr)):
         _check(name, isinstance(level, (int, float)) and 0.0 < level < 1.0, "a rate in (0, 1)", level)
     for name, scale in (("click_scale", click_scale), ("conversion_scale", conversion_scale)):
-        _check(name, isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0, "a float >= 0", scale)
-    _check("correlation", isinstance(correlation, (int, float)) and -1.0 <= correlation <= 1.0, "in [-1, 1]", correlation)
+        _check(
+            name,
+            isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0,
+            "a float >= 0",
+            scale,
+        )
+    _check(
+        "correlation",
+        isinstance(correlation, (int, float)) and -1.0 <= correlation <= 1.0,
+        "in [-1, 1]",
+        correlation,
+    )
 
     g = torch.Generator().manual_seed(seed)
     f64, k = torch.float64, factors
@@ -177,8 +187,12 @@ def synthetic_ctr_cvr_ids_splits(
         seed: the data seed (IDs, latent factors, labels).
     """
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        _check(name, _is_int(n, 2 if name == "n_train" else 0), f"an int >= {2 if name == 'n_train' else 0}", n)
-    _check("hash_buckets", hash_buckets is None or _is_int(hash_buckets, 1), "None or an int >= 1", hash_buckets)
+        _check(
+            name, _is_int(n, 2 if name == "n_train" else 0), f"an int >= {2 if name == 'n_train' else 0}", n
+        )
+    _check(
+        "hash_buckets", hash_buckets is None or _is_int(hash_buckets, 1), "None or an int >= 1", hash_buckets
+    )
     _check("train_cvr", train_cvr in ("clicked", "all"), "'clicked' or 'all'", train_cvr)
     _check("test_cvr", test_cvr in ("entire_space", "clicked"), "'entire_space' or 'clicked'", test_cvr)
     tasks = ctr_cvr_tasks(task_set)
@@ -196,7 +210,11 @@ def synthetic_ctr_cvr_ids_splits(
     pre.fit({c: v[: bounds[1]] for c, v in cols.items()})
     parts: dict[str, MultiTaskDataset] = {}
     counts: dict[str, dict[str, int]] = {}
-    info: dict[str, Any] = dict(imp["info"]) | {"task_set": task_set, "train_cvr": train_cvr, "test_cvr": test_cvr}
+    info: dict[str, Any] = dict(imp["info"]) | {
+        "task_set": task_set,
+        "train_cvr": train_cvr,
+        "test_cvr": test_cvr,
+    }
     info["hash_buckets"] = buckets
     for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True):
         if hi == lo:
@@ -207,10 +225,18 @@ def synthetic_ctr_cvr_ids_splits(
             targets["cvr"] = would.float()
         elif split != "test" and train_cvr == "all":
             targets["cvr"] = targets["ctcvr"].clone()
-        targets |= {"would_convert": would.float(), "pctr_true": imp["pctr"][lo:hi].float(), "pcvr_true": imp["pcvr"][lo:hi].float()}
+        targets |= {
+            "would_convert": would.float(),
+            "pctr_true": imp["pctr"][lo:hi].float(),
+            "pcvr_true": imp["pcvr"][lo:hi].float(),
+        }
         inputs = pre.transform({c: v[lo:hi] for c, v in cols.items()})
         parts[split] = MultiTaskDataset(inputs, targets, tasks=tasks)
-        counts[split] = {"impressions": int(hi - lo), "clicks": int(click.sum()), "conversions": int((click * would).sum())}
+        counts[split] = {
+            "impressions": int(hi - lo),
+            "clicks": int(click.sum()),
+            "conversions": int((click * would).sum()),
+        }
     info["counts"] = counts
     if int(counts["train"]["clicks"]) == 0 or int(counts["train"]["conversions"]) == 0:
         raise DataError(
@@ -226,7 +252,9 @@ def synthetic_ctr_cvr_ids_splits(
             info[f"test_unseen_{key}"] = float(1.0 - np.isin(test, seen).mean())
             info[f"test_{key}_without_click"] = float(1.0 - np.isin(test, seen[train_click]).mean())
         info["oracle_test_cvr_auc"] = _auc(imp["pcvr"][lo:], imp["would_convert"][lo:])
-        info["oracle_test_ctcvr_auc"] = _auc(imp["pcvr"][lo:] * imp["pctr"][lo:], (imp["click"] * imp["would_convert"])[lo:])
+        info["oracle_test_ctcvr_auc"] = _auc(
+            imp["pcvr"][lo:] * imp["pctr"][lo:], (imp["click"] * imp["would_convert"])[lo:]
+        )
     return DataSplits(
         train=parts["train"],
         val=parts.get("val"),

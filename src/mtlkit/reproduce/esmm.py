@@ -104,7 +104,11 @@ class ESMMReproduction:
         Ali-CCP sample, a smoke run of ESMM on those real impressions is added."""
         seeds = settings.seed_list(default=self.default["seeds"], full=self.full["seeds"])
         preset = load_preset(PRESET)
-        base = {k: v for k, v in preset.items() if k not in ("compare", "baseline", "name", "description", "seeds")}
+        base = {
+            k: v
+            for k, v in preset.items()
+            if k not in ("compare", "baseline", "name", "description", "seeds")
+        }
         scale = {k: v for k, v in self.full.items() if k != "seeds"} if settings.full else {}
         jobs = []
         for label in VARIANTS:
@@ -174,7 +178,9 @@ class ESMMReproduction:
                         )
             row["params"] = rs[0].params if rs else 0
             row["epochs"] = mean_std(r.epochs for r in rs)[0]
-            row["best_epoch"] = mean_std(r.best_epoch if r.best_epoch is not None else math.nan for r in rs)[0]
+            row["best_epoch"] = mean_std(r.best_epoch if r.best_epoch is not None else math.nan for r in rs)[
+                0
+            ]
             bound = cap_bound(rs, cap) if cap is not None else []
             row["capped"] = len(bound)
             capped += bound
@@ -224,8 +230,10 @@ class ESMMReproduction:
             Column("params", "params", "int"),
             Column("seconds", "s/run", "seconds"),
         ]
-        md = markdown_table(rows, main_cols, title=title) + "\n" + markdown_table(
-            rows, train_cols, title="Training (same runs)", notes=notes
+        md = (
+            markdown_table(rows, main_cols, title=title)
+            + "\n"
+            + markdown_table(rows, train_cols, title="Training (same runs)", notes=notes)
         )
         smoke = [jr for jr in results if jr.job.meta.get("data") == "ali_ccp_sample"]
         if smoke:
@@ -289,7 +297,9 @@ class ESMMReproduction:
                     f"{sum(x > 0 for x in d)} of {len(d)} seeds."
                 )
         note = cap_note(capped, total, cap)
-        notes.append(f"**{note}**" if note else f"The epoch cap ({cap}) bound no run: every run stopped early.")
+        notes.append(
+            f"**{note}**" if note else f"The epoch cap ({cap}) bound no run: every run stopped early."
+        )
         return notes
 
     @staticmethod
@@ -312,6 +322,8 @@ class ESMMReproduction:
             "path runs; the AUCs mean nothing at this size."
         ]
         stitle = "Ali-CCP sample (smoke check)"
-        for ext, path in write_table(srows, scols, out_dir, "ali_ccp_smoke", title=stitle, notes=snotes).items():
+        for ext, path in write_table(
+            srows, scols, out_dir, "ali_ccp_smoke", title=stitle, notes=snotes
+        ).items():
             files[f"ali_ccp_{ext}"] = path
         return markdown_table(srows, scols, title=stitle, notes=snotes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_labels_are_calibrated_to_the_true_probabilities(big: dict) -> None:
     for label, prob in (("click", "pctr"), ("would_convert", "pcvr")):
         p, y = big[prob], big[label]
         edges = torch.quantile(p, torch.tensor([0.0, 0.5, 0.9, 0.99, 1.0], dtype=p.dtype))
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        for lo, hi in itertools.pairwise(edges):
             sel = (p >= lo) & (p <= hi)
             n, mean_p = int(sel.sum()), float(p[sel].mean())
             assert abs(float(y[sel].mean()) - mean_p) < 5 * _sd(mean_p, n) + 1e-9, (label, float(lo))
@@ -85,13 +86,13 @@ def test_deterministic_by_seed() -> None:
 
 
 @pytest.fixture(scope="module")
-def splits():  # noqa: ANN201
+def splits():
     return synthetic_ctr_cvr_ids_splits(
         n_train=20_000, n_val=5_000, n_test=10_000, n_users=500, n_items=200, hash_buckets=4_096, seed=1
     )
 
 
-def test_conversions_observed_only_on_clicks(splits) -> None:  # noqa: ANN001
+def test_conversions_observed_only_on_clicks(splits) -> None:
     for part in (splits.train, splits.val, splits.test):
         t = part.targets
         assert bool((t["ctcvr"] <= t["ctr"]).all())
@@ -104,12 +105,14 @@ def test_conversions_observed_only_on_clicks(splits) -> None:  # noqa: ANN001
         assert torch.equal(t["cvr"][clicked], t["ctcvr"][clicked])
 
 
-def test_entire_space_test_labels(splits) -> None:  # noqa: ANN001
+def test_entire_space_test_labels(splits) -> None:
     t = splits.test.targets
     assert not bool(t["cvr"].isnan().any())
     assert torch.equal(t["cvr"], t["would_convert"])
     clicked = t["ctr"] > 0
-    assert torch.equal(t["cvr"][clicked], t["ctcvr"][clicked])  # on clicks the latent label is the observed one
+    assert torch.equal(
+        t["cvr"][clicked], t["ctcvr"][clicked]
+    )  # on clicks the latent label is the observed one
     assert float(t["cvr"][~clicked].sum()) > 0  # unclicked impressions that would have converted
     clicked_only = synthetic_ctr_cvr_ids_splits(
         n_train=2_000, n_val=0, n_test=1_000, n_users=100, n_items=50, test_cvr="clicked", seed=1
@@ -120,14 +123,20 @@ def test_entire_space_test_labels(splits) -> None:  # noqa: ANN001
 
 def test_naive_training_labels_treat_unclicked_as_not_converted() -> None:
     s = synthetic_ctr_cvr_ids_splits(
-        n_train=4_000, n_val=1_000, n_test=1_000, n_users=100, n_items=50, task_set="clicked_cvr", train_cvr="all"
+        n_train=4_000,
+        n_val=1_000,
+        n_test=1_000,
+        n_users=100,
+        n_items=50,
+        task_set="clicked_cvr",
+        train_cvr="all",
     )
     for part in (s.train, s.val):
         assert torch.equal(part.targets["cvr"], part.targets["ctcvr"])
     assert torch.equal(s.test.targets["cvr"], s.test.targets["would_convert"])  # evaluation unchanged
 
 
-def test_ids_are_hashed_feature_columns(splits) -> None:  # noqa: ANN001
+def test_ids_are_hashed_feature_columns(splits) -> None:
     schema = splits.input_spec
     assert isinstance(schema, FeatureSchema)
     assert schema.categorical == ("user_id", "item_id") and schema.cardinalities == (4_097, 4_097)
