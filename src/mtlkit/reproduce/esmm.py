@@ -57,20 +57,22 @@ def _auc(score: torch.Tensor, label: torch.Tensor) -> float:
 
 def clicked_cvr_auc(run_dir: Path, data: Mapping[str, Any], cache: dict[str, Any]) -> float:
     """pCVR AUC of a trained run over the *clicked* test impressions (the paper's CVR column),
-    against their observed conversions; NaN when the run directory holds no checkpoint."""
+    against their observed conversions; NaN when the run directory holds no checkpoint.
+
+    ``cache`` keeps the test split per data draw: the models of one seed (whatever their
+    ``task_set`` and ``train_cvr``) share it."""
     from mtlkit.config.build import build_data
     from mtlkit.runs import load_run
 
     if not (Path(run_dir) / "checkpoint.pt").is_file():
         return math.nan
-    key = repr(sorted((k, repr(v)) for k, v in data.items()))
+    key = repr(sorted((k, repr(v)) for k, v in data.items() if k not in ("task_set", "train_cvr")))
     if key not in cache:
-        cache[key] = build_data(dict(data))
-    splits = cache[key]
-    test = splits.test
+        cache[key] = build_data(dict(data)).test
+    test = cache[key]
     if test is None:
         return math.nan
-    run = load_run(run_dir, splits=splits)
+    run = load_run(run_dir)  # the model as its signature.json describes it, best weights
     with torch.no_grad():
         pcvr = run.model(test.inputs)["cvr"].reshape(-1).double()
     clicked = test.targets["ctr"] > 0
@@ -146,7 +148,6 @@ class ESMMReproduction:
                 r.label = label
                 runs.append(r)
                 clicked[(label, r.seed)] = clicked_cvr_auc(r.run_dir, jr.experiment.config.data, cache)
-            cache.clear()  # each job has its own data seed
         labels = [v for v in VARIANTS if any(r.label == v for r in runs)]
         by_seed = {label: {r.seed: r for r in runs if r.label == label} for label in labels}
         rows = []
