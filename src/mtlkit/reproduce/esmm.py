@@ -174,9 +174,7 @@ class ESMMReproduction:
                     if d:
                         row[f"delta_{m}"], row[f"delta_{m}_std"] = mean_std(d)
                         row[f"{m}_wins"] = f"{sum(x > 0 for x in d)}/{len(d)}"
-                        row[f"{m}_paired"] = (
-                            f"{row[f'delta_{m}']:+.4f} ± {row[f'delta_{m}_std']:.4f} ({row[f'{m}_wins']})"
-                        )
+                        row[f"{m}_paired"] = f"{row[f'delta_{m}']:+.4f} ({row[f'{m}_wins']})"
             row["params"] = rs[0].params if rs else 0
             row["epochs"] = mean_std(r.epochs for r in rs)[0]
             row["best_epoch"] = mean_std(r.best_epoch if r.best_epoch is not None else math.nan for r in rs)[
@@ -210,7 +208,8 @@ class ESMMReproduction:
         title = "ESMM vs BASE (CVR on clicks) and a naive CVR model, sparse IDs (test AUC)"
         for ext, path in write_table(rows, columns, out_dir, "results", title=title, notes=notes).items():
             files[f"results_{ext}"] = path
-        # the printed summary: the AUCs with the paired differences (and wins), then the training
+        # the printed summary: the AUCs with the mean paired differences and wins (their std is in
+        # results.*), then the training
         paired = f"− {BASELINE} (wins)"
         main_cols = [
             Column("model", "model", "text"),
