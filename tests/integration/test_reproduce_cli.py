@@ -155,7 +155,7 @@ def test_esmm_smoke(
     assert header[:5] == ["model", "runs", "cvr/auc", "cvr/auc_std", "delta_cvr"]
     assert {"cvr_clicked/auc", "ctcvr/auc", "ctr/auc", "capped", "best_epoch"} <= set(header)
     rows = json.loads((run_dir / "results.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["esmm", "base", "naive", "base_shared"]
+    assert [r["model"] for r in rows] == ["esmm", "base", "naive", "base_shared", "esmm_ns"]
     esmm_dir = run_dir / record["jobs"][0]["run_dir"]
     metrics = json.loads((esmm_dir / "metrics.json").read_text())["metrics"]
     assert rows[0]["cvr/auc"] == pytest.approx(metrics["cvr"]["auc"])

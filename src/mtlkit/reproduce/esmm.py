@@ -28,12 +28,14 @@ PAPER = (
 PRESET = "esmm-ids"
 """The preset whose data, model and training protocol the reproduction runs."""
 
-VARIANTS = ("esmm", "base", "naive", "base_shared")
+VARIANTS = ("esmm", "base", "naive", "base_shared", "esmm_ns")
 """The models (the preset's ``compare`` entries): ``esmm``; ``base``, the paper's BASE (a CVR
 network with its own embeddings trained on clicked impressions, pCTCVR = pCTR of a separate CTR
 network x pCVR); ``naive``, the same CVR network trained on all impressions with unclicked ones as
 not converted; ``base_shared``, BASE's loss on ESMM's network (shared embeddings with the CTR
-tower, CVR trained on clicks), which tells the shared embeddings apart from the entire-space loss."""
+tower, CVR trained on clicks), which tells the shared embeddings apart from the entire-space loss;
+``esmm_ns``, the paper's ESMM-NS: ESMM's losses without shared embeddings (separate CTR and CVR
+networks)."""
 
 BASELINE = "base"
 
@@ -285,7 +287,8 @@ class ESMMReproduction:
             f"(same data) against {BASELINE}, the paper's BASE: the same CVR network (own embeddings) trained "
             "on clicked impressions, its pCTCVR from a separately trained CTR network. naive: that network "
             "trained on all impressions, unclicked as not converted. base_shared: ESMM's network (embeddings "
-            "shared with the CTR tower) with BASE's CVR loss on clicks."
+            "shared with the CTR tower) with BASE's CVR loss on clicks. esmm_ns: the paper's ESMM-NS, ESMM's "
+            "losses on separate CTR and CVR networks (no shared embeddings)."
         )
         if "esmm" in by_seed and "naive" in by_seed:
             common = [s for s in by_seed["esmm"] if s in by_seed["naive"]]

@@ -381,8 +381,9 @@ def test_synthetic_shape_seed_fixes_the_sine_terms_only() -> None:
 def test_esmm_plan_protocol_and_ali_ccp_smoke_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MTLKIT_DATA", raising=False)
     jobs = {j.key: j for j in ESMMReproduction().plan(Settings())}
-    # four models x five seeds, each seed its own data draw shared by the four models (paired)
-    assert list(jobs) == [f"{m}_s{s}" for m in ("esmm", "base", "naive", "base_shared") for s in range(5)]
+    # five models x five seeds, each seed its own data draw shared by the models (paired)
+    models = ("esmm", "base", "naive", "base_shared", "esmm_ns")
+    assert list(jobs) == [f"{m}_s{s}" for m in models for s in range(5)]
     for key, job in jobs.items():
         seed = int(key.rsplit("_s", 1)[1])
         d = job.config["data"]
@@ -396,8 +397,10 @@ def test_esmm_plan_protocol_and_ali_ccp_smoke_job(monkeypatch: pytest.MonkeyPatc
     assert base["data"]["task_set"] == "clicked_cvr" and base["model"]["base"]["name"] == "single_task"
     assert naive["data"]["train_cvr"] == "all" and naive["model"] == base["model"]
     assert shared["data"]["task_set"] == "clicked_cvr" and shared["model"] == esmm["model"]
+    ns = jobs["esmm_ns_s0"].config  # the paper's ESMM-NS: ESMM's losses, no shared embeddings
+    assert ns["data"]["task_set"] == "esmm" and ns["model"] == base["model"]
     full = {j.key: j for j in ESMMReproduction().plan(Settings(full=True))}
-    assert len(full) == 40 and full["esmm_s9"].config["data"]["n_train"] == 1_000_000
+    assert len(full) == 50 and full["esmm_s9"].config["data"]["n_train"] == 1_000_000
     (tmp_path / "ali-ccp-sample").mkdir()
     (tmp_path / "ali-ccp-sample" / "ali_ccp_train_sample.csv").write_text("x\n")
     monkeypatch.setenv("MTLKIT_DATA", str(tmp_path))
@@ -406,7 +409,7 @@ def test_esmm_plan_protocol_and_ali_ccp_smoke_job(monkeypatch: pytest.MonkeyPatc
     assert smoke.config["data"] == {"name": "ali_ccp_sample", "task_set": "esmm", "path": str(tmp_path)}
     # user overrides (synthetic-data keys) do not reach the smoke job
     _, _, planned = plan_reproduction("esmm", seeds=(0,), overrides=["data.n_train=500"])
-    assert [exp.config.data.get("n_train") for _, exp in planned] == [500, 500, 500, 500, None]
+    assert [exp.config.data.get("n_train") for _, exp in planned] == [500, 500, 500, 500, 500, None]
 
 
 def _auc_run(label: str, seed: int, ctr: float, ctcvr: float, cvr: float, tmp: Path, epochs: int = 4) -> RunResult:
