@@ -14,6 +14,7 @@ from mtlkit.data.splits import DataSplits
 from mtlkit.data.streaming import StreamLoader, TabularStream, tabular_stream
 from mtlkit.data.synthetic import pearson, synthetic_correlation, synthetic_correlation_splits
 from mtlkit.data.synthetic_ctr import synthetic_ctr_cvr, synthetic_ctr_cvr_splits
+from mtlkit.data.synthetic_ctr_ids import synthetic_ctr_cvr_ids, synthetic_ctr_cvr_ids_splits
 from mtlkit.data.tabular import TaskColumn, read_table, tabular
 from mtlkit.data.youtube import YoutubeLog, youtube_log, youtube_log_splits
 
@@ -56,6 +57,8 @@ __all__ = [
     "synthetic_correlation",
     "synthetic_correlation_splits",
     "synthetic_ctr_cvr",
+    "synthetic_ctr_cvr_ids",
+    "synthetic_ctr_cvr_ids_splits",
     "synthetic_ctr_cvr_splits",
     "tabular",
     "tabular_stream",

@@ -409,57 +409,79 @@ def test_synthetic_shape_seed_fixes_the_sine_terms_only() -> None:
 def test_esmm_plan_protocol_and_ali_ccp_smoke_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MTLKIT_DATA", raising=False)
     jobs = {j.key: j for j in ESMMReproduction().plan(Settings())}
-    assert list(jobs) == ["clicked_cvr", "esmm", "esmm_mmoe"]
-    assert jobs["clicked_cvr"].config["data"]["task_set"] == "clicked_cvr"
-    assert jobs["esmm"].config["data"]["task_set"] == "esmm"
-    assert jobs["esmm_mmoe"].config["model"]["base"]["name"] == "mmoe"
-    for job in jobs.values():  # the esmm preset's protocol: test cvr labels over the entire space
-        assert job.config["data"]["test_cvr"] == "entire_space" and job.config["seeds"] == [0, 1, 2]
-        assert job.config["trainer"]["early_stopping"]["monitor"] == "mean/loss"
+    # five models x five seeds, each seed its own data draw shared by the models (paired)
+    models = ("esmm", "base", "naive", "base_shared", "esmm_ns")
+    assert list(jobs) == [f"{m}_s{s}" for m in models for s in range(5)]
+    for key, job in jobs.items():
+        seed = int(key.rsplit("_s", 1)[1])
+        d = job.config["data"]
+        assert job.config["seeds"] == [seed] and d["seed"] == seed and job.meta["model"] == key.rsplit("_s", 1)[0]
+        assert d["name"] == "synthetic_ctr_cvr_ids" and d["test_cvr"] == "entire_space"
+        assert d["ctr"] <= 0.05 and d["n_users"] >= 1_000 and d["n_items"] >= 1_000  # sparse IDs, few clicks
+        assert job.config["backbone"]["name"] == "embedding"
+        assert job.config["trainer"]["early_stopping"]["monitor"] == "cvr/loss"
+    esmm, base, naive, shared = (jobs[f"{m}_s0"].config for m in ("esmm", "base", "naive", "base_shared"))
+    assert esmm["data"]["task_set"] == "esmm" and esmm["model"]["base"]["bottom_dims"] == []
+    assert base["data"]["task_set"] == "clicked_cvr" and base["model"]["base"]["name"] == "single_task"
+    assert naive["data"]["train_cvr"] == "all" and naive["model"] == base["model"]
+    assert shared["data"]["task_set"] == "clicked_cvr" and shared["model"] == esmm["model"]
+    ns = jobs["esmm_ns_s0"].config  # the paper's ESMM-NS: ESMM's losses, no shared embeddings
+    assert ns["data"]["task_set"] == "esmm" and ns["model"] == base["model"]
+    full = {j.key: j for j in ESMMReproduction().plan(Settings(full=True))}
+    assert len(full) == 50 and full["esmm_s9"].config["data"]["n_train"] == 1_000_000
     (tmp_path / "ali-ccp-sample").mkdir()
     (tmp_path / "ali-ccp-sample" / "ali_ccp_train_sample.csv").write_text("x\n")
     monkeypatch.setenv("MTLKIT_DATA", str(tmp_path))
-    smoke = ESMMReproduction().plan(Settings())[-1]
+    smoke = ESMMReproduction().plan(Settings(seeds=(0,)))[-1]
     assert smoke.key == "ali_ccp_esmm" and not smoke.overridable
     assert smoke.config["data"] == {"name": "ali_ccp_sample", "task_set": "esmm", "path": str(tmp_path)}
     # user overrides (synthetic-data keys) do not reach the smoke job
-    _, _, planned = plan_reproduction("esmm", overrides=["data.n_train=500"])
-    assert [exp.config.data.get("n_train") for _, exp in planned] == [500, 500, 500, None]
+    _, _, planned = plan_reproduction("esmm", seeds=(0,), overrides=["data.n_train=500"])
+    assert [exp.config.data.get("n_train") for _, exp in planned] == [500, 500, 500, 500, 500, None]
 
 
-def _auc_run(label: str, seed: int, ctr: float, ctcvr: float, cvr: float, tmp: Path) -> RunResult:
+def _auc_run(label: str, seed: int, ctr: float, ctcvr: float, cvr: float, tmp: Path, epochs: int = 4) -> RunResult:
     metrics = {t: {"loss": 0.1, "auc": v} for t, v in (("ctr", ctr), ("ctcvr", ctcvr), ("cvr", cvr))}
     directions = {t: {"loss": False, "auc": True} for t in metrics}
-    return RunResult(label, seed, tmp, "test", metrics, 10, 1.0, 2, None, directions, [])
+    return RunResult(label, seed, tmp, "test", metrics, 10, 1.0, epochs, 2, directions, [])
 
 
 def test_esmm_report_pairs_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MTLKIT_DATA", raising=False)
     recipe = ESMMReproduction()
     jobs = {j.key: j for j in recipe.plan(Settings(seeds=(0, 1)))}
-    values = {  # seed -> (ctr, ctcvr, cvr)
-        "clicked_cvr": [(0.8, 0.85, 0.70), (0.8, 0.86, 0.72)],
+    values = {  # model -> per seed (ctr, ctcvr, cvr)
         "esmm": [(0.81, 0.87, 0.69), (0.8, 0.88, 0.73)],
-        "esmm_mmoe": [(0.8, 0.84, 0.71), (0.8, 0.85, 0.74)],
+        "base": [(0.8, 0.85, 0.70), (0.8, 0.86, 0.72)],
+        "naive": [(0.8, 0.84, 0.71), (0.8, 0.85, 0.74)],
+        "base_shared": [(0.8, 0.86, 0.66), (0.8, 0.86, 0.70)],
     }
-    results = [
-        _job_result(
-            jobs[k],
-            [_auc_run(k, s, *v, tmp_path) for s, v in enumerate(vs)],
-            tmp_path,
-            {"oracle_test_cvr_auc": 0.745},
-        )
-        for k, vs in values.items()
-    ]
+    info = {"oracle_test_cvr_auc": 0.745, "oracle_test_ctcvr_auc": 0.9, "click_rate": 0.04, "cvr_clicked": 0.3}
+    results = []
+    for model, vs in values.items():
+        for seed, v in enumerate(vs):  # the run's label is the job's name; the report uses the job's model
+            epochs = 30 if (model, seed) == ("naive", 1) else 4  # the cap (30) bound one naive run
+            run = _auc_run(f"{model}_s{seed}", seed, *v, tmp_path, epochs=epochs)
+            if epochs == 30:
+                run.best_epoch = 30
+            results.append(_job_result(jobs[f"{model}_s{seed}"], [run], tmp_path, info))
     report = recipe.report(results, tmp_path, Settings(seeds=(0, 1)))
     rows = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
-    assert "delta_cvr" not in rows["clicked_cvr"] and rows["clicked_cvr"]["cvr/auc"] == pytest.approx(0.71)
+    assert list(rows) == ["esmm", "base", "naive", "base_shared"]
+    assert "delta_cvr" not in rows["base"] and rows["base"]["cvr/auc"] == pytest.approx(0.71)
     assert rows["esmm"]["delta_cvr"] == pytest.approx(0.0) and rows["esmm"]["cvr_wins"] == "1/2"
     assert rows["esmm"]["delta_ctcvr"] == pytest.approx(0.02) and rows["esmm"]["ctcvr_wins"] == "2/2"
-    assert rows["esmm_mmoe"]["delta_cvr"] == pytest.approx(0.015)
-    assert rows["esmm_mmoe"]["delta_cvr_std"] == pytest.approx(statistics.stdev([0.01, 0.02]))
-    assert rows["esmm_mmoe"]["ctcvr_wins"] == "0/2"
-    assert "Oracle CVR AUC (true pCVR on the test impressions): 0.7450" in report.markdown
+    assert rows["naive"]["delta_cvr"] == pytest.approx(0.015)
+    assert rows["naive"]["delta_cvr_std"] == pytest.approx(statistics.stdev([0.01, 0.02]))
+    assert rows["naive"]["ctcvr_wins"] == "0/2" and rows["base_shared"]["cvr_wins"] == "0/2"
+    # no checkpoint in these runs: the clicked-impressions CVR AUC is missing, not made up
+    assert rows["esmm"]["cvr_clicked/auc"] is None and "delta_cvr_clicked" not in rows["esmm"]
+    assert rows["naive"]["capped"] == 1 and rows["esmm"]["capped"] == 0
+    assert "naive seed 1" in report.markdown and "Epoch cap (30) binding in 1 of 8 runs" in report.markdown
+    assert "Oracle AUCs (the true probabilities): CVR 0.7450, CTCVR 0.9000" in report.markdown
+    # ESMM vs naive, paired: -0.02 and -0.01
+    assert "ESMM vs naive, CVR AUC over all impressions: -0.0150 ± 0.0071, ESMM higher on 0 of 2 seeds" in report.markdown
+    assert "| +0.0150 (2/2) |" in report.markdown  # the paired cell of naive's CVR AUC
     assert "Ali-CCP" not in report.markdown
 
 
