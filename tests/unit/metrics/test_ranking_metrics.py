@@ -4,6 +4,7 @@ cases, and batch-incremental accumulation equal to one shot over any split."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_batch_incremental_equals_one_shot(dtype: torch.dtype, seed: int) -> Non
     for m in whole:
         kw = {"groups": g} if isinstance(m, GroupAUC) else {}
         m.update(p, y, w, **kw)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         for m in parts:
             kw = {"groups": g[a:b]} if isinstance(m, GroupAUC) else {}
             m.update(p[a:b], y[a:b], w[a:b], **kw)
