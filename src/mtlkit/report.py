@@ -59,8 +59,9 @@ def _columns(
     def keep(task: str) -> bool:
         return auxiliary is None or (task in aux) == auxiliary
 
-    if not all_metrics:
-        return [(t, m) for t, m in comparison["primary"].items() if keep(t)]
+    if not all_metrics:  # the metrics Δm uses (each task's primary metric unless configured)
+        used = comparison.get("delta_m_metrics") or {}
+        return [(t, m) for t, p in comparison["primary"].items() if keep(t) for m in used.get(t, [p])]
     seen: dict[tuple[str, str], None] = {}
     for entry in comparison["labels"].values():
         for task, ms in entry["metrics"].items():
@@ -71,6 +72,10 @@ def _columns(
 
 
 def _arrow(comparison: Mapping[str, Any], task: str, metric: str) -> str:
+    from mtlkit.metrics.collection import TARGETS
+
+    if metric in TARGETS:
+        return f" →{TARGETS[metric]:g}"
     d = comparison.get("directions", {}).get(task, {}).get(metric)
     return "" if d is None else (" ↑" if d else " ↓")
 
