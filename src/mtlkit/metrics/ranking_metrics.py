@@ -27,12 +27,14 @@ processes, so the value is the same for any batch split and any number of proces
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from mtlkit.metrics._sync import TypedCatStates
 from mtlkit.metrics.ranking import group_auc_stats
 
 __all__ = ["Calibration", "ExpectedCalibrationError", "GroupAUC", "NormalizedEntropy"]
@@ -136,7 +138,7 @@ class ExpectedCalibrationError(_Sums):
         return self.gap.abs().sum() / self.weight
 
 
-class GroupAUC(Metric):
+class GroupAUC(TypedCatStates):
     """AUC per group, averaged weighted by the groups' impressions (see the module doc).
 
     Args:
@@ -148,6 +150,12 @@ class GroupAUC(Metric):
     higher_is_better = True
     is_differentiable = False
     full_state_update = False
+    CAT_DTYPES: ClassVar[dict[str, torch.dtype]] = {
+        "preds": torch.float64,
+        "target": torch.float64,
+        "sample_weight": torch.float64,
+        "groups": torch.int64,
+    }
 
     def __init__(self, group: str) -> None:
         super().__init__()
