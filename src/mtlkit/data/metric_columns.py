@@ -6,7 +6,9 @@ training data, and raises one :class:`~mtlkit.errors.ConfigError` listing every 
 ``validate`` and ``run`` report the same, all at once). :func:`group_ids` turns a group column's
 values into int64 ids: the 64-bit FNV-1a hash (:mod:`mtlkit.data.hashing`) of each value as a
 category string, the same in every split, batch, worker and process. A blank value is a group of
-its own (the hash of ``""``).
+its own (the hash of ``""``). Values are compared as text, a number written one way whatever its
+column type (``7``, ``007``, ``7.0`` and ``" 7"`` are one group), so ids agree between the in-memory
+reader and the streamed one (which may read the column as integers).
 """
 
 from __future__ import annotations
@@ -68,29 +70,51 @@ def header_columns(path: str | Path, delimiter: str) -> list[str] | None:
         return None
 
 
+def _canonical_text(values: np.ndarray) -> np.ndarray:
+    """Each distinct text stripped, and a number written one way: an integer with every digit
+    (``007``, ``+7``, ``7.0`` -> ``7``), another number with 12 significant digits."""
+    from mtlkit.data.preprocessing import number_strings
+
+    uniq, inverse = np.unique(np.char.strip(values.astype(str)), return_inverse=True)
+    out = []
+    for text in uniq.tolist():
+        try:
+            out.append(str(int(text)))
+            continue
+        except ValueError:
+            pass
+        try:
+            x = float(text)
+        except ValueError:
+            out.append(text)
+            continue
+        out.append(str(number_strings(np.array([x]))[0]) if np.isfinite(x) else text)
+    return np.asarray(out, dtype=str)[inverse.reshape(-1)] if out else np.zeros(0, dtype=str)
+
+
 def _strings(values: Any) -> np.ndarray:
     from mtlkit.data.preprocessing import number_strings
 
     if isinstance(values, CodedColumn):
-        return np.char.strip(values.values.astype(str))[values.codes]
+        return _canonical_text(values.values)[values.codes] if len(values.values) else np.zeros(0, dtype=str)
     if hasattr(values, "to_numpy") and hasattr(values, "type"):  # a pyarrow array or chunked array
         import pyarrow as pa
 
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            filled = values.cast(pa.float64()).fill_null(float("nan")) if values.null_count else values
-            return number_strings(filled.to_numpy(zero_copy_only=False))
+        if pa.types.is_integer(values.type):  # every digit, nulls blank
+            return np.asarray(values.cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False), dtype=str)
+        if pa.types.is_floating(values.type):
+            return number_strings(values.fill_null(float("nan")).to_numpy(zero_copy_only=False))
         text = values.cast(pa.string()).fill_null("")
-        return np.char.strip(np.asarray(text.to_numpy(zero_copy_only=False), dtype=str))
+        return _canonical_text(np.asarray(text.to_numpy(zero_copy_only=False), dtype=str))
     arr = np.asarray(values)
     if arr.dtype.kind in "biuf":
         return number_strings(arr)
-    return np.char.strip(arr.astype(str))
+    return _canonical_text(arr)
 
 
 def group_ids(values: Any) -> np.ndarray:
     """int64 group ids of a column's values (see the module doc): a numpy array, a
-    :class:`~mtlkit.data._columns.CodedColumn` or a pyarrow array; ``3``, ``3.0`` and ``" 3"`` are
-    one group, as for hashed categories."""
+    :class:`~mtlkit.data._columns.CodedColumn` or a pyarrow array (see the module doc)."""
     s = _strings(values)
     if s.size == 0:
         return np.zeros(0, dtype=np.int64)

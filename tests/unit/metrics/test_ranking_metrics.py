@@ -169,3 +169,20 @@ def test_multitask_metrics_carries_groups_and_skips_unlabelled_rows() -> None:
     assert mt.directions()["click"] == {"loss": False, "gauc": True, "gauc_skipped": False, "ne": False}
     with pytest.raises(DataError, match="'user'"):
         MultiTaskMetrics([task]).update({"click": logits}, {"click": y.float()})
+
+
+def test_group_ids_are_one_per_value_whatever_the_column_type() -> None:
+    import pyarrow as pa
+
+    from mtlkit.data._columns import CodedColumn
+    from mtlkit.data.metric_columns import group_ids
+
+    text = group_ids(np.array(["7", "007", " 7", "7.0", "+7", "u7", "u07", "", "12345678901234567"]))
+    assert len(set(text[:5].tolist())) == 1 and len(set(text.tolist())) == 5
+    ints = group_ids(pa.array([7, None, 12345678901234567], pa.int64()))
+    assert ints.tolist() == [text[0], text[7], text[8]]  # every digit kept, null = blank
+    floats = group_ids(np.array([7.0, np.nan]))
+    assert floats.tolist() == [text[0], text[7]]
+    coded = group_ids(CodedColumn(np.array(["007", "u7"]), np.array([1, 0, 0])))
+    assert coded.tolist() == [text[5], text[0], text[0]]
+    assert group_ids(np.array([], dtype=str)).shape == (0,)
