@@ -33,6 +33,11 @@ def _fmt(v: float | None) -> str:
     return "n/a" if _isnan(v) else f"{v:.4f}"
 
 
+def _fmt_metric(name: str, v: float | None) -> str:
+    """A metric's cell: a count (``gauc_skipped``) as an integer, other values with 4 decimals."""
+    return f"{v:.0f}" if name.endswith("_skipped") and not _isnan(v) else _fmt(v)
+
+
 def _fmt_delta(v: float | None) -> str:
     return "n/a" if _isnan(v) else f"{v:+.2f}%"
 
@@ -45,7 +50,7 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "m
     for n in names:
         table.add_column(n, justify="right")
     for task, ms in metrics.items():
-        table.add_row(task, *(_fmt(ms[n]) if n in ms else "" for n in names))
+        table.add_row(task, *(_fmt_metric(n, ms[n]) if n in ms else "" for n in names))
     return table
 
 
