@@ -27,6 +27,7 @@ from mtlkit.config.build import (
     build_trainer,
     data_key,
     early_stopping,
+    model_data,
 )
 from mtlkit.config.check import check_experiment
 from mtlkit.config.load import ResolvedExperiment, resolve
@@ -627,9 +628,9 @@ def _run_variants(
         key = _data_key(vcfg.data)
         if key not in data_cache:
             data_cache[key] = build_data(vcfg.data)
-        splits = data_cache[key]
+        splits = model_data(vcfg.model, data_cache[key])  # a funnel's tasks and labels (esmm, aitm)
         if key not in fingerprints:
-            fingerprints[key] = data_fingerprint(splits)
+            fingerprints[key] = data_fingerprint(data_cache[key])
         for seed in vcfg.run_seeds():
             run_dir = root / label / f"seed{seed}" if multi else root
             done = _finished(run_dir, splits) if resume else None
@@ -711,7 +712,7 @@ def evaluate_run_dir(
         key = _data_key(data_spec)
         if key not in data_cache:
             data_cache[key] = build_data(data_spec)
-        splits = data_cache[key]
+        splits = model_data(cfg.model, data_cache[key])
         data = {"test": splits.test, "val": splits.val, "train": splits.train}.get(split)
         if data is None:
             raise CheckpointError(

@@ -73,6 +73,7 @@ _TASK_FIELDS = (
     "output",
     "target",
     "logits",
+    "train",
     "auxiliary",
 )
 _TASK_OPTIONS = ("loss", "pos_weight", "class_weights", "transform")

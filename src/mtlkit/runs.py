@@ -144,7 +144,7 @@ def load_run(
         CheckpointError: the directory, its config or its checkpoint is missing or damaged, or
             the checkpoint does not fit the model the config describes.
     """
-    from mtlkit.config.build import build_data, build_model
+    from mtlkit.config.build import build_data, build_model, model_data
     from mtlkit.data.preprocessing import TabularPreprocessor
     from mtlkit.predict import (
         PREPROCESSOR_FILE,
@@ -160,7 +160,7 @@ def load_run(
     names: list[str] | None = None
     sig_path, pre_path = rd / SIGNATURE_FILE, rd / PREPROCESSOR_FILE
     if splits is None and (data or not sig_path.is_file()):  # (an old run without signature.json)
-        splits = build_data(with_saved_preprocessor(cfg.data, rd))
+        splits = model_data(cfg.model, build_data(with_saved_preprocessor(cfg.data, rd)))
     if splits is not None:
         tasks, input_spec = tuple(splits.tasks), splits.input_spec
         if isinstance(splits.preprocessor, TabularPreprocessor):

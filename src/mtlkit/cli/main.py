@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--users", type=int, help="distinct user ids (default rows/20 within 1,000..1,000,000)")
     imp.add_argument("--items", type=int, help="distinct item ids (default rows/100 within 200..200,000)")
     imp.add_argument("--oracle", action="store_true", help="also write the true p_click and p_conversion")
+    imp.add_argument("--history", type=int, default=0, metavar="N",
+                     help="also write a history list column of up to N recent item ids per user")  # fmt: skip
+    imp.add_argument("--weights", action="store_true", help="also write a weight column (sample weights)")
+    imp.add_argument("--format", choices=("parquet", "csv"), default="parquet", dest="file_format",
+                     help="file format (csv: the history as a '|'-separated string)")  # fmt: skip
     yt = gen_sub.add_parser(
         "youtube-log",
         help="logged ranking slates with position bias and the known truth, as one CSV",
@@ -381,10 +386,11 @@ def _cmd_generate(ns: argparse.Namespace, console: Console) -> int:
         return 0
 
     log = impression_log(
-        ns.out_dir, ns.rows, shard_rows=ns.shard_rows, seed=ns.seed, users=ns.users, items=ns.items, oracle=ns.oracle
-    )
+        ns.out_dir, ns.rows, shard_rows=ns.shard_rows, seed=ns.seed, users=ns.users, items=ns.items, oracle=ns.oracle,
+        history=ns.history, weights=ns.weights, file_format=ns.file_format,
+    )  # fmt: skip
     console.print(
-        f"Wrote {log.rows:,} impressions ({log.users:,} users, {log.items:,} items) as {len(log.files)} Parquet "
+        f"Wrote {log.rows:,} impressions ({log.users:,} users, {log.items:,} items) as {len(log.files)} {'CSV' if ns.file_format == 'csv' else 'Parquet'} "
         f"file(s) in {ns.out_dir}",
         highlight=False,
     )

@@ -17,7 +17,7 @@ from mtlkit.config.components import FAMILIES, allowed_params
 from mtlkit.config.schema import ExperimentConfig
 from mtlkit.data.schema import FeatureSchema, describe_input_spec
 from mtlkit.data.splits import DataSplits
-from mtlkit.errors import ArgumentError, ConfigError, MtlkitError
+from mtlkit.errors import ArgumentError, ConfigError, DataError, MtlkitError
 from mtlkit.tasks import Task
 from mtlkit.training.early_stopping import EarlyStopping
 from mtlkit.training.schedules import TaskSchedule, compatibility_problems
@@ -34,6 +34,7 @@ __all__ = [
     "config_problems",
     "data_key",
     "early_stopping",
+    "model_data",
     "optimizer_factory",
     "schedule_problems",
     "scheduler_factory",
@@ -91,6 +92,26 @@ def build_data(spec: dict[str, Any]) -> DataSplits:
             ]
         )
     return splits
+
+
+def model_data(spec: Mapping[str, Any], splits: DataSplits) -> DataSplits:
+    """The data as the model section sees it: ``funnel:`` (esmm, aitm) turns the data's raw click and
+    purchase tasks into the model's tasks and labels (:mod:`mtlkit.data.funnel`); otherwise ``splits``.
+
+    The one place ``validate``, ``run``, ``evaluate`` and loading a run apply it; raises a
+    :class:`ConfigError` listing every problem of the funnel."""
+    from mtlkit.data.funnel import FUNNEL_MODELS, funnel_splits, parse_funnel
+
+    raw = spec.get("funnel")
+    if raw is None or spec.get("name") not in FUNNEL_MODELS:
+        return splits  # a funnel on another model: refused as an unknown parameter of that model
+    funnel, problems = parse_funnel(str(spec["name"]), raw)
+    if funnel is None or problems:
+        raise ConfigError(problems)
+    try:
+        return funnel_splits(funnel, splits)
+    except DataError as exc:
+        raise ConfigError([f"data: {exc}"]) from None
 
 
 def backbone_factory(spec: dict[str, Any] | None, splits: DataSplits) -> Callable[[], nn.Module] | None:

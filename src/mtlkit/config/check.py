@@ -23,6 +23,7 @@ from mtlkit.config.build import (
     build_trainer,
     build_weighting,
     data_key,
+    model_data,
     optimizer_factory,
     scheduler_factory,
 )
@@ -94,6 +95,10 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
         splits = data[key]
     except ConfigError as exc:
         return problems + exc.problems
+    try:
+        splits = model_data(cfg.model, splits)  # a funnel's tasks and labels (esmm, aitm)
+    except ConfigError as exc:
+        return problems + exc.problems + _component_problems(cfg, splits)
     model = None
     try:
         with torch.device("meta"):  # the parameters' shapes only: nothing allocated, no weights drawn

@@ -19,7 +19,15 @@ click         int8                    1 = clicked
 conversion    int8, null unless click the funnel: labelled only on clicked impressions
 watch_time    float64, null unless    heavy-tailed (lognormal) seconds watched
               click
+history       list<int64> (optional)  ``history=H``: the user's recent item ids, 1..H of them
+                                      (a property of the user, popular items likelier)
+weight        float64 (optional)      ``weights=True``: a sample weight in [0.5, 2.0]
+                                      (a function of ``seed`` and ``sample_id``)
 ============  ======================  ===================================================
+
+``file_format="csv"`` writes ``part-NNNNN.csv`` files instead, the history as one
+``|``-separated string per row (``"17|4|230"``: the delimited list column of
+:mod:`mtlkit.data.features`).
 
 The labels come from known latent factors, so models can learn them: user and item embeddings
 (``dim`` = 8, derived from the ids by hashing, no table held in memory), with
@@ -125,7 +133,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _block(seed: int, b: int, start: int, count: int, users: int, items: int, oracle: bool) -> dict:
+def _history(user: np.ndarray, seed: int, items: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, item ids)`` of each row's history: 1..``length`` popular-skewed item ids per user,
+    a pure function of the user id and ``seed`` (hashed, no random stream consumed)."""
+    uniq, inverse = np.unique(user, return_inverse=True)
+    sizes = 1 + np.minimum((_uniform(uniq, 7 + seed * 4, 63) * length).astype(np.int64), length - 1)
+    mult = 2_654_435_761 % items or 1
+    while np.gcd(mult, items) != 1:
+        mult += 1
+    ranks = np.stack([_uniform(uniq, 8 + seed * 4, k) for k in range(length)], axis=1)  # (U, length)
+    ranks = np.minimum(np.floor(np.exp(ranks * np.log(items + 1.0))).astype(np.int64) - 1, items - 1)
+    ids = (ranks * mult + 101) % items  # the bijection of _popular (salt 101, as item_id)
+    per_row = sizes[inverse.reshape(-1)]
+    offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
+    take = np.arange(length)[None, :] < per_row[:, None]
+    return offsets, ids[inverse.reshape(-1)][take]
+
+
+def _block(
+    seed: int, b: int, start: int, count: int, users: int, items: int, oracle: bool, history: int = 0,
+    weights: bool = False,
+) -> dict:
     """Rows ``start .. start+count`` of block ``b`` (a pure function of its arguments)."""
     rng = np.random.default_rng([seed, b])
     user = _popular(rng, users, count, salt=17)
@@ -161,10 +189,15 @@ def _block(seed: int, b: int, start: int, count: int, users: int, items: int, or
     }
     if oracle:
         cols["p_click"], cols["p_conversion"] = p_click, p_conv
+    if history:
+        cols["history"] = _history(user, seed, items, history)
+    if weights:
+        sid = cols["sample_id"]
+        cols["weight"] = np.round(0.5 + 1.5 * _uniform(sid, 9 + seed * 4, 0), 3)
     return cols
 
 
-def impression_schema(*, oracle: bool = False) -> pa.Schema:
+def impression_schema(*, oracle: bool = False, history: bool = False, weights: bool = False) -> pa.Schema:
     """The Parquet schema of the log (a ``pyarrow.Schema``)."""
     import pyarrow as pa
 
@@ -182,6 +215,10 @@ def impression_schema(*, oracle: bool = False) -> pa.Schema:
     ]
     if oracle:
         fields += [("p_click", pa.float64()), ("p_conversion", pa.float64())]
+    if history:
+        fields.append(("history", pa.list_(pa.int64())))
+    if weights:
+        fields.append(("weight", pa.float64()))
     return pa.schema(fields)
 
 
@@ -191,6 +228,14 @@ def _table(cols: dict, schema: pa.Schema, lo: int, hi: int) -> pa.Table:
     clicked = ~cols["_clicked"][lo:hi]
     arrays = []
     for field in schema:
+        if field.name == "history":
+            offsets, ids = cols["history"]
+            arrays.append(
+                pa.ListArray.from_arrays(
+                    pa.array(offsets[lo : hi + 1] - offsets[lo]), pa.array(ids[offsets[lo] : offsets[hi]], pa.int64())
+                )
+            )
+            continue
         x = cols[field.name][lo:hi]
         if field.name == "device":
             arrays.append(
@@ -205,6 +250,31 @@ def _table(cols: dict, schema: pa.Schema, lo: int, hi: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+class _CsvWriter:
+    """Writes tables to one CSV file (header once), list columns as ``|``-separated strings."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        self.lists = [f.name for f in schema if pa.types.is_list(f.type)]
+        fields = [pa.field(f.name, pa.string()) if f.name in self.lists else f for f in schema]
+        self.writer = pacsv.CSVWriter(str(path), pa.schema(fields))
+        self.schema = pa.schema(fields)
+
+    def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for name in self.lists:
+            text = pc.binary_join(pc.cast(table.column(name), pa.list_(pa.string())), "|")
+            table = table.set_column(table.schema.get_field_index(name), name, text)
+        self.writer.write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def impression_log(
     out_dir: str | Path,
     rows: int,
@@ -216,6 +286,9 @@ def impression_log(
     row_group_rows: int = BLOCK_ROWS,
     oracle: bool = False,
     compression: str = "zstd",
+    history: int = 0,
+    weights: bool = False,
+    file_format: str = "parquet",
 ) -> ImpressionLog:
     """Write a synthetic impression log of ``rows`` rows as Parquet shards in ``out_dir``.
 
@@ -230,6 +303,11 @@ def impression_log(
         row_group_rows: the largest Parquet row group (the streaming reader's shuffle unit).
         oracle: also write the true ``p_click`` and ``p_conversion``.
         compression: Parquet compression codec.
+        history: write a ``history`` list column of up to this many recent item ids per user
+            (0: none).
+        weights: write a ``weight`` column of sample weights in [0.5, 2.0].
+        file_format: ``parquet`` (default) or ``csv`` (``part-NNNNN.csv``, the history as a
+            ``|``-separated string; ``row_group_rows`` and ``compression`` do not apply).
 
     Returns:
         An :class:`ImpressionLog` with the shard paths. A ``_log.json`` beside them records the
@@ -242,9 +320,12 @@ def impression_log(
         ("shard_rows", shard_rows, 1),
         ("row_group_rows", row_group_rows, 1),
         ("seed", seed, 0),
+        ("history", history, 0),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise DataError(f"impression_log: {name} must be an integer >= {low}; got {value!r}.")
+    if file_format not in ("parquet", "csv"):
+        raise DataError(f"impression_log: file_format must be 'parquet' or 'csv'; got {file_format!r}.")
     users = _default_users(rows) if users is None else users
     items = _default_items(rows) if items is None else items
     for name, value in (("users", users), ("items", items)):
@@ -254,13 +335,13 @@ def impression_log(
     if out.exists() and not out.is_dir():
         raise DataError(f"impression_log: {out} exists and is not a folder; choose another output folder.")
     out.mkdir(parents=True, exist_ok=True)
-    old = sorted(out.glob("*.parquet"))
+    old = sorted([*out.glob("*.parquet"), *out.glob("part-*.csv")])
     if old:
         raise DataError(
-            f"impression_log: {out} already holds {len(old)} Parquet file(s) ({old[0].name}, ...); write the log "
+            f"impression_log: {out} already holds {len(old)} {'Parquet' if old[0].suffix == '.parquet' else 'CSV'} file(s) ({old[0].name}, ...); write the log "
             "into an empty folder (or delete the old shards), so shards of two logs cannot mix."
         )
-    schema = impression_schema(oracle=oracle)
+    schema = impression_schema(oracle=oracle, history=history > 0, weights=weights)
     files: list[Path] = []
     writer = None
     in_shard = 0
@@ -268,12 +349,16 @@ def impression_log(
         for b in range(-(-rows // BLOCK_ROWS)):
             start = b * BLOCK_ROWS
             count = min(BLOCK_ROWS, rows - start)
-            cols = _block(seed, b, start, count, users, items, oracle)
+            cols = _block(seed, b, start, count, users, items, oracle, history, weights)
             lo = 0
             while lo < count:
                 if writer is None:
-                    files.append(out / f"part-{len(files):05d}.parquet")
-                    writer = pq.ParquetWriter(files[-1], schema, compression=compression)
+                    files.append(out / f"part-{len(files):05d}.{file_format}")
+                    writer = (
+                        pq.ParquetWriter(files[-1], schema, compression=compression)
+                        if file_format == "parquet"
+                        else _CsvWriter(files[-1], schema)
+                    )
                     in_shard = 0
                 hi = min(count, lo + shard_rows - in_shard)
                 writer.write_table(_table(cols, schema, lo, hi), row_group_size=row_group_rows)
@@ -286,6 +371,6 @@ def impression_log(
         if writer is not None:
             writer.close()
     meta = {"rows": rows, "shard_rows": shard_rows, "seed": seed, "users": users, "items": items,
-            "oracle": oracle, "files": [f.name for f in files], "generator": "mtlkit.data.impression_log"}  # fmt: skip
+            "oracle": oracle, "history": history, "weights": weights, "files": [f.name for f in files], "generator": "mtlkit.data.impression_log"}  # fmt: skip
     write_json(meta, out / "_log.json", indent=2)
     return ImpressionLog(files=tuple(files), rows=rows, users=users, items=items, seed=seed)

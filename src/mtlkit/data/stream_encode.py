@@ -93,6 +93,7 @@ class StreamEncoder:
         self.labels = tuple(labels)
         self.weights = dict(weights or {})  # {task: sample-weight column}
         self.groups = tuple(groups)  # group columns of grouped metrics (int64 ids in "g:<column>")
+        self.funnel: Any = None  # a FunnelLabels deriving ESMM/AITM labels (mtlkit.data.funnel), or None
         self._vocab: dict[str, Any] | None = None
 
     @property
@@ -205,7 +206,12 @@ class StreamEncoder:
     # ------------------------------------------------------------------ labels
     def targets(self, table: pa.Table | pa.RecordBatch, origin: BatchOrigin) -> dict[str, np.ndarray]:
         """``{task: targets}`` (binary float32 0/1 or NaN, multiclass int64 or -1, regression float32 or NaN)."""
-        return {s.task: self._label(s, table.column(s.column), origin) for s in self.labels}
+        out = {s.task: self._label(s, table.column(s.column), origin) for s in self.labels}
+        if self.funnel is not None:  # the funnel's labels from the click and purchase columns
+            f = self.funnel
+            click, purchase = out[f.ctr], out.pop(f.cvr)
+            out.update(f.derive(click, purchase, lambda i: f"{origin.file}: {origin.row(i)}"))
+        return out
 
     def _label(self, spec: LabelSpec, col: Any, origin: BatchOrigin) -> np.ndarray:
         values, inverse, numeric = _distinct(col)

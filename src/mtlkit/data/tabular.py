@@ -711,6 +711,7 @@ def tabular(
             augment=augment if s == "train" else None,
             weights={t: columns[c] for t, c in task_weights.items()} or None,
             columns={c: torch.from_numpy(group_ids(_take(frames[s][c], rows))) for c in groups} or None,
+            info={"origin": where},  # each row's file and data row (errors found later name them)
         )
     info = {
         "dataset": "tabular",

@@ -90,6 +90,9 @@ class AITM(MultiTaskModel):
         heads: ``{task: module}`` mapping ``z_t`` to one logit.
         alpha: weight of the calibrator loss (0 turns it off).
         input_layer: optional shared module applied to the inputs first (e.g. embeddings).
+        extra: ``{task: module}`` of tasks beside the funnel (e.g. a watch-time regression), each
+            mapping the input features ``(N, F)`` to its output; outside the chain and the
+            calibrator, each owns its module.
     """
 
     def __init__(
@@ -101,9 +104,14 @@ class AITM(MultiTaskModel):
         *,
         alpha: float = 0.6,
         input_layer: nn.Module | None = None,
+        extra: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         names = tuple(towers)
+        extra = dict(extra or {})
+        clash = sorted(set(extra) & set(names))
+        if clash:
+            raise ValueError(f"AITM extra tasks {clash} are also funnel tasks; name each task once.")
         if len(names) < 2:
             raise ValueError(f"AITM models a funnel of at least two tasks; got {list(names)}.")
         later = names[1:]
@@ -112,13 +120,15 @@ class AITM(MultiTaskModel):
                 raise ValueError(f"AITM {what} must be keyed by the tasks {list(want)} in order; got {list(mods)}.")
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"AITM parameter `alpha` must be a float >= 0; got {alpha!r}.")
-        self.task_names = names
+        self.funnel = names
+        self.task_names = (*names, *extra)
         self.alpha = float(alpha)
         self.input_layer = input_layer
         self.towers = nn.ModuleDict(dict(towers))
         self.transfers = nn.ModuleDict(dict(transfers))
         self.ait = nn.ModuleDict(dict(ait))
         self.heads = nn.ModuleDict(dict(heads))
+        self.extra = nn.ModuleDict(extra)
 
     # ------------------------------------------------------------------ computation
     def _features(self, x: Inputs) -> Tensor:
@@ -152,42 +162,46 @@ class AITM(MultiTaskModel):
                 weights[t] = w
         return zs, weights
 
-    def _outputs(self, zs: Sequence[Tensor]) -> Decoded:
-        logits = {t: self.heads[t](z) for t, z in zip(self.task_names, zs)}
+    def _outputs(self, zs: Sequence[Tensor], h: Tensor) -> Decoded:
+        logits = {t: self.heads[t](z) for t, z in zip(self.funnel, zs)}
         aux: dict[str, Tensor] = {}
         if self.alpha > 0:
             probs = torch.sigmoid(torch.cat([a.reshape(-1, 1) for a in logits.values()], dim=1))  # (N, T)
             gaps = torch.relu(probs[:, 1:] - probs[:, :-1])  # later step likelier than the earlier one
             aux[CALIBRATOR] = self.alpha * gaps.mean(dim=0).sum()
-        return logits, aux
+        return {**logits, **{t: m(h) for t, m in self.extra.items()}}, aux
 
     def _forward(self, x: Inputs) -> Decoded:
-        return self._outputs(self._chain(self._features(x), self.task_names)[0])
+        h = self._features(x)
+        return self._outputs(self._chain(h, self.funnel)[0], h)
 
     def _encode(self, x: Inputs) -> tuple[Tensor, list[int]]:
         h = self._features(x)
-        zs = self._chain(h, self.task_names[:-1])[0]
+        zs = self._chain(h, self.funnel[:-1])[0]
         return torch.cat([h, *zs], dim=1), [h.shape[1], *(z.shape[1] for z in zs)]
 
     def _decode(self, rep: Tensor, widths: list[int]) -> Decoded:
         h, *zs = rep.split(widths, dim=1)
-        last = self.task_names[-1]
+        last = self.funnel[-1]
         zs.append(self._step(last, zs[-1], self.towers[last](h))[0])
-        return self._outputs(zs)
+        return self._outputs(zs, h)
 
     def gates(self, x: Inputs) -> dict[str, Tensor]:
         """Attention weights ``(N, 2)`` of every task after the first: ``[transferred p_t, own q_t]``."""
-        return self._chain(self._features(x), self.task_names)[1]
+        return self._chain(self._features(x), self.funnel)[1]
 
     # ------------------------------------------------------------------ ownership
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)
-        if task != self.task_names[-1]:
+        if task in self.extra:
+            return list(self.extra[task].parameters())
+        if task != self.funnel[-1]:
             return list(self.heads[task].parameters())
         return params_of(self.towers[task], self.transfers[task], self.ait[task], self.heads[task])
 
     def extra_repr(self) -> str:
-        return f"tasks={list(self.task_names)}, alpha={self.alpha}"
+        extra = f", extra={list(self.extra)}" if self.extra else ""
+        return f"tasks={list(self.funnel)}{extra}, alpha={self.alpha}"
 
 
 @MODELS.register("aitm")
@@ -199,35 +213,59 @@ def aitm(
     alpha: float = 0.6,
     activation: str = "relu",
     dropout: float = 0.0,
+    funnel: dict[str, str] | None = None,
     input_layer: InputLayerLike | None = None,
 ) -> AITM:
     """AITM (Xi et al. 2021): funnel tasks linked by adaptive information transfer, with the calibrator loss.
 
     Args:
         input_dim: width of flat features (or None with an input layer).
-        tasks: binary tasks (logits) in funnel order, e.g. click then purchase.
+        tasks: binary tasks (logits) in funnel order, e.g. click then purchase. With ``funnel``,
+            the funnel's two tasks and any others (each an extra tower and head on the shared input).
         tower_dims: hidden widths of each task's tower; the last is ``k``, the width of
             ``q_t``, ``p_t`` and ``z_t`` (paper: 128, 64, 32).
         alpha: calibrator weight (paper: 0.6).
         activation: activation of the towers and transfers.
         dropout: dropout after each tower and transfer layer.
+        funnel: ``{ctr: <click task>, cvr: <purchase task>, ctcvr: <name>}``: in a config, the data's
+            raw label columns become AITM's two steps, ``ctr`` and ``ctcvr`` (click and purchase over
+            all impressions; :func:`mtlkit.data.funnel.funnel_splits` derives them); the other tasks
+            are extra outputs beside the funnel.
         input_layer: shared backbone in front of the towers (e.g. the embedding front end).
     """
     check_model_args("aitm", tower_dims=tower_dims, dropout=dropout)
     task_names(tasks)
-    for t in tasks:
+    steps, extra = list(tasks), []
+    if funnel is not None:
+        order = [funnel["ctr"], funnel.get("ctcvr", "ctcvr")]
+        by_name = {t.name: t for t in tasks}
+        missing = [n for n in order if n not in by_name]
+        if missing:
+            raise ValueError(
+                f"aitm's funnel steps {order} must be tasks; {missing} are not (tasks: {list(by_name)}). In a "
+                "config the funnel derives them from the data's click and purchase tasks."
+            )
+        steps = [by_name[n] for n in order]
+        extra = [t for t in tasks if t.name not in order]
+    for t in steps:
         if t.kind is not TaskKind.BINARY or not t.logits:
             raise ValueError(
                 f"aitm predicts the steps of a conversion funnel (binary logits); task {t.name!r} is "
-                f"{t.kind.value}{'' if t.logits else ' with logits=False'}. Use Task(name={t.name!r}, kind='binary')."
+                f"{t.kind.value}{'' if t.logits else ' with logits=False'}. Use Task(name={t.name!r}, kind='binary')"
+                + (", or declare model.funnel: {ctr: <click task>, cvr: <purchase task>} and keep the other "
+                   "tasks beside the funnel." if funnel is None else ".")
             )
-    if len(tasks) < 2:
-        raise ValueError(f"aitm models a funnel of at least two tasks; got {len(tasks)}.")
+    if len(steps) < 2:
+        raise ValueError(f"aitm models a funnel of at least two tasks; got {len(steps)}.")
     (layer,), width = make_input_layers(input_dim, input_layer, who="aitm")
-    towers = {t.name: MLP(width, tower_dims, activation=activation, dropout=dropout) for t in tasks}
+    towers = {t.name: MLP(width, tower_dims, activation=activation, dropout=dropout) for t in steps}
     k = next(iter(towers.values())).out_features
-    later = [t.name for t in tasks[1:]]
+    later = [t.name for t in steps[1:]]
     transfers = {t: MLP(k, (k,), activation=activation, dropout=dropout) for t in later}
     ait = {t: AdaptiveInformationTransfer(k) for t in later}
-    heads = {t.name: nn.Linear(k, 1) for t in tasks}
-    return AITM(towers, transfers, ait, heads, alpha=alpha, input_layer=layer)
+    heads = {t.name: nn.Linear(k, 1) for t in steps}
+    others = {
+        t.name: nn.Sequential(MLP(width, tower_dims, activation=activation, dropout=dropout), nn.Linear(k, t.output_dim))
+        for t in extra
+    }
+    return AITM(towers, transfers, ait, heads, alpha=alpha, input_layer=layer, extra=others)

@@ -4,8 +4,8 @@ Paper: X. Ma, L. Zhao, G. Huang, Z. Wang, Z. Hu, X. Zhu, K. Gai, "Entire Space M
 An Effective Approach for Estimating Post-Click Conversion Rate", SIGIR 2018
 (https://arxiv.org/abs/1804.07931).
 
-The base model (shared bottom, MMoE, PLE... anything with two logit outputs, one for CTR and one
-for CVR) supplies ``a_ctr(x)`` and ``a_cvr(x)``; ESMM outputs
+The base model (shared bottom, MMoE, PLE... anything with a logit output for CTR and one for CVR,
+and any other outputs, passed through unchanged) supplies ``a_ctr(x)`` and ``a_cvr(x)``; ESMM outputs
 
 - ``ctr``: the CTR logit ``a_ctr`` (``pCTR = sigmoid(a_ctr)``), trained on click labels over all
   impressions;
@@ -79,17 +79,22 @@ class ESMM(MultiTaskModel):
     training ``ctr`` and ``cvr`` instead (the paper's BASE: CVR on clicked impressions,
     ``pCTCVR = pCTR * pCVR`` for evaluation) makes the CTR tower ``ctr``'s and the CVR tower ``cvr``'s.
 
+    Other outputs of the base (extra tasks, e.g. a watch-time regression beside the funnel) are
+    passed through unchanged; the base's parts specific to an extra task feed that output only, so
+    they are owned by it when it is trained.
+
     The shared representation (for representation-level gradient methods) is the base's
     representation with the logits of the shared parts appended, so every shared parameter lies
     before it: ``[flatten(base representation), a_ctr]`` under ESMM's training.
 
     Args:
-        base: a :class:`MultiTaskModel` whose ``task_names`` are ``ctr`` and ``cvr`` (one logit
-            each, shape ``(N,)`` or ``(N, 1)``).
+        base: a :class:`MultiTaskModel` whose ``task_names`` include ``ctr`` and ``cvr`` (one logit
+            each, shape ``(N,)`` or ``(N, 1)``); its other outputs are passed through.
         ctr: name of the CTR output (and of the base's CTR output).
         cvr: name of the CVR output (and of the base's CVR output).
         ctcvr: name of the CTCVR output.
-        trained: the outputs whose losses train the model (default: ``ctr`` and ``ctcvr``).
+        trained: the outputs whose losses train the model (default: ``ctr``, ``ctcvr`` and the
+            extra outputs).
 
     Example:
         >>> import torch
@@ -115,20 +120,23 @@ class ESMM(MultiTaskModel):
         if len(set(names)) != 3:
             raise ValueError(f"ESMM output names must be distinct; got ctr={ctr!r}, cvr={cvr!r}, ctcvr={ctcvr!r}.")
         base_tasks = tuple(getattr(base, "task_names", ()))
-        if not isinstance(base, nn.Module) or sorted(base_tasks) != sorted((ctr, cvr)):
+        if not isinstance(base, nn.Module) or ctr not in base_tasks or cvr not in base_tasks or ctcvr in base_tasks:
             raise ValueError(
-                f"ESMM needs a base model with exactly two outputs, {ctr!r} (CTR logit) and {cvr!r} (CVR logit); "
-                f"got a {type(base).__name__} with outputs {list(base_tasks)}."
+                f"ESMM needs a base model with the outputs {ctr!r} (CTR logit) and {cvr!r} (CVR logit), and "
+                f"none named {ctcvr!r}; got a {type(base).__name__} with outputs {list(base_tasks)}."
             )
-        trained = set((ctr, ctcvr) if trained is None else trained)
-        unknown = sorted(trained - set(names))
+        extra = tuple(t for t in base_tasks if t not in names)  # other tasks: passed through unchanged
+        trained = set((ctr, ctcvr, *extra) if trained is None else trained)
+        unknown = sorted(trained - set(names) - set(extra))
         if unknown:
-            raise ValueError(f"ESMM trained outputs must be among {list(names)}; got {unknown}.")
+            raise ValueError(f"ESMM trained outputs must be among {[*names, *extra]}; got {unknown}.")
         self.base = base
         self.ctr, self.cvr, self.ctcvr = ctr, cvr, ctcvr
-        self.task_names = names
-        self.trained = tuple(n for n in names if n in trained)
-        feeds = {ctr: (ctr, ctcvr), cvr: (cvr, ctcvr)}  # base part -> outputs computed from it
+        self.extra = extra
+        self.task_names = (*names, *extra)
+        self.trained = tuple(n for n in self.task_names if n in trained)
+        # base part -> outputs computed from it
+        feeds = {ctr: (ctr, ctcvr), cvr: (cvr, ctcvr), **{e: (e,) for e in extra}}
         users = {part: [o for o in outs if o in trained] for part, outs in feeds.items()}
         self._owner = {part: u[0] for part, u in users.items() if len(u) == 1}
         # parts used by several trained outputs: their logits go into the shared representation
@@ -138,7 +146,8 @@ class ESMM(MultiTaskModel):
     def _outputs(self, preds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         a_ctr, a_cvr = self._logits(preds)
         p_cvr = torch.sigmoid(a_cvr)
-        return {self.ctr: a_ctr, self.cvr: p_cvr, self.ctcvr: torch.sigmoid(a_ctr) * p_cvr}
+        out = {self.ctr: a_ctr, self.cvr: p_cvr, self.ctcvr: torch.sigmoid(a_ctr) * p_cvr}
+        return {**out, **{e: preds[e] for e in self.extra}}
 
     def _logits(self, preds: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         a_ctr, a_cvr = preds[self.ctr], preds[self.cvr]
@@ -195,21 +204,35 @@ class ESMM(MultiTaskModel):
         return out
 
     def extra_repr(self) -> str:
-        return f"ctr={self.ctr!r}, cvr={self.cvr!r}, ctcvr={self.ctcvr!r}, trained={list(self.trained)}"
+        extra = f", extra={list(self.extra)}" if self.extra else ""
+        return f"ctr={self.ctr!r}, cvr={self.cvr!r}, ctcvr={self.ctcvr!r}{extra}, trained={list(self.trained)}"
 
 
 _DEFAULT_BASE = ModelSpec(name="shared_bottom")
 
 
-def _check_tasks(tasks: Sequence[Task], ctr: str, cvr: str, ctcvr: str) -> None:
+FunnelSpec = dict[str, str]
+"""``{ctr: <click task>, cvr: <purchase task>, ctcvr: <derived task>}`` (see :mod:`mtlkit.data.funnel`)."""
+
+
+def _check_tasks(tasks: Sequence[Task], ctr: str, cvr: str, ctcvr: str) -> list[Task]:
+    """The funnel tasks checked; returns the other tasks (passed through the base)."""
     task_names(tasks)
     roles = {ctr: "the CTR logit", cvr: "pCVR, a probability", ctcvr: "pCTCVR, a probability"}
+    names = [t.name for t in tasks]
+    if ctr not in names:
+        raise ValueError(
+            f"esmm predicts {ctr!r} (CTR logit), {cvr!r} (pCVR) and {ctcvr!r} (pCTCVR); none of the tasks "
+            f"{names} is its CTR task {ctr!r}. For tasks that are raw label columns (click; purchase labelled "
+            "on clicks), declare the funnel: model.funnel: {ctr: <click task>, cvr: <purchase task>} derives "
+            "the ESMM tasks; or set esmm's ctr=/cvr=/ctcvr= to your task names (Python: Task(name=..., "
+            "kind='binary', logits=False) for cvr and ctcvr)."
+        )
+    extra = []
     for t in tasks:
         if t.name not in roles:
-            raise ValueError(
-                f"esmm predicts {ctr!r}, {cvr!r} and {ctcvr!r}; task {t.name!r} is none of them. Name the tasks "
-                "after them, or set esmm's ctr=/cvr=/ctcvr= to your task names."
-            )
+            extra.append(t)
+            continue
         if t.output_key != t.name:
             raise ValueError(f"esmm: task {t.name!r} must read the output of the same name; got output={t.output!r}.")
         want_logits = t.name == ctr
@@ -218,6 +241,7 @@ def _check_tasks(tasks: Sequence[Task], ctr: str, cvr: str, ctcvr: str) -> None:
                 f"esmm outputs {roles[t.name]} for task {t.name!r}: declare it as "
                 f"Task(name={t.name!r}, kind='binary'{'' if want_logits else ', logits=False'})."
             )
+    return extra
 
 
 @MODELS.register("esmm")
@@ -229,6 +253,7 @@ def esmm(
     ctr: str = "ctr",
     cvr: str = "cvr",
     ctcvr: str = "ctcvr",
+    funnel: FunnelSpec | None = None,
     input_layer: InputLayerLike | None = None,
     input_spec: InputSpec | None = None,
 ) -> ESMM:
@@ -238,20 +263,27 @@ def esmm(
         input_dim: width of flat features (or None with an input layer).
         tasks: the tasks, named ``ctr`` (binary, logits), ``ctcvr`` and ``cvr`` (binary,
             ``logits=False``); which of them are trained (``Task.train``) decides the ownership
-            (see :class:`ESMM`). Tasks may be left out (e.g. no ``cvr`` task).
+            (see :class:`ESMM`). Tasks may be left out (e.g. no ``cvr`` task), but not ``ctr``.
+            Other tasks (e.g. a watch-time regression) become extra outputs of the base, passed
+            through unchanged.
         base: the base model, ``{"name": ..., **params}`` as in a config's ``model`` section;
-            it is built for two binary tasks named ``ctr`` and ``cvr``.
+            it is built for two binary tasks named ``ctr`` and ``cvr`` plus the other tasks.
         ctr: name of the CTR task.
         cvr: name of the CVR task.
         ctcvr: name of the CTCVR task.
+        funnel: ``{ctr: <click task>, cvr: <purchase task>, ctcvr: <name>}``: in a config, the data's
+            raw label columns become the ESMM tasks (:func:`mtlkit.data.funnel.funnel_splits` derives
+            them and their labels before the model is built); here it sets ``ctr``/``cvr``/``ctcvr``.
         input_layer: backbone passed on to the base (e.g. the shared embedding front end).
         input_spec: the data's input spec, passed on to bases that take one.
     """
-    _check_tasks(tasks, ctr, cvr, ctcvr)
+    if funnel is not None:
+        ctr, cvr, ctcvr = funnel["ctr"], funnel["cvr"], funnel.get("ctcvr", "ctcvr")
+    extra = _check_tasks(tasks, ctr, cvr, ctcvr)
     spec = _check_model_spec(base)
     builder = MODELS.get(spec["name"])
     accepts = set(inspect.signature(builder).parameters)
-    inner = (Task(name=ctr, kind="binary"), Task(name=cvr, kind="binary"))
+    inner = (Task(name=ctr, kind="binary"), Task(name=cvr, kind="binary"), *extra)
     offered: dict[str, Any] = {
         "tasks": inner,
         "input_dim": input_dim,

@@ -23,6 +23,7 @@ from mtlkit.reproduce._base import (
 )
 from mtlkit.reproduce.plots import plot_bars
 from mtlkit.reproduce.tables import Column, markdown_table, mean_std, write_table
+from mtlkit.seed_report import cap_bound, cap_note
 
 __all__ = ["Balancers"]
 
@@ -154,6 +155,11 @@ class Balancers:
             "sorted best first. train s/run: training wall time per run (shared machine: times are inflated "
             "and comparable only within this table).",
         ]
+        bound = cap_bound(runs, cfg.trainer.epochs)
+        notes.append(
+            cap_note(bound, len(runs), cfg.trainer.epochs)
+            or f"The epoch cap ({cfg.trainer.epochs}) bound no run: every run's best validation loss came before its last epoch."
+        )
         if skipped:
             notes.append("Not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".")
         title = "Loss weightings and gradient aggregators: Δm against single-task models"

@@ -13,6 +13,7 @@ from mtlkit.experiment import RunResult, aggregate
 from mtlkit.report import write_tables
 from mtlkit.reproduce._base import REPRODUCTIONS, Job, JobResult, Report, Settings
 from mtlkit.reproduce.tables import Column, markdown_table, mean_std, write_table
+from mtlkit.seed_report import cap_bound, cap_note
 
 __all__ = ["MNISTFashion"]
 
@@ -128,6 +129,11 @@ class MNISTFashion:
             "order; the same images). Δm: relative test-accuracy improvement over the single-task CNNs, in "
             "% (of the means; ± the std over seeds of each seed's Δm).",
         ]
+        bound = cap_bound(runs, cfg.trainer.epochs)
+        notes.append(
+            cap_note(bound, len(runs), cfg.trainer.epochs)
+            or f"The epoch cap ({cfg.trainer.epochs}) bound no run: every run's best validation loss came before its last epoch."
+        )
         title = "MNIST + Fashion-MNIST: single-task CNNs vs one shared CNN (seed 000)"
         for ext, path in write_table(rows, columns, out_dir, "results", title=title, notes=notes).items():
             files[f"results_{ext}"] = path

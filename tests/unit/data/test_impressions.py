@@ -100,3 +100,47 @@ def test_bad_arguments_are_refused_clearly_from_the_cli(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list((tmp_path).glob("log/*.parquet"))
+
+
+def test_history_and_weight_columns_are_deterministic_whatever_the_sharding(tmp_path: Path) -> None:
+    rows = BLOCK_ROWS + 500  # crosses a generator block boundary
+    a = impression_log(tmp_path / "a", rows, shard_rows=9_000, seed=2, history=6, weights=True)
+    b = impression_log(tmp_path / "b", rows, shard_rows=rows, seed=2, history=6, weights=True, row_group_rows=5_000)
+    plain = impression_log(tmp_path / "p", rows, shard_rows=rows, seed=2)
+    ta, tb, tp = _read(a.files), _read(b.files), _read(plain.files)
+    assert ta.equals(tb)
+    assert ta.schema.field("history").type == pa.list_(pa.int64())
+    # the optional columns are added, the others are the same log
+    assert ta.select(tp.column_names).equals(tp)
+    history = ta["history"].to_pylist()
+    sizes = np.asarray([len(h) for h in history])
+    assert sizes.min() == 1 and sizes.max() == 6
+    flat = np.concatenate([np.asarray(h) for h in history])
+    assert flat.min() >= 0 and flat.max() < a.items
+    users = ta["user_id"].to_numpy()
+    first = {}
+    for u, h in zip(users.tolist(), history):  # a property of the user: the same list on every row
+        assert first.setdefault(u, h) == h
+    w = ta["weight"].to_numpy()
+    assert w.min() >= 0.5 and w.max() <= 2.0 and np.unique(w).size > 100
+    other = impression_log(tmp_path / "o", 2_000, seed=3, history=6, weights=True)
+    assert _read(other.files)["weight"].to_pylist() != ta["weight"].to_pylist()[:2_000]
+
+
+def test_csv_logs_hold_the_same_rows_with_a_delimited_history(tmp_path: Path, capsys) -> None:
+    argv = ["generate", "impressions", str(tmp_path / "csv"), "--rows", "3000", "--shard-rows", "2000",
+            "--history", "3", "--weights", "--format", "csv"]  # fmt: skip
+    assert main(argv) == 0
+    assert "as 2 CSV file(s)" in capsys.readouterr().out
+    files = sorted((tmp_path / "csv").glob("part-*.csv"))
+    assert [f.name for f in files] == ["part-00000.csv", "part-00001.csv"]
+    ref = _read(impression_log(tmp_path / "pq", 3000, history=3, weights=True).files)
+    import pyarrow.csv as pacsv
+
+    table = pa.concat_tables([pacsv.read_csv(f) for f in files])
+    want = ["|".join(str(v) for v in h) for h in ref["history"].to_pylist()]
+    assert table["history"].cast(pa.string()).to_pylist() == want
+    np.testing.assert_allclose(table["weight"].to_numpy(), ref["weight"].to_numpy())
+    assert table["conversion"].null_count == ref["conversion"].null_count > 0  # blank unless clicked
+    assert main([*argv[:2], str(tmp_path / "csv2"), "--rows", "5", "--history", "-1"]) == 1
+    assert "history must be an integer >= 0; got -1" in capsys.readouterr().err

@@ -268,6 +268,34 @@ def test_balancers_report_sorted_by_delta_m(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
+def test_balancers_report_names_the_runs_the_cap_bound(tmp_path: Path) -> None:
+    recipe = Balancers()
+    settings = Settings(seeds=(0, 1))
+    jobs = {j.key: j for j in recipe.plan(settings)}
+    cap = jobs["single_task"].config["trainer"]["epochs"]
+    results = []
+    for key in ("single_task", "aggregator-pcgrad"):
+        runs = [_run(key, s, 1.0, 1.0, 0.1, tmp_path) for s in (0, 1)]
+        for r in runs:  # every run trains all `cap` epochs
+            r.epochs = cap
+            falling = key == "aggregator-pcgrad" and r.seed == 1  # best at the last epoch
+            r.history = [
+                {"epoch": e, "monitor": {"name": "mean/loss", "value": (cap - e) if falling else abs(e - 3)}}
+                for e in range(1, cap + 1)
+            ]
+        results.append(_job_result(jobs[key], runs, tmp_path, {}))
+    report = recipe.report(results, tmp_path, settings)
+    assert f"Epoch cap ({cap}) binding in 1 of 4 runs" in report.markdown
+    assert (
+        "pcgrad seed 1" in report.markdown and "single_task seed" not in report.markdown.split("binding")[1]
+    )
+    for r in results[1].runs:
+        r.history = [
+            {"epoch": e, "monitor": {"name": "mean/loss", "value": abs(e - 3)}} for e in range(1, cap + 1)
+        ]
+    assert f"The epoch cap ({cap}) bound no run" in recipe.report(results, tmp_path, settings).markdown
+
+
 # ------------------------------------------------------------------------------------------ tables
 def test_mean_std_matches_statistics() -> None:
     vals = [0.3, 0.1, 0.7, 0.4]
