@@ -168,3 +168,26 @@ def test_validate_and_run_refuse_the_same_bad_metrics(
     for text in texts:
         assert text in flat, flat
     assert f"{len(texts)} problem" in flat
+
+
+def test_gauc_by_user_on_the_funnel_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's funnel (ESMM over MMoE, hashed user id, history list, sample weights) with GAUC by
+    user on its click and purchase tasks and click/gauc as the monitor runs from one YAML."""
+    import json
+
+
+    assert main(["generate", "impressions", str(tmp_path / "log"), "--rows", "2000", "--history", "5", "--weights"]) == 0
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "src/mtlkit/config/presets/funnel.yaml").read_text())
+    cfg["data"]["train"] = str(sorted((tmp_path / "log").glob("*.parquet"))[0])
+    cfg["data"]["tasks"]["click"]["metrics"] = [{"gauc": {"group": "user_id"}}, "auc", "ne", "calibration"]
+    cfg["data"]["tasks"]["purchase"]["metrics"] = ["auc", {"gauc": {"group": "user_id"}}]
+    cfg["model"]["base"] = {"name": "mmoe", "num_experts": 2, "expert_dims": [8], "tower_dims": [4]}
+    cfg["trainer"] = {"epochs": 2, "batch_size": 256, "progress": False, "early_stopping": {"monitor": "click/gauc"}}
+    path = tmp_path / "funnel.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    click = json.loads((run / "metrics.json").read_text())["metrics"]["click"]
+    assert 0.0 <= click["gauc"] <= 1.0 and click["gauc_skipped"] >= 1  # users with one class are skipped
+    assert click["ne"] > 0 and click["calibration"] > 0 and 0 <= click["ece"] <= 1
+    capsys.readouterr()
