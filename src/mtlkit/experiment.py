@@ -425,8 +425,9 @@ def aggregate(
     Args:
         runs: the runs (every label at every seed).
         baseline: the label Δm compares against (``None``: no Δm).
-        metrics: the metrics Δm averages per task (default: all but the loss); see
-            :func:`mtlkit.metrics.select_metrics`.
+        metrics: the metrics Δm averages per task (default: each task's primary metric, the one
+            the comparison table shows); see :func:`mtlkit.metrics.select_metrics`. The table
+            shows exactly the metrics Δm uses.
         auxiliary: auxiliary tasks (``Task.auxiliary``): reported, but left out of Δm (listed
             under ``"auxiliary"``; the report shows them in a separate block).
 
@@ -464,7 +465,8 @@ def aggregate(
     if baseline is not None and baseline in out["labels"]:
         base_entry = out["labels"][baseline]["metrics"]
         base = {t: {m: st["mean"] for m, st in ms.items()} for t, ms in base_entry.items() if t not in aux}
-        used = select_metrics(base, metrics)
+        # Δm over the metrics the table shows: each task's primary metric unless configured
+        used = select_metrics(base, metrics if metrics is not None else {t: [primary[t]] for t in base})
         out["delta_m_metrics"] = used
         main_primary = {t: m for t, m in primary.items() if t not in aux}
         base_primary = {t: base[t][m] for t, m in main_primary.items()}

@@ -33,6 +33,11 @@ def _fmt(v: float | None) -> str:
     return "n/a" if _isnan(v) else f"{v:.4f}"
 
 
+def _fmt_metric(name: str, v: float | None) -> str:
+    """A metric's cell: a count (``gauc_skipped``) as an integer, other values with 4 decimals."""
+    return f"{v:.0f}" if name.endswith("_skipped") and not _isnan(v) else _fmt(v)
+
+
 def _fmt_delta(v: float | None) -> str:
     return "n/a" if _isnan(v) else f"{v:+.2f}%"
 
@@ -45,7 +50,7 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "m
     for n in names:
         table.add_column(n, justify="right")
     for task, ms in metrics.items():
-        table.add_row(task, *(_fmt(ms[n]) if n in ms else "" for n in names))
+        table.add_row(task, *(_fmt_metric(n, ms[n]) if n in ms else "" for n in names))
     return table
 
 
@@ -59,8 +64,9 @@ def _columns(
     def keep(task: str) -> bool:
         return auxiliary is None or (task in aux) == auxiliary
 
-    if not all_metrics:
-        return [(t, m) for t, m in comparison["primary"].items() if keep(t)]
+    if not all_metrics:  # the metrics Δm uses (each task's primary metric unless configured)
+        used = comparison.get("delta_m_metrics") or {}
+        return [(t, m) for t, p in comparison["primary"].items() if keep(t) for m in used.get(t, [p])]
     seen: dict[tuple[str, str], None] = {}
     for entry in comparison["labels"].values():
         for task, ms in entry["metrics"].items():
@@ -71,6 +77,10 @@ def _columns(
 
 
 def _arrow(comparison: Mapping[str, Any], task: str, metric: str) -> str:
+    from mtlkit.metrics.collection import TARGETS
+
+    if metric in TARGETS:
+        return f" →{TARGETS[metric]:g}"
     d = comparison.get("directions", {}).get(task, {}).get(metric)
     return "" if d is None else (" ↑" if d else " ↓")
 

@@ -115,8 +115,8 @@ ExperimentConfig: type[_Experiment] = create_model(  # type: ignore[call-overloa
     ``optimizer``, ``scheduler``, ``schedule``) are generated from :data:`mtlkit._sections.SECTIONS`.
     ``compare`` maps a label to a partial config merged over this one; each label is one run (per
     seed). A component whose ``name`` a variant changes is replaced, not merged.
-    ``delta_m_metrics`` selects the metrics of Δm (default: all but the loss; see
-    :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
+    ``delta_m_metrics`` selects the metrics of Δm and of the comparison table (default: each
+    task's primary metric; see :func:`mtlkit.metrics.select_metrics`); ``plots: true`` writes PNG plots into the run directory.
     """,
     name=(str, "experiment"),
     description=(str, ""),

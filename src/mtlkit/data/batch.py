@@ -26,12 +26,15 @@ class Batch:
         weights: optional per-row sample weights ``{task: (N,) float tensor}`` (>= 0); a task
             without an entry weighs every row 1. One weight column for all tasks is the same
             tensor under every task name.
+        columns: optional extra per-row columns that metrics read, not the model:
+            ``{column name: (N,) tensor}`` (e.g. the int64 user ids of a grouped AUC).
     """
 
     inputs: Inputs
     targets: dict[str, Tensor]
     masks: dict[str, Tensor] | None = field(default=None)
     weights: dict[str, Tensor] | None = field(default=None)
+    columns: dict[str, Tensor] | None = field(default=None)
 
     def __len__(self) -> int:
         return _num_rows(self.inputs)
@@ -47,7 +50,8 @@ class Batch:
         )
         masks = None if self.masks is None else {k: mv(v) for k, v in self.masks.items()}
         weights = None if self.weights is None else _moved(self.weights, mv)
-        return Batch(inputs, {k: mv(v) for k, v in self.targets.items()}, masks, weights)
+        columns = None if self.columns is None else {k: mv(v) for k, v in self.columns.items()}
+        return Batch(inputs, {k: mv(v) for k, v in self.targets.items()}, masks, weights, columns)
 
 
 def _moved(weights: Mapping[str, Tensor], mv: Any) -> dict[str, Tensor]:
@@ -88,7 +92,7 @@ def _num_rows(inputs: Inputs) -> int:
 
 def as_batch(obj: Any) -> Batch:
     """Accept a :class:`Batch`, ``(inputs, targets)``, ``(inputs, targets, masks)`` or a dict with
-    ``inputs``/``targets``/``masks``/``weights`` keys, as yielded by any iterable the user passes to the trainer."""
+    ``inputs``/``targets``/``masks``/``weights``/``columns`` keys, as yielded by any iterable the user passes to the trainer."""
     if isinstance(obj, Batch):
         return obj
     if isinstance(obj, Mapping) and "inputs" in obj and "targets" in obj:
@@ -97,6 +101,7 @@ def as_batch(obj: Any) -> Batch:
             dict(obj["targets"]),
             dict(obj["masks"]) if obj.get("masks") else None,
             dict(obj["weights"]) if obj.get("weights") else None,
+            dict(obj["columns"]) if obj.get("columns") else None,
         )
     if isinstance(obj, (tuple, list)) and len(obj) in (2, 3) and isinstance(obj[1], Mapping):
         masks = dict(obj[2]) if len(obj) == 3 and obj[2] is not None else None
@@ -131,4 +136,7 @@ def collate(items: Sequence[Any] | Batch) -> Batch:
     weights = (
         None if first.weights is None else {k: stack([b.weights[k] for b in batches]) for k in first.weights}  # type: ignore[index]
     )
-    return Batch(inputs, targets, masks, weights)
+    columns = (
+        None if first.columns is None else {k: stack([b.columns[k] for b in batches]) for k in first.columns}  # type: ignore[index]
+    )
+    return Batch(inputs, targets, masks, weights, columns)

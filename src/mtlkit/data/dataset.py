@@ -34,6 +34,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             ``{task: (N,) tensor}`` (tasks without an entry weigh every row 1). Finite and >= 0.
         tasks: optional task definitions that describe the targets (used by the CLI and
             :meth:`validate`).
+        columns: optional extra per-row columns for metrics (not model inputs), ``{name: (N,)
+            tensor}``, e.g. the int64 group ids a :class:`~mtlkit.metrics.GroupAUC` reads;
+            carried in every batch's ``columns``.
         info: free-form facts about the data (e.g. the label correlation of synthetic data).
         augment: optional random batch transform ``augment(inputs, generator) -> inputs`` (e.g.
             :class:`~mtlkit.data.images.RandomFlipCrop`), applied by :class:`TensorBatchLoader` to
@@ -59,6 +62,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         augment: BatchAugment | None = None,
         dtype: torch.dtype | None = None,
         weights: Tensor | np.ndarray | Mapping[str, Tensor] | None = None,
+        columns: Mapping[str, Tensor | np.ndarray] | None = None,
     ) -> None:
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -100,6 +104,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         self.targets: dict[str, Tensor] = dict(targets)
         self.masks: dict[str, Tensor] | None = {k: v.bool() for k, v in masks.items()} if masks else None
         self.weights: dict[str, Tensor] | None = _weights(weights, targets, dtype, n)
+        self.columns: dict[str, Tensor] | None = _columns(columns, n)
         self.tasks: tuple[Task, ...] | None = tuple(tasks) if tasks is not None else None
         self.info: dict[str, Any] = dict(info or {})
         self.augment: BatchAugment | None = augment
@@ -132,7 +137,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         )
         masks = None if self.masks is None else {k: v[index] for k, v in self.masks.items()}
         weights = None if self.weights is None else _moved(self.weights, lambda v: v[index])
-        return Batch(inputs, {k: v[index] for k, v in self.targets.items()}, masks, weights)
+        columns = None if self.columns is None else {k: v[index] for k, v in self.columns.items()}
+        return Batch(inputs, {k: v[index] for k, v in self.targets.items()}, masks, weights, columns)
 
     def __getitem__(self, index: int | Tensor) -> Batch:
         if isinstance(index, int):
@@ -143,7 +149,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             inputs = sq(b.inputs) if isinstance(b.inputs, Tensor) else {k: sq(v) for k, v in b.inputs.items()}
             masks = None if b.masks is None else {k: sq(v) for k, v in b.masks.items()}
             weights = None if b.weights is None else {k: sq(v) for k, v in b.weights.items()}
-            return Batch(inputs, {k: sq(v) for k, v in b.targets.items()}, masks, weights)
+            columns = None if b.columns is None else {k: sq(v) for k, v in b.columns.items()}
+            return Batch(inputs, {k: sq(v) for k, v in b.targets.items()}, masks, weights, columns)
         return self.take(torch.as_tensor(index, dtype=torch.long))
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:  # torch DataLoader batched fetch
@@ -161,6 +168,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             augment=self.augment,
             dtype=self.dtype,
             weights=b.weights,
+            columns=b.columns,
         )
 
     def split(self, sizes: Sequence[int], *, seed: int | None = None) -> tuple[MultiTaskDataset, ...]:
@@ -178,9 +186,10 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def to(self, device: torch.device | str) -> MultiTaskDataset:
         """A copy with every tensor on ``device`` (keep data on the GPU to avoid host transfers)."""
-        b = Batch(self.inputs, self.targets, self.masks, self.weights).to(device)
+        b = Batch(self.inputs, self.targets, self.masks, self.weights, self.columns).to(device)
         out = MultiTaskDataset.__new__(MultiTaskDataset)
         out.inputs, out.targets, out.masks, out.weights = b.inputs, b.targets, b.masks, b.weights
+        out.columns = b.columns
         out.tasks, out.info, out._n = self.tasks, dict(self.info), self._n
         out.augment, out.dtype = self.augment, self.dtype
         return out
@@ -198,6 +207,22 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"MultiTaskDataset(n={self._n}, features={self.feature_shape}, tasks={list(self.targets)})"
+
+
+def _columns(columns: Mapping[str, Tensor | np.ndarray] | None, n: int) -> dict[str, Tensor] | None:
+    """``{name: (N,) tensor}`` of the extra metric columns, one value per row (checked)."""
+    if not columns:
+        return None
+    out = {}
+    for k, v in columns.items():
+        t = torch.as_tensor(v)
+        if t.ndim != 1 or t.shape[0] != n:
+            raise DataError(
+                f"columns[{k!r}] has shape {tuple(t.shape)}; an extra metric column holds one value per row, "
+                f"shape ({n},)."
+            )
+        out[k] = t
+    return out
 
 
 def _weights(

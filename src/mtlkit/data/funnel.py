@@ -249,5 +249,12 @@ def _dataset(funnel: FunnelLabels, ds: Any, tasks: tuple[Task, ...], what: str) 
         if funnel.ctr in weights:
             weights[funnel.ctcvr] = weights[funnel.ctr]
     return MultiTaskDataset(
-        ds.inputs, targets, tasks=tasks, info=ds.info, augment=ds.augment, dtype=ds.dtype, weights=weights or None
+        ds.inputs,
+        targets,
+        tasks=tasks,
+        info=ds.info,
+        augment=ds.augment,
+        dtype=ds.dtype,
+        weights=weights or None,
+        columns=ds.columns,  # group ids of grouped metrics (gauc)
     )

@@ -82,6 +82,7 @@ class StreamEncoder:
         preprocessor: TabularPreprocessor,
         labels: Sequence[LabelSpec] = (),
         weights: Mapping[str, str] | None = None,
+        groups: Sequence[str] = (),
     ) -> None:
         self.state = preprocessor.state_dict()
         self.preprocessor = (
@@ -91,6 +92,7 @@ class StreamEncoder:
         self.numeric: tuple[str, ...] = tuple(preprocessor.numeric)
         self.labels = tuple(labels)
         self.weights = dict(weights or {})  # {task: sample-weight column}
+        self.groups = tuple(groups)  # group columns of grouped metrics (int64 ids in "g:<column>")
         self.funnel: Any = None  # a FunnelLabels deriving ESMM/AITM labels (mtlkit.data.funnel), or None
         self._vocab: dict[str, Any] | None = None
 
@@ -101,7 +103,7 @@ class StreamEncoder:
     @property
     def label_columns(self) -> list[str]:
         """The label and sample-weight columns (those that are not features)."""
-        wanted = [*(s.column for s in self.labels), *self.weights.values()]
+        wanted = [*(s.column for s in self.labels), *self.weights.values(), *self.groups]
         return list(dict.fromkeys(c for c in wanted if c not in self.feature_columns))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -281,10 +283,14 @@ class StreamEncoder:
 
     # ------------------------------------------------------------------ both
     def encode(self, table: pa.Table | pa.RecordBatch, origin: BatchOrigin) -> dict[str, np.ndarray]:
-        """Features, ``"y:<task>"`` targets and ``"w:<task>"`` sample weights of one slice of one file."""
+        """Features, ``"y:<task>"`` targets, ``"w:<task>"`` sample weights and ``"g:<column>"``
+        group ids of one slice of one file."""
+        from mtlkit.data.metric_columns import group_ids
+
         out = self.features(table, origin)
         out.update({f"y:{k}": v for k, v in self.targets(table, origin).items()})
         out.update({f"w:{k}": v for k, v in self.sample_weights(table, origin).items()})
+        out.update({f"g:{c}": group_ids(table.column(c)) for c in self.groups})
         return out
 
     def sample_weights(self, table: pa.Table | pa.RecordBatch, origin: BatchOrigin) -> dict[str, np.ndarray]:

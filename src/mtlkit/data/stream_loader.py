@@ -246,10 +246,11 @@ class StreamLoader:
 
     def _batch(self, rows: list[dict[str, Tensor]]) -> Batch:
         data = rows[0] if len(rows) == 1 else {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-        inputs = {k: v for k, v in data.items() if not k.startswith(("y:", "w:"))}
+        inputs = {k: v for k, v in data.items() if not k.startswith(("y:", "w:", "g:"))}
         targets = {k[2:]: v for k, v in data.items() if k.startswith("y:")}
         weights = {k[2:]: v for k, v in data.items() if k.startswith("w:")}
-        return Batch(inputs, targets, weights=weights or None)
+        columns = {k[2:]: v for k, v in data.items() if k.startswith("g:")}
+        return Batch(inputs, targets, weights=weights or None, columns=columns or None)
 
     def __repr__(self) -> str:
         return (

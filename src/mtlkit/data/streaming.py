@@ -27,6 +27,7 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.data.arrow_io import expand_paths, file_columns, iter_batches
+from mtlkit.data.metric_columns import header_columns, metric_options
 from mtlkit.data.preprocessing import TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import require_columns
 from mtlkit.data.splits import DataSplits
@@ -58,6 +59,8 @@ class TabularStream(TrainSource):
         unknown_fraction: :class:`UnknownCategoryDropout` of training batches (0 for val / test).
         delimiter: CSV field separator.
         weights: ``{task: sample-weight column}`` carried in the batches' ``weights``.
+        groups: the group columns of grouped metrics, carried as int64 ids in the batches'
+            ``columns`` (:func:`mtlkit.data.metric_columns.group_ids`).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class TabularStream(TrainSource):
         unknown_fraction: float = 0.0,
         delimiter: str = ",",
         weights: Mapping[str, str] | None = None,
+        groups: Sequence[str] = (),
     ) -> None:
         if not isinstance(shuffle_buffer, int) or isinstance(shuffle_buffer, bool) or shuffle_buffer < 1:
             raise DataError(f"shuffle_buffer must be an integer >= 1 (rows); got {shuffle_buffer!r}.")
@@ -83,7 +87,7 @@ class TabularStream(TrainSource):
         self.files = tuple(expand_paths(files))
         self.tasks = tuple(tasks)
         self.preprocessor = preprocessor
-        self.encoder = StreamEncoder(preprocessor, labels, weights)
+        self.encoder = StreamEncoder(preprocessor, labels, weights, groups)
         self.delimiter = delimiter
         check_columns(self.files, [*self.encoder.feature_columns, *self.encoder.label_columns], delimiter)
         self.fragments = fragment_table(
@@ -331,8 +335,10 @@ def tabular_stream(
     for what, spec in (("val", val), ("test", test)):
         if spec is not None:
             files[what] = expand_paths(spec)
+    first = files["train"][0] if files["train"] else None
+    groups = metric_options(specs, None if first is None else header_columns(first, delimiter), file=str(first))
     for paths in files.values():
-        check_columns(paths, [*features, *label_columns, *task_weights.values()], delimiter)
+        check_columns(paths, [*features, *label_columns, *task_weights.values(), *groups], delimiter)
     counts = LabelCounts()
     if preprocessor is not None:
         pre = load_preprocessor(preprocessor, categorical=categorical_names, numeric=numeric_names)
@@ -378,6 +384,7 @@ def tabular_stream(
             unknown_fraction=unknown_fraction if what == "train" else 0.0,
             delimiter=delimiter,
             weights=task_weights,
+            groups=groups,
         )
     info = {
         "dataset": "tabular",

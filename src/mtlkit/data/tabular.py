@@ -58,6 +58,7 @@ from mtlkit.data._columns import CodedColumn, as_coded, fit_coded, transform_cod
 from mtlkit.data.arrow_io import expand_paths
 from mtlkit.data.dataset import MultiTaskDataset
 from mtlkit.data.features import FeatureSpecs, parse_features
+from mtlkit.data.metric_columns import group_ids, header_columns, metric_options
 from mtlkit.data.preprocessing import MISSING_VALUES, TabularPreprocessor, UnknownCategoryDropout
 from mtlkit.data.sources import csv_header_row, read_csv, require_columns
 from mtlkit.data.splits import DataSplits
@@ -89,6 +90,9 @@ class TaskColumn(BaseModel):
         transform: regression: ``log1p`` or ``standardise`` (fitted on the training labels) of the
             labels for training; predictions and metrics stay on the label's scale.
         weight_column: this task's sample-weight column (default: ``weights.column`` of the data section).
+        metrics: the task's metrics by name, e.g. ``[auc, {gauc: {group: user_id}}, ne,
+            {calibration: {bins: 10}}]`` (default: its kind's; see :mod:`mtlkit.metrics.select`). A
+            ``gauc`` group column may be a feature or any other column of the data.
         auxiliary: an auxiliary task (see :class:`~mtlkit.tasks.Task`): trained, but left out of
             Δm, of the default ``mean/...`` early-stopping monitor and of the main comparison table.
     """
@@ -104,6 +108,7 @@ class TaskColumn(BaseModel):
     class_weights: list[float] | None = None
     transform: Literal["log1p", "standardise", "standardize"] | None = None
     weight_column: str | None = None
+    metrics: list[Any] | None = None
     auxiliary: bool = False
 
 
@@ -624,7 +629,8 @@ def tabular(
     )
     assert isinstance(train, str)
     label_columns = list(dict.fromkeys(s.column for s in specs.values()))
-    wanted = list(dict.fromkeys([*features, *label_columns, *task_weights.values()]))
+    groups = metric_options(specs, header_columns(train, delimiter), file=str(train))
+    wanted = list(dict.fromkeys([*features, *label_columns, *task_weights.values(), *groups]))
     files = {"train": str(train), "val": val, "test": test}
     frames = {"train": _read_frame(train, wanted, features, numeric_names, delimiter=delimiter)}
     for what in ("val", "test"):
@@ -704,6 +710,7 @@ def tabular(
             tasks=task_tuple,
             augment=augment if s == "train" else None,
             weights={t: columns[c] for t, c in task_weights.items()} or None,
+            columns={c: torch.from_numpy(group_ids(_take(frames[s][c], rows))) for c in groups} or None,
             info={"origin": where},  # each row's file and data row (errors found later name them)
         )
     info = {

@@ -85,8 +85,9 @@ def weight_values(values: Any, *, column: str, file: str, row: Any) -> np.ndarra
 
 
 def apply_task_options(task: Task, spec: Any, train_labels: torch.Tensor | None) -> Task:
-    """``task`` with the loss, ``pos_weight``, ``class_weights`` and ``transform`` of its
-    :class:`~mtlkit.data.tabular.TaskColumn` (``standardise`` fitted on ``train_labels``).
+    """``task`` with the loss, ``pos_weight``, ``class_weights``, ``transform`` and ``metrics`` of
+    its :class:`~mtlkit.data.tabular.TaskColumn` (``standardise`` fitted on ``train_labels``;
+    the metric lists are checked before, by :func:`mtlkit.data.metric_columns.metric_options`).
 
     Raises:
         DataError: ``tabular: tasks.<name>: <the problem>``.
@@ -96,6 +97,14 @@ def apply_task_options(task: Task, spec: Any, train_labels: torch.Tensor | None)
         value = getattr(spec, key, None)
         if value is not None:
             changes[key] = tuple(value) if key == "class_weights" else value
+    metrics = getattr(spec, "metrics", None)
+    if metrics is not None:
+        from mtlkit.metrics.select import parse_metrics
+
+        factories, _, bad = parse_metrics(task.kind.value, metrics, num_classes=task.num_classes)
+        if bad:
+            raise DataError(f"tabular: tasks.{task.name}.metrics{bad[0]}")
+        changes["metrics"] = factories
     transform = getattr(spec, "transform", None)
     try:
         if transform is not None:

@@ -13,14 +13,26 @@ from mtlkit.distributed import GradientSync
 from mtlkit.errors import DataError, ShapeError
 from mtlkit.tasks import Task, TaskKind
 
-__all__ = ["MultiTaskMetrics", "higher_is_better"]
+__all__ = ["TARGETS", "MultiTaskMetrics", "compared_value", "higher_is_better"]
 
-_LOWER_IS_BETTER = {"loss", "logloss", "mse", "mae", "rmse"}
+_LOWER_IS_BETTER = {"loss", "logloss", "mse", "mae", "rmse", "ne", "ece", "calibration", "gauc_skipped"}
+
+TARGETS: dict[str, float] = {"calibration": 1.0}
+"""Metrics whose best value is a target rather than an extreme: the early-stopping monitor and
+Δm compare their distance ``|value - target|`` to it (lower is better)."""
+
+
+def compared_value(metric: str, value: float) -> float:
+    """The value a monitor or Δm compares: ``|value - target|`` for the :data:`TARGETS` metrics
+    (e.g. the calibration ratio), the value itself otherwise."""
+    target = TARGETS.get(metric)
+    return value if target is None else abs(value - target)
 
 
 def higher_is_better(metric: str, instance: Metric | None = None) -> bool:
-    """Direction of a metric: from the torchmetrics instance if known, else by name."""
-    if metric in _LOWER_IS_BETTER:
+    """Direction of a metric: from the torchmetrics instance if known, else by name (for a
+    :data:`TARGETS` metric, the direction of its distance to the target: lower is better)."""
+    if metric in _LOWER_IS_BETTER or metric in TARGETS:
         return False
     flag = getattr(instance, "higher_is_better", None)
     return True if flag is None else bool(flag)
@@ -63,10 +75,12 @@ class MultiTaskMetrics:
         targets: Mapping[str, Tensor],
         masks: Mapping[str, Tensor] | None = None,
         weights: Mapping[str, Tensor] | None = None,
+        columns: Mapping[str, Tensor] | None = None,
     ) -> None:
         """Add one batch: raw model ``outputs``, ``targets``, optional label ``masks`` and per-row
         sample ``weights`` (``{task: (N,)}``: the loss and every metric are weighted means; a
-        metric whose class lacks ``accepts_sample_weight`` is refused for a weighted task)."""
+        metric whose class lacks ``accepts_sample_weight`` is refused for a weighted task), and
+        the per-row ``columns`` that grouped metrics read (``{column: (N,)}``, e.g. user ids)."""
         for task in self.tasks:
             if task.target_key not in targets:
                 continue  # this batch carries no labels for the task
@@ -98,14 +112,28 @@ class MultiTaskMetrics:
             if p.shape[0] == 0:
                 continue
             t = t.long() if task.kind in (TaskKind.BINARY, TaskKind.MULTICLASS) else t.to(p.dtype)
-            if weight is None:
-                for m in self.metrics[task.name].values():
-                    m.update(p, t)
-                continue
-            w = weight.reshape(-1).to(p.device)
-            w = w.reshape(-1, *([1] * (valid.ndim - 1))).expand(valid.shape)[valid]
+            w = None
+            if weight is not None:
+                w = weight.reshape(-1).to(p.device)
+                w = w.reshape(-1, *([1] * (valid.ndim - 1))).expand(valid.shape)[valid]
             for m in self.metrics[task.name].values():
-                m.update(p, t, weight=w)
+                extra = {"groups": self._groups(task, m, columns, valid)} if hasattr(m, "group") else {}
+                if w is None:
+                    m.update(p, t, **extra)
+                else:
+                    m.update(p, t, weight=w, **extra)
+
+    @staticmethod
+    def _groups(task: Task, metric: Metric, columns: Mapping[str, Tensor] | None, valid: Tensor) -> Tensor:
+        column = metric.group  # type: ignore[attr-defined]
+        if not columns or column not in columns:
+            raise DataError(
+                f"Task {task.name!r}: a grouped metric needs the column {column!r} in the batches' columns "
+                f"(got {sorted(columns or {})}). Name it as the metric's group in the data's tasks.<name>.metrics, "
+                "or give the batches columns={...} (mtlkit.data.Batch.columns)."
+            )
+        g = columns[column].reshape(-1).to(valid.device)
+        return g.reshape(-1, *([1] * (valid.ndim - 1))).expand(valid.shape)[valid]
 
     def _check_weighted(self, task: Task) -> None:
         unweighted = [n for n, m in self.metrics[task.name].items() if not getattr(m, "accepts_sample_weight", False)]
@@ -142,16 +170,24 @@ class MultiTaskMetrics:
             n = 0.0 if s is None else float(s[1].item())
             res: dict[str, float] = {"loss": float((s[0] / s[1]).item()) if n > 0 else math.nan}
             for name, m in self.metrics[task.name].items():
-                res[name] = _to_float(m.compute()) if n > 0 and (synced or m.update_count > 0) else math.nan
+                ready = n > 0 and (synced or m.update_count > 0)
+                res[name] = _to_float(m.compute()) if ready else math.nan
+                if hasattr(m, "skipped"):
+                    res[f"{name}_skipped"] = float(m.skipped) if ready else math.nan
             out[task.name] = res
         return out
 
     def directions(self) -> dict[str, dict[str, bool]]:
         """``{task: {metric: higher_is_better}}``."""
-        return {
-            t.name: {"loss": False} | {k: higher_is_better(k, m) for k, m in self.metrics[t.name].items()}
-            for t in self.tasks
-        }
+        out: dict[str, dict[str, bool]] = {}
+        for t in self.tasks:
+            d = {"loss": False}
+            for k, m in self.metrics[t.name].items():
+                d[k] = False if k in TARGETS else higher_is_better(k, m)
+                if hasattr(m, "skipped"):
+                    d[f"{k}_skipped"] = False
+            out[t.name] = d
+        return out
 
 
 def _to_float(value: Tensor | float) -> float:

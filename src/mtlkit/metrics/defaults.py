@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from mtlkit.metrics._sync import TypedCatStates
 from mtlkit.metrics.weighted import (
     Accuracy,
     MeanAbsoluteError,
@@ -30,18 +31,23 @@ if TYPE_CHECKING:
 __all__ = ["AUROC", "LogLoss", "default_metrics"]
 
 
-class AUROC(BinaryAUROC):
+class AUROC(TypedCatStates, BinaryAUROC):
     """Exact binary ROC AUC that is NaN (not 0) when only one class has been seen; with sample
     weights (``update(preds, target, weight)``) the weighted AUC (:func:`weighted_auc`)."""
 
     accepts_sample_weight = True
+    CAT_DTYPES: ClassVar[dict[str, torch.dtype]] = {
+        "preds": torch.float32,
+        "target": torch.int64,
+        "sample_weight": torch.float64,
+    }
 
     def __init__(self) -> None:
         super().__init__(thresholds=None)
         self.add_state("sample_weight", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor, target: Tensor, weight: Tensor | None = None) -> None:  # type: ignore[override]
-        super().update(preds, target)
+        super().update(preds.float(), target.long())
         w = torch.ones(preds.numel(), dtype=torch.float64, device=preds.device) if weight is None else weight
         self.sample_weight.append(w.reshape(-1).double())  # type: ignore[union-attr]
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 
 from mtlkit.errors import DataError
+from mtlkit.metrics.collection import compared_value
 
 __all__ = ["delta_m", "delta_m_per_task", "relative_improvements", "select_metrics"]
 
@@ -93,7 +94,8 @@ def relative_improvements(
 
     ``100 · (-1)^{l_{t,m}} (M_{t,m} - B_{t,m}) / |B_{t,m}|`` with ``l_{t,m} = 1`` when lower is
     better for metric ``m`` of task ``t``, so a positive value is an improvement. It is NaN when
-    the model or the baseline value is NaN or the baseline value is 0.
+    the model or the baseline value is NaN or the baseline value is 0. A metric whose best value
+    is a target (``calibration``, best at 1) enters as its distance to it, ``|value - 1|``.
 
     Args:
         results: the model's ``{task: {metric: value}}`` (or ``{task: value}``, one metric per task).
@@ -127,7 +129,9 @@ def relative_improvements(
                     f"Δm needs the direction of metric {m!r} of task {task!r}: pass "
                     "higher_is_better[task][metric] (e.g. MultiTaskMetrics(tasks).directions())."
                 )
-            value, b = float(res[task][m]), float(base[task][m])  # type: ignore[arg-type]
+            # a metric whose best is a target (calibration: 1) enters as its distance to the target
+            value = compared_value(m, float(res[task][m]))  # type: ignore[arg-type]
+            b = compared_value(m, float(base[task][m]))  # type: ignore[arg-type]
             if b == 0 or math.isnan(b) or math.isnan(value):
                 out[task][m] = math.nan
                 continue

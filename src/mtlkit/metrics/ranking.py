@@ -11,7 +11,11 @@ contiguous. Computation is vectorised (one sort, no loop over groups).
 * :func:`group_auc`: per group the ROC AUC of the scores against binary labels (the
   Mann-Whitney statistic; tied scores count one half); groups with only one class are skipped.
   Returns the mean over groups, uniform or weighted by group size (``weighting="size"``,
-  "GAUC" as in CTR papers).
+  "GAUC" as in CTR papers). With sample ``weights`` each item counts ``w`` times: a group's AUC
+  is the weighted share of its correctly ordered (positive, negative) pairs (pair weight
+  ``w_pos · w_neg``), its size is its weight sum, and a group whose positives or negatives all
+  weigh 0 counts as single-class. :func:`group_auc_stats` also returns how many groups were used
+  and skipped.
 
 Both return NaN when no group qualifies.
 """
@@ -24,7 +28,7 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-__all__ = ["group_auc", "group_ndcg"]
+__all__ = ["group_auc", "group_auc_stats", "group_ndcg"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -97,34 +101,66 @@ def group_auc(
     groups: ArrayLike,
     *,
     weighting: Literal["uniform", "size"] = "uniform",
+    weights: ArrayLike | None = None,
 ) -> float:
     """Mean per-group ROC AUC (see the module doc)."""
+    return group_auc_stats(scores, labels, groups, weighting=weighting, weights=weights)[0]
+
+
+def group_auc_stats(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    groups: ArrayLike,
+    *,
+    weighting: Literal["uniform", "size"] = "uniform",
+    weights: ArrayLike | None = None,
+) -> tuple[float, int, int]:
+    """``(mean per-group AUC, groups used, single-class groups skipped)`` (see the module doc).
+
+    ``groups`` may hold any numbers, int64 ids included (compared exactly, never as floats)."""
     if weighting not in ("uniform", "size"):
         raise ValueError(f"group_auc: weighting must be 'uniform' or 'size'; got {weighting!r}.")
-    s, y, grp = _arrays(scores, labels, groups)
+    grp = groups.detach().cpu().numpy() if isinstance(groups, Tensor) else np.asarray(groups)
+    grp = grp.reshape(-1)
+    zero = np.zeros(grp.shape[0])
+    s, y, w = _arrays(scores, labels, zero if weights is None else weights)
+    if grp.shape[0] != s.shape[0]:
+        raise ValueError(
+            f"ranking metrics: the arrays must have one entry per item; got lengths {[s.shape[0], grp.shape[0]]}."
+        )
+    if weights is None:
+        w = np.ones_like(s)
     if not np.all((y == 0) | (y == 1)):
         raise ValueError("group_auc: labels must be 0 or 1.")
+    if np.any(w < 0):
+        raise ValueError("group_auc: weights must be >= 0.")
     if s.size == 0:
-        return math.nan
+        return math.nan, 0, 0
     codes, n_groups = _group_codes(grp)
-    # mid-ranks (1-based, ascending score) within each group: ties share their mean rank
+    # sorted by group, then ascending score; a run is a group's items of one score (a tie)
     order = np.lexsort((s, codes))
-    gs, ss = codes[order], s[order]
+    gs, ss, ys, ws = codes[order], s[order], y[order], w[order]
     new_group = np.r_[True, gs[1:] != gs[:-1]]
     new_run = new_group | np.r_[True, ss[1:] != ss[:-1]]
     run_id = np.cumsum(new_run) - 1
-    run_start = np.flatnonzero(new_run)
-    run_len = np.diff(np.r_[run_start, s.shape[0]])
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(s.shape[0]), 0))
-    mid = (run_start[run_id] - group_start) + (run_len[run_id] + 1) / 2.0
-    pos = y[order]
-    n_pos = np.bincount(gs, weights=pos, minlength=n_groups)
-    n_all = np.bincount(gs, minlength=n_groups).astype(np.float64)
-    n_neg = n_all - n_pos
-    rank_sum = np.bincount(gs, weights=mid * pos, minlength=n_groups)
-    ok = (n_pos > 0) & (n_neg > 0)
-    if not ok.any():
-        return math.nan
-    auc = (rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
-    w = np.ones_like(auc) if weighting == "uniform" else n_all[ok]
-    return float(np.sum(auc * w) / np.sum(w))
+    wneg = ws * (1.0 - ys)
+    wpos = ws * ys
+    neg_run = np.bincount(run_id, weights=wneg)  # negative weight of each run
+    # negative weight of the group's runs strictly below each run: a cumulative sum restarted per group
+    cum = np.cumsum(neg_run) - neg_run
+    run_group = gs[new_run]
+    first_run = np.flatnonzero(np.r_[True, run_group[1:] != run_group[:-1]])
+    group_base = np.repeat(cum[first_run], np.diff(np.r_[first_run, run_group.shape[0]]))
+    below = cum - group_base
+    # each positive wins against the negatives below it and ties half of those in its run
+    wins = np.bincount(gs, weights=wpos * (below[run_id] + 0.5 * neg_run[run_id]), minlength=n_groups)
+    p = np.bincount(gs, weights=wpos, minlength=n_groups)
+    n = np.bincount(gs, weights=wneg, minlength=n_groups)
+    size = np.bincount(gs, weights=ws, minlength=n_groups)
+    ok = (p > 0) & (n > 0)
+    used = int(ok.sum())
+    if not used:
+        return math.nan, 0, n_groups
+    auc = wins[ok] / (p[ok] * n[ok])
+    gw = np.ones_like(auc) if weighting == "uniform" else size[ok]
+    return float(np.sum(auc * gw) / np.sum(gw)), used, n_groups - used

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mtlkit.metrics.collection import MultiTaskMetrics
+from mtlkit.metrics.collection import MultiTaskMetrics, compared_value
 from mtlkit.tasks import Task
 
 __all__ = [
@@ -43,6 +43,8 @@ class EarlyStopping:
             so that lower is better (``-d_t`` for higher-is-better metrics) and averaged over the
             tasks whose first-epoch value is finite and non-zero. It is 0 at the first epoch and
             -0.1 when the tasks improved by 10 % on average.
+            A metric whose best value is a target (``calibration``, the predicted/observed
+            ratio, best at 1) is monitored as its distance to it, ``|ratio - 1|``, lower is better.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (from the metric's direction).
         patience: epochs without improvement before stopping.
         min_delta: the smallest change that counts as an improvement.
@@ -87,7 +89,7 @@ def resolve_monitor(
     if task == "mean":
         holders = [t for t, m in metrics.items() if metric in m]
         main = [t for t in holders if t not in auxiliary] or holders
-        values = [metrics[t][metric] for t in main if not math.isnan(metrics[t][metric])]
+        values = [compared_value(metric, metrics[t][metric]) for t in main if not math.isnan(metrics[t][metric])]
         holders = main
         if not holders:
             raise KeyError(_unknown(monitor, metrics))
@@ -96,7 +98,7 @@ def resolve_monitor(
     else:
         if task not in metrics or metric not in metrics[task]:
             raise KeyError(_unknown(monitor, metrics))
-        value, t0 = metrics[task][metric], task
+        value, t0 = compared_value(metric, metrics[task][metric]), task
     higher = directions[t0][metric] if directions and t0 in directions and metric in directions[t0] else False
     return value, higher
 
@@ -116,7 +118,8 @@ def _relative(
     for task, values in metrics.items():
         names = list(directions[task]) if directions and task in directions else list(values)
         metric = primary_metric([n for n in names if n in values])
-        v, v0 = values.get(metric, math.nan), reference.get(task, {}).get(metric, math.nan)
+        v = compared_value(metric, values.get(metric, math.nan))
+        v0 = compared_value(metric, reference.get(task, {}).get(metric, math.nan))
         if not (math.isfinite(v) and math.isfinite(v0)) or v0 == 0:
             continue
         higher = bool(directions and directions.get(task, {}).get(metric, False))

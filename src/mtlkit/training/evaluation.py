@@ -44,7 +44,7 @@ def evaluate(
     validate = not isinstance(batches, (TensorBatchLoader, PerTaskLoader))
     for raw in batches:
         batch = prepare_batch(raw, tasks, device, validate=validate)
-        metrics.update(model(batch.inputs), batch.targets, batch.masks, batch.weights)
+        metrics.update(model(batch.inputs), batch.targets, batch.masks, batch.weights, batch.columns)
     result = metrics.compute()
     if isinstance(batches, PerTaskLoader):  # only the tasks that have a dataset
         result = {t: m for t, m in result.items() if t in batches.task_names}

@@ -67,7 +67,8 @@ def restrict(batch: Batch, tasks: Sequence[Task]) -> Batch:
     names = {t.name for t in tasks}
     masks = None if batch.masks is None else {k: v for k, v in batch.masks.items() if k in names}
     weights = None if batch.weights is None else {k: v for k, v in batch.weights.items() if k in names}
-    return Batch(batch.inputs, {k: v for k, v in batch.targets.items() if k in keys}, masks or None, weights or None)
+    targets = {k: v for k, v in batch.targets.items() if k in keys}
+    return Batch(batch.inputs, targets, masks or None, weights or None, batch.columns)
 
 
 def _tasks_with_targets(data: MultiTaskDataset, tasks: Sequence[Task]) -> list[Task]:

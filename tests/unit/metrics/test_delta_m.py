@@ -15,7 +15,7 @@ import pytest
 from mtlkit.errors import DataError
 from mtlkit.experiment import RunResult, aggregate
 from mtlkit.metrics import delta_m, delta_m_per_task, relative_improvements, select_metrics
-from mtlkit.report import comparison_csv, comparison_markdown, write_tables
+from mtlkit.report import _columns, comparison_csv, comparison_markdown, comparison_table, write_tables
 
 # task a: binary (auc, logloss, loss), task b: regression (mse, mae, loss)
 DIRS = {
@@ -138,9 +138,10 @@ def test_aggregate_every_metric_mean_std_and_delta_m() -> None:
         _run("mtl", 0, _scaled(MODEL, 1.0)),
         _run("mtl", 1, _scaled(MODEL, 0.9)),
     ]
-    comp = aggregate(runs, "single")
+    every = {"a": ["auc", "logloss"], "b": ["mse", "mae"]}
+    comp = aggregate(runs, "single", metrics=every)
     assert comp["baseline"] == "single" and comp["primary"] == {"a": "auc", "b": "mse"}
-    assert comp["delta_m_metrics"] == {"a": ["auc", "logloss"], "b": ["mse", "mae"]}
+    assert comp["delta_m_metrics"] == every
     for label, rs in (("single", runs[:2]), ("mtl", runs[2:])):
         entry = comp["labels"][label]
         assert entry["seeds"] == [0, 1]
@@ -165,6 +166,10 @@ def test_aggregate_every_metric_mean_std_and_delta_m() -> None:
     )
     assert mtl["delta_m_primary"] == pytest.approx(primary)
     assert comp["labels"]["single"]["delta_m"] == 0.0
+    # by default Δm uses the metric the table shows, each task's primary one
+    default = aggregate(runs, "single")
+    assert default["delta_m_metrics"] == {"a": ["auc"], "b": ["mse"]}
+    assert default["labels"]["mtl"]["delta_m"] == pytest.approx(primary)
     # a metric selection is passed through
     only_auc = aggregate(runs, "single", metrics={"a": ["auc"], "b": ["mse"]})
     assert only_auc["labels"]["mtl"]["delta_m"] == pytest.approx(primary)
@@ -204,7 +209,7 @@ def test_write_tables(tmp_path: Path) -> None:
         loaded["labels"]["mtl"]["metrics"]["b"]["mae"]["mean"]
         == comp["labels"]["mtl"]["metrics"]["b"]["mae"]["mean"]
     )
-    assert loaded["delta_m_metrics"] == {"a": ["auc", "logloss"], "b": ["mse", "mae"]}
+    assert loaded["delta_m_metrics"] == {"a": ["auc"], "b": ["mse"]}  # the primary metrics (the table's)
     # CSV: one row per model; every task/metric mean and std
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert [r["model"] for r in rows] == ["single", "mtl"]
@@ -235,7 +240,7 @@ def test_write_tables(tmp_path: Path) -> None:
     single = comp["labels"]["single"]["metrics"]["b"]["mse"]
     assert f"{single['mean']:.4f} ± {single['std']:.4f}" in md
     assert "| mtl | 2 | " in md and "n/a" in md  # the NaN AUC mean
-    assert "averaged per task over a: auc, logloss; b: mse, mae." in md
+    assert "averaged per task over a: auc; b: mse." in md
     assert comparison_markdown(comp) == md.split("\n", 2)[2]  # same body without the title
     assert comparison_csv(comp) == paths["csv"].read_text()
 
@@ -258,3 +263,36 @@ def test_json_safe() -> None:
         json.dumps(out, allow_nan=False)
         == '{"nan": null, "dev": "cpu", "p": "/x", "t": [1.0, null], "2": [1, null, true]}'
     )
+
+
+def test_delta_m_uses_the_displayed_metrics_not_hidden_columns() -> None:
+    """A model worse on every metric the table shows must not get a positive Δm, however much
+    better it is on a column the table hides (the old default averaged every metric but the loss)."""
+    dirs = {"a": {"loss": False, "auc": True, "logloss": False}, "b": {"loss": False, "mse": False, "mae": False}}
+    base = {"a": {"loss": 0.5, "auc": 0.80, "logloss": 0.50}, "b": {"loss": 1.0, "mse": 1.00, "mae": 1.0}}
+    worse = {"a": {"loss": 0.5, "auc": 0.79, "logloss": 0.05}, "b": {"loss": 1.0, "mse": 1.01, "mae": 0.1}}
+    runs = [_run("single", 0, base, dirs), _run("mtl", 0, worse, dirs)]
+    assert delta_m(worse, base, dirs) > 0  # over every metric the hidden columns flip the sign
+    comp = aggregate(runs, "single")
+    shown = _columns(comp, all_metrics=False)
+    assert shown == [("a", "auc"), ("b", "mse")]
+    assert comp["delta_m_metrics"] == {t: [m] for t, m in shown}
+    assert comp["labels"]["mtl"]["delta_m"] < 0
+    # a configured selection is what the table shows, and what Δm averages
+    chosen = aggregate(runs, "single", metrics={"a": ["auc", "logloss"], "b": ["mse"]})
+    assert _columns(chosen, all_metrics=False) == [("a", "auc"), ("a", "logloss"), ("b", "mse")]
+    table = comparison_table(chosen)
+    headers = [c.header for c in table.columns]
+    assert "a logloss ↓" in headers and "b mae ↓" not in headers
+
+
+def test_delta_m_and_monitor_compare_calibration_by_its_distance_to_one() -> None:
+    from mtlkit.training.early_stopping import resolve_monitor
+
+    dirs = {"a": {"calibration": False}}
+    base = {"a": {"calibration": 1.2}}
+    # 0.9 is closer to 1 than 1.2: an improvement of (0.2 - 0.1) / 0.2 = 50 %
+    assert delta_m({"a": {"calibration": 0.9}}, base, dirs) == pytest.approx(50.0)
+    assert delta_m({"a": {"calibration": 1.4}}, base, dirs) == pytest.approx(-100.0)
+    value, higher = resolve_monitor("a/calibration", {"a": {"calibration": 0.9}}, dirs)
+    assert value == pytest.approx(0.1) and higher is False
