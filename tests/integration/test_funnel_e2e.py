@@ -120,7 +120,8 @@ def _problems(capsys, argv: list[str]) -> tuple[int, list[str]]:
         (["model.funnel.ctr=clik"], ["model.funnel.ctr: 'clik' is not a task of the data", "Did you mean 'click'"]),
         (["model.funnel.ctr=watch_time", "model.funnel.ctcvr=click"],
          ["model.funnel.ctr: task 'watch_time' is regression", "model.funnel.ctcvr: 'click' is already a task"]),
-        (["data.tasks.purchase.kind=regression"], ["model.funnel.cvr: task 'purchase' is regression"]),
+        (["data.tasks.purchase.kind=regression"],  # the preset's metrics for it are refused too, together
+         ["model.funnel.cvr: task 'purchase' is regression", "data.tasks.purchase.metrics[0] auc does not apply"]),
         (["model.funnel=null"], ["none of the tasks ['click', 'purchase', 'watch_time'] is its CTR task 'ctr'",
                                  "model.funnel: {ctr: <click task>, cvr: <purchase task>}"]),
         (["model.name=mmoe", "model.base=null"], ["model.base: unknown parameter for model 'mmoe'"]),

@@ -94,7 +94,7 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
             data[key] = build_data(cfg.data)
         splits = data[key]
     except ConfigError as exc:
-        return problems + exc.problems
+        return problems + exc.problems + _declared_funnel_problems(cfg)
     try:
         splits = model_data(cfg.model, splits)  # a funnel's tasks and labels (esmm, aitm)
     except ConfigError as exc:
@@ -109,6 +109,28 @@ def run_problems(cfg: ExperimentConfig, data: dict[str, DataSplits] | None = Non
     problems += _monitor_problems(cfg, splits)
     problems += _stream_problems(cfg, splits)
     return problems
+
+
+def _declared_funnel_problems(cfg: ExperimentConfig) -> list[str]:
+    """The funnel's problems against the tasks a tabular data section declares, for when the data
+    could not be built (so a bad funnel is reported with the data's problems, not after them)."""
+    from mtlkit.data.funnel import FUNNEL_MODELS, funnel_problems, parse_funnel
+    from mtlkit.data.tabular import task_specs
+    from mtlkit.tasks import Task
+
+    spec, data = cfg.model, cfg.data
+    if spec.get("funnel") is None or spec.get("name") not in FUNNEL_MODELS:
+        return []
+    if data.get("name") not in ("tabular", "csv", "parquet") or not isinstance(data.get("tasks"), Mapping):
+        return []
+    funnel, problems = parse_funnel(str(spec["name"]), spec["funnel"])
+    if funnel is None or problems:
+        return problems
+    try:
+        tasks = [Task(name=str(n), kind=s.kind) for n, s in task_specs(data["tasks"]).items()]
+    except (DataError, ValueError):
+        return []  # the data's own problems name the bad task entries
+    return funnel_problems(funnel, tasks)
 
 
 def _stream_problems(cfg: ExperimentConfig, splits: DataSplits) -> list[str]:
