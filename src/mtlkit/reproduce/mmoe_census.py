@@ -197,6 +197,8 @@ class MMoECensus:
                 row["main"], row["main_std"] = mean_std([r.metrics[main]["auc"] for r in rs])
                 row["aux_best"] = best.metrics[aux]["auc"]
                 row["aux"], row["aux_std"] = mean_std([r.metrics[aux]["auc"] for r in rs])
+                if len(rs) < 2:  # one run has no spread: print the value alone, not '± 0'
+                    row["main_std"] = row["aux_std"] = math.nan
                 if label in paper:
                     row["paper_main_best"], row["paper_main_mean"] = paper[label][:2]
                     row["diff_main_mean"] = row["main"] - row["paper_main_mean"]

@@ -595,6 +595,10 @@ def test_census_report_counts_cap_bound_runs_and_quotes_the_ple_paper(tmp_path: 
     # nothing capped: the report says so
     calm = [_job_result(jobs["group1-ple"], runs["group1-ple"], tmp_path, info)]
     assert "The epoch cap bound no run" in recipe.report(calm, tmp_path / "calm", settings).markdown
+    # a model with one run shows its AUC alone, not a spread of '± 0'
+    one = [_job_result(jobs["group1-mmoe"], [run(0, 5, 3)], tmp_path, info)]
+    md = recipe.report(one, tmp_path / "one", settings).markdown
+    assert "| mmoe | 1 | 0.9000 | 0.9000 |" in md and "0.9000 ± " not in md
 
 
 # ------------------------------------------------------------------------------------------ mnist-fashion
