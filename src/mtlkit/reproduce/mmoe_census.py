@@ -244,11 +244,14 @@ class MMoECensus:
             md_parts.append(markdown_table(group_rows, cols, title=title))
         cfg = results[0].experiment.config
         n = max((r["runs"] for r in rows), default=0)
+        n_runs = f"{n} run{'' if n == 1 else 's'}"
+        if len({r["runs"] for r in rows}) > 1:
+            n_runs = f"up to {n} runs (column 'runs')"
         info = results[0].result.comparison.get("data", {})
         counts = info.get("rows", {})
         sampled = "all" if cfg.data.get("n_train") is None else "a random subset of"
         notes = [
-            f"Test AUC of {n} runs per model on {counts.get('test', 0):,} test rows (half of the census test file; "
+            f"Test AUC of {n_runs} per model on {counts.get('test', 0):,} test rows (half of the census test file; "
             f"the other half, {counts.get('val', 0):,} rows, is the validation split); training on {sampled} "
             f"{counts.get('train', 0):,} rows of the training file. Adam (lr "
             f"{cfg.optimizer.get('lr')}), batch {cfg.trainer.batch_size}, at most {cfg.trainer.epochs} epochs, "
