@@ -225,10 +225,14 @@ def test_mmoe_census_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     ]
     rows = json.loads((run_dir / "results.json").read_text())["rows"]
     assert [(r["group"], r["model"]) for r in rows] == [
-        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "ple")
+        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple")
     ]
-    assert "paper_main_best" not in rows[4]  # PLE is not in the paper
-    assert rows[3]["paper_main_mean"] == 0.9359 and rows[8]["paper_main_mean"] == 0.8826
+    assert "paper_main_best" not in rows[4] and "paper_main_best" not in rows[5]  # CGC, PLE: not in the paper
+    assert rows[3]["paper_main_mean"] == 0.9359 and rows[9]["paper_main_mean"] == 0.8826
+    assert rows[5]["ple_paper_main"] == 0.9522 and "ple_paper_main" not in rows[11]  # PLE paper: group 1 only
+    # one epoch allowed: every run's best epoch is its last, and the report says the cap bound them
+    assert all(r["capped"] == r["runs"] == 2 for r in rows)
+    assert "Epoch cap (1) binding in 24 of 24 runs" in (run_dir / "report.md").read_text()
 
 
 def test_mnist_fashion_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

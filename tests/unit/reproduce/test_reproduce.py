@@ -4,6 +4,7 @@ tables and plots."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -35,7 +36,7 @@ from mtlkit.reproduce._base import registered_without_required
 from mtlkit.reproduce.balancers import Balancers
 from mtlkit.reproduce.esmm import ESMMReproduction
 from mtlkit.reproduce.mmoe_census import MODELS as CENSUS_MODELS
-from mtlkit.reproduce.mmoe_census import PAPER_TABLES, MMoECensus
+from mtlkit.reproduce.mmoe_census import PAPER_TABLES, PLE_PAPER_CENSUS, MMoECensus
 from mtlkit.reproduce.mmoe_synthetic import MODELS, MMoESynthetic
 from mtlkit.reproduce.mnist_fashion import MNISTFashion
 from mtlkit.reproduce.plots import mean_train_loss, plot_bars, plot_panel_curves, plot_panel_histograms
@@ -525,21 +526,55 @@ def test_census_paper_numbers_match_the_source() -> None:
     for table in PAPER_TABLES.values():
         for best, mean, *_ in table["rows"].values():
             assert best >= mean  # the best run's main-task AUC is never below the mean
+    # the issue's figures (MMoE means: main, then the marital column the issue quotes as the mean)
+    assert PAPER_TABLES[1]["rows"]["mmoe"][1::2] == (0.9359, 0.9927)
+    assert PAPER_TABLES[2]["rows"]["mmoe"][1::2] == (0.8826, 0.9924)
+
+
+# PLE paper (Tang et al. RecSys 2020), census-income: PLE's AUC of income and marital status (group 1 only).
+PLE_SOURCE = "Group 1 | PLE | 0.9522 | 0.9945"
+
+
+def test_ple_paper_census_numbers_match_the_source() -> None:
+    group, name, income, marital = (c.strip() for c in PLE_SOURCE.split("|"))
+    assert {int(group.split()[1]): {name.lower(): (float(income), float(marital))}} == PLE_PAPER_CENSUS
+
+
+CENSUS_LABELS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple")
 
 
 def test_census_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = MMoECensus().plan(Settings())
-    assert [(j.meta["group"], j.meta["model"]) for j in jobs] == [
-        (g, m) for g in (1, 2) for m in ("single_task", "shared_bottom", "omoe", "mmoe", "ple")
-    ]
+    assert [(j.meta["group"], j.meta["model"]) for j in jobs] == [(g, m) for g in (1, 2) for m in CENSUS_LABELS]
     for job in jobs:
         assert job.config["data"] == {"name": "census_income", "group": job.meta["group"], "n_train": 40_000}
         assert job.config["model"] == CENSUS_MODELS[job.meta["model"]]
         assert job.config["seeds"] == [0, 1, 2]
-    full = MMoECensus().plan(Settings(full=True))
-    assert full[0].config["data"]["n_train"] is None and len(full[0].config["seeds"]) == 400
+        assert job.config["trainer"]["epochs"] == 10 and job.config["trainer"]["batch_size"] == 1024
+    # CGC is PLE with one extraction level: the same experts, no second level
+    assert CENSUS_MODELS["cgc"] == {
+        **{k: v for k, v in CENSUS_MODELS["ple"].items() if k != "num_levels"}, "name": "cgc"
+    }
     monkeypatch.setitem(CENSUS_MODELS, "not_registered", {"name": "no_such_model"})
     assert "not_registered" not in {j.meta["model"] for j in MMoECensus().plan(Settings())}
+
+
+def test_census_full_plan_is_all_rows_to_convergence() -> None:
+    full = MMoECensus().plan(Settings(full=True))
+    assert [(j.meta["group"], j.meta["model"]) for j in full] == [(g, m) for g in (1, 2) for m in CENSUS_LABELS]
+    for job in full:
+        assert job.config["data"]["n_train"] is None  # every training row
+        assert job.config["seeds"] == [0, 1, 2, 3, 4]
+        trainer = job.config["trainer"]
+        # early stopping well inside the cap: a converged run stops long before it
+        assert trainer["early_stopping"]["patience"] >= 5 and trainer["epochs"] >= 100
+        # the larger batch scales the learning rate linearly from the default's (1e-3 at 1024)
+        assert job.config["optimizer"]["lr"] / trainer["batch_size"] == pytest.approx(1e-3 / 1024)
+    # --seeds overrides the full scale's count; the budget stays the full one
+    ten = MMoECensus().plan(Settings(full=True, seeds=tuple(range(10))))
+    assert ten[0].config["seeds"] == list(range(10)) and ten[0].config["data"]["n_train"] is None
+    _, _, planned = plan_reproduction("mmoe-census", full=True, seeds=5)
+    assert len(planned) == 12 and all(e.config.data["n_train"] is None for _, e in planned)
 
 
 def _census_run(seed: int, val_main: float, test: tuple[float, float], tmp: Path) -> RunResult:
@@ -581,6 +616,39 @@ def test_census_report_best_run_by_validation_auc(tmp_path: Path) -> None:
     assert len(paper) == 14 and paper[-1] == {
         "group": 2, "model": "mmoe", "main_best": 0.886, "main_mean": 0.8826, "aux_a": 0.9932, "aux_b": 0.9924
     }  # fmt: skip
+
+
+def test_census_report_counts_cap_bound_runs_and_quotes_the_ple_paper(tmp_path: Path) -> None:
+    recipe = MMoECensus()
+    settings = Settings(seeds=(0, 1))
+    jobs = {j.key: j for j in recipe.plan(settings) if j.meta["group"] == 1}
+    cap = jobs["group1-mmoe"].config["trainer"]["epochs"]
+    info = {"rows": {"train": 1000, "val": 500, "test": 500}}
+
+    def run(seed: int, epochs: int, best: int) -> RunResult:
+        r = _census_run(seed, 0.8, (0.9, 0.99), tmp_path)
+        return dataclasses.replace(r, epochs=epochs, best_epoch=best)
+
+    runs = {  # mmoe seed 1 trained every allowed epoch and was best at the last: the cap bound it
+        "group1-mmoe": [run(0, cap, cap - 3), run(1, cap, cap)],
+        "group1-ple": [run(0, cap - 1, cap - 6), run(1, 4, 1)],
+    }
+    results = [_job_result(jobs[k], rs, tmp_path, info) for k, rs in runs.items()]
+    report = recipe.report(results, tmp_path, settings)
+    rows = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert (rows["mmoe"]["capped"], rows["ple"]["capped"]) == (1, 0)
+    assert rows["mmoe"]["epochs"] == cap and rows["ple"]["epochs"] == pytest.approx((cap - 1 + 4) / 2)
+    assert f"Epoch cap ({cap}) binding in 1 of 4 runs" in report.markdown and "mmoe seed 1" in report.markdown
+    # the PLE paper's census figures sit on the PLE row of group 1 only; the MMoE paper's marital columns
+    assert (rows["ple"]["ple_paper_main"], rows["ple"]["ple_paper_aux"]) == (0.9522, 0.9945)
+    assert "ple_paper_main" not in rows["mmoe"] and rows["mmoe"]["paper_aux"] == "0.9926 / 0.9927"
+    # nothing capped: the report says so
+    calm = [_job_result(jobs["group1-ple"], runs["group1-ple"], tmp_path, info)]
+    assert "The epoch cap bound no run" in recipe.report(calm, tmp_path / "calm", settings).markdown
+    # a model with one run shows its AUC alone, not a spread of '± 0'
+    one = [_job_result(jobs["group1-mmoe"], [run(0, 5, 3)], tmp_path, info)]
+    md = recipe.report(one, tmp_path / "one", settings).markdown
+    assert "| mmoe | 1 | 0.9000 | 0.9000 |" in md and "0.9000 ± " not in md
 
 
 # ------------------------------------------------------------------------------------------ mnist-fashion
