@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Inputs", "as_batch", "check_weights", "collate"]
+__all__ = ["Batch", "Inputs", "as_batch", "check_weights", "collate", "num_rows"]
 
 Inputs = Tensor | dict[str, Tensor]
 """Model inputs: one feature tensor, or named tensors (e.g. categorical and numeric columns)."""
@@ -37,7 +37,7 @@ class Batch:
     columns: dict[str, Tensor] | None = field(default=None)
 
     def __len__(self) -> int:
-        return _num_rows(self.inputs)
+        return num_rows(self.inputs)
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
         """A copy of the batch on ``device`` (no copy for tensors already there)."""
@@ -84,7 +84,8 @@ def check_weights(weights: Mapping[str, Tensor], rows: int, *, where: str = "dat
             )
 
 
-def _num_rows(inputs: Inputs) -> int:
+def num_rows(inputs: Inputs) -> int:
+    """The number of rows (samples) of ``inputs``."""
     if isinstance(inputs, Tensor):
         return int(inputs.shape[0])
     return int(next(iter(inputs.values())).shape[0]) if inputs else 0

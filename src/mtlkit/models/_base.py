@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Inputs
 from mtlkit.errors import ShapeError, UnknownComponentError
 
-__all__ = ["ForwardParts", "MultiTaskModel", "forward_parts"]
+__all__ = ["ForwardParts", "MultiTaskModel", "TaskRows", "forward_parts"]
 
 
 class ForwardParts(NamedTuple):
@@ -31,6 +31,9 @@ class ForwardParts(NamedTuple):
 
 Decoded = tuple[dict[str, Tensor], dict[str, Tensor]]
 """``(outputs, aux)`` as the hooks return them."""
+
+TaskRows = Mapping[str, Tensor]
+"""``{task: 1-D int64 row indices}``: the rows of a batch whose output a task's loss reads."""
 
 
 class MultiTaskModel(nn.Module):
@@ -53,28 +56,55 @@ class MultiTaskModel(nn.Module):
 
     # ------------------------------------------------------------------ entry points
     @overload
-    def forward(self, x: Inputs, *, parts: Literal[False] = ...) -> dict[str, Tensor]: ...
+    def forward(
+        self, x: Inputs, *, parts: Literal[False] = ..., rows: TaskRows | None = ...
+    ) -> dict[str, Tensor]: ...
     @overload
-    def forward(self, x: Inputs, *, parts: Literal[True]) -> ForwardParts: ...
-    def forward(self, x: Inputs, *, parts: bool = False) -> dict[str, Tensor] | ForwardParts:
+    def forward(self, x: Inputs, *, parts: Literal[True], rows: TaskRows | None = ...) -> ForwardParts: ...
+    def forward(
+        self, x: Inputs, *, parts: bool = False, rows: TaskRows | None = None
+    ) -> dict[str, Tensor] | ForwardParts:
         """The predictions ``{task: output}``; ``parts=True`` gives the whole :class:`ForwardParts`
-        (for wrappers such as DistributedDataParallel that only call ``forward``)."""
-        return self.forward_parts(x) if parts else self._forward(x)[0]
+        (for wrappers such as DistributedDataParallel that only call ``forward``); ``rows``: see
+        :meth:`forward_parts`."""
+        if parts:
+            return self.forward_parts(x, rows=rows)
+        return self._plain(x, rows)[0]
 
-    def forward_parts(self, x: Inputs, *, representation: bool = False) -> ForwardParts:
+    def forward_parts(
+        self, x: Inputs, *, representation: bool = False, rows: TaskRows | None = None
+    ) -> ForwardParts:
         """Outputs, auxiliary losses and (with ``representation=True``) the shared representation.
 
         With ``representation=True`` and a model that has one (:attr:`has_representation`), the
         outputs are computed from the returned representation with each task's graph apart (what
         gradient-level methods need: per-task backward passes stay cheap); they equal the plain
         path's outputs. Otherwise this is the plain forward and ``representation`` is None.
+
+        ``rows``: ``{task: row indices}``, a training hint that only these rows of ``task``'s
+        output are read (its labelled rows; the trainer passes it when tasks have disjoint or
+        sparse labels, as MNIST + Fashion-MNIST images in one batch). A model that implements
+        :meth:`_forward_rows` then computes such a task's own layers on those rows only; its
+        output keeps all ``N`` rows, with zeros at the others. Models without the hook, and the
+        representation path, ignore it.
         """
         if representation and self.has_representation:
             rep, ctx = self._encode(x)
             outputs, aux = self._decode(rep, ctx)
             return ForwardParts(outputs, aux, rep)
-        outputs, aux = self._forward(x)
+        outputs, aux = self._plain(x, rows)
         return ForwardParts(outputs, aux, None)
+
+    def _plain(self, x: Inputs, rows: TaskRows | None) -> Decoded:
+        if rows and self.accepts_rows:
+            return self._forward_rows(x, rows)
+        return self._forward(x)
+
+    @property
+    def accepts_rows(self) -> bool:
+        """True when the model computes a task's own layers on the rows it is given
+        (:meth:`_forward_rows`; see :meth:`forward_parts`)."""
+        return type(self)._forward_rows is not MultiTaskModel._forward_rows
 
     @property
     def has_representation(self) -> bool:
@@ -91,6 +121,12 @@ class MultiTaskModel(nn.Module):
         if not self.has_representation:
             raise NotImplementedError(f"{type(self).__name__} must implement _forward(x) or _encode/_decode.")
         return self._decode(*self._encode(x))
+
+    def _forward_rows(self, x: Inputs, rows: TaskRows) -> Decoded:
+        """``(outputs, aux)`` where task ``t`` in ``rows`` needs only its rows ``rows[t]`` (see
+        :meth:`forward_parts`); the rows it is not given may hold anything finite. Optional: a
+        model without it runs :meth:`_forward`."""
+        raise NotImplementedError
 
     def _encode(self, x: Inputs) -> tuple[Tensor, Any]:
         """``(rep, ctx)``: the shared representation of ``x`` and what :meth:`_decode` needs besides it."""
@@ -123,7 +159,9 @@ class MultiTaskModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def forward_parts(model: nn.Module, x: Inputs, *, representation: bool = False) -> ForwardParts:
+def forward_parts(
+    model: nn.Module, x: Inputs, *, representation: bool = False, rows: TaskRows | None = None
+) -> ForwardParts:
     """:meth:`MultiTaskModel.forward_parts` of any model the trainer accepts.
 
     A :class:`MultiTaskModel` answers itself. Behind a wrapper that only calls ``forward``
@@ -134,13 +172,15 @@ def forward_parts(model: nn.Module, x: Inputs, *, representation: bool = False) 
     representation.
     """
     if isinstance(model, MultiTaskModel):
+        if rows:
+            return model.forward_parts(x, representation=representation, rows=rows)
         return model.forward_parts(x, representation=representation)
     core = getattr(model, "module", None)
     if isinstance(core, MultiTaskModel):
         if representation:
             return core.forward_parts(x, representation=True)
         if not _overrides_forward(core):
-            return model(x, parts=True)
+            return model(x, parts=True, rows=rows) if rows else model(x, parts=True)
     return ForwardParts(_outputs_only(model, model(x)), {}, None)
 
 

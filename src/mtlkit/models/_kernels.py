@@ -23,6 +23,8 @@ __all__ = [
     "grouped_expert_outputs",
     "grouped_mlp_outputs",
     "grouped_mlp_stacked",
+    "row_tower_outputs",
+    "select_rows",
     "stack_experts",
     "stacked_tower_outputs",
     "tower_outputs",
@@ -270,6 +272,55 @@ def tower_outputs(
         if all(x.shape == xs[0].shape for x in xs):
             return dict(zip(names, grouped_mlp_outputs(mods, xs)))  # type: ignore[arg-type]
     return {t: towers[t](x) for t, x in zip(names, xs)}
+
+
+GATHER_FRACTION = 0.75
+"""A task's layers run on its rows only when it has at most this fraction of the batch's rows
+(below that, one batched call over every row costs about as much as the gather and scatter)."""
+
+
+def select_rows(x: Tensor | Mapping[str, Tensor], idx: Tensor) -> Tensor | dict[str, Tensor] | None:
+    """Rows ``idx`` of inputs ``x`` (a tensor, or a dict of tensors with one row per sample);
+    None when ``x`` is not row-aligned (then the caller computes every row)."""
+    if isinstance(x, Tensor):
+        return x.index_select(0, idx) if x.ndim >= 1 else None
+    if not isinstance(x, Mapping) or not x:
+        return None
+    n = None
+    for v in x.values():
+        if not isinstance(v, Tensor) or v.ndim < 1 or (n is not None and v.shape[0] != n):
+            return None
+        n = v.shape[0]
+    return {k: v.index_select(0, idx) for k, v in x.items()}
+
+
+def row_tower_outputs(
+    towers: Mapping[str, nn.Module],
+    inputs: Mapping[str, Tensor | Mapping[str, Tensor]],
+    rows: Mapping[str, Tensor],
+    n: int,
+) -> dict[str, Tensor]:
+    """:func:`tower_outputs` where task ``t`` in ``rows`` needs only rows ``rows[t]``: a task
+    with at least 2 and at most :data:`GATHER_FRACTION` of the ``n`` rows runs on those rows and
+    its output is scattered into zeros of ``n`` rows (the gradient reaches its rows only; the
+    others are constants); the remaining tasks run on every row, batched where possible. Fewer
+    than 2 rows keep the full computation, so normalisation layers always see a batch and an
+    unlabelled task's parameters still get their (zero) gradients.
+    """
+    names = list(inputs)
+    gathered: dict[str, Tensor] = {}
+    for t in names:
+        idx = rows.get(t)
+        if idx is None or not 2 <= idx.numel() <= GATHER_FRACTION * n:
+            continue
+        sub = select_rows(inputs[t], idx)
+        if sub is None:
+            continue
+        y = towers[t](sub)
+        gathered[t] = y.new_zeros((n, *y.shape[1:])).index_copy(0, idx, y)
+    rest = {t: inputs[t] for t in names if t not in gathered}
+    full = tower_outputs(towers, rest) if rest else {}  # type: ignore[arg-type]
+    return {t: gathered[t] if t in gathered else full[t] for t in names}
 
 
 def stacked_tower_outputs(

@@ -8,10 +8,10 @@ from torch import Tensor, nn
 
 from mtlkit.argcheck import check_model_args
 from mtlkit.data.batch import Inputs
-from mtlkit.models._base import Decoded, MultiTaskModel
+from mtlkit.models._base import Decoded, MultiTaskModel, TaskRows
 from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models._kernels import tower_outputs
+from mtlkit.models._kernels import row_tower_outputs, tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -48,6 +48,11 @@ class SharedBottom(MultiTaskModel):
     def _forward(self, x: Inputs) -> Decoded:
         rep = self._encode(x)[0]
         return tower_outputs(self.towers, dict.fromkeys(self.task_names, rep)), {}
+
+    def _forward_rows(self, x: Inputs, rows: TaskRows) -> Decoded:
+        # the shared layers on every row, each tower on its own task's rows
+        rep = self._encode(x)[0]
+        return row_tower_outputs(self.towers, dict.fromkeys(self.task_names, rep), rows, rep.shape[0]), {}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from mtlkit.argcheck import check_model_args
-from mtlkit.data.batch import Inputs
-from mtlkit.models._base import Decoded, MultiTaskModel
+from mtlkit.data.batch import Inputs, num_rows
+from mtlkit.models._base import Decoded, MultiTaskModel, TaskRows
 from mtlkit.models._blocks import MLP
 from mtlkit.models._inputs import InputLayerLike, make_input_layers
-from mtlkit.models._kernels import tower_outputs
+from mtlkit.models._kernels import row_tower_outputs, tower_outputs
 from mtlkit.registries import MODELS
 from mtlkit.tasks import Task, task_names
 
@@ -40,6 +40,10 @@ class SingleTask(MultiTaskModel):
     def _forward(self, x: Inputs) -> Decoded:
         # networks that read x directly (MLPs of one shape) are batched where that pays
         return tower_outputs(self.networks, dict.fromkeys(self.task_names, x)), {}  # type: ignore[arg-type]
+
+    def _forward_rows(self, x: Inputs, rows: TaskRows) -> Decoded:
+        # each network on its own task's rows (e.g. MNIST digits and Fashion articles in one batch)
+        return row_tower_outputs(self.networks, dict.fromkeys(self.task_names, x), rows, num_rows(x)), {}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_task(task)

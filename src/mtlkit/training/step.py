@@ -8,7 +8,7 @@ of every schedule; a hand-written loop can too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from mtlkit.autograd import BackwardResult
 from mtlkit.data.batch import Batch, Inputs, as_batch, check_weights
 from mtlkit.distributed import GradientSync
-from mtlkit.errors import UnknownComponentError
+from mtlkit.errors import ShapeError, UnknownComponentError
 from mtlkit.losses import TaskLosses, check_outputs, task_losses
-from mtlkit.models._base import ForwardParts, forward_parts
+from mtlkit.models._base import ForwardParts, MultiTaskModel, forward_parts
 from mtlkit.state import TrainState
 from mtlkit.tasks import Task
 from mtlkit.training.balancer import Balancer, unwrap
@@ -27,7 +27,7 @@ from mtlkit.training.optimizers import OptimizerSet
 from mtlkit.training.scope import detach_untrained
 from mtlkit.training.task_data import restrict
 
-__all__ = ["StepStats", "forward", "prepare_batch", "train_step", "trained_subset"]
+__all__ = ["StepStats", "forward", "label_rows", "prepare_batch", "train_step", "trained_subset"]
 
 
 class StepStats(NamedTuple):
@@ -38,7 +38,36 @@ class StepStats(NamedTuple):
     aux: dict[str, Tensor]
 
 
-def forward(model: nn.Module, inputs: Inputs, balancer: Balancer) -> ForwardParts:
+def label_rows(batch: Batch, tasks: Sequence[Task]) -> dict[str, Tensor]:
+    """``{task: indices of its labelled rows}`` for the tasks whose label mask leaves rows out
+    (e.g. MNIST digits and Fashion articles pooled in one batch): a model that
+    :attr:`~mtlkit.models.MultiTaskModel.accepts_rows` then runs those tasks' own layers on their
+    rows only. Tasks without a mask are absent (every row)."""
+    if not batch.masks:
+        return {}
+    out: dict[str, Tensor] = {}
+    for task in tasks:
+        mask = batch.masks.get(task.name)
+        target = batch.targets.get(task.target_key)
+        if mask is None or target is None or not task.train:
+            continue
+        if target.ndim == 0:
+            continue
+        try:
+            valid = task.valid_mask(target.reshape(target.shape[0], -1).squeeze(1), mask)
+        except (ShapeError, RuntimeError):
+            continue  # malformed: the loss names the problem
+        if valid.ndim > 1:
+            valid = valid.reshape(valid.shape[0], -1).any(dim=1)
+        idx = valid.nonzero().reshape(-1)
+        if idx.numel() < valid.shape[0]:
+            out[task.name] = idx
+    return out
+
+
+def forward(
+    model: nn.Module, inputs: Inputs, balancer: Balancer, *, rows: Mapping[str, Tensor] | None = None
+) -> ForwardParts:
     """The model's outputs, auxiliary losses and (``gradient_target="representation"``) shared
     representation: the one place where a step calls the model.
 
@@ -47,7 +76,12 @@ def forward(model: nn.Module, inputs: Inputs, balancer: Balancer) -> ForwardPart
     tasks' graphs are apart, so the per-task backward passes are cheaper (same outputs).
     """
     gradient_level = balancer.uses_gradients
-    parts = forward_parts(unwrap(model) if gradient_level else model, inputs, representation=gradient_level)
+    parts = forward_parts(
+        unwrap(model) if gradient_level else model,
+        inputs,
+        representation=gradient_level,
+        rows=None if gradient_level else rows,
+    )
     return parts if balancer.gradient_target == "representation" else parts._replace(representation=None)
 
 
@@ -106,7 +140,9 @@ def train_step(
     """
     if trained is not None:
         batch = restrict(batch, [t for t in tasks if t.name in trained])
-    preds, aux, representation = forward(model, batch.inputs, balancer)
+    core = unwrap(model)
+    rows = label_rows(batch, tasks) if isinstance(core, MultiTaskModel) and core.accepts_rows else None
+    preds, aux, representation = forward(model, batch.inputs, balancer, rows=rows)
     check_outputs(tasks, preds, unwrap(model))
     tl = task_losses(tasks, preds, batch.targets, batch.masks, batch.weights)
     if trained is not None:

@@ -1,0 +1,103 @@
+"""Training-step time with each task's layers on its own labelled rows vs on every row.
+
+Seed 000's setting: MNIST digits and Fashion-MNIST articles pooled in batches of 100 (each image
+labelled for one task, the label mask is the task flag), trained by
+
+* *shared CNN*: one CNN (conv 5x5 (32) - pool - conv 3x3 (64) - pool) and a 1024-512 tower per
+  task with dropout 0.5;
+* *single-task*: one such CNN and tower per task.
+
+Both run the same full training step (forward, masked task losses, backward, Adam step) on the
+same batches, interleaved, in one process, in two ways:
+
+* *rows* (mtlkit's trainer): :func:`mtlkit.training.label_rows` gives each task's labelled rows and
+  the model computes that task's own layers (its tower; for single-task, its whole network) on
+  those rows only (``forward_parts(x, rows=...)``);
+* *all rows*: every task's layers on every row of the batch, the loss masking the rows of the
+  other task (what the trainer did before, and what a model without ``_forward_rows`` does).
+
+    python benchmarks/bench_task_rows.py [--threads 2] [--repeats 9] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+import mtlkit
+from _timing import time_interleaved
+from mtlkit import Task
+from mtlkit.data.batch import Batch
+from mtlkit.losses import task_losses
+from mtlkit.models.backbones.cnn import SmallCNN
+from mtlkit.registries import MODELS
+from mtlkit.training.step import label_rows
+
+
+def build(name: str) -> tuple[torch.nn.Module, list[Task]]:
+    tasks = [Task(name="mnist", kind="multiclass", num_classes=10), Task(name="fashion", kind="multiclass", num_classes=10)]
+    cnn = SmallCNN((1, 28, 28))
+    if name == "shared_cnn":
+        model = MODELS.get("shared_bottom")(
+            None, tasks, bottom_dims=[], tower_dims=[1024, 512], dropout=0.5, input_layer=cnn
+        )
+    else:
+        model = MODELS.get("single_task")(None, tasks, hidden_dims=[1024, 512], dropout=0.5, input_layer=cnn)
+    return model, tasks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    n = args.batch
+    x = torch.rand(n, 1, 28, 28, generator=g).to(dev)
+    flag = torch.rand(n, generator=g) < 0.5
+    y = torch.randint(0, 10, (n,), generator=g)
+    batch = Batch(
+        x,
+        {"mnist": y.to(dev), "fashion": y.to(dev)},
+        {"mnist": flag.to(dev), "fashion": (~flag).to(dev)},
+    )
+    print(
+        f"mtlkit {mtlkit.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"device {dev}, {torch.get_num_threads()} threads, batch {n} ({int(flag.sum())} mnist / "
+        f"{int((~flag).sum())} fashion)"
+    )
+    print("| model | rows ms/step | all rows ms/step | all rows / rows |")
+    print("|---|---:|---:|---:|")
+    for name in ("shared_cnn", "single_task"):
+        torch.manual_seed(0)
+        model, tasks = build(name)
+        model.to(dev).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(use_rows: bool, model=model, tasks=tasks, opt=opt) -> None:
+            rows = label_rows(batch, tasks) if use_rows else None
+            out = model.forward_parts(batch.inputs, rows=rows).outputs
+            tl = task_losses(tasks, out, batch.targets, batch.masks)
+            opt.zero_grad()
+            tl.losses.sum().backward()
+            opt.step()
+
+        t = time_interleaved(
+            {"rows": lambda: step(True), "all": lambda: step(False)},
+            steps=args.steps,
+            repeats=args.repeats,
+            warmup=3,
+            device=args.device,
+        )
+        print(f"| {name} | {t['rows'] * 1e3:.1f} | {t['all'] * 1e3:.1f} | {t['all'] / t['rows']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
