@@ -66,6 +66,7 @@ __all__ = [
     "RunResult",
     "aggregate",
     "evaluate_run_dir",
+    "finished_runs",
     "resume_experiment",
     "run_experiment",
 ]
@@ -563,6 +564,56 @@ def resume_experiment(
         return _run_all(
             experiment, root, console or Console(), progress, resume=True, allow_data_change=allow_data_change
         )
+
+
+def finished_runs(run_dir: str | Path) -> tuple[ExperimentResult, list[str]]:
+    """The runs of the experiment in ``run_dir`` that have finished (their ``metrics.json``
+    exists), with the comparison over them, and the runs still missing (``"label seed N"``);
+    nothing is trained. The data is built (for the tasks and their metric directions) as a
+    resume would.
+
+    Raises:
+        CheckpointError: ``run_dir`` has no ``config.yaml``, or a ``metrics.json`` is damaged.
+    """
+    root = Path(run_dir)
+    cfg_path = root / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{str(root)!r} has no config.yaml: it is not an experiment's run directory.")
+    experiment = resolve(yaml.safe_load(cfg_path.read_text()), source=str(cfg_path))
+    cfg = experiment.config
+    labels = list(experiment.variants)
+    multi = len(labels) > 1 or len(cfg.run_seeds()) > 1 or cfg.compare is not None
+    cache: dict[str, DataSplits] = {}
+    runs: list[RunResult] = []
+    missing: list[str] = []
+    first: DataSplits | None = None
+    for label, vcfg in experiment.variants.items():
+        key = _data_key(vcfg.data)
+        if key not in cache:
+            cache[key] = build_data(vcfg.data)
+        splits = model_data(vcfg.model, cache[key])
+        first = first or splits
+        for seed in vcfg.run_seeds():
+            done = _finished(root / label / f"seed{seed}" if multi else root, splits)
+            if done is None:
+                missing.append(f"{label} seed {seed}")
+            else:
+                runs.append(done)
+    baseline = cfg.baseline or ("single_task" if "single_task" in labels else None)
+    present = {r.label for r in runs}
+    comparison = (
+        aggregate(
+            runs,
+            baseline if len(labels) > 1 and baseline in present else None,
+            metrics=cfg.delta_m_metrics,
+            auxiliary=[t.name for t in first.tasks if t.auxiliary] if first else [],
+        )
+        if runs
+        else {"labels": {}}
+    )
+    if first is not None:
+        comparison["data"] = dict(first.info.items())
+    return ExperimentResult(root, runs, comparison), missing
 
 
 def _run_all(

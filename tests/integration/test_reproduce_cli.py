@@ -285,3 +285,82 @@ def test_missing_data_fails_before_training_and_leaves_no_run(
     assert main(["reproduce", "mmoe-census", "--seeds", "1", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "set the MTLKIT_DATA environment variable" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _mnist_tiny(tmp_path: Path) -> list[str]:
+    data = write_fake_mnist(tmp_path / "data", n_train=120, n_test=40)
+    return [f"data.path={data}", "data.verify=false", "data.n_train=60", "data.n_val=20", "data.n_test=null"]
+
+
+def _rows(run_dir: Path) -> dict[str, dict]:
+    return {r["model"]: r for r in json.loads((run_dir / "results.json").read_text())["rows"]}
+
+
+def test_interrupted_reproduction_reports_partially_and_resumes_to_the_same_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtlkit.reproduce.runner as runner
+
+    tiny = [*_mnist_tiny(tmp_path), "trainer.epochs=2"]
+    base = ["reproduce", "mnist-fashion", "--seeds", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "ref"), *tiny]) == 0
+    want = _rows(_only_dir(tmp_path / "ref"))
+    capsys.readouterr()
+
+    real = runner._train_job
+    calls: list[str] = []
+
+    def second_job_interrupted(config, *args):  # Ctrl-C while the second job (shared_cnn) starts
+        calls.append(config["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(config, *args)
+
+    monkeypatch.setattr(runner, "_train_job", second_job_interrupted)
+    assert main([*base, "--out", str(tmp_path / "runs"), *tiny]) == 130
+    err = capsys.readouterr().err
+    root = _only_dir(tmp_path / "runs")
+    assert f"mtlkit reproduce --resume {root}" in err
+    assert json.loads((root / "reproduction.json").read_text())["status"] == "running"
+    monkeypatch.setattr(runner, "_train_job", real)
+
+    # the runs finished so far, reported without training
+    assert main(["reproduce", "--report", str(root)]) == 0
+    report = (root / "report.md").read_text()
+    assert "Partial report" in report and "shared_cnn (not started)" in report
+    assert list(_rows(root)) == ["single_task"]
+    assert _rows(root)["single_task"]["mnist/accuracy"] == pytest.approx(want["single_task"]["mnist/accuracy"])
+
+    # settings come from the record: a name, --seeds or overrides beside --resume are refused
+    assert main(["reproduce", "mnist-fashion", "--resume", str(root)]) == 2
+    assert "come from" in capsys.readouterr().err
+
+    assert main(["reproduce", "--resume", str(root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resume mnist-fashion" in out
+    record = json.loads((root / "reproduction.json").read_text())
+    assert record["status"] == "finished" and record["resumed"] is True
+    assert record["settings"]["seeds"] == [0, 1]
+    got = _rows(root)
+    assert list(got) == list(want)
+    for model in want:
+        for key in ("mnist/accuracy", "fashion/accuracy", "delta_m"):
+            assert got[model][key] == pytest.approx(want[model][key], rel=1e-6, abs=1e-9), (model, key)
+    assert "Partial report" not in (root / "report.md").read_text()
+
+
+def test_parallel_jobs_give_the_sequential_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = [*_mnist_tiny(tmp_path), "trainer.epochs=1"]
+    base = ["reproduce", "mnist-fashion", "--seeds", "1", "--no-progress", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "seq"), *tiny]) == 0
+    assert main([*base, "--jobs", "2", "--out", str(tmp_path / "par"), *tiny]) == 0
+    capsys.readouterr()
+    seq, par = _only_dir(tmp_path / "seq"), _only_dir(tmp_path / "par")
+    assert json.loads((par / "reproduction.json").read_text())["machine"]["parallel_jobs"] == 2
+    want, got = _rows(seq), _rows(par)
+    assert list(got) == list(want)
+    for model in want:
+        for key in ("mnist/accuracy", "fashion/accuracy", "params"):
+            assert got[model][key] == pytest.approx(want[model][key], rel=1e-6), (model, key)
+    assert main([*base, "--jobs", "0", *tiny]) == 2
+    assert "--jobs: must be >= 1" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 from rich.console import Console
@@ -124,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="INPUT",
         help="CSV with a header row (may be .gz/.bz2/.xz) or Parquet: a file, a folder or a glob pattern",
     )
-    pr.add_argument("--out", required=True, help="the predictions file: Parquet if it ends in .parquet, else CSV")
+    pr.add_argument(
+        "--out", required=True, help="the predictions file: Parquet if it ends in .parquet, else CSV"
+    )
     pr.add_argument(
         "--keep", action="append", default=[], metavar="COLUMN", help="copy this input column to the output"
     )
@@ -144,12 +147,34 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("name", nargs="?", help="the reproduction (see --list)")
     rep.add_argument("args", nargs="*", metavar="key=value", help="config overrides for every experiment")
     rep.add_argument("--list", action="store_true", help="list the reproductions and exit")
-    rep.add_argument("--full", action="store_true", help="the paper's scale (hours) instead of the quick default")
+    rep.add_argument(
+        "--full", action="store_true", help="the paper's scale (hours) instead of the quick default"
+    )
     rep.add_argument("--seeds", type=int, metavar="N", help="number of seeds (0..N-1; default: the recipe's)")
     rep.add_argument("--out", default="runs", help="parent directory of the run directory (default: runs)")
+    rep.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="finish an interrupted reproduction (its settings come from RUN_DIR/reproduction.json; finished "
+        "runs are kept, interrupted ones continue from their last checkpoint), then write the report",
+    )
+    rep.add_argument(
+        "--report",
+        metavar="RUN_DIR",
+        help="write the report of the runs finished so far in RUN_DIR (nothing is trained; the missing runs are named)",
+    )
+    rep.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N experiments at once, each in its own process with --threads threads (default 1), "
+        "e.g. --jobs 2 --threads 1 on 2 cores",
+    )
     rep.add_argument("--no-progress", action="store_true", help="one line per experiment, no live bar")
     _add_threads_option(
-        rep, "torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)"
+        rep,
+        "torch intra-op threads (default: the reproduction's, 1 for the small MLP ones; 0: torch's default)",
     )
     gen = sub.add_parser("generate", help="write a synthetic data set to files (see generate impressions)")
     gen_sub = gen.add_subparsers(dest="what", metavar="KIND", required=True)
@@ -161,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("out_dir", metavar="OUT_DIR", help="an empty (or new) folder for the shards")
     imp.add_argument("--rows", type=int, required=True, help="number of impressions")
-    imp.add_argument("--shard-rows", type=int, default=1_000_000, help="rows per Parquet file (default 1,000,000)")
+    imp.add_argument(
+        "--shard-rows", type=int, default=1_000_000, help="rows per Parquet file (default 1,000,000)"
+    )
     imp.add_argument("--seed", type=int, default=0)
     imp.add_argument("--users", type=int, help="distinct user ids (default rows/20 within 1,000..1,000,000)")
     imp.add_argument("--items", type=int, help="distinct item ids (default rows/100 within 200..200,000)")
@@ -229,7 +256,9 @@ def _run(ns: argparse.Namespace, console: Console) -> int:
                     "--download or overrides."
                 ]
             )
-        resume_experiment(ns.resume, console=console, progress=progress, allow_data_change=ns.allow_data_change)
+        resume_experiment(
+            ns.resume, console=console, progress=progress, allow_data_change=ns.allow_data_change
+        )
         return 0
     if ns.allow_data_change:
         raise ConfigError(["--allow-data-change applies to --resume RUN_DIR only."])
@@ -296,11 +325,43 @@ def _reproductions_table(console: Console, title: str = "reproductions") -> None
 
 
 def _cmd_reproduce(ns: argparse.Namespace, console: Console) -> int:
-    from mtlkit.reproduce import REPRODUCTIONS, run_reproduction
+    from mtlkit.reproduce import REPRODUCTIONS, report_reproduction, resume_reproduction, run_reproduction
 
     if ns.list:
         _reproductions_table(console)
         console.print("Estimated wall time of the default run on 2 CPU cores (measured on a shared machine).")
+        return 0
+    if ns.jobs < 1:
+        raise ConfigError([f"--jobs: must be >= 1; got {ns.jobs}."])
+    command = "mtlkit " + shlex.join(ns.argv)
+    if ns.resume is not None or ns.report is not None:
+        flag, run_dir = ("--resume", ns.resume) if ns.resume is not None else ("--report", ns.report)
+        given = [n for n, v in (("a name", ns.name), ("--full", ns.full or None), ("--seeds", ns.seeds)) if v]
+        if ns.args or given or (ns.resume is not None and ns.report is not None):
+            clash = (
+                given
+                + (["key=value overrides"] if ns.args else [])
+                + (["--report"] if flag == "--resume" and ns.report else [])
+            )
+            raise ConfigError(
+                [
+                    f"reproduce {flag}: the reproduction and its settings come from {run_dir}/reproduction.json; "
+                    f"drop {', '.join(clash)} (start a new reproduction to change them)."
+                ]
+            )
+        if ns.report is not None:
+            report_reproduction(ns.report, console=console, command=command)
+            return 0
+        name = _recorded_name(ns.resume)
+        recipe = REPRODUCTIONS.get(name) if name in REPRODUCTIONS else None
+        resume_reproduction(
+            ns.resume,
+            console=console,
+            progress=False if ns.no_progress else None,
+            threads=_threads(ns, default=getattr(recipe, "threads", None)),
+            command=command,
+            jobs=ns.jobs,
+        )
         return 0
     if ns.name is None:
         raise ConfigError(["reproduce: name a reproduction (mtlkit reproduce --list shows them)."])
@@ -315,7 +376,6 @@ def _cmd_reproduce(ns: argparse.Namespace, console: Console) -> int:
         raise ConfigError([f"--seeds: must be >= 1; got {ns.seeds}."])
     recipe = REPRODUCTIONS.get(ns.name)
     threads = _threads(ns, default=recipe.threads)
-    command = "mtlkit " + shlex.join(ns.argv)
     run_reproduction(
         ns.name,
         full=ns.full,
@@ -326,8 +386,22 @@ def _cmd_reproduce(ns: argparse.Namespace, console: Console) -> int:
         progress=False if ns.no_progress else None,
         threads=threads,
         command=command,
+        jobs=ns.jobs,
     )
     return 0
+
+
+def _recorded_name(run_dir: str) -> str | None:
+    """The reproduction named in ``run_dir/reproduction.json`` (None if unreadable: the resume
+    itself then says what is wrong)."""
+    import json
+
+    try:
+        return str(
+            json.loads((Path(run_dir) / "reproduction.json").read_text(encoding="utf-8"))["reproduction"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _cmd_evaluate(ns: argparse.Namespace, console: Console) -> int:
@@ -433,9 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MTLKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        _print_resume_hint(
-            getattr(exc, "run_dir", None), "is incomplete", command=isinstance(exc, RunDirectoryError)
-        )
+        if not _print_reproduction_hint(exc, "is incomplete"):
+            _print_resume_hint(
+                getattr(exc, "run_dir", None), "is incomplete", command=isinstance(exc, RunDirectoryError)
+            )
         return 1
     except ImportError as exc:  # an optional dependency (e.g. onnx for export)
         if os.environ.get("MTLKIT_DEBUG"):
@@ -444,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        _print_resume_hint(getattr(exc, "run_dir", None), "was interrupted")
+        if not _print_reproduction_hint(exc, "was interrupted"):
+            _print_resume_hint(getattr(exc, "run_dir", None), "was interrupted")
         return 130
     except OSError as exc:  # a file or folder that cannot be read or written
         if os.environ.get("MTLKIT_DEBUG"):
@@ -454,6 +530,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = exc.filename if exc.filename is not None else "a file"
         print(f"error: {os_error_message(exc, where, 'read or write')}", file=sys.stderr)
         return 1
+
+
+def _print_reproduction_hint(exc: BaseException, what: str) -> bool:
+    """After an interrupted or failed ``mtlkit reproduce``: how to continue the whole reproduction."""
+    root = getattr(exc, "reproduction_dir", None)
+    if root is None:
+        return False
+    print(f"reproduction {str(root)!r} {what}; continue it with:", file=sys.stderr)
+    print(f"  mtlkit reproduce --resume {shlex.quote(str(root))}", file=sys.stderr)
+    return True
 
 
 def _print_resume_hint(run_dir: object, what: str, *, command: bool = True) -> None:

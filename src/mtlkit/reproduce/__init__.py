@@ -24,6 +24,8 @@ from mtlkit.reproduce.runner import (
     list_reproductions,
     main_metrics,
     plan_reproduction,
+    report_reproduction,
+    resume_reproduction,
     run_reproduction,
 )
 from mtlkit.reproduce.tables import Column, markdown_table, mean_std, write_table
@@ -42,6 +44,8 @@ __all__ = [
     "markdown_table",
     "mean_std",
     "plan_reproduction",
+    "report_reproduction",
+    "resume_reproduction",
     "run_reproduction",
     "write_table",
 ]
