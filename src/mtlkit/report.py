@@ -10,12 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 
 from mtlkit.jsonio import dumps, json_safe
 from mtlkit.seed_report import cap_note, wins_markdown
 
 __all__ = [
+    "FittedTable",
     "comparison_csv",
     "comparison_markdown",
     "comparison_table",
@@ -42,16 +45,57 @@ def _fmt_delta(v: float | None) -> str:
     return "n/a" if _isnan(v) else f"{v:+.2f}%"
 
 
-def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "metrics") -> Table:
-    """One row per task, one column per metric name."""
+def metrics_table(metrics: Mapping[str, Mapping[str, float]], *, title: str = "metrics") -> FittedTable:
+    """One row per task, one column per metric name; where the terminal is too narrow for that,
+    one row per metric and a column per task, and failing that one row per (task, metric).
+    Names and values are never cut (no ``gauc_sk…``)."""
     names = list(dict.fromkeys(m for ms in metrics.values() for m in ms))
-    table = Table(title=title, title_justify="left")
-    table.add_column("task", style="bold")
+    tasks = list(metrics)
+
+    def cell(task: str, n: str) -> str:
+        return _fmt_metric(n, metrics[task][n]) if n in metrics[task] else ""
+
+    wide = Table(title=title, title_justify="left")
+    wide.add_column("task", style="bold", no_wrap=True)
     for n in names:
-        table.add_column(n, justify="right")
-    for task, ms in metrics.items():
-        table.add_row(task, *(_fmt_metric(n, ms[n]) if n in ms else "" for n in names))
-    return table
+        wide.add_column(n, justify="right", no_wrap=True)
+    for task in tasks:
+        wide.add_row(task, *(cell(task, n) for n in names))
+    tall = Table(title=title, title_justify="left")
+    tall.add_column("metric", style="bold", no_wrap=True)
+    for task in tasks:
+        tall.add_column(task, justify="right", no_wrap=True)
+    for n in names:
+        tall.add_row(n, *(cell(task, n) for task in tasks))
+    long = Table(title=title, title_justify="left")
+    long.add_column("task", style="bold", overflow="fold")
+    long.add_column("metric", overflow="fold")
+    long.add_column("value", justify="right", overflow="fold")
+    for task in tasks:
+        for n in names:
+            if n in metrics[task]:
+                long.add_row(task, n, cell(task, n))
+    return FittedTable(wide, tall, long)
+
+
+class FittedTable:
+    """The first of several layouts of one table that fits the console's width whole (the last
+    one otherwise); ``tables[0]`` is the preferred layout."""
+
+    def __init__(self, *tables: Table) -> None:
+        if not tables:
+            raise ValueError("FittedTable needs at least one table.")
+        self.tables = tables
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.choose(console, options.max_width)
+
+    def choose(self, console: Console, width: int) -> Table:
+        """The layout drawn at ``width`` columns."""
+        for t in self.tables:
+            if Measurement.get(console, console.options.update(width=10**5), t).maximum <= width:
+                return t
+        return self.tables[-1]
 
 
 def _columns(

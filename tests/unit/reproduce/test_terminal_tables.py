@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 from rich.console import Console
@@ -72,3 +73,31 @@ def test_comparison_table_keeps_full_names_at_width_80() -> None:
     assert "…" not in text
     for name in NAMES:
         assert re.search(rf"\b{name}\b", text), name
+
+
+def test_run_metrics_table_never_cuts_names_or_values() -> None:
+    from mtlkit.report import metrics_table
+
+    m = {
+        "click": {"loss": 0.41, "auc": 0.6855, "gauc": 0.6468, "gauc_skipped": 648.0, "ne": 0.952, "calibration": 1.0},
+        "purchase": {"loss": 0.1, "auc": 0.5656, "gauc": 0.58, "gauc_skipped": 700.0},
+        "watch_time": {"loss": 3.0, "mse": 25346.2},
+    }
+    cells = ["click", "purchase", "watch_time", "gauc_skipped", "calibration", "0.6855", "648", "25346.2000"]
+    table = metrics_table(m, title="run")
+    layouts = []
+    for width in (160, 60, 24):
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(table)
+        text = console.export_text()
+        assert "…" not in text, width
+        assert max(len(line) for line in text.splitlines()) <= width
+        layouts.append(table.choose(console, width).columns[0].header)
+        if width >= 60:  # the wide and the transposed layouts fit: every name and value whole
+            for c in cells:
+                assert c in text, (width, c)
+        else:  # one row per (task, metric); long cells fold onto more lines (no character dropped)
+            long = table.choose(console, width)
+            assert all(col.overflow == "fold" for col in long.columns)
+            assert "25346" in text and "648" in text
+    assert layouts == ["task", "metric", "task"]
