@@ -16,6 +16,10 @@ same batches, interleaved, in one process, in two ways:
 * *all rows*: every task's layers on every row of the batch, the loss masking the rows of the
   other task (what the trainer did before, and what a model without ``_forward_rows`` does).
 
+A third variant, *rows, NCHW*, is *rows* with the CNN's weights in the default contiguous (NCHW)
+layout instead of SmallCNN's channels-last weights; ``all rows / NCHW`` is what both changes
+together gained over the code before them.
+
     python benchmarks/bench_task_rows.py [--threads 2] [--repeats 9] [--device cuda]
 """
 
@@ -37,7 +41,10 @@ from mtlkit.training.step import label_rows
 
 
 def build(name: str) -> tuple[torch.nn.Module, list[Task]]:
-    tasks = [Task(name="mnist", kind="multiclass", num_classes=10), Task(name="fashion", kind="multiclass", num_classes=10)]
+    tasks = [
+        Task(name="mnist", kind="multiclass", num_classes=10),
+        Task(name="fashion", kind="multiclass", num_classes=10),
+    ]
     cnn = SmallCNN((1, 28, 28))
     if name == "shared_cnn":
         model = MODELS.get("shared_bottom")(
@@ -73,30 +80,42 @@ def main() -> None:
         f"device {dev}, {torch.get_num_threads()} threads, batch {n} ({int(flag.sum())} mnist / "
         f"{int((~flag).sum())} fashion)"
     )
-    print("| model | rows ms/step | all rows ms/step | all rows / rows |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| model | rows ms/step | all rows ms/step | rows, NCHW ms/step | all rows / rows | NCHW / rows | all rows, NCHW / rows |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("shared_cnn", "single_task"):
-        torch.manual_seed(0)
-        model, tasks = build(name)
-        model.to(dev).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        variants = {}
+        for key, use_rows, nchw in (
+            ("rows", True, False),
+            ("all", False, False),
+            ("nchw", True, True),
+            ("all_nchw", False, True),
+        ):
+            torch.manual_seed(0)
+            model, tasks = build(name)
+            if nchw:
+                for m in model.modules():
+                    if isinstance(m, torch.nn.Conv2d):
+                        m.weight.data = m.weight.data.contiguous()
+            model.to(dev).train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-        def step(use_rows: bool, model=model, tasks=tasks, opt=opt) -> None:
-            rows = label_rows(batch, tasks) if use_rows else None
-            out = model.forward_parts(batch.inputs, rows=rows).outputs
-            tl = task_losses(tasks, out, batch.targets, batch.masks)
-            opt.zero_grad()
-            tl.losses.sum().backward()
-            opt.step()
+            def step(use_rows: bool = use_rows, model=model, tasks=tasks, opt=opt) -> None:
+                rows = label_rows(batch, tasks) if use_rows else None
+                out = model.forward_parts(batch.inputs, rows=rows).outputs
+                tl = task_losses(tasks, out, batch.targets, batch.masks)
+                opt.zero_grad()
+                tl.losses.sum().backward()
+                opt.step()
 
-        t = time_interleaved(
-            {"rows": lambda: step(True), "all": lambda: step(False)},
-            steps=args.steps,
-            repeats=args.repeats,
-            warmup=3,
-            device=args.device,
+            variants[key] = step
+        t = time_interleaved(variants, steps=args.steps, repeats=args.repeats, warmup=3, device=args.device)
+        r = t["rows"]
+        print(
+            f"| {name} | {r * 1e3:.1f} | {t['all'] * 1e3:.1f} | {t['nchw'] * 1e3:.1f} | {t['all'] / r:.2f}x "
+            f"| {t['nchw'] / r:.2f}x | {t['all_nchw'] / r:.2f}x |"
         )
-        print(f"| {name} | {t['rows'] * 1e3:.1f} | {t['all'] * 1e3:.1f} | {t['all'] / t['rows']:.2f}x |")
 
 
 if __name__ == "__main__":
