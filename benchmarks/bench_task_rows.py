@@ -75,6 +75,8 @@ def main() -> None:
         {"mnist": y.to(dev), "fashion": y.to(dev)},
         {"mnist": flag.to(dev), "fashion": (~flag).to(dev)},
     )
+    # the rows come from the CPU masks (label_rows gives {} for masks on an accelerator: no sync)
+    host = Batch(x.cpu(), {"mnist": y, "fashion": y}, {"mnist": flag, "fashion": ~flag})
     print(
         f"mtlkit {mtlkit.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"device {dev}, {torch.get_num_threads()} threads, batch {n} ({int(flag.sum())} mnist / "
@@ -102,7 +104,11 @@ def main() -> None:
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
             def step(use_rows: bool = use_rows, model=model, tasks=tasks, opt=opt) -> None:
-                rows = label_rows(batch, tasks) if use_rows else None
+                rows = (
+                    {k: v.to(dev, non_blocking=True) for k, v in label_rows(host, tasks).items()}
+                    if use_rows
+                    else None
+                )
                 out = model.forward_parts(batch.inputs, rows=rows).outputs
                 tl = task_losses(tasks, out, batch.targets, batch.masks)
                 opt.zero_grad()

@@ -42,8 +42,12 @@ def label_rows(batch: Batch, tasks: Sequence[Task]) -> dict[str, Tensor]:
     """``{task: indices of its labelled rows}`` for the tasks whose label mask leaves rows out
     (e.g. MNIST digits and Fashion articles pooled in one batch): a model that
     :attr:`~mtlkit.models.MultiTaskModel.accepts_rows` then runs those tasks' own layers on their
-    rows only. Tasks without a mask are absent (every row)."""
-    if not batch.masks:
+    rows only. Tasks without a mask are absent (every row).
+
+    Only for masks on the CPU: on an accelerator, finding the rows would synchronise with the host
+    every step (the trainer's steps otherwise never do), for arithmetic that is cheap there; the
+    result is then ``{}`` (every task on every row)."""
+    if not batch.masks or any(m.device.type != "cpu" for m in batch.masks.values()):
         return {}
     out: dict[str, Tensor] = {}
     for task in tasks:

@@ -135,6 +135,17 @@ def test_label_rows_matches_a_loop() -> None:
         assert got[t].tolist() == idx, t
 
 
+def test_label_rows_leaves_accelerator_masks_alone() -> None:
+    """No host synchronisation per step off the CPU: masks elsewhere give {} (every row)."""
+    n = 6
+    batch = Batch(
+        torch.zeros(n, 2, device="meta"),
+        {"a": torch.zeros(n, dtype=torch.long, device="meta")},
+        {"a": torch.zeros(n, dtype=torch.bool, device="meta")},
+    )
+    assert label_rows(batch, TASKS) == {}
+
+
 def test_train_step_passes_rows_on_the_plain_path_only() -> None:
     n = 12
     batch = _batch(n, torch.float32, torch.arange(n) % 2 == 0)
